@@ -1,0 +1,1 @@
+"""Zarr matrix collections, ingest adapters, run checkpoints and compressed artifacts."""
