@@ -1,0 +1,359 @@
+"""Certified lower bounds on the top-r energy of a growing concatenation of blocks.
+
+Each bound is a small incremental state built from a *seed* matrix and grown block by
+block with :meth:`add` (always) or :meth:`try_add` (only if the certified error stays at or
+below a threshold). All of them satisfy
+
+    lower_energy() <= E_r(M) = sum_{j<=r} s_j(M)^2
+
+for the concatenation M of the seed and every block added, so
+``error_bound() = sqrt(1 - lower_energy() / ||M||_F^2)`` is a certified upper bound on the
+exact relative rank-r error. ``||M||_F^2`` is tracked exactly.
+
+Three bounds, after Shamrai, "Concatenated Matrix SVD: Compression Bounds, Incremental
+Approximation, and Error-Constrained Clustering", arXiv 2601.11626 (2026):
+
+* :class:`WeylBound` ("max_norm"): E_r(M) >= E_r(M_seed), computed from the seed's SVD (using
+  ||M_seed||_F^2 for a seed wider than r would overestimate).
+* :class:`ResidualBound` ("residuals"): credits the singular values of each block's
+  residual against the span of everything added so far; the credited pieces live in
+  mutually orthogonal subspaces.
+* :class:`GramSketch` ("approximate"): an incremental truncated eigen-sketch G <= M M^T that
+  also merges across disjoint groups without touching data (:meth:`GramSketch.merge`).
+
+Numerical care. Extension bases are computed from a twice-orthogonalised residual, cut at a
+relative threshold, projected once more and re-orthonormalised, so they are orthonormal
+and orthogonal to the current basis to working precision (a plain QR of a rank-deficient
+residual is not, and the bound then fails). Energy outside the kept subspace is not
+credited; for the sketch, the norm of what was dropped is carried as a *slack* that is
+subtracted from the certified bound (see :meth:`GramSketch.lower_energy`), so dropping
+numerically-zero directions never invalidates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from ._checks import check_nonnegative_int, check_rank, check_tol
+from .spectra import error_from_energy, top_energy
+
+__all__ = ["WeylBound", "ResidualBound", "GramSketch", "make_bound", "DEFAULT_TOL"]
+
+DEFAULT_TOL = 1e-12
+# Residual directions weaker than this (relative to the block's norm) are below the
+# accuracy of a twice-orthogonalised residual and are dropped whatever tol says.
+_NOISE_FLOOR = 1e3 * np.finfo(np.float64).eps
+
+
+def _as_float64(block: np.ndarray) -> np.ndarray:
+    block = np.asarray(block, dtype=np.float64)
+    if block.ndim != 2:
+        raise ValueError(f"a block must be 2-D, got shape {block.shape}")
+    return block
+
+
+def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and singular values (economy), robust driver fallback."""
+    try:
+        u, s, _ = np.linalg.svd(matrix, full_matrices=False)  # gesdd, least call overhead
+    except np.linalg.LinAlgError:  # gesdd occasionally fails to converge; gesvd is slower but robust
+        u, s, _ = scipy.linalg.svd(matrix, full_matrices=False, check_finite=False, lapack_driver="gesvd")
+    return u, s
+
+
+def _keep_threshold(norm: float, tol: float) -> float:
+    return max(tol, _NOISE_FLOOR) * norm
+
+
+@dataclass
+class Extension:
+    """How a block A splits against an orthonormal basis Q.
+
+    ``coords = Q^T A``, ``basis`` W (orthonormal, orthogonal to Q) spans the kept part of
+    the residual, ``new_coords = W^T A``, and ``dropped`` = ||A - Q coords - W new_coords||_F.
+    """
+
+    coords: np.ndarray
+    basis: np.ndarray
+    new_coords: np.ndarray
+    dropped: float
+
+
+def extend_basis(
+    q: np.ndarray, block: np.ndarray, tol: float, with_dropped: bool = False, norm2: float | None = None
+) -> Extension:
+    """Split ``block`` into its coordinates in ``q`` and an orthonormal extension basis.
+
+    Parameters
+    ----------
+    q : ndarray, shape (m, k)
+        Orthonormal columns (k may be 0).
+    block : ndarray, shape (m, n)
+    tol : float
+        Residual directions with singular value <= ``tol * ||block||_F`` are dropped.
+    with_dropped : bool
+        Also compute the Frobenius norm of the part of ``block`` left outside span([q, W]).
+    norm2 : float, optional
+        ||block||_F^2 if already known.
+    """
+    coords = q.T @ block
+    residual = block - q @ coords
+    residual -= q @ (q.T @ residual)  # second Gram-Schmidt pass: "twice is enough"
+    norm = float(np.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2))
+    u, s = _svd(residual)
+    kept = u[:, s > _keep_threshold(norm, tol)]
+    if kept.shape[1]:
+        # singular vectors of weak residual directions carry roundoff along q of size
+        # ~eps*||A||/s_j: project it out, and re-orthonormalise if it was not negligible
+        overlap = q.T @ kept
+        kept = kept - q @ overlap
+        if overlap.size and np.abs(overlap).max() > 1e-8:
+            kept, _ = np.linalg.qr(kept)
+    new_coords = kept.T @ block
+    dropped = 0.0
+    if with_dropped:
+        dropped = float(np.linalg.norm(residual - kept @ (kept.T @ residual)))
+    return Extension(coords, kept, new_coords, dropped)
+
+
+class _Bound:
+    """Shared behaviour: exact ||M||_F^2 bookkeeping and the certified error."""
+
+    rank: int
+    total: float
+
+    def lower_energy(self) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def error_bound(self) -> float:
+        """Certified upper bound on the relative rank-r error of everything added."""
+        return error_from_energy(self.lower_energy(), self.total)
+
+    def add(self, block: np.ndarray, norm2: float | None = None) -> None:
+        """Add ``block`` (m x n) unconditionally."""
+        self._commit(self._propose(_as_float64(block), norm2))
+
+    def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None) -> bool:
+        """Add ``block`` only if the certified error then stays <= ``max_error``.
+
+        Returns whether the block was added; on False the state is unchanged.
+        """
+        proposal = self._propose(_as_float64(block), norm2)
+        if self._proposal_error(proposal) > max_error:
+            return False
+        self._commit(proposal)
+        return True
+
+    @staticmethod
+    def _norm2(block: np.ndarray, norm2: float | None) -> float:
+        return float(np.einsum("ij,ij->", block, block)) if norm2 is None else float(norm2)
+
+
+class WeylBound(_Bound):
+    """Seed bound ("max_norm"): E_r(M) >= E_r(M_seed) because adding columns never lowers
+    singular values. The seed's top-r energy comes from its SVD.
+
+    Parameters
+    ----------
+    seed : ndarray, shape (m, n_seed)
+    rank : int
+    """
+
+    def __init__(self, seed: np.ndarray, rank: int, *, s2: np.ndarray | None = None):
+        self.rank = check_rank(rank)
+        seed = _as_float64(seed)
+        if s2 is None:
+            s2 = _svd(seed)[1] ** 2
+        self._seed_energy = top_energy(s2, self.rank)
+        self.total = float(np.einsum("ij,ij->", seed, seed))
+
+    def lower_energy(self) -> float:
+        return self._seed_energy
+
+    def _propose(self, block: np.ndarray, norm2: float | None) -> float:
+        return self.total + self._norm2(block, norm2)
+
+    def _proposal_error(self, total: float) -> float:
+        return error_from_energy(self._seed_energy, total)
+
+    def _commit(self, total: float) -> None:
+        self.total = total
+
+    def add_norms(self, norms2: np.ndarray) -> None:
+        """Add blocks known only by their squared norms (all this bound needs)."""
+        self.total += float(np.sum(norms2))
+
+
+class ResidualBound(_Bound):
+    """Incremental residual bound ("residuals").
+
+    Keeps an orthonormal basis Q of everything added (the seed's full range, then each
+    residual's range) and the multiset of credited squared singular values. The lower
+    bound is the sum of the r largest credited values.
+
+    Parameters
+    ----------
+    seed : ndarray, shape (m, n_seed)
+    rank : int
+    tol : float
+        Relative threshold below which residual directions are dropped (and not credited).
+    """
+
+    def __init__(self, seed: np.ndarray, rank: int, *, tol: float = DEFAULT_TOL):
+        self.rank = check_rank(rank)
+        self.tol = check_tol(tol)
+        seed = _as_float64(seed)
+        self.total = float(np.einsum("ij,ij->", seed, seed))
+        u, s = _svd(seed)
+        kept = s > _keep_threshold(np.sqrt(self.total), self.tol)
+        self.basis = np.ascontiguousarray(u[:, kept])
+        self.credited = list(s * s)
+
+    def lower_energy(self) -> float:
+        return top_energy(np.asarray(self.credited), self.rank)
+
+    def _propose(self, block: np.ndarray, norm2: float | None):
+        norm2 = self._norm2(block, norm2)
+        ext = extend_basis(self.basis, block, self.tol, norm2=norm2)
+        # singular values of W^T A: the energy of A inside the new orthogonal piece
+        s2 = _svd(ext.new_coords)[1] ** 2 if ext.basis.shape[1] else np.zeros(0)
+        return self.total + norm2, ext.basis, s2
+
+    def _proposal_error(self, proposal) -> float:
+        total, _, s2 = proposal
+        return error_from_energy(top_energy(np.concatenate([self.credited, s2]), self.rank), total)
+
+    def _commit(self, proposal) -> None:
+        total, basis, s2 = proposal
+        self.total = total
+        if basis.shape[1]:
+            self.basis = np.hstack([self.basis, basis])
+            self.credited.extend(s2)
+
+
+class GramSketch(_Bound):
+    """Truncated Gram sketch ("approximate"): G = Q diag(lam) Q^T with G <= M M^T.
+
+    Parameters
+    ----------
+    seed : ndarray, shape (m, n_seed)
+    rank : int
+    oversampling : int
+        The sketch keeps at most ``rank + oversampling`` directions.
+    tol : float
+        Relative threshold below which residual directions are dropped.
+
+    Attributes
+    ----------
+    basis : ndarray, shape (m, k)
+        Orthonormal sketch basis Q, k <= rank + oversampling.
+    eigenvalues : ndarray, shape (k,)
+        lam, descending.
+    slack : float
+        Upper bound on the Frobenius norm of all energy dropped so far; the certified lower
+        bound is ``(max(0, sqrt(sum of top r lam) - slack))^2``, valid by the triangle
+        inequality for the Ky Fan (2, r) norm sqrt(E_r(.)).
+    """
+
+    def __init__(
+        self,
+        seed: np.ndarray | None,
+        rank: int,
+        *,
+        oversampling: int = 5,
+        tol: float = DEFAULT_TOL,
+        rows: int | None = None,
+    ):
+        self.rank = check_rank(rank)
+        self.oversampling = check_nonnegative_int("oversampling", oversampling)
+        self.tol = check_tol(tol)
+        self.slack = 0.0
+        if seed is None:
+            if rows is None:
+                raise ValueError("an empty sketch needs the number of rows")
+            self.basis, self.eigenvalues, self.total = np.zeros((rows, 0)), np.zeros(0), 0.0
+            return
+        seed = _as_float64(seed)
+        self.total = float(np.einsum("ij,ij->", seed, seed))
+        u, s = _svd(seed)
+        k = min(int(np.count_nonzero(s > _keep_threshold(np.sqrt(self.total), self.tol))), self.capacity)
+        self.basis = np.ascontiguousarray(u[:, :k])
+        self.eigenvalues = s[:k] ** 2
+
+    @property
+    def capacity(self) -> int:
+        return self.rank + self.oversampling
+
+    @classmethod
+    def from_parts(cls, basis, eigenvalues, total, rank, *, oversampling=5, tol=DEFAULT_TOL, slack=0.0):
+        """Rebuild a sketch from stored parts (e.g. a checkpoint)."""
+        sketch = cls(None, rank, oversampling=oversampling, tol=tol, rows=np.shape(basis)[0])
+        sketch.basis = np.asarray(basis, dtype=np.float64)
+        sketch.eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+        sketch.total, sketch.slack = float(total), float(slack)
+        return sketch
+
+    def _sketch_energy(self, eigenvalues: np.ndarray, slack: float) -> float:
+        head = float(np.sum(eigenvalues[: self.rank]))  # eigenvalues are kept descending
+        return max(0.0, np.sqrt(head) - slack) ** 2
+
+    def lower_energy(self) -> float:
+        return self._sketch_energy(self.eigenvalues, self.slack)
+
+    def _propose(self, block: np.ndarray, norm2: float | None, extra_total: float | None = None):
+        added = self._norm2(block, norm2) if extra_total is None else extra_total
+        ext = extend_basis(self.basis, block, self.tol, with_dropped=True, norm2=added if extra_total is None else None)
+        k = self.basis.shape[1]
+        coords = np.vstack([ext.coords, ext.new_coords])  # [Y; B], coordinates of the kept part
+        small = coords @ coords.T
+        small.flat[: k * (small.shape[0] + 1) : small.shape[0] + 1] += self.eigenvalues
+        lam, vecs = np.linalg.eigh(small)
+        keep = min(self.capacity, lam.size)
+        lam, vecs = np.clip(lam[::-1][:keep], 0.0, None), vecs[:, ::-1][:, :keep]
+        basis = np.hstack([self.basis, ext.basis]) @ vecs if lam.size else self.basis[:, :0]
+        return self.total + added, basis, lam, self.slack + ext.dropped
+
+    def _proposal_error(self, proposal) -> float:
+        total, _, lam, slack = proposal
+        return error_from_energy(self._sketch_energy(lam, slack), total)
+
+    def _commit(self, proposal) -> None:
+        self.total, self.basis, self.eigenvalues, self.slack = proposal
+
+    def merge(self, other: "GramSketch") -> "GramSketch":
+        """Sketch of the union of two *disjoint* groups, touching no data.
+
+        G_self + G_other <= M_1 M_1^T + M_2 M_2^T, so ``other`` is added as the block
+        Q_2 diag(sqrt(lam_2)) and the result truncated; slacks add. O(m k^2).
+        """
+        if other.basis.shape[0] != self.basis.shape[0]:
+            raise ValueError(f"cannot merge sketches with {self.basis.shape[0]} and {other.basis.shape[0]} rows")
+        merged = self.copy()
+        pseudo_block = other.basis * np.sqrt(other.eigenvalues)
+        total, basis, lam, slack = merged._propose(pseudo_block, None, extra_total=other.total)
+        merged._commit((total, basis, lam, slack + other.slack))
+        return merged
+
+    def merged_error_bound(self, other: "GramSketch") -> float:
+        """Certified error of the union with ``other``, without modifying either."""
+        return self.merge(other).error_bound()
+
+    def copy(self) -> "GramSketch":
+        return GramSketch.from_parts(
+            self.basis.copy(), self.eigenvalues.copy(), self.total, self.rank,
+            oversampling=self.oversampling, tol=self.tol, slack=self.slack,
+        )
+
+
+def make_bound(method: str, seed: np.ndarray, rank: int, *, oversampling: int = 5, tol: float = DEFAULT_TOL):
+    """Build the bound state named by ``method`` ("max_norm", "residuals", "approximate")."""
+    if method == "max_norm":
+        return WeylBound(seed, rank)
+    if method == "residuals":
+        return ResidualBound(seed, rank, tol=tol)
+    if method == "approximate":
+        return GramSketch(seed, rank, oversampling=oversampling, tol=tol)
+    raise ValueError(f"unknown method {method!r}; expected one of 'max_norm', 'residuals', 'approximate'")

@@ -1,0 +1,212 @@
+"""The paper's greedy error-bounded clustering, one driver for all three bounds.
+
+Blocks are sorted once by Frobenius norm, descending. While blocks remain:
+
+1. **Seed**: the largest remaining block, then the next largest while the seed's total
+   width stays <= r.
+2. **Order** the other remaining blocks: ``"norm"`` (smallest norm first) or
+   ``"residual"`` (ascending ||(I - QQ^T) A||_F against the seed's top-r left singular
+   basis Q; all blocks at once with one matrix product over the column layout).
+3. **Grow**: add candidates in that order while the certified error bound stays <= eps;
+   stop at the first candidate that would push it above eps.
+4. **Emit** seed + accepted blocks. After ``patience`` groups in a row that accepted no
+   candidate, every remaining block becomes its own group.
+
+Every block ends in exactly one group. Reference: M. Shamrai, arXiv 2601.11626 (2026),
+Algorithms 1-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative_int, check_rank, check_tol
+from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
+from .layout import BlockLayout, as_layout, segment_sums
+
+__all__ = ["cluster", "ClusteringResult", "seed_split"]
+
+
+@dataclass
+class ClusteringResult:
+    """Groups produced by :func:`cluster`.
+
+    Attributes
+    ----------
+    clusters : list of list of int
+        Block indices per group: the seed blocks first, then accepted blocks in the order
+        they were added.
+    labels : ndarray of int64, shape (K,)
+        Group index of every block.
+    bounds : ndarray of float64, shape (n_groups,)
+        Certified upper bound on each group's exact relative rank-r error. Only a group of
+        one block can exceed eps (a wide block that no rank-r form fits); such a block is
+        stored as it is.
+    params : dict
+        The parameters the clustering ran with.
+    """
+
+    clusters: list[list[int]]
+    labels: np.ndarray
+    bounds: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.clusters)
+
+
+def seed_split(sorted_blocks: np.ndarray, widths: np.ndarray, rank: int) -> int:
+    """How many of ``sorted_blocks`` (largest norm first) form the seed.
+
+    The first block always; then following blocks while the total width stays <= rank.
+    """
+    total = np.cumsum(widths[sorted_blocks])
+    return max(1, int(np.searchsorted(total, rank, side="right")))
+
+
+class _ResidualOrderer:
+    """Residual norms of many remaining blocks against a basis, vectorised.
+
+    Keeps a compacted copy of the remaining blocks' columns; blocks removed since the last
+    compaction stay in the copy (their results are ignored) until they make up half of it,
+    so the copying cost is amortised over many groups.
+    """
+
+    def __init__(self, layout: BlockLayout):
+        self._layout = layout
+        self._reset(np.arange(layout.n_blocks))
+
+    def _reset(self, block_ids: np.ndarray) -> None:
+        self._ids = block_ids
+        widths = self._layout.widths[block_ids]
+        self._offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        self._data = self._layout.gather(block_ids) if len(block_ids) != self._layout.n_blocks else self._layout.data
+
+    def residual_norms2(self, basis: np.ndarray, blocks: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """||(I - basis basis^T) A_i||_F^2 for each i in ``blocks`` (all alive)."""
+        if np.count_nonzero(alive[self._ids]) * 2 < len(self._ids):
+            self._reset(self._ids[alive[self._ids]])
+        projected = basis.T @ self._data
+        inside = segment_sums(np.einsum("ij,ij->j", projected, projected), self._offsets)
+        position = np.full(self._layout.n_blocks, -1, dtype=np.int64)
+        position[self._ids] = np.arange(len(self._ids))
+        residual = self._layout.norms2[blocks] - inside[position[blocks]]
+        return np.clip(residual, 0.0, None)
+
+
+def _seed_basis(seed: np.ndarray, rank: int) -> np.ndarray:
+    """Top-r left singular vectors of the seed (its whole range when it has <= r columns)."""
+    u, s = _svd(seed)
+    keep = min(rank, int(np.count_nonzero(s > s[0] * 1e-12))) if s.size and s[0] > 0 else 0
+    return u[:, :keep]
+
+
+def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float) -> list[int]:
+    """Add candidates in order until one would push the bound above eps."""
+    if isinstance(bound, WeylBound):
+        # only ||M||^2 grows, so the bound is monotone: accept the longest feasible prefix
+        totals = bound.total + np.cumsum(layout.norms2[candidates])
+        seed = bound.lower_energy()
+        feasible = seed >= (1.0 - eps * eps) * totals
+        n = len(candidates) if feasible.all() else int(np.argmin(feasible))
+        bound.add_norms(layout.norms2[candidates[:n]])
+        return candidates[:n].tolist()
+    accepted = []
+    for block in candidates:
+        if not bound.try_add(layout.block(block), eps, layout.norms2[block]):
+            break
+        accepted.append(int(block))
+    return accepted
+
+
+def cluster(
+    blocks,
+    *,
+    rank: int,
+    eps: float,
+    method: str = "approximate",
+    order: str = "residual",
+    patience: int = 10,
+    oversampling: int = 5,
+    tol: float = DEFAULT_TOL,
+    offsets=None,
+) -> ClusteringResult:
+    """Group blocks so that every group's rank-r relative error is certified <= eps.
+
+    Parameters
+    ----------
+    blocks : sequence of 2-D arrays, or 2-D array with ``offsets``, or BlockLayout
+        The collection: K blocks with equal row counts and any widths.
+    rank : int
+        Target rank r of each group's shared truncated SVD.
+    eps : float
+        Error threshold in (0, 1) on ||M_C - [M_C]_r||_F / ||M_C||_F.
+    method : {"approximate", "residuals", "max_norm"}
+        Certified bound used while growing a group (see :mod:`pipeline.bounds`).
+    order : {"residual", "norm"}
+        Candidate order: ascending residual against the seed basis, or ascending norm.
+    patience : int
+        After this many consecutive groups that accepted no candidate, every remaining
+        block becomes its own group.
+    oversampling : int
+        Extra sketch directions p for ``method="approximate"`` (sketch rank r + p).
+    tol : float
+        Relative threshold below which residual directions are dropped.
+    offsets : array of int, optional
+        Column boundaries when ``blocks`` is the concatenated data.
+
+    Returns
+    -------
+    ClusteringResult
+
+    Raises
+    ------
+    ValueError
+        Bad parameters, or bad input naming the offending block.
+    """
+    rank, eps = check_rank(rank), check_eps(eps)
+    method = check_choice("method", method, METHODS)
+    order = check_choice("order", order, ORDERS)
+    patience = check_nonnegative_int("patience", patience)
+    if patience < 1:
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+    oversampling = check_nonnegative_int("oversampling", oversampling)
+    tol = check_tol(tol)
+    layout = as_layout(blocks, offsets)
+
+    remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
+    alive = np.ones(layout.n_blocks, dtype=bool)
+    orderer = _ResidualOrderer(layout) if order == "residual" else None
+    clusters, bounds, misses = [], [], 0
+    while remaining.size:
+        n_seed = seed_split(remaining, layout.widths, rank)
+        seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
+        seed = layout.gather(seed_ids)
+        if order == "norm":
+            candidates = candidates[::-1]
+        elif candidates.size:
+            alive[seed_ids] = False
+            residual = orderer.residual_norms2(_seed_basis(seed, rank), candidates, alive)
+            candidates = candidates[np.argsort(residual, kind="stable")]
+        bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol)
+        accepted = _grow(bound, layout, candidates, eps)
+        group = [int(b) for b in seed_ids] + accepted
+        clusters.append(group)
+        bounds.append(bound.error_bound())
+        alive[group] = False
+        remaining = remaining[alive[remaining]]
+        misses = misses + 1 if not accepted and candidates.size else 0
+        if misses >= patience:
+            for block in remaining:
+                clusters.append([int(block)])
+                bounds.append(WeylBound(layout.block(block), rank).error_bound())
+            break
+
+    labels = np.empty(layout.n_blocks, dtype=np.int64)
+    for g, group in enumerate(clusters):
+        labels[group] = g
+    params = dict(rank=rank, eps=eps, method=method, order=order, patience=patience, oversampling=oversampling, tol=tol)
+    return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)

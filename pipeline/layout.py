@@ -1,0 +1,171 @@
+"""The column layout of a block collection: all blocks side by side plus offsets.
+
+Block ``i`` of a collection is ``data[:, offsets[i]:offsets[i + 1]]``. This is the layout
+the Zarr store uses, and it lets per-block quantities be computed for many blocks with one
+matrix product followed by a segmented sum (:func:`segment_sums`) instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BlockLayout", "as_layout", "segment_sums"]
+
+
+def segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum ``values`` over the column segments ``[offsets[i], offsets[i+1])``.
+
+    Works along the last axis and handles empty segments (width-0 blocks are rejected at
+    validation, but the function stays correct for them).
+    """
+    values = np.asarray(values)
+    cumulative = np.concatenate(
+        [np.zeros(values.shape[:-1] + (1,), dtype=np.float64), np.cumsum(values, axis=-1, dtype=np.float64)],
+        axis=-1,
+    )
+    return cumulative[..., offsets[1:]] - cumulative[..., offsets[:-1]]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """K blocks of ``rows`` rows stored side by side in float64.
+
+    Attributes
+    ----------
+    data : ndarray, shape (m, N)
+        All blocks concatenated by columns, float64.
+    offsets : ndarray of int64, shape (K + 1,)
+        Column boundaries; block ``i`` is ``data[:, offsets[i]:offsets[i + 1]]``.
+    norms2 : ndarray of float64, shape (K,)
+        Squared Frobenius norm of every block.
+    """
+
+    data: np.ndarray
+    offsets: np.ndarray
+    norms2: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def widths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def block(self, i: int) -> np.ndarray:
+        """Block ``i`` as a view of ``data``."""
+        return self.data[:, self.offsets[i] : self.offsets[i + 1]]
+
+    def column_index(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Column indices of the given blocks, concatenated in the order given."""
+        blocks = np.asarray(blocks, dtype=np.int64)
+        if blocks.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        starts = self.offsets[blocks]
+        widths = self.offsets[blocks + 1] - starts
+        # ramp within each block, shifted to that block's first column
+        shift = np.repeat(starts - np.concatenate([[0], np.cumsum(widths)[:-1]]), widths)
+        return np.arange(int(widths.sum()), dtype=np.int64) + shift
+
+    def gather(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The concatenation ``[A_i for i in blocks]`` (a copy), shape (m, sum of widths)."""
+        return self.data[:, self.column_index(blocks)]
+
+    def subset(self, blocks: Sequence[int] | np.ndarray) -> "BlockLayout":
+        """A new layout holding only ``blocks``, in the order given."""
+        blocks = np.asarray(blocks, dtype=np.int64)
+        widths = self.offsets[blocks + 1] - self.offsets[blocks]
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        return BlockLayout(self.gather(blocks), offsets, self.norms2[blocks].copy())
+
+
+def _check_offsets(offsets: np.ndarray, n_columns: int) -> np.ndarray:
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.size < 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError("offsets must be a 1-D integer array of length K + 1")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != n_columns:
+        raise ValueError(f"offsets must start at 0 and end at the number of columns ({n_columns})")
+    widths = np.diff(offsets)
+    bad = np.flatnonzero(widths <= 0)
+    if bad.size:
+        raise ValueError(f"block {bad[0]}: has width {widths[bad[0]]}; every block needs at least one column")
+    return offsets
+
+
+def _check_block(i: int, block: object, rows: int | None) -> np.ndarray:
+    arr = np.asarray(block)
+    if arr.ndim != 2:
+        raise ValueError(f"block {i}: must be a 2-D array, got {arr.ndim} dimension(s) with shape {arr.shape}")
+    if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"block {i}: dtype {arr.dtype} is not a real numeric type")
+    if rows is not None and arr.shape[0] != rows:
+        raise ValueError(f"block {i}: has {arr.shape[0]} rows, expected {rows} like block 0")
+    if arr.shape[1] == 0 or arr.shape[0] == 0:
+        raise ValueError(f"block {i}: is empty (shape {arr.shape})")
+    return arr
+
+
+def _check_finite(data: np.ndarray, offsets: np.ndarray) -> None:
+    finite_columns = np.isfinite(data).all(axis=0)
+    if not finite_columns.all():
+        column = int(np.flatnonzero(~finite_columns)[0])
+        block = int(np.searchsorted(offsets, column, side="right") - 1)
+        raise ValueError(f"block {block}: contains NaN or Inf (column {column - offsets[block]})")
+
+
+def as_layout(blocks: object, offsets: object | None = None) -> BlockLayout:
+    """Validate a collection and return it as a float64 :class:`BlockLayout`.
+
+    Parameters
+    ----------
+    blocks : sequence of 2-D arrays, BlockLayout, or 2-D array
+        Either the blocks themselves (equal row counts, ragged widths), an existing layout,
+        or the concatenated data ``m x N`` (then ``offsets`` is required).
+    offsets : array of int, optional
+        Column boundaries (K + 1 values) when ``blocks`` is the concatenated data.
+
+    Raises
+    ------
+    ValueError
+        Empty collection, non-2-D or non-real blocks, mismatched row counts, empty blocks,
+        NaN or Inf; the message names the offending block index.
+    """
+    if isinstance(blocks, BlockLayout):
+        return blocks
+    if offsets is not None:
+        data = _check_block(0, blocks, None) if np.ndim(blocks) == 2 else None
+        if data is None:
+            raise ValueError("with offsets, blocks must be the 2-D concatenated data (m x N)")
+        offsets = _check_offsets(offsets, data.shape[1])
+        if offsets.size < 2:
+            raise ValueError("the collection is empty: offsets describe no block")
+        data = np.ascontiguousarray(data, dtype=np.float64)
+    else:
+        if isinstance(blocks, np.ndarray) and blocks.ndim == 3:
+            blocks = list(blocks)
+        try:
+            items = list(blocks)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError("blocks must be a sequence of 2-D arrays or the column layout (data, offsets)") from None
+        if not items:
+            raise ValueError("the collection is empty: at least one block is needed")
+        checked = []
+        rows = None
+        for i, item in enumerate(items):
+            arr = _check_block(i, item, rows)
+            rows = arr.shape[0]
+            checked.append(arr)
+        widths = np.array([a.shape[1] for a in checked], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        data = np.concatenate([a.astype(np.float64, copy=False) for a in checked], axis=1)
+    _check_finite(data, offsets)
+    norms2 = segment_sums(np.einsum("ij,ij->j", data, data), offsets)
+    return BlockLayout(data, offsets, norms2)
