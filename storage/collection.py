@@ -1,0 +1,679 @@
+"""Chunked Zarr v3 matrix collections: streaming writer, atomic append, reader.
+
+Layout of one collection (a Zarr v3 group at ``<root>/<name>``)::
+
+    data      (m, N) float32|float64, chunks (chunk_rows, chunk_columns), Blosc-zstd
+    offsets   (K+1,) int64   block i is data[:, offsets[i]:offsets[i+1]]
+    norms2    (K,)   float64 squared Frobenius norm of each block (computed in float64)
+    attrs["cmsvd"] = {schema_version, kind, rows, dtype, n_blocks, n_columns, names,
+                      block_provenance, provenance}
+
+``attrs["cmsvd"]`` (the group's root ``zarr.json``) is the *commit record*: readers only
+trust ``offsets[:n_blocks+1]``, ``norms2[:n_blocks]`` and ``data[:, :n_columns]``.
+This is what makes appends atomic: an append writes its new columns beyond the
+committed extent (the chunk shared with the old tail is rewritten with the old values
+unchanged, and each chunk write replaces one object atomically), then the new
+``offsets``/``norms2`` entries (beyond the committed ones), and finally rewrites the
+root ``zarr.json`` in a single object write.  A failure before that last write leaves
+the collection exactly as it was; the writer then shrinks ``data`` back to the
+committed extent (best effort, and harmless if it cannot).
+
+New collections are written under ``<root>/.staging/`` and published by
+:func:`storage._location.publish` (rename locally, copy with ``zarr.json`` last on
+object stores), so a failed ingest leaves nothing visible under the collection name.
+
+Writers assume a single writer per collection; readers may run concurrently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import uuid
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from ._location import SCHEMA_VERSION, Location, check_name, json_dumps, publish, resolve
+from .errors import (
+    BlockValidationError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    EmptyInputError,
+)
+
+#: Target size of one stored chunk; a chunk is also the writer's buffer.
+TARGET_CHUNK_BYTES = 16 * 2**20
+#: Below this many columns per chunk at full height, rows are chunked too.
+MIN_CHUNK_COLUMNS = 64
+#: Upper bound on the bytes fetched by one read of consecutive chunks in ``blocks``.
+MAX_READ_BYTES = 64 * 2**20
+_META_KEY = "cmsvd"
+_VECTOR_CHUNK = 65536
+_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def default_codecs() -> list:
+    """Blosc + zstd with byte shuffle: multi-threaded, good on floats."""
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+
+
+def default_chunks(
+    rows: int, dtype: np.dtype, chunk_columns: int | None = None, chunk_rows: int | None = None
+) -> tuple[int, int]:
+    """Pick (chunk_rows, chunk_columns) for ``data``.
+
+    Chunks hold about :data:`TARGET_CHUNK_BYTES`; rows are split only when a full-height
+    chunk would have fewer than :data:`MIN_CHUNK_COLUMNS` columns (very tall blocks).
+    Chunk boundaries need not align with blocks.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    if chunk_rows is None:
+        fits = rows * itemsize * MIN_CHUNK_COLUMNS <= TARGET_CHUNK_BYTES
+        chunk_rows = rows if fits else max(1, TARGET_CHUNK_BYTES // (itemsize * MIN_CHUNK_COLUMNS))
+    chunk_rows = int(min(max(1, chunk_rows), max(rows, 1)))
+    if chunk_columns is None:
+        chunk_columns = max(1, TARGET_CHUNK_BYTES // (chunk_rows * itemsize))
+        if chunk_columns >= 256:
+            chunk_columns -= chunk_columns % 256  # round figures read better in listings
+    return chunk_rows, int(max(1, chunk_columns))
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in _SUPPORTED_DTYPES:
+        raise ValueError(f"collection dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class _ColumnSink:
+    """Sequential writer along the last axis of a Zarr array, one chunk buffered.
+
+    Starts at column *start* (possibly inside a chunk: the chunk's existing head is
+    loaded so that rewriting it keeps the old values).  Memory: one chunk.
+    """
+
+    def __init__(self, array: zarr.Array, start: int) -> None:
+        self.array = array
+        self.cc = int(array.chunks[-1])
+        self.buf_start = (start // self.cc) * self.cc
+        self.fill = start - self.buf_start
+        self.pos = start
+        self.buf = np.zeros(array.shape[:-1] + (self.cc,), dtype=array.dtype)
+        if self.fill:
+            self.buf[..., : self.fill] = array[..., self.buf_start : start]
+
+    def _ensure(self, stop: int) -> None:
+        if self.array.shape[-1] < stop:
+            self.array.resize(self.array.shape[:-1] + (stop,))
+
+    def write(self, piece: np.ndarray) -> None:
+        w = piece.shape[-1]
+        done = 0
+        while done < w:
+            if self.fill == 0 and w - done >= self.cc:
+                # whole chunks go straight to the store, no extra copy
+                k = (w - done) // self.cc * self.cc
+                self._ensure(self.buf_start + k)
+                self.array[..., self.buf_start : self.buf_start + k] = piece[..., done : done + k]
+                self.buf_start += k
+                done += k
+                continue
+            take = min(self.cc - self.fill, w - done)
+            self.buf[..., self.fill : self.fill + take] = piece[..., done : done + take]
+            self.fill += take
+            done += take
+            if self.fill == self.cc:
+                self._flush()
+        self.pos += w
+
+    def _flush(self) -> None:
+        stop = self.buf_start + self.fill
+        self._ensure(stop)
+        self.array[..., self.buf_start : stop] = self.buf[..., : self.fill]
+        if self.fill == self.cc:
+            self.buf_start += self.cc
+            self.fill = 0
+
+    def close(self) -> int:
+        """Write the partial last chunk, trim the array to the written extent."""
+        if self.fill:
+            self._flush()
+        if self.array.shape[-1] != self.pos:
+            self.array.resize(self.array.shape[:-1] + (self.pos,))
+        self.buf = np.zeros((0,))
+        return self.pos
+
+
+def _target_dtype(src: np.dtype, dst: np.dtype, stack_complex: bool) -> str | None:
+    """Return a problem description if *src* cannot go losslessly into *dst*."""
+    if src.kind == "c":
+        if not stack_complex:
+            return f"complex dtype {src} needs stack_complex=True (real rows over imaginary rows)"
+        src = np.finfo(src).dtype  # component dtype: complex64 -> float32
+    if src.kind not in "iuf":
+        return f"non-numeric dtype {src}"
+    if not np.can_cast(src, dst, "safe"):
+        return f"dtype {src} cannot be stored losslessly in a {dst} collection"
+    return None
+
+
+class CollectionWriter:
+    """Stream blocks into a new collection (or append to a published one).
+
+    Use :func:`create_collection` or :meth:`Collection.appender` to obtain one.
+    ``append`` validates and writes one block, buffering at most one chunk; if it
+    raises, the writer is *poisoned* (nothing more can be appended or published) and
+    :meth:`discard` undoes its work.  As a context manager the writer publishes on a
+    clean exit and discards on an exception.
+    """
+
+    def __init__(
+        self,
+        root: Location,
+        name: str,
+        group: zarr.Group,
+        meta: dict,
+        *,
+        offsets: Sequence[int],
+        staging: Location | None,
+        overwrite: bool,
+        stack_complex: bool,
+    ) -> None:
+        self._root = root
+        self.name = name
+        self._group = group
+        self._meta = meta
+        self._staging = staging
+        self._overwrite = overwrite
+        self.stack_complex = stack_complex
+        self.rows = int(meta["rows"])
+        self.dtype = np.dtype(meta["dtype"])
+        self._base_blocks = int(meta["n_blocks"])
+        self._base_columns = int(meta["n_columns"])
+        self._data = group["data"]
+        self._sink = _ColumnSink(self._data, self._base_columns)
+        self._offsets = [int(offsets[-1])] if len(offsets) else [0]
+        self._norms2: list[float] = []
+        self._names: list[str] = []
+        self._prov: list[Any] = []
+        self._known = set(meta["names"])
+        self._state = "open"
+
+    # ---- properties -------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        """Blocks in the collection once published (existing + appended)."""
+        return self._base_blocks + len(self._names)
+
+    @property
+    def appending(self) -> bool:
+        return self._staging is None
+
+    # ---- writing ----------------------------------------------------------
+    def append(self, block: Any, name: str | None = None, provenance: Any = None) -> int:
+        """Validate and write one block; return its index in the collection.
+
+        Parameters
+        ----------
+        block : array-like, 2-D (rows x n)
+            ndarray, memmap, h5py or zarr array: it is read in chunk-wide column
+            slices, so a memory-mapped block is never loaded whole.
+        name : str, optional
+            Unique block name; default ``"block-<index>"``.
+        provenance : JSON-serialisable, optional
+            Stored per block in the collection attributes.
+
+        Raises
+        ------
+        BlockValidationError
+            NaN/Inf, wrong rows, non-numeric or lossy dtype, complex without
+            ``stack_complex``, empty block, duplicate or non-string name.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"collection writer for {self.name!r} is {self._state}")
+        index = self.n_blocks
+        name = f"block-{index}" if name is None else name
+        try:
+            self._check_name(index, name)
+            width, norm2 = self._write_block(index, name, block)
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._offsets.append(self._offsets[-1] + width)
+        self._norms2.append(norm2)
+        self._names.append(name)
+        self._known.add(name)
+        self._prov.append(provenance)
+        return index
+
+    def extend(self, blocks: Iterable[Any], names: Iterable[str] | None = None) -> "CollectionWriter":
+        """Append every block of an iterable (names zipped when given)."""
+        name_iter = iter(names) if names is not None else None
+        for block in blocks:
+            self.append(block, None if name_iter is None else next(name_iter))
+        return self
+
+    def _check_name(self, index: int, name: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise BlockValidationError(index, None, f"block name must be a non-empty string, got {name!r}")
+        if name in self._known:
+            raise BlockValidationError(index, name, "duplicate block name")
+
+    def _write_block(self, index: int, name: str, block: Any) -> tuple[int, float]:
+        shape = getattr(block, "shape", None)
+        dtype = getattr(block, "dtype", None)
+        if shape is None or dtype is None:
+            block = np.asarray(block)
+            shape, dtype = block.shape, block.dtype
+        dtype = np.dtype(dtype)
+        if len(shape) != 2:
+            raise BlockValidationError(index, name, f"expected a 2-D array, got shape {tuple(shape)}")
+        problem = _target_dtype(dtype, self.dtype, self.stack_complex)
+        if problem:
+            raise BlockValidationError(index, name, problem)
+        rows = shape[0] * (2 if dtype.kind == "c" else 1)
+        if rows != self.rows:
+            raise BlockValidationError(index, name, f"has {rows} rows, the collection has {self.rows}")
+        width = int(shape[1])
+        if width == 0:
+            raise BlockValidationError(index, name, "has no columns")
+        norm2 = 0.0
+        step = self._sink.cc
+        for a in range(0, width, step):
+            piece = np.asarray(block[:, a : a + step])
+            if piece.dtype.kind == "c":
+                piece = np.concatenate([piece.real, piece.imag], axis=0)
+            if not np.isfinite(piece).all():
+                bad = "NaN" if np.isnan(piece).any() else "Inf"
+                raise BlockValidationError(index, name, f"contains {bad} (column {a + int(np.argwhere(~np.isfinite(piece))[0][1])})")
+            piece = piece.astype(self.dtype, copy=False)
+            p64 = piece.astype(np.float64, copy=False)
+            norm2 += float(np.einsum("ij,ij->", p64, p64))
+            self._sink.write(piece)
+        return width, norm2
+
+    # ---- finishing --------------------------------------------------------
+    def _commit_record(self) -> dict:
+        meta = dict(self._meta)
+        meta["n_blocks"] = self.n_blocks
+        meta["n_columns"] = self._offsets[-1]
+        meta["names"] = list(self._meta["names"]) + self._names
+        prov = self._meta.get("block_provenance")
+        if prov is not None or any(p is not None for p in self._prov):
+            prov = list(prov) if prov is not None else [None] * self._base_blocks
+            meta["block_provenance"] = prov + self._prov
+        meta["modified"] = _now()
+        return meta
+
+    def _write_vectors(self) -> None:
+        k0, k1 = self._base_blocks, self.n_blocks
+        offsets, norms2 = self._group["offsets"], self._group["norms2"]
+        if offsets.shape[0] != k1 + 1:
+            offsets.resize((k1 + 1,))
+        if norms2.shape[0] != k1:
+            norms2.resize((k1,))
+        if k1 > k0:
+            offsets[k0 : k1 + 1] = np.asarray(self._offsets, dtype=np.int64)
+            norms2[k0:k1] = np.asarray(self._norms2, dtype=np.float64)
+
+    def publish(self) -> "Collection":
+        """Finish writing and make the blocks visible; return the opened collection.
+
+        For a new collection this moves the staging group into place (failing with
+        :class:`CollectionExistsError` if another one was published meanwhile and
+        ``overwrite`` is false).  For an append it commits the new extent with one
+        metadata write.
+
+        Raises
+        ------
+        EmptyInputError
+            A new collection without any block.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"collection writer for {self.name!r} is {self._state}; cannot publish")
+        if not self.appending and not self._names:
+            self.discard()
+            raise EmptyInputError(f"collection {self.name!r}: no blocks to ingest")
+        try:
+            self._sink.close()
+            self._write_vectors()
+            meta = self._commit_record()
+            if not self.appending:
+                meta["state"] = "published"
+            self._group.attrs.update({_META_KEY: meta})  # the commit point
+            if not self.appending:
+                try:
+                    publish(self._staging, self._root.child(self.name), "zarr.json", self._overwrite)
+                except FileExistsError:
+                    raise CollectionExistsError(
+                        f"collection {self.name!r} already exists at {self._root.url}"
+                    ) from None
+        except BaseException:
+            self._state = "failed"
+            self.discard()
+            raise
+        self._state = "published"
+        return open_collection(self._root.url, self.name, storage_options=self._root.storage_options)
+
+    commit = publish
+
+    def discard(self) -> None:
+        """Drop everything written by this writer (the staging group, or appended columns)."""
+        if self._state == "published":
+            return
+        self._state = "discarded"
+        if self._staging is not None:
+            self._staging.rm()
+            return
+        try:  # appended columns sit beyond the committed extent: trim them
+            self._data.resize((self.rows, self._base_columns))
+        except Exception:  # pragma: no cover - invisible to readers anyway
+            pass
+
+    def __enter__(self) -> "CollectionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._state == "open":
+            self.publish()
+        elif self._state not in ("published", "discarded"):
+            self.discard()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def create_collection(
+    url: str,
+    name: str,
+    rows: int,
+    dtype: Any = np.float64,
+    *,
+    chunk_columns: int | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    stack_complex: bool = False,
+    provenance: dict | None = None,
+    storage_options: dict | None = None,
+) -> CollectionWriter:
+    """Start a new collection, written under a staging prefix until published.
+
+    Parameters
+    ----------
+    url : str
+        Root URL (local path, ``file://``, ``memory://``, ``s3://``).
+    name : str
+        Collection name (a safe path component).
+    rows : int
+        Row count m shared by every block (after complex stacking).
+    dtype : float32 or float64
+        Stored dtype; blocks are cast only when lossless.
+    chunk_columns, chunk_rows : int, optional
+        Chunk shape of ``data``; default from :func:`default_chunks` (~16 MiB).
+    overwrite : bool
+        Replace an existing collection when publishing.
+    stack_complex : bool
+        Accept complex blocks, stored as real rows over imaginary rows.
+    provenance : dict, optional
+        Collection-level provenance stored in the attributes.
+    storage_options : dict, optional
+        fsspec options (e.g. S3 endpoint).
+
+    Returns
+    -------
+    CollectionWriter
+    """
+    check_name(name, "collection name")
+    dt = _check_dtype(dtype)
+    rows = int(rows)
+    if rows <= 0:
+        raise ValueError(f"collection {name!r}: rows must be positive, got {rows}")
+    root = resolve(url, storage_options)
+    final = root.child(name)
+    if not overwrite and final.exists("zarr.json"):
+        raise CollectionExistsError(f"collection {name!r} already exists at {root.url}")
+    staging = root.child(".staging", f"{name}-{uuid.uuid4().hex}")
+    cr, cc = default_chunks(rows, dt, chunk_columns, chunk_rows)
+    group = zarr.open_group(store=staging.zarr_store(), mode="w")
+    group.create_array("data", shape=(rows, 0), chunks=(cr, cc), dtype=dt, compressors=default_codecs(), fill_value=0)
+    group.create_array("offsets", shape=(1,), chunks=(_VECTOR_CHUNK,), dtype=np.int64, fill_value=0)
+    group.create_array("norms2", shape=(0,), chunks=(_VECTOR_CHUNK,), dtype=np.float64, fill_value=0)
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "collection",
+        "state": "staging",
+        "rows": rows,
+        "dtype": dt.name,
+        "n_blocks": 0,
+        "n_columns": 0,
+        "names": [],
+        "block_provenance": None,
+        "provenance": provenance or {},
+        "created": _now(),
+    }
+    group.attrs.update({_META_KEY: meta})
+    return CollectionWriter(
+        root, name, group, meta, offsets=[0], staging=staging, overwrite=overwrite, stack_complex=stack_complex
+    )
+
+
+def open_collection(url: str, name: str, *, storage_options: dict | None = None) -> "Collection":
+    """Open a published collection for reading.
+
+    Raises
+    ------
+    CollectionNotFoundError
+        Nothing published under that name (staging leftovers are ignored).
+    """
+    check_name(name, "collection name")
+    root = resolve(url, storage_options)
+    loc = root.child(name)
+    loc.invalidate()
+    if not loc.exists("zarr.json"):
+        raise CollectionNotFoundError(f"no collection {name!r} at {root.url}")
+    group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+    meta = dict(group.attrs.get(_META_KEY) or {})
+    if meta.get("kind") != "collection":
+        raise CollectionNotFoundError(f"{loc.url} is not a cmsvd collection")
+    if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
+        raise ValueError(f"collection {name!r} has schema {meta['schema_version']}, newer than {SCHEMA_VERSION}")
+    return Collection(root, name, group, meta)
+
+
+class Collection:
+    """Read access to a published collection (see the module docstring for the layout).
+
+    Attributes
+    ----------
+    url, name : str
+    rows, n_blocks, n_columns : int
+    dtype : numpy.dtype
+    offsets : ndarray of int64, shape (K+1,)
+    widths : ndarray of int64, shape (K,)
+    norms2 : ndarray of float64, shape (K,)
+    names : list of str
+    provenance : dict
+    block_provenance : list or None
+    chunks : tuple of int
+        Zarr chunk shape of ``data``.
+    """
+
+    def __init__(self, root: Location, name: str, group: zarr.Group, meta: dict) -> None:
+        self._root = root
+        self.url = root.url
+        self.name = name
+        self._group = group
+        self._meta = meta
+        self._data = group["data"]
+        self.rows = int(meta["rows"])
+        self.dtype = np.dtype(meta["dtype"])
+        self.n_blocks = int(meta["n_blocks"])
+        self.n_columns = int(meta["n_columns"])
+        self.names: list[str] = list(meta["names"])
+        self.provenance: dict = dict(meta.get("provenance") or {})
+        self.block_provenance = meta.get("block_provenance")
+        # only the committed prefix is trusted (an append may have written beyond it)
+        self.offsets = np.asarray(group["offsets"][: self.n_blocks + 1], dtype=np.int64)
+        self.norms2 = np.asarray(group["norms2"][: self.n_blocks], dtype=np.float64)
+        self.widths = np.diff(self.offsets)
+        self.chunks = tuple(int(c) for c in self._data.chunks)
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __repr__(self) -> str:
+        return (
+            f"Collection({self.name!r}, rows={self.rows}, n_blocks={self.n_blocks}, "
+            f"n_columns={self.n_columns}, dtype={self.dtype})"
+        )
+
+    @property
+    def storage_options(self) -> dict:
+        return dict(self._root.storage_options)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size of the data (rows x n_columns x itemsize)."""
+        return self.rows * self.n_columns * self.dtype.itemsize
+
+    @property
+    def nbytes_stored(self) -> int:
+        """Bytes on disk / in the bucket under the collection prefix."""
+        return self._root.child(self.name).du()
+
+    def _index(self, i: Any) -> int:
+        try:
+            j = int(i)
+        except (TypeError, ValueError):
+            raise IndexError(f"block index {i!r} is not an integer") from None
+        if j != i or not 0 <= j < self.n_blocks:
+            raise IndexError(f"block index {i!r} out of range for collection {self.name!r} with {self.n_blocks} blocks")
+        return j
+
+    def block(self, i: int) -> np.ndarray:
+        """Block *i* as an (rows x width) array."""
+        i = self._index(i)
+        return np.asarray(self._data[:, self.offsets[i] : self.offsets[i + 1]])
+
+    def column_range(self, start: int, stop: int) -> np.ndarray:
+        """Columns ``start:stop`` of the concatenated data."""
+        if not 0 <= start <= stop <= self.n_columns:
+            raise IndexError(f"column range {start}:{stop} outside 0:{self.n_columns}")
+        return np.asarray(self._data[:, start:stop])
+
+    def blocks(self, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Gather many blocks side by side, in the order given.
+
+        Every chunk column needed is read once (consecutive chunks in one request of
+        at most :data:`MAX_READ_BYTES`), not once per block.
+
+        Returns
+        -------
+        data : ndarray, shape (rows, sum of widths)
+        offsets : ndarray of int64, shape (len(indices)+1,)
+            Block ``indices[j]`` is ``data[:, offsets[j]:offsets[j+1]]``.
+        """
+        idx = [self._index(i) for i in indices]
+        out_off = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(self.widths[idx] if idx else [], out=out_off[1:])
+        out = np.empty((self.rows, int(out_off[-1])), dtype=self.dtype)
+        first: dict[int, int] = {}
+        for j, i in enumerate(idx):
+            first.setdefault(i, int(out_off[j]))
+        runs = self._runs(sorted(first))
+        cur, cur_data = None, None
+        for i in sorted(first):
+            s, e, d = int(self.offsets[i]), int(self.offsets[i + 1]), first[i]
+            col = s
+            while col < e:
+                run = runs[col // self.chunks[1]]
+                if run != cur:
+                    cur, cur_data = run, np.asarray(self._data[:, run[0] : run[1]])
+                stop = min(e, run[1])
+                out[:, d + col - s : d + stop - s] = cur_data[:, col - run[0] : stop - run[0]]
+                col = stop
+        for j, i in enumerate(idx):  # repeated indices: copy from the first occurrence
+            if out_off[j] != first[i]:
+                out[:, out_off[j] : out_off[j + 1]] = out[:, first[i] : first[i] + self.widths[i]]
+        return out, out_off
+
+    def _runs(self, sorted_blocks: list[int]) -> dict[int, tuple[int, int]]:
+        """Map each needed chunk column to the (start, stop) columns of its read."""
+        cc = self.chunks[1]
+        needed: set[int] = set()
+        for i in sorted_blocks:
+            s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+            needed.update(range(s // cc, (e - 1) // cc + 1))
+        per_run = max(1, MAX_READ_BYTES // max(1, self.rows * cc * self.dtype.itemsize))
+        runs: dict[int, tuple[int, int]] = {}
+        chunk_ids = sorted(needed)
+        k = 0
+        while k < len(chunk_ids):
+            j = k
+            while j + 1 < len(chunk_ids) and chunk_ids[j + 1] == chunk_ids[j] + 1 and j + 1 - k < per_run:
+                j += 1
+            bounds = (chunk_ids[k] * cc, min((chunk_ids[j] + 1) * cc, self.n_columns))
+            for c in chunk_ids[k : j + 1]:
+                runs[c] = bounds
+            k = j + 1
+        return runs
+
+    def to_dask(self) -> Any:
+        """Dask array of ``data[:, :n_columns]`` with chunks equal to the Zarr chunks."""
+        import dask.array as da
+
+        return da.from_zarr(self._data)[:, : self.n_columns]
+
+    def fingerprint(self) -> str:
+        """Cheap content fingerprint (shape, dtype, names, offsets, norms2)."""
+        h = hashlib.sha256()
+        h.update(json_dumps([self.rows, self.dtype.name, self.n_blocks, self.n_columns, self.names]).encode())
+        h.update(self.offsets.astype("<i8").tobytes())
+        h.update(self.norms2.astype("<f8").tobytes())
+        return h.hexdigest()
+
+    def appender(self, *, stack_complex: bool = False) -> CollectionWriter:
+        """A writer that appends blocks to this collection atomically (see module doc)."""
+        loc = self._root.child(self.name)
+        group = zarr.open_group(store=loc.zarr_store(), mode="r+")
+        meta = dict(group.attrs[_META_KEY])
+        offsets = group["offsets"][int(meta["n_blocks"]) : int(meta["n_blocks"]) + 1]
+        return CollectionWriter(
+            self._root, self.name, group, meta, offsets=offsets, staging=None, overwrite=False, stack_complex=stack_complex
+        )
+
+    def append_blocks(
+        self, blocks: Iterable[Any], names: Iterable[str] | None = None, *, stack_complex: bool = False
+    ) -> "Collection":
+        """Append blocks atomically (all or nothing) and return the reopened collection."""
+        with self.appender(stack_complex=stack_complex) as w:
+            w.extend(blocks, names)
+        return open_collection(self.url, self.name, storage_options=self.storage_options)
+
+
+def delete_collection(url: str, name: str, *, storage_options: dict | None = None) -> None:
+    """Remove a collection (marker first, so it disappears before its data)."""
+    check_name(name, "collection name")
+    loc = resolve(url, storage_options).child(name)
+    loc.rm("zarr.json")
+    loc.rm()
+
+
+def list_collections(url: str, *, storage_options: dict | None = None) -> list[str]:
+    """Names of the published collections under a root URL."""
+    root = resolve(url, storage_options)
+    root.invalidate()
+    try:
+        entries = root.fs.ls(root.path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = []
+    for entry in entries:
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        if not base.startswith(".") and base not in ("runs", "artifacts") and root.exists(base, "zarr.json"):
+            names.append(base)
+    return sorted(names)
