@@ -26,7 +26,7 @@ from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
 from .layout import BlockLayout, as_layout, segment_sums
 
-__all__ = ["cluster", "ClusteringResult", "seed_split"]
+__all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound"]
 
 
 @dataclass
@@ -102,6 +102,48 @@ def _seed_basis(seed: np.ndarray, rank: int) -> np.ndarray:
     u, s = _svd(seed)
     keep = min(rank, int(np.count_nonzero(s > s[0] * 1e-12))) if s.size and s[0] > 0 else 0
     return u[:, :keep]
+
+
+def _order_candidates(candidates, seed, rank, orderer, alive) -> np.ndarray:
+    """Candidates (largest norm first) in growing order: by residual, else smallest norm first."""
+    if orderer is None:
+        return candidates[::-1]
+    if not candidates.size:
+        return candidates
+    residual = orderer.residual_norms2(_seed_basis(seed, rank), candidates, alive)
+    return candidates[np.argsort(residual, kind="stable")]
+
+
+def group_bound(
+    blocks,
+    members,
+    *,
+    rank: int,
+    method: str,
+    order: str = "residual",
+    oversampling: int = 5,
+    tol: float = DEFAULT_TOL,
+) -> float:
+    """Certified error bound of one given group, built the way :func:`cluster` builds it.
+
+    The members are sorted by norm, the seed is split off, the others are ordered by
+    ``order`` and all of them are added. Used by the bound-tightness study.
+    """
+    rank = check_rank(rank)
+    method = check_choice("method", method, METHODS)
+    order = check_choice("order", order, ORDERS)
+    layout = as_layout(blocks).subset(np.asarray(members, dtype=np.int64))
+    remaining = np.argsort(-layout.norms2, kind="stable")
+    n_seed = seed_split(remaining, layout.widths, rank)
+    seed = layout.gather(remaining[:n_seed])
+    alive = np.ones(layout.n_blocks, dtype=bool)
+    alive[remaining[:n_seed]] = False
+    orderer = _ResidualOrderer(layout) if order == "residual" else None
+    candidates = _order_candidates(remaining[n_seed:], seed, rank, orderer, alive)
+    bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol)
+    for block in candidates:
+        bound.add(layout.block(block), layout.norms2[block])
+    return bound.error_bound()
 
 
 def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float) -> list[int]:
@@ -185,12 +227,8 @@ def cluster(
         n_seed = seed_split(remaining, layout.widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
         seed = layout.gather(seed_ids)
-        if order == "norm":
-            candidates = candidates[::-1]
-        elif candidates.size:
-            alive[seed_ids] = False
-            residual = orderer.residual_norms2(_seed_basis(seed, rank), candidates, alive)
-            candidates = candidates[np.argsort(residual, kind="stable")]
+        alive[seed_ids] = False
+        candidates = _order_candidates(candidates, seed, rank, orderer, alive)
         bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol)
         accepted = _grow(bound, layout, candidates, eps)
         group = [int(b) for b in seed_ids] + accepted

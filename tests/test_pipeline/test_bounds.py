@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import GramSketch, ResidualBound, WeylBound
+from pipeline.bounds import extend_basis
+from pipeline.greedy import group_bound
+from pipeline.spectra import relative_error, squared_singular_values, top_energy
+
+from .helpers import awkward_collection, bound_is_valid, exact_error
+
+REL_TOL = 1e-9
+
+collections = st.builds(
+    lambda seed, rows, k, width: awkward_collection(seed, rows, k, width),
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 14),
+    k=st.integers(1, 7),
+    width=st.integers(1, 12),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks=collections, rank=st.integers(1, 8))
+def test_every_bound_dominates_the_exact_error(blocks, rank):
+    members = np.arange(len(blocks))
+    exact = exact_error(blocks, members, rank)
+    for method in ("max_norm", "residuals", "approximate"):
+        for order in ("norm", "residual"):
+            bound = group_bound(blocks, members, rank=rank, method=method, order=order, oversampling=2)
+            assert bound_is_valid(bound, exact), (method, order, bound, exact)
+
+
+@settings(max_examples=100, deadline=None)
+@given(blocks=collections, rank=st.integers(1, 8), oversampling=st.integers(0, 4))
+def test_lower_energy_never_exceeds_top_energy(blocks, rank, oversampling):
+    full = np.hstack([b.astype(np.float64) for b in blocks])
+    exact_top = top_energy(np.linalg.svd(full, compute_uv=False) ** 2, rank)
+    states = [
+        WeylBound(blocks[0], rank),
+        ResidualBound(blocks[0], rank),
+        GramSketch(blocks[0], rank, oversampling=oversampling),
+    ]
+    for state in states:
+        for block in blocks[1:]:
+            state.add(block)
+        assert state.lower_energy() <= exact_top * (1 + REL_TOL) + 1e-300
+        assert state.total == pytest.approx(float(np.sum(full * full)), rel=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(blocks=collections, rank=st.integers(1, 6), split=st.integers(1, 6))
+def test_merged_sketches_bound_the_union(blocks, rank, split):
+    if len(blocks) < 2:
+        blocks = blocks * 2
+    split = min(split, len(blocks) - 1)
+    left = GramSketch(blocks[0], rank, oversampling=2)
+    for block in blocks[1:split]:
+        left.add(block)
+    right = GramSketch(blocks[split], rank, oversampling=2)
+    for block in blocks[split + 1 :]:
+        right.add(block)
+    merged = left.merge(right)
+    exact = exact_error(blocks, range(len(blocks)), rank)
+    assert bound_is_valid(merged.error_bound(), exact)
+    assert merged.basis.shape[1] <= rank + 2
+    # merging left the operands untouched
+    assert left.total + right.total == pytest.approx(merged.total)
+
+
+def test_weyl_uses_the_seed_spectrum_when_the_seed_is_wider_than_rank():
+    rng = np.random.default_rng(1)
+    seed = rng.standard_normal((30, 12))  # full rank 12 > r = 4
+    bound = WeylBound(seed, 4)
+    s2 = squared_singular_values(seed)
+    assert bound.lower_energy() == pytest.approx(s2[:4].sum())
+    assert bound.lower_energy() < np.sum(seed**2) * 0.9  # the buggy ||M_S||^2 would be too high
+    assert bound.error_bound() == pytest.approx(relative_error(seed, 4))
+
+
+def test_extension_basis_is_orthonormal_and_orthogonal_for_rank_deficient_residuals():
+    rng = np.random.default_rng(2)
+    q = np.linalg.qr(rng.standard_normal((40, 6)))[0]
+    # residual of rank 2 inside a 7-column block, plus components along q
+    block = rng.standard_normal((40, 2)) @ rng.standard_normal((2, 7)) + q @ rng.standard_normal((6, 7))
+    ext = extend_basis(q, block, 1e-12, with_dropped=True)
+    assert ext.basis.shape[1] == 2
+    assert np.allclose(ext.basis.T @ ext.basis, np.eye(2), atol=1e-13)
+    assert np.abs(q.T @ ext.basis).max() < 1e-13
+    assert ext.dropped < 1e-12 * np.linalg.norm(block)
+
+
+def test_block_inside_the_basis_adds_no_direction():
+    rng = np.random.default_rng(3)
+    seed = rng.standard_normal((20, 3))
+    sketch = GramSketch(seed, 3, oversampling=1)
+    sketch.add(seed @ rng.standard_normal((3, 5)))
+    assert sketch.basis.shape[1] == 3
+    assert sketch.error_bound() < 1e-7
+
+
+def test_try_add_leaves_state_unchanged_on_rejection():
+    rng = np.random.default_rng(4)
+    seed = rng.standard_normal((20, 2))
+    for state in (WeylBound(seed, 2), ResidualBound(seed, 2), GramSketch(seed, 2, oversampling=1)):
+        before = (state.total, state.lower_energy())
+        assert not state.try_add(rng.standard_normal((20, 8)) * 10, 0.05)
+        assert (state.total, state.lower_energy()) == before
+    # only the sketch credits energy that lies inside the span it already holds
+    sketch = GramSketch(seed, 2, oversampling=1)
+    assert sketch.try_add(seed * 0.5, 0.05)
+    assert sketch.error_bound() <= 0.05
+    assert sketch.total == pytest.approx(1.25 * np.sum(seed**2))
