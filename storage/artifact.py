@@ -1,0 +1,521 @@
+"""Compressed artifacts: one shared basis per group, coefficients per block.
+
+Published layout, a Zarr v3 group at ``<root>/artifacts/<collection>/<label>/``::
+
+    bases          (m, R)  group g's basis U_g is bases[:, basis_offsets[g]:basis_offsets[g+1]]
+    basis_offsets  (G+1,)  int64
+    coefficients   (L,)    flat; block i's V_i is
+                           coefficients[coef_offsets[i]:coef_offsets[i+1]].reshape(block_ranks[i], n_i)
+                           (C order).  Blocks keep the collection's order, so this is the
+                           data's ragged column layout with each block flattened; no padding
+                           to a common rank.
+    coef_offsets   (K+1,)  int64
+    block_ranks    (K,)    rows of V_i (r_C, or m for a group stored raw)
+    block_group    (K,)    group label of every block
+    group_members, group_member_offsets   the groups as flat + offsets
+    group_ranks (G,) int64, group_errors (G,) float64, group_kinds (G,) int8 (0 svd, 1 raw)
+    attrs["cmsvd"] = {schema_version, kind="artifact", collection, collection_fingerprint,
+                      rows, dtype, n_blocks, n_groups, params, input_nbytes, input_raw_nbytes}
+    manifest.json  sha256 and size of every other file; written last = the publish marker
+
+A *raw* group (``basis=None``) stores its blocks as they are (the paper keeps a
+singleton uncompressed when no low-rank form is smaller): V_i is the block, U is I.
+
+Writing streams group by group: :func:`create_artifact` records the grouping under
+``artifacts/<collection>/.staging/<label>/``, any process may then call
+:meth:`ArtifactWriter.write_group` (reopen with :func:`open_artifact_writer`), each
+group landing in its own part files plus a done marker; :meth:`ArtifactWriter.finalize`
+packs the parts into the layout above in block order with chunk-sized buffers, keeping
+in memory only the coefficient parts of groups that still have unpacked blocks, and
+publishes like a collection (rename locally, copy with the marker last elsewhere).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+from ._location import SCHEMA_VERSION, Location, check_name, json_dumps, publish, resolve
+from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
+from .errors import CollectionExistsError, CollectionNotFoundError, IntegrityError
+
+MANIFEST = "manifest.json"
+_FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
+_KIND_SVD, _KIND_RAW = 0, 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _locations(url: str, collection_name: str, label: str, storage_options: dict | None) -> tuple[Location, Location, Location]:
+    check_name(collection_name, "collection name")
+    check_name(label, "artifact label")
+    root = resolve(url, storage_options)
+    base = root.child("artifacts", collection_name)
+    return root, base.child(label), base.child(".staging", label)
+
+
+def _check_groups(groups: Sequence[Sequence[int]], n_blocks: int) -> list[list[int]]:
+    """Every block in exactly one non-empty group."""
+    seen = np.zeros(n_blocks, dtype=np.int64)
+    out = []
+    for g, members in enumerate(groups):
+        members = [int(i) for i in members]
+        if not members:
+            raise ValueError(f"group {g} is empty")
+        for i in members:
+            if not 0 <= i < n_blocks:
+                raise ValueError(f"group {g}: block index {i} out of range (collection has {n_blocks} blocks)")
+            seen[i] += 1
+        out.append(members)
+    dup, missing = np.flatnonzero(seen > 1), np.flatnonzero(seen == 0)
+    if dup.size:
+        raise ValueError(f"blocks in more than one group: {dup[:10].tolist()}")
+    if missing.size:
+        raise ValueError(f"blocks in no group: {missing[:10].tolist()}")
+    return out
+
+
+def create_artifact(
+    url: str,
+    collection_name: str,
+    label: str,
+    *,
+    groups: Sequence[Sequence[int]],
+    params: dict | None = None,
+    dtype: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> "ArtifactWriter":
+    """Start writing an artifact for a grouping of a collection's blocks.
+
+    Parameters
+    ----------
+    groups : list of list of int
+        A partition of the collection's block indices.
+    params : dict, optional
+        Parameters to record (eps, r, algorithm...).
+    dtype : float32 or float64, optional
+        Stored dtype of bases and coefficients; default the collection's.
+    """
+    root, final, staging = _locations(url, collection_name, label, storage_options)
+    coll = open_collection(url, collection_name, storage_options=storage_options)
+    groups = _check_groups(groups, coll.n_blocks)
+    if not overwrite and final.exists(MANIFEST):
+        raise CollectionExistsError(f"artifact {label!r} of collection {collection_name!r} already exists")
+    staging.rm()
+    record = {
+        "collection": collection_name,
+        "label": label,
+        "collection_fingerprint": coll.fingerprint(),
+        "rows": coll.rows,
+        "dtype": np.dtype(dtype or coll.dtype).name,
+        "widths": coll.widths.tolist(),
+        "groups": groups,
+        "params": params or {},
+        "input_nbytes": coll.nbytes_stored,
+        "input_raw_nbytes": coll.nbytes,
+        "overwrite": bool(overwrite),
+    }
+    staging.write_json(record, "writer.json")
+    return ArtifactWriter(root, final, staging, record)
+
+
+def open_artifact_writer(url: str, collection_name: str, label: str, *, storage_options: dict | None = None) -> "ArtifactWriter":
+    """Reopen an artifact being written (e.g. from a worker process)."""
+    root, final, staging = _locations(url, collection_name, label, storage_options)
+    staging.invalidate()
+    if not staging.exists("writer.json"):
+        raise CollectionNotFoundError(f"no artifact {label!r} being written for collection {collection_name!r}")
+    return ArtifactWriter(root, final, staging, staging.read_json("writer.json"))
+
+
+class ArtifactWriter:
+    """Group-by-group writer of an artifact; see the module docstring."""
+
+    def __init__(self, root: Location, final: Location, staging: Location, record: dict) -> None:
+        self._root, self._final, self._staging = root, final, staging
+        self.record = record
+        self.groups: list[list[int]] = record["groups"]
+        self.rows = int(record["rows"])
+        self.dtype = np.dtype(record["dtype"])
+        self.widths = np.asarray(record["widths"], dtype=np.int64)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def _tol(self) -> float:
+        return 1e-3 if self.dtype == np.float32 else 1e-8
+
+    def write_group(self, g: int, basis: np.ndarray | None, coefficients: Sequence[np.ndarray] | np.ndarray) -> None:
+        """Write one group's basis and its blocks' coefficients.
+
+        Parameters
+        ----------
+        g : int
+            Group index into ``groups``.
+        basis : ndarray (m, r) with orthonormal columns, or None
+            None stores the group raw: *coefficients* are then the blocks themselves.
+        coefficients : list of ndarray (r, n_i) in the group's member order, or one
+            ndarray (r, sum n_i) with the members side by side.
+        """
+        if not 0 <= g < self.n_groups:
+            raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
+        members = self.groups[g]
+        kind = _KIND_RAW if basis is None else _KIND_SVD
+        rank = self.rows if basis is None else self._check_basis(g, basis)
+        coef = self._check_coefficients(g, members, rank, coefficients)
+        parts = self._staging.child("parts")
+        name = f"g{g:08d}"
+        if basis is not None:
+            parts.write_bytes(_npy_bytes(np.ascontiguousarray(basis, dtype=self.dtype)), f"{name}.basis.npy")
+        parts.write_bytes(_npy_bytes(coef), f"{name}.coef.npy")
+        # done marker last: a worker dying mid-write leaves the group missing, not torn
+        parts.write_json({"kind": kind, "rank": 0 if basis is None else rank}, f"{name}.json")
+
+    def _check_basis(self, g: int, basis: np.ndarray) -> int:
+        basis = np.asarray(basis)
+        if basis.ndim != 2 or basis.shape[0] != self.rows:
+            raise ValueError(f"group {g}: basis shape {basis.shape}, expected ({self.rows}, r)")
+        if not np.isfinite(basis).all():
+            raise ValueError(f"group {g}: basis contains NaN or Inf")
+        b = basis.astype(np.float64)
+        gram_err = np.abs(b.T @ b - np.eye(b.shape[1])).max() if b.shape[1] else 0.0
+        if gram_err > self._tol():
+            raise ValueError(f"group {g}: basis columns are not orthonormal (max |U^T U - I| = {gram_err:.2e})")
+        return int(basis.shape[1])
+
+    def _check_coefficients(self, g: int, members: list[int], rank: int, coefficients: Any) -> np.ndarray:
+        widths = self.widths[members]
+        if isinstance(coefficients, np.ndarray) and coefficients.ndim == 2:
+            coef = coefficients  # members already side by side
+        else:
+            if len(coefficients) != len(members):
+                raise ValueError(f"group {g}: {len(coefficients)} coefficient arrays for {len(members)} blocks")
+            for i, c in zip(members, coefficients):
+                if np.shape(c) != (rank, self.widths[i]):
+                    raise ValueError(
+                        f"group {g}, block {i}: coefficients shape {np.shape(c)}, expected ({rank}, {self.widths[i]})"
+                    )
+            coef = np.concatenate([np.asarray(c) for c in coefficients], axis=1)
+        if coef.shape != (rank, widths.sum()):
+            raise ValueError(f"group {g}: coefficients shape {coef.shape}, expected ({rank}, {int(widths.sum())})")
+        if not np.isfinite(coef).all():
+            raise ValueError(f"group {g}: coefficients contain NaN or Inf")
+        return np.ascontiguousarray(coef, dtype=self.dtype)
+
+    def missing_groups(self) -> list[int]:
+        """Groups whose part has not been written (completely) yet."""
+        parts = self._staging.child("parts")
+        done = {r for r in parts.files() if r.endswith(".json")}
+        return [g for g in range(self.n_groups) if f"g{g:08d}.json" not in done]
+
+    def finalize(self, errors: Sequence[float], ranks: Sequence[int] | None = None) -> "Artifact":
+        """Pack every group into the published layout and publish it (manifest last).
+
+        Parameters
+        ----------
+        errors : sequence of float, one per group
+            Exact relative error of each group.
+        ranks : sequence of int, optional
+            Ranks to report; default the basis widths (0 for raw groups).  For
+            compressed groups they must equal the basis widths.
+        """
+        missing = self.missing_groups()
+        if missing:
+            raise ValueError(f"cannot finalize: {len(missing)} group(s) not written, e.g. {missing[:10]}")
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != (self.n_groups,):
+            raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
+        parts = self._staging.child("parts")
+        info = [parts.read_json(f"g{g:08d}.json") for g in range(self.n_groups)]
+        kinds = np.array([p["kind"] for p in info], dtype=np.int8)
+        widths_r = np.array([p["rank"] for p in info], dtype=np.int64)
+        if ranks is not None:
+            ranks = np.asarray(ranks, dtype=np.int64)
+            bad = [g for g in range(self.n_groups) if kinds[g] == _KIND_SVD and ranks[g] != widths_r[g]]
+            if ranks.shape != (self.n_groups,) or bad:
+                raise ValueError(f"ranks disagree with the written bases for groups {bad[:10]}")
+        else:
+            ranks = widths_r
+        packed = self._staging.child("packed")
+        packed.rm()
+        grp = zarr.open_group(store=packed.zarr_store(), mode="w")
+        self._pack_small(grp, kinds, widths_r, ranks, errors)
+        self._pack_bases(grp, parts, kinds, widths_r)
+        self._pack_coefficients(grp, parts, kinds, widths_r)
+        grp.attrs.update({"cmsvd": self._attrs()})
+        files = [r for r in packed.files() if r != MANIFEST]
+        manifest = {
+            "kind": "artifact",
+            "written": _now(),
+            "files": {r: {"nbytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for r in files for b in [packed.read_bytes(r)]},
+        }
+        packed.write_json(manifest, MANIFEST)
+        try:
+            publish(packed, self._final, MANIFEST, bool(self.record.get("overwrite")))
+        except FileExistsError:
+            raise CollectionExistsError(f"artifact {self.record['label']!r} already exists") from None
+        self._staging.rm()
+        return open_artifact(self._root.url, self.record["collection"], self.record["label"], storage_options=self._root.storage_options)
+
+    def _attrs(self) -> dict:
+        r = self.record
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "artifact",
+            "collection": r["collection"],
+            "collection_fingerprint": r["collection_fingerprint"],
+            "label": r["label"],
+            "rows": self.rows,
+            "dtype": self.dtype.name,
+            "n_blocks": int(self.widths.size),
+            "n_groups": self.n_groups,
+            "params": r["params"],
+            "input_nbytes": r["input_nbytes"],
+            "input_raw_nbytes": r["input_raw_nbytes"],
+            "created": _now(),
+        }
+
+    def _block_layout(self, kinds: np.ndarray, widths_r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        block_group = np.empty(self.widths.size, dtype=np.int64)
+        for g, members in enumerate(self.groups):
+            block_group[members] = g
+        block_ranks = np.where(kinds[block_group] == _KIND_RAW, self.rows, widths_r[block_group]).astype(np.int64)
+        coef_offsets = np.zeros(self.widths.size + 1, dtype=np.int64)
+        np.cumsum(block_ranks * self.widths, out=coef_offsets[1:])
+        return block_group, block_ranks, coef_offsets
+
+    def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> None:
+        block_group, block_ranks, coef_offsets = self._block_layout(kinds, widths_r)
+        members = np.concatenate([np.asarray(m, dtype=np.int64) for m in self.groups])
+        member_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum([len(m) for m in self.groups], out=member_offsets[1:])
+        basis_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum(widths_r, out=basis_offsets[1:])
+        small = {
+            "block_group": block_group,
+            "block_ranks": block_ranks,
+            "block_widths": self.widths,
+            "coef_offsets": coef_offsets,
+            "group_members": members,
+            "group_member_offsets": member_offsets,
+            "basis_offsets": basis_offsets,
+            "group_ranks": np.asarray(ranks, dtype=np.int64),
+            "group_errors": errors,
+            "group_kinds": kinds,
+        }
+        for key, value in small.items():
+            arr = grp.create_array(key, shape=value.shape, dtype=value.dtype, chunks=(max(1, min(value.size, 2**20)),), compressors=default_codecs())
+            arr[...] = value
+
+    def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+        cr, cc = default_chunks(self.rows, self.dtype)
+        arr = grp.create_array("bases", shape=(self.rows, 0), chunks=(cr, cc), dtype=self.dtype, compressors=default_codecs(), fill_value=0)
+        sink = _ColumnSink(arr, 0)
+        for g in range(self.n_groups):
+            if kinds[g] == _KIND_SVD and widths_r[g]:
+                sink.write(_npy_load(parts.read_bytes(f"g{g:08d}.basis.npy")))
+        sink.close()
+
+    def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+        arr = grp.create_array("coefficients", shape=(0,), chunks=(_FLAT_CHUNK,), dtype=self.dtype, compressors=default_codecs(), fill_value=0)
+        sink = _ColumnSink(arr, 0)
+        block_group, _, _ = self._block_layout(kinds, widths_r)
+        # position of each block inside its group's concatenated coefficients
+        local = np.zeros(self.widths.size, dtype=np.int64)
+        remaining = np.zeros(self.n_groups, dtype=np.int64)
+        for g, members in enumerate(self.groups):
+            w = self.widths[members]
+            local[members] = np.concatenate([[0], np.cumsum(w)[:-1]])
+            remaining[g] = len(members)
+        cache: dict[int, np.ndarray] = {}
+        for i in range(self.widths.size):
+            g = int(block_group[i])
+            if g not in cache:
+                cache[g] = _npy_load(parts.read_bytes(f"g{g:08d}.coef.npy"))
+            v = cache[g][:, local[i] : local[i] + self.widths[i]]
+            sink.write(np.ascontiguousarray(v).reshape(-1))
+            remaining[g] -= 1
+            if remaining[g] == 0:
+                del cache[g]  # evict as soon as the group's last block is packed
+        sink.close()
+
+    def abort(self) -> None:
+        """Drop everything written so far for this artifact."""
+        self._staging.rm()
+
+
+def write_artifact(
+    url: str,
+    collection_name: str,
+    label: str,
+    *,
+    groups: Sequence[Sequence[int]],
+    bases: Sequence[np.ndarray | None],
+    coefficients: Sequence[np.ndarray],
+    errors: Sequence[float],
+    ranks: Sequence[int] | None = None,
+    params: dict | None = None,
+    dtype: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> "Artifact":
+    """Write a whole artifact held in memory (wraps :func:`create_artifact`).
+
+    Parameters
+    ----------
+    groups : list of list of int
+        Partition of the block indices.
+    bases : list, one (m, r_C) orthonormal array per group (None: stored raw)
+    coefficients : list, one (r_C, n_i) array per *block*, indexed by block
+    errors, ranks : one value per group
+    """
+    writer = create_artifact(url, collection_name, label, groups=groups, params=params, dtype=dtype, overwrite=overwrite, storage_options=storage_options)
+    try:
+        for g, members in enumerate(writer.groups):
+            writer.write_group(g, bases[g], [coefficients[i] for i in members])
+        return writer.finalize(errors, ranks)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def open_artifact(url: str, collection_name: str, label: str, *, verify: bool = False, storage_options: dict | None = None) -> "Artifact":
+    """Open a published artifact (``verify=True`` re-hashes every file first)."""
+    root, final, _ = _locations(url, collection_name, label, storage_options)
+    final.invalidate()
+    if not final.exists(MANIFEST):
+        raise CollectionNotFoundError(f"no artifact {label!r} for collection {collection_name!r} at {root.url}")
+    art = Artifact(final, final.read_json(MANIFEST))
+    if verify:
+        art.verify()
+    return art
+
+
+class Artifact:
+    """A published artifact.
+
+    Attributes
+    ----------
+    n_blocks, n_groups, rows : int
+    dtype : numpy.dtype
+    groups : list of list of int
+    labels : ndarray (K,) group of each block
+    errors : ndarray (G,) exact per-group relative error
+    ranks : ndarray (G,)
+    kinds : ndarray (G,) 0 = shared basis, 1 = stored raw
+    params : dict
+    input_nbytes : int
+        Bytes on disk of the input collection when the artifact was written.
+    input_raw_nbytes : int
+        Uncompressed size of the input data.
+    """
+
+    def __init__(self, loc: Location, manifest: dict) -> None:
+        self._loc = loc
+        self.manifest = manifest
+        g = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+        self._group = g
+        meta = dict(g.attrs["cmsvd"])
+        self.meta = meta
+        self.collection = meta["collection"]
+        self.label = meta["label"]
+        self.rows = int(meta["rows"])
+        self.dtype = np.dtype(meta["dtype"])
+        self.n_blocks = int(meta["n_blocks"])
+        self.n_groups = int(meta["n_groups"])
+        self.params = meta["params"]
+        self.input_nbytes = int(meta["input_nbytes"])
+        self.input_raw_nbytes = int(meta["input_raw_nbytes"])
+        self.labels = g["block_group"][:]
+        self.errors = g["group_errors"][:]
+        self.ranks = g["group_ranks"][:]
+        self.kinds = g["group_kinds"][:]
+        self.block_ranks = g["block_ranks"][:]
+        self.coef_offsets = g["coef_offsets"][:]
+        self.basis_offsets = g["basis_offsets"][:]
+        members, moff = g["group_members"][:], g["group_member_offsets"][:]
+        self.groups = [members[moff[k] : moff[k + 1]].tolist() for k in range(self.n_groups)]
+        self.widths = g["block_widths"][:]
+        self._bases_cache: dict[int, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.label!r}, collection={self.collection!r}, n_blocks={self.n_blocks}, n_groups={self.n_groups})"
+
+    @property
+    def nbytes_stored(self) -> int:
+        """Bytes on disk of the artifact (all files, manifest included)."""
+        return sum(f["nbytes"] for f in self.manifest["files"].values()) + len(json_dumps(self.manifest))
+
+    @property
+    def compression_ratio(self) -> float:
+        """input_nbytes / nbytes_stored (bytes on disk against bytes on disk)."""
+        return self.input_nbytes / max(1, self.nbytes_stored)
+
+    def _block(self, i: int) -> int:
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.n_blocks:
+            raise IndexError(f"block index {i!r} out of range for artifact with {self.n_blocks} blocks")
+        return int(i)
+
+    def basis(self, g: int) -> np.ndarray:
+        """U_g (m, r_g); raises ValueError for a raw group."""
+        if not 0 <= g < self.n_groups:
+            raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
+        if self.kinds[g] == _KIND_RAW:
+            raise ValueError(f"group {g} is stored raw (no basis)")
+        if g not in self._bases_cache:
+            if len(self._bases_cache) > 16:
+                self._bases_cache.clear()
+            self._bases_cache[g] = self._group["bases"][:, self.basis_offsets[g] : self.basis_offsets[g + 1]]
+        return self._bases_cache[g]
+
+    def coefficients(self, i: int) -> np.ndarray:
+        """V_i (r, n_i) for block i (the block itself for a raw group)."""
+        i = self._block(i)
+        flat = self._group["coefficients"][self.coef_offsets[i] : self.coef_offsets[i + 1]]
+        return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
+
+    def decompress(self, i: int) -> np.ndarray:
+        """U_C V_i: the approximation of block i, in the artifact dtype."""
+        i = self._block(i)
+        g = int(self.labels[i])
+        v = self.coefficients(i)
+        if self.kinds[g] == _KIND_RAW:
+            return v
+        return (self.basis(g) @ v).astype(self.dtype, copy=False)
+
+    def verify(self) -> None:
+        """Re-hash every file against the manifest.
+
+        Raises
+        ------
+        IntegrityError
+            Naming the first missing, resized or corrupted file.
+        """
+        for rel, entry in sorted(self.manifest["files"].items()):
+            try:
+                data = self._loc.read_bytes(rel)
+            except FileNotFoundError:
+                raise IntegrityError(f"artifact {self.label!r}: file {rel} is missing") from None
+            if len(data) != entry["nbytes"]:
+                raise IntegrityError(f"artifact {self.label!r}: file {rel} has {len(data)} bytes, expected {entry['nbytes']}")
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise IntegrityError(f"artifact {self.label!r}: file {rel} is corrupted (sha256 mismatch)")

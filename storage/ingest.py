@@ -1,0 +1,515 @@
+"""Streaming ingest of the paper's source formats into collections.
+
+Every adapter turns its source into a lazy stream of ``(name, block, provenance)``
+and feeds :class:`storage.collection.CollectionWriter`, which reads each block in
+chunk-wide column slices.  Peak memory is therefore about one source block (or one
+chunk for memory-mapped sources), never the collection:
+
+- ``.npy`` stacks are memory-mapped a window of blocks at a time and unmapped after
+  use, so mapped pages do not pile up in the resident set;
+- safetensors files are parsed directly (header + memory-mapped tensor bytes), which
+  also handles bfloat16 without any framework;
+- ``.npz`` members, HDF5 datasets, Zarr arrays are read one block at a time;
+- MATLAB v5 ``.mat`` variables are loaded one variable at a time (the format cannot
+  be read partially); v7.3 files (HDF5 inside) go through h5py.
+
+Validation happens while streaming and before anything is published: a failure
+leaves no collection behind (see :mod:`storage.collection`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .collection import Collection, create_collection
+from .errors import BlockValidationError, EmptyInputError
+
+#: Bytes of a source stack mapped at once.
+WINDOW_BYTES = 64 * 2**20
+
+NamedBlock = tuple[str | None, Any, Any]
+
+
+def _default_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 stays float32 (complex64 too), everything else numeric goes to float64."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fc" and dtype.itemsize <= (4 if dtype.kind == "f" else 8):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _ingest(
+    url: str,
+    name: str,
+    stream: Iterable[NamedBlock],
+    *,
+    dtype: Any = None,
+    stack_complex: bool = False,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+    chunk_columns: int | None = None,
+    chunk_rows: int | None = None,
+    storage_options: dict | None = None,
+) -> Collection:
+    """Write a stream of (name, block, provenance) into a new collection and publish it."""
+    it = iter(stream)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise EmptyInputError(f"collection {name!r}: no blocks to ingest") from None
+    bname, block, _ = first
+    shape = getattr(block, "shape", None)
+    if shape is None:
+        block = np.asarray(block)
+        shape = block.shape
+        first = (bname, block, first[2])
+    if len(shape) != 2:
+        raise BlockValidationError(0, bname, f"expected a 2-D array, got shape {tuple(shape)}")
+    src_dtype = np.dtype(getattr(block, "dtype", np.float64))
+    rows = int(shape[0]) * (2 if src_dtype.kind == "c" and stack_complex else 1)
+    dt = np.dtype(dtype) if dtype is not None else _default_dtype(src_dtype)
+    writer = create_collection(
+        url,
+        name,
+        rows,
+        dt,
+        chunk_columns=chunk_columns,
+        chunk_rows=chunk_rows,
+        overwrite=overwrite,
+        stack_complex=stack_complex,
+        provenance=provenance,
+        storage_options=storage_options,
+    )
+    try:
+        writer.append(first[1], first[0], first[2])
+        del first, block  # keep only one source block alive
+        for bname, block, prov in it:
+            writer.append(block, bname, prov)
+    except BaseException:
+        writer.discard()  # nothing was published: drop the staging group
+        raise
+    return writer.publish()
+
+
+def _common(kwargs: dict) -> dict:
+    allowed = {"dtype", "stack_complex", "overwrite", "chunk_columns", "chunk_rows", "storage_options", "provenance"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise TypeError(f"unexpected ingest option(s): {', '.join(sorted(unknown))}")
+    return kwargs
+
+
+def _with_source(kwargs: dict, fmt: str, source: Any, **extra: Any) -> dict:
+    prov = {"format": fmt, "source": str(source), **extra, **(kwargs.get("provenance") or {})}
+    return {**kwargs, "provenance": prov}
+
+
+def ingest_blocks(
+    url: str,
+    name: str,
+    blocks: Iterable[Any],
+    *,
+    names: Iterable[str] | None = None,
+    provenances: Iterable[Any] | None = None,
+    **options: Any,
+) -> Collection:
+    """Ingest an iterable of 2-D arrays (consumed lazily) into a new collection.
+
+    Parameters
+    ----------
+    url, name : str
+        Root URL and collection name.
+    blocks : iterable of 2-D array-likes
+        Same row count; widths may differ.
+    names : iterable of str, optional
+        Unique block names (default ``block-<i>``).
+    provenances : iterable, optional
+        Per-block JSON-serialisable provenance.
+    **options
+        ``dtype`` (default: float32 for float32 input, else float64),
+        ``stack_complex``, ``overwrite``, ``chunk_columns``, ``chunk_rows``,
+        ``storage_options``, ``provenance`` (collection-level dict).
+
+    Returns
+    -------
+    Collection
+        The published collection.
+    """
+    name_it = iter(names) if names is not None else None
+    prov_it = iter(provenances) if provenances is not None else None
+
+    def stream() -> Iterator[NamedBlock]:
+        for i, block in enumerate(blocks):
+            bname = None
+            if name_it is not None:
+                bname = next(name_it, None)
+                if bname is None:
+                    raise BlockValidationError(i, None, "more blocks than names")
+            yield bname, block, (next(prov_it, None) if prov_it is not None else None)
+
+    return _ingest(url, name, stream(), **_common(options))
+
+
+# ---- .npy --------------------------------------------------------------------
+
+
+def _npy_stack_stream(path: Path) -> Iterator[NamedBlock]:
+    arr = np.load(path, mmap_mode="r")
+    stem = path.stem
+    if arr.ndim == 2:
+        yield stem, arr, None
+        return
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: expected a (K, m, n) stack or one (m, n) matrix, got shape {arr.shape}")
+    if not arr.flags.c_contiguous:  # Fortran-ordered file: plain views, still lazy
+        for i in range(arr.shape[0]):
+            yield f"{stem}[{i}]", arr[i], None
+        return
+    k, m, n = arr.shape
+    dtype, offset = arr.dtype, int(arr.offset)
+    del arr
+    block_bytes = m * n * dtype.itemsize
+    per = max(1, WINDOW_BYTES // max(block_bytes, 1))
+    for k0 in range(0, k, per):
+        k1 = min(k, k0 + per)
+        # a fresh mapping per window: dropping it releases its pages from RSS
+        window = np.memmap(path, dtype=dtype, mode="r", offset=offset + k0 * block_bytes, shape=(k1 - k0, m, n))
+        for j in range(k1 - k0):
+            yield f"{stem}[{k0 + j}]", window[j], None
+        del window
+
+
+def ingest_npy_stack(url: str, name: str, path: str | os.PathLike, **options: Any) -> Collection:
+    """Ingest a ``.npy`` file holding a (K, m, n) stack (or one (m, n) matrix), memory-mapped.
+
+    Block names are ``<stem>[i]``.
+    """
+    path = Path(path)
+    return _ingest(url, name, _npy_stack_stream(path), **_with_source(_common(options), "npy", path))
+
+
+def _npz_stream(path: Path) -> Iterator[NamedBlock]:
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            yield key, z[key], {"member": key}
+
+
+def ingest_npz(url: str, name: str, path: str | os.PathLike, **options: Any) -> Collection:
+    """Ingest a ``.npz`` archive, one block per member array (named after the member)."""
+    path = Path(path)
+    return _ingest(url, name, _npz_stream(path), **_with_source(_common(options), "npz", path))
+
+
+def _npy_folder_stream(path: Path) -> Iterator[NamedBlock]:
+    files = sorted(p for p in path.iterdir() if p.suffix == ".npy" and p.is_file())
+    for f in files:
+        yield f.stem, np.load(f, mmap_mode="r"), {"file": f.name}
+
+
+def ingest_npy_folder(url: str, name: str, path: str | os.PathLike, **options: Any) -> Collection:
+    """Ingest every ``*.npy`` file of a folder (sorted by file name), one block each."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NotADirectoryError(str(path))
+    return _ingest(url, name, _npy_folder_stream(path), **_with_source(_common(options), "npy-folder", path))
+
+
+# ---- safetensors -----------------------------------------------------------
+
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,  # widened to float32 below
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """Parse a safetensors header.
+
+    Returns
+    -------
+    tensors : dict
+        name -> {"dtype", "shape", "data_offsets"} in file order (``__metadata__`` removed).
+    data_start : int
+        Byte offset of the tensor data.
+    """
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hlen))
+    header.pop("__metadata__", None)
+    ordered = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
+    return ordered, 8 + hlen
+
+
+def _load_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
+    dtype = _ST_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise ValueError(f"{path}: tensor dtype {info['dtype']} is not supported")
+    begin, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end == begin:
+        return np.zeros(shape, dtype=dtype)
+    arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=data_start + begin, shape=shape)
+    if info["dtype"] == "BF16":
+        # bfloat16 is the upper half of a float32
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr
+
+
+def _safetensors_stream(path: Path, column_length: int, per: str, skipped: list[str]) -> Iterator[NamedBlock]:
+    tensors, data_start = read_safetensors_header(path)
+    for key, info in tensors.items():
+        shape = info["shape"]
+        size = int(np.prod(shape)) if shape else 1
+        if len(shape) < 2 or size % column_length:
+            skipped.append(key)
+            continue
+        t = _load_tensor(path, info, data_start)
+        # consecutive column_length elements (C order) become one column
+        cols = t.reshape(-1, column_length).T
+        if per == "tensor":
+            yield key, cols, {"tensor": key, "shape": list(shape)}
+        else:
+            for j in range(cols.shape[1]):
+                yield f"{key}:{j}", cols[:, j : j + 1], None
+        del t, cols
+
+
+def ingest_safetensors(
+    url: str,
+    name: str,
+    path: str | os.PathLike,
+    column_length: int,
+    per: str = "tensor",
+    **options: Any,
+) -> Collection:
+    """Ingest the weight tensors of a safetensors file as columns of a given length.
+
+    Every tensor with at least 2 dimensions whose size is a multiple of
+    *column_length* is flattened (C order) and cut into consecutive pieces of
+    *column_length* values, each becoming one column (so a (n_out, n_in) weight with
+    n_in == column_length contributes its rows).  Other tensors (biases, norms,
+    incompatible sizes) are skipped and listed in ``provenance["skipped"]``.
+
+    Parameters
+    ----------
+    column_length : int
+        Rows m of the collection (768 in the paper).
+    per : {"tensor", "column"}
+        One block per tensor (named after it) or one block per column (named
+        ``<tensor>:<j>``).
+    """
+    if per not in ("tensor", "column"):
+        raise ValueError(f"per must be 'tensor' or 'column', got {per!r}")
+    column_length = int(column_length)
+    if column_length <= 0:
+        raise ValueError("column_length must be positive")
+    path = Path(path)
+    options = _common(options)
+    if options.get("dtype") is None:
+        tensors, _ = read_safetensors_header(path)
+        wide = any(t["dtype"] in ("F64", "I64", "I32") and len(t["shape"]) >= 2 for t in tensors.values())
+        options["dtype"] = np.float64 if wide else np.float32
+    skipped: list[str] = []
+    opts = _with_source(options, "safetensors", path, column_length=column_length, per=per, skipped=skipped)
+    # `skipped` is filled while streaming; the same list object lands in the attrs at publish
+    return _ingest(url, name, _safetensors_stream(path, column_length, per, skipped), **opts)
+
+
+# ---- HDF5 --------------------------------------------------------------------
+
+
+def _hdf5_stream(path: Path, dataset: str | None) -> Iterator[NamedBlock]:
+    import h5py  # optional extra
+
+    with h5py.File(path, "r") as f:
+        node = f[dataset] if dataset else f
+        if isinstance(node, h5py.Dataset):
+            datasets = [node]
+        else:
+            found: list = []
+            node.visititems(lambda _n, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+            datasets = found
+        for ds in datasets:
+            dname = ds.name.lstrip("/")
+            if ds.ndim == 3:
+                for i in range(ds.shape[0]):
+                    yield f"{dname}[{i}]", ds[i], {"dataset": dname, "index": i}
+            else:
+                yield dname, ds, {"dataset": dname}  # sliced lazily by the writer
+
+
+def ingest_hdf5(url: str, name: str, path: str | os.PathLike, dataset: str | None = None, **options: Any) -> Collection:
+    """Ingest HDF5 data (needs h5py).
+
+    *dataset* may name a 3-D (K, m, n) dataset (one block per leading index), a 2-D
+    dataset (one block), or a group; without it the whole file is used.  In a group
+    every dataset is taken in h5py's visiting order (names sorted): 2-D ones as one
+    block, 3-D ones as stacks.
+    """
+    path = Path(path)
+    return _ingest(url, name, _hdf5_stream(path, dataset), **_with_source(_common(options), "hdf5", path, dataset=dataset))
+
+
+# ---- MATLAB ------------------------------------------------------------------
+
+
+def mimo_block(channel: np.ndarray) -> np.ndarray:
+    """Reshape one user's channel (NRB, Nr, Nt, Nc) to (Nr*Nt*Nc, NRB) (C order)."""
+    if channel.ndim != 4:
+        raise ValueError(f"MIMO layout expects (NRB, Nr, Nt, Nc), got shape {channel.shape}")
+    return np.ascontiguousarray(np.moveaxis(channel, 0, -1)).reshape(-1, channel.shape[0])
+
+
+def _mat_variables(path: Path, keys: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray]]:
+    import scipy.io
+
+    try:
+        available = [w[0] for w in scipy.io.whosmat(path)]
+    except NotImplementedError:  # MATLAB v7.3 = HDF5
+        yield from _mat73_variables(path, keys)
+        return
+    for key in keys or available:
+        if key not in available:
+            raise KeyError(f"{path}: no variable {key!r} (has {', '.join(available)})")
+        yield key, scipy.io.loadmat(path, variable_names=[key])[key]
+
+
+def _mat73_variables(path: Path, keys: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        available = [k for k in f.keys() if not k.startswith("#") and isinstance(f[k], h5py.Dataset)]
+        for key in keys or available:
+            if key not in available:
+                raise KeyError(f"{path}: no variable {key!r} (has {', '.join(available)})")
+            raw = f[key][()]
+            if raw.dtype.names and {"real", "imag"} <= set(raw.dtype.names):
+                raw = raw["real"] + 1j * raw["imag"]
+            yield key, np.asarray(raw).T  # HDF5 stores MATLAB arrays with axes reversed
+
+
+def _mat_stream(path: Path, keys: Sequence[str] | None, layout: str | None) -> Iterator[NamedBlock]:
+    for key, arr in _mat_variables(path, keys):
+        if layout == "mimo":
+            if arr.ndim == 4:
+                yield key, mimo_block(arr), {"variable": key, "layout": "mimo"}
+            elif arr.ndim == 5:
+                for u in range(arr.shape[0]):
+                    yield f"{key}[{u}]", mimo_block(arr[u]), {"variable": key, "user": u}
+            else:
+                raise ValueError(f"{path}: variable {key!r} has shape {arr.shape}; mimo needs 4-D or 5-D")
+        elif arr.ndim == 3:
+            for i in range(arr.shape[0]):
+                yield f"{key}[{i}]", arr[i], {"variable": key, "index": i}
+        else:
+            yield key, arr, {"variable": key}
+        del arr
+
+
+def ingest_mat(
+    url: str,
+    name: str,
+    path: str | os.PathLike,
+    key: str | Sequence[str] | None = None,
+    layout: str | None = None,
+    stack_complex: bool = True,
+    **options: Any,
+) -> Collection:
+    """Ingest MATLAB ``.mat`` variables (v5 through scipy.io, v7.3 through h5py).
+
+    Parameters
+    ----------
+    key : str or list of str, optional
+        Variable(s) to read; default all variables.  A 2-D variable is one block, a
+        3-D one a (K, m, n) stack.
+    layout : {None, "mimo"}
+        ``"mimo"``: a variable (NRB, Nr, Nt, Nc) is one user's channel, reshaped to
+        (Nr*Nt*Nc, NRB); a 5-D variable (users, NRB, Nr, Nt, Nc) gives one block per user.
+    stack_complex : bool
+        Store complex data as real rows over imaginary rows (doubling m).
+    """
+    if layout not in (None, "mimo"):
+        raise ValueError(f"unknown layout {layout!r} (expected None or 'mimo')")
+    keys = [key] if isinstance(key, str) else (list(key) if key is not None else None)
+    path = Path(path)
+    opts = _with_source(_common(options), "mat", path, key=keys, layout=layout)
+    return _ingest(url, name, _mat_stream(path, keys, layout), stack_complex=stack_complex, **opts)
+
+
+# ---- Zarr --------------------------------------------------------------------
+
+
+def _zarr_stream(arr: Any, label: str) -> Iterator[NamedBlock]:
+    if arr.ndim == 2:
+        yield label, arr, None
+        return
+    if arr.ndim != 3:
+        raise ValueError(f"zarr array {label}: expected (K, m, n) or (m, n), got shape {arr.shape}")
+    for i in range(arr.shape[0]):
+        yield f"{label}[{i}]", arr[i], None
+
+
+def ingest_zarr_array(
+    url: str, name: str, source: Any, *, source_storage_options: dict | None = None, **options: Any
+) -> Collection:
+    """Ingest an existing Zarr array (K, m, n) one block per leading index (or (m, n): one block).
+
+    *source* is a ``zarr.Array`` or a path/URL to one.
+    """
+    import zarr
+
+    from ._location import resolve
+
+    if isinstance(source, (str, os.PathLike)):
+        label = Path(str(source)).name.removesuffix(".zarr") or "array"
+        arr = zarr.open_array(store=resolve(source, source_storage_options).zarr_store(read_only=True), mode="r")
+    else:
+        arr, label = source, (getattr(source, "basename", None) or "array")
+    return _ingest(url, name, _zarr_stream(arr, label), **_with_source(_common(options), "zarr", source))
+
+
+# ---- dispatcher --------------------------------------------------------------
+
+
+def ingest_path(url: str, name: str, source: str | os.PathLike, **options: Any) -> Collection:
+    """Ingest *source*, choosing the adapter from its suffix (used by the CLI).
+
+    ``.npy`` stack, ``.npz``, folder of ``.npy``, ``.safetensors`` (needs
+    ``column_length``, optional ``per``), ``.h5``/``.hdf5`` (optional ``dataset``),
+    ``.mat`` (optional ``key``, ``layout``, ``stack_complex``), ``.zarr`` or any
+    folder with a ``zarr.json`` (a Zarr array).
+    """
+    src = Path(source) if "://" not in str(source) else None
+    suffix = Path(str(source)).suffix.lower()
+    if src is None or suffix == ".zarr" or (src.is_dir() and (src / "zarr.json").exists()):
+        return ingest_zarr_array(url, name, source, **options)
+    if src.is_dir():
+        return ingest_npy_folder(url, name, src, **options)
+    if not src.exists():
+        raise FileNotFoundError(str(src))
+    adapters = {
+        ".npy": ingest_npy_stack,
+        ".npz": ingest_npz,
+        ".safetensors": ingest_safetensors,
+        ".h5": ingest_hdf5,
+        ".hdf5": ingest_hdf5,
+        ".he5": ingest_hdf5,
+        ".mat": ingest_mat,
+    }
+    if suffix not in adapters:
+        raise ValueError(f"{src}: unknown source format {suffix!r} (expected one of {', '.join(sorted(adapters))})")
+    return adapters[suffix](url, name, src, **options)

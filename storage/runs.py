@@ -1,0 +1,288 @@
+"""Run checkpoints: ``<root>/runs/<collection>/<run_id>/<stage>/``.
+
+A run folder holds ``run.json`` (run id, collection, parameters and their fingerprint,
+input fingerprint), written when the run is first opened.  Each stage folder holds
+one ``<array>.npy`` file per array and a ``manifest.json`` written *last*; a stage
+without a manifest is absent, whatever else its folder contains.  The manifest
+records the stage status, the run's parameter and input fingerprints, and for every
+array its file name, byte size and sha256 of the file bytes (header included, so a
+change of shape or dtype is caught too).  Loading re-hashes every file and refuses
+anything that does not match.
+
+Files go through fsspec, so the same code works on local disk, ``memory://`` and S3.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+
+from ._location import Location, check_name, fingerprint_of, json_default, json_dumps, resolve
+from .errors import CheckpointError, RunMismatchError
+
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+
+
+def _normalise(obj: Any) -> Any:
+    """JSON round trip so that tuples/numpy scalars compare equal to what was stored."""
+    import json
+
+    return json.loads(json_dumps(obj))
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<missing>')!r} != {new.get(k, '<missing>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def open_run(
+    url: str,
+    collection_name: str,
+    run_id: str,
+    params: dict,
+    input_fingerprint: str,
+    *,
+    storage_options: dict | None = None,
+) -> "Run":
+    """Open (creating on first use) the run *run_id* of a collection.
+
+    Parameters
+    ----------
+    url, collection_name : str
+        Root URL and collection the run works on.
+    run_id : str
+        Safe path component.
+    params : dict
+        JSON-serialisable parameters; their fingerprint is fixed for the run's life.
+    input_fingerprint : str
+        Typically ``Collection.fingerprint()``.
+
+    Raises
+    ------
+    RunMismatchError
+        The run exists with other parameters or another input fingerprint.
+    """
+    check_name(collection_name, "collection name")
+    check_name(run_id, "run id")
+    loc = resolve(url, storage_options).child("runs", collection_name, run_id)
+    params = _normalise(params)
+    record = {
+        "run_id": run_id,
+        "collection": collection_name,
+        "params": params,
+        "params_fingerprint": fingerprint_of(params),
+        "input_fingerprint": str(input_fingerprint),
+    }
+    loc.invalidate()
+    if loc.exists(RUN_FILE):
+        old = loc.read_json(RUN_FILE)
+        problems = []
+        if old.get("params_fingerprint") != record["params_fingerprint"]:
+            problems.append("parameters differ (" + "; ".join(_diff(old.get("params", {}), params)) + ")")
+        if old.get("input_fingerprint") != record["input_fingerprint"]:
+            problems.append(
+                f"input fingerprint differs ({old.get('input_fingerprint')} != {record['input_fingerprint']}):"
+                " the collection changed"
+            )
+        if problems:
+            raise RunMismatchError(f"run {run_id!r} of collection {collection_name!r}: " + "; ".join(problems))
+        record = old
+    else:
+        record["created"] = _now()
+        loc.write_json(record, RUN_FILE)
+    return Run(loc, record)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Run:
+    """Checkpoints of one run.  Obtain with :func:`open_run`.
+
+    Attributes
+    ----------
+    run_id, collection : str
+    params : dict
+    params_fingerprint, input_fingerprint : str
+    url : str
+        URL of the run folder.
+    """
+
+    def __init__(self, loc: Location, record: dict) -> None:
+        self._loc = loc
+        self.run_id: str = record["run_id"]
+        self.collection: str = record["collection"]
+        self.params: dict = record["params"]
+        self.params_fingerprint: str = record["params_fingerprint"]
+        self.input_fingerprint: str = record["input_fingerprint"]
+
+    @property
+    def url(self) -> str:
+        return self._loc.url
+
+    path = url
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, collection={self.collection!r}, url={self.url!r})"
+
+    def _stage(self, stage: str) -> Location:
+        return self._loc.child(check_name(stage, "stage name"))
+
+    def _manifest(self, stage: str) -> dict | None:
+        loc = self._stage(stage)
+        try:
+            import json
+
+            manifest = json.loads(loc.read_bytes(MANIFEST))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise CheckpointError(f"stage {stage!r} of run {self.run_id!r}: unreadable manifest ({exc})") from None
+        return manifest
+
+    def is_complete(self, stage: str) -> bool:
+        """True if the stage's manifest exists, says complete and belongs to this run's
+        parameters and input.  (Cheap: does not hash; :meth:`load_stage` does.)"""
+        self._loc.invalidate()
+        try:
+            m = self._manifest(stage)
+        except CheckpointError:
+            return False
+        return bool(
+            m
+            and m.get("status") == "complete"
+            and m.get("params_fingerprint") == self.params_fingerprint
+            and m.get("input_fingerprint") == self.input_fingerprint
+        )
+
+    def stages(self) -> list[str]:
+        """Names of the complete stages, sorted."""
+        self._loc.invalidate()
+        names = set()
+        for rel in self._loc.files():
+            parts = rel.split("/")
+            if len(parts) == 2 and parts[1] == MANIFEST:
+                names.add(parts[0])
+        return sorted(s for s in names if self.is_complete(s))
+
+    def save_stage(self, stage: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        """Write a stage: arrays first, manifest last.
+
+        Parameters
+        ----------
+        stage : str
+            Safe path component, e.g. ``"scan"``, ``"merge-003"``.
+        arrays : dict of str -> ndarray
+            Any shape and (non-object) dtype; ragged data as flat + offsets.
+        meta : dict, optional
+            JSON-serialisable stage metadata.
+        """
+        loc = self._stage(stage)
+        checked = {check_name(k, "array name"): np.asarray(v) for k, v in arrays.items()}
+        for k, v in checked.items():
+            if v.dtype.hasobject:
+                raise ValueError(f"stage {stage!r}: array {k!r} has dtype object, which cannot be checkpointed")
+        meta_json = _normalise(meta or {})  # fail on unserialisable meta before touching disk
+        loc.rm(MANIFEST)  # the old copy stops counting before any file changes
+        loc.rm()
+        entries = {}
+        for key, value in checked.items():
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            data = buf.getvalue()
+            loc.write_bytes(data, f"{key}.npy")
+            entries[key] = {
+                "file": f"{key}.npy",
+                "nbytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "shape": list(value.shape),
+                "dtype": value.dtype.str,
+            }
+        manifest = {
+            "stage": stage,
+            "run_id": self.run_id,
+            "status": "complete",
+            "params_fingerprint": self.params_fingerprint,
+            "input_fingerprint": self.input_fingerprint,
+            "arrays": entries,
+            "meta": meta_json,
+            "written": _now(),
+        }
+        loc.write_json(manifest, MANIFEST)
+
+    def _checked_manifest(self, stage: str) -> dict:
+        self._loc.invalidate()
+        m = self._manifest(stage)
+        where = f"stage {stage!r} of run {self.run_id!r}"
+        if m is None:
+            raise CheckpointError(f"{where}: not complete (no manifest)")
+        if m.get("status") != "complete":
+            raise CheckpointError(f"{where}: status {m.get('status')!r}")
+        if m.get("params_fingerprint") != self.params_fingerprint or m.get("input_fingerprint") != self.input_fingerprint:
+            raise CheckpointError(f"{where}: written for other parameters or another input")
+        return m
+
+    def _read_array_bytes(self, stage: str, key: str, entry: dict) -> bytes:
+        where = f"stage {stage!r} of run {self.run_id!r}, array {key!r}"
+        try:
+            data = self._stage(stage).read_bytes(entry["file"])
+        except FileNotFoundError:
+            raise CheckpointError(f"{where}: file {entry['file']} is missing") from None
+        if len(data) != entry["nbytes"]:
+            raise CheckpointError(f"{where}: truncated or resized ({len(data)} bytes, manifest says {entry['nbytes']})")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"{where}: sha256 mismatch (corrupted)")
+        return data
+
+    def verify_stage(self, stage: str) -> dict:
+        """Re-hash every array of a complete stage.
+
+        Returns
+        -------
+        dict
+            The manifest.
+
+        Raises
+        ------
+        CheckpointError
+            Missing manifest or array file, size or hash mismatch; names stage and array.
+        """
+        m = self._checked_manifest(stage)
+        for key, entry in m["arrays"].items():
+            self._read_array_bytes(stage, key, entry)
+        return m
+
+    def load_stage(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Load a complete stage after verifying every hash.
+
+        Returns
+        -------
+        arrays : dict of str -> ndarray
+        meta : dict
+
+        Raises
+        ------
+        CheckpointError
+            As :meth:`verify_stage`; corrupt data is never returned.
+        """
+        m = self._checked_manifest(stage)
+        arrays = {}
+        for key, entry in m["arrays"].items():
+            data = self._read_array_bytes(stage, key, entry)
+            arrays[key] = np.load(io.BytesIO(data), allow_pickle=False)
+        return arrays, m.get("meta", {})
+
+    def delete_stage(self, stage: str) -> None:
+        """Forget a stage (manifest first)."""
+        loc = self._stage(stage)
+        loc.rm(MANIFEST)
+        loc.rm()
+
+
+__all__ = ["Run", "open_run", "json_default"]
