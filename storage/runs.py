@@ -251,11 +251,18 @@ class Run:
         Raises
         ------
         CheckpointError
-            Missing manifest or array file, size or hash mismatch; names stage and array.
+            Missing manifest or array file, size or hash mismatch; names the stage and
+            every bad array.
         """
         m = self._checked_manifest(stage)
+        problems = []
         for key, entry in m["arrays"].items():
-            self._read_array_bytes(stage, key, entry)
+            try:
+                self._read_array_bytes(stage, key, entry)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+        if problems:  # report every bad array at once
+            raise CheckpointError("; ".join(problems))
         return m
 
     def load_stage(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
