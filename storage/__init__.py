@@ -1,4 +1,17 @@
-"""Zarr matrix collections, ingest adapters, run checkpoints and compressed artifacts."""
+"""Zarr matrix collections, ingest adapters, run checkpoints and compressed artifacts.
+
+Layout under a root URL (local path, ``file://``, ``memory://``, ``s3://``)::
+
+    <root>/<collection>/                    Zarr v3 group: data (m x N), offsets, norms2
+    <root>/.staging/                        collections being written (never read)
+    <root>/runs/<collection>/<run_id>/      run.json + one folder per stage (manifest last)
+    <root>/artifacts/<collection>/<label>/  compressed artifact (manifest.json last)
+
+Every public function takes ``storage_options`` (fsspec options); for S3 the
+``CMSVD_S3_ENDPOINT`` environment variable sets the endpoint when none is given.
+See :mod:`storage.collection`, :mod:`storage.ingest`, :mod:`storage.runs` and
+:mod:`storage.artifact` for the atomicity and integrity rules.
+"""
 
 from .collection import (
     Collection,
