@@ -119,6 +119,12 @@ def extend_basis(
     return Extension(coords, kept, new_coords, dropped)
 
 
+def _seed_total(seed: np.ndarray, total: float | None) -> float:
+    """||M_seed||_F^2, or the given exact total when the seed columns are only a sketch
+    (factors F with F F^T <= A A^T) of the real blocks."""
+    return float(np.einsum("ij,ij->", seed, seed)) if total is None else float(total)
+
+
 class _Bound:
     """Shared behaviour: exact ||M||_F^2 bookkeeping and the certified error."""
 
@@ -162,13 +168,11 @@ class WeylBound(_Bound):
     rank : int
     """
 
-    def __init__(self, seed: np.ndarray, rank: int, *, s2: np.ndarray | None = None):
+    def __init__(self, seed: np.ndarray, rank: int, *, total: float | None = None):
         self.rank = check_rank(rank)
         seed = _as_float64(seed)
-        if s2 is None:
-            s2 = _svd(seed)[1] ** 2
-        self._seed_energy = top_energy(s2, self.rank)
-        self.total = float(np.einsum("ij,ij->", seed, seed))
+        self._seed_energy = top_energy(_svd(seed)[1] ** 2, self.rank)
+        self.total = _seed_total(seed, total)
 
     def lower_energy(self) -> float:
         return self._seed_energy
@@ -202,11 +206,11 @@ class ResidualBound(_Bound):
         Relative threshold below which residual directions are dropped (and not credited).
     """
 
-    def __init__(self, seed: np.ndarray, rank: int, *, tol: float = DEFAULT_TOL):
+    def __init__(self, seed: np.ndarray, rank: int, *, tol: float = DEFAULT_TOL, total: float | None = None):
         self.rank = check_rank(rank)
         self.tol = check_tol(tol)
         seed = _as_float64(seed)
-        self.total = float(np.einsum("ij,ij->", seed, seed))
+        self.total = _seed_total(seed, total)
         u, s = _svd(seed)
         kept = s > _keep_threshold(np.sqrt(self.total), self.tol)
         self.basis = np.ascontiguousarray(u[:, kept])
@@ -266,6 +270,7 @@ class GramSketch(_Bound):
         oversampling: int = 5,
         tol: float = DEFAULT_TOL,
         rows: int | None = None,
+        total: float | None = None,
     ):
         self.rank = check_rank(rank)
         self.oversampling = check_nonnegative_int("oversampling", oversampling)
@@ -277,7 +282,7 @@ class GramSketch(_Bound):
             self.basis, self.eigenvalues, self.total = np.zeros((rows, 0)), np.zeros(0), 0.0
             return
         seed = _as_float64(seed)
-        self.total = float(np.einsum("ij,ij->", seed, seed))
+        self.total = _seed_total(seed, total)
         u, s = _svd(seed)
         k = min(int(np.count_nonzero(s > _keep_threshold(np.sqrt(self.total), self.tol))), self.capacity)
         self.basis = np.ascontiguousarray(u[:, :k])
@@ -348,12 +353,23 @@ class GramSketch(_Bound):
         )
 
 
-def make_bound(method: str, seed: np.ndarray, rank: int, *, oversampling: int = 5, tol: float = DEFAULT_TOL):
-    """Build the bound state named by ``method`` ("max_norm", "residuals", "approximate")."""
+def make_bound(
+    method: str,
+    seed: np.ndarray,
+    rank: int,
+    *,
+    oversampling: int = 5,
+    tol: float = DEFAULT_TOL,
+    total: float | None = None,
+):
+    """Build the bound state named by ``method`` ("max_norm", "residuals", "approximate").
+
+    ``total`` overrides ||seed||_F^2 when the seed columns are a sketch of the real blocks.
+    """
     if method == "max_norm":
-        return WeylBound(seed, rank)
+        return WeylBound(seed, rank, total=total)
     if method == "residuals":
-        return ResidualBound(seed, rank, tol=tol)
+        return ResidualBound(seed, rank, tol=tol, total=total)
     if method == "approximate":
-        return GramSketch(seed, rank, oversampling=oversampling, tol=tol)
+        return GramSketch(seed, rank, oversampling=oversampling, tol=tol, total=total)
     raise ValueError(f"unknown method {method!r}; expected one of 'max_norm', 'residuals', 'approximate'")

@@ -26,7 +26,7 @@ from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
 from .layout import BlockLayout, as_layout, segment_sums
 
-__all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound"]
+__all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
 
 
 @dataclass
@@ -209,42 +209,64 @@ def cluster(
     ValueError
         Bad parameters, or bad input naming the offending block.
     """
-    rank, eps = check_rank(rank), check_eps(eps)
-    method = check_choice("method", method, METHODS)
-    order = check_choice("order", order, ORDERS)
+    params = check_params(rank, eps, method, order, patience, oversampling, tol)
+    clusters, bounds, _ = greedy_groups(as_layout(blocks, offsets), **params)
+    labels = np.empty(sum(map(len, clusters)), dtype=np.int64)
+    for g, group in enumerate(clusters):
+        labels[group] = g
+    return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
+
+
+def check_params(rank, eps, method, order, patience, oversampling, tol) -> dict:
+    """Validate the clustering parameters up front; returns them normalised."""
     patience = check_nonnegative_int("patience", patience)
     if patience < 1:
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-    oversampling = check_nonnegative_int("oversampling", oversampling)
-    tol = check_tol(tol)
-    layout = as_layout(blocks, offsets)
+    return dict(
+        rank=check_rank(rank),
+        eps=check_eps(eps),
+        method=check_choice("method", method, METHODS),
+        order=check_choice("order", order, ORDERS),
+        patience=patience,
+        oversampling=check_nonnegative_int("oversampling", oversampling),
+        tol=check_tol(tol),
+    )
 
+
+def greedy_groups(
+    layout: BlockLayout, *, rank: int, eps: float, method: str, order: str, patience: int, oversampling: int, tol: float
+) -> tuple[list[list[int]], list[float], list]:
+    """The greedy loop on a validated layout; also returns each group's final bound state.
+
+    ``layout.norms2`` are taken as the exact block energies, so the layout's columns may be
+    sketch factors F_i with F_i F_i^T <= A_i A_i^T of the real blocks: every bound stays
+    certified for the real blocks (they only credit energy the factors carry).
+    """
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = _ResidualOrderer(layout) if order == "residual" else None
-    clusters, bounds, misses = [], [], 0
+    clusters, bounds, states, misses = [], [], [], 0
     while remaining.size:
         n_seed = seed_split(remaining, layout.widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
         seed = layout.gather(seed_ids)
         alive[seed_ids] = False
         candidates = _order_candidates(candidates, seed, rank, orderer, alive)
-        bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol)
+        total = float(layout.norms2[seed_ids].sum())
+        bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total)
         accepted = _grow(bound, layout, candidates, eps)
         group = [int(b) for b in seed_ids] + accepted
         clusters.append(group)
         bounds.append(bound.error_bound())
+        states.append(bound)
         alive[group] = False
         remaining = remaining[alive[remaining]]
         misses = misses + 1 if not accepted and candidates.size else 0
         if misses >= patience:
             for block in remaining:
+                state = WeylBound(layout.block(block), rank, total=layout.norms2[block])
                 clusters.append([int(block)])
-                bounds.append(WeylBound(layout.block(block), rank).error_bound())
+                bounds.append(state.error_bound())
+                states.append(state)
             break
-
-    labels = np.empty(layout.n_blocks, dtype=np.int64)
-    for g, group in enumerate(clusters):
-        labels[group] = g
-    params = dict(rank=rank, eps=eps, method=method, order=order, patience=patience, oversampling=oversampling, tol=tol)
-    return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
+    return clusters, bounds, states

@@ -43,18 +43,28 @@ def group_errors(blocks, clusters, rank: int, spectra: list[np.ndarray] | None =
     return np.array([relative_error(None, rank, s2) for s2 in spectra], dtype=np.float64)
 
 
-def _group_columns(layout: BlockLayout, clusters) -> np.ndarray:
-    return np.array([int(layout.widths[list(group)].sum()) for group in clusters], dtype=np.int64)
+def _shape(blocks) -> tuple[int, np.ndarray]:
+    """(rows, block widths) of a collection; anything with ``rows`` and ``widths`` will do."""
+    if hasattr(blocks, "rows") and hasattr(blocks, "widths"):
+        return int(blocks.rows), np.asarray(blocks.widths)
+    layout = as_layout(blocks)
+    return layout.rows, layout.widths
+
+
+def _group_columns(widths: np.ndarray, clusters) -> np.ndarray:
+    return np.array([int(widths[list(group)].sum()) for group in clusters], dtype=np.int64)
 
 
 def compression_ratio(blocks, clusters, rank: int) -> float:
-    """The paper's effective compression ratio at fixed rank r."""
-    layout, rank = as_layout(blocks), check_rank(rank)
-    columns = _group_columns(layout, clusters)
-    m = layout.rows
+    """The paper's effective compression ratio at fixed rank r.
+
+    ``blocks`` may be the collection or any object with ``rows`` and ``widths``.
+    """
+    (m, widths), rank = _shape(blocks), check_rank(rank)
+    columns = _group_columns(widths, clusters)
     sizes = np.array([len(group) for group in clusters])
     params = np.where(sizes == 1, m * columns, np.minimum(rank * (m + columns), m * columns))
-    return float(m * layout.widths.sum() / params.sum())
+    return float(m * widths.sum() / params.sum())
 
 
 def adaptive_ranks(blocks, clusters, eps: float, spectra: list[np.ndarray] | None = None) -> np.ndarray:
@@ -65,12 +75,14 @@ def adaptive_ranks(blocks, clusters, eps: float, spectra: list[np.ndarray] | Non
 
 
 def adaptive_compression_ratio(blocks, clusters, ranks: np.ndarray) -> float:
-    """Compression ratio with per-group ranks: ``params(C) = min(r_C (m + N_C), m N_C)``."""
-    layout = as_layout(blocks)
-    columns = _group_columns(layout, clusters)
-    m = layout.rows
+    """Compression ratio with per-group ranks: ``params(C) = min(r_C (m + N_C), m N_C)``.
+
+    ``blocks`` may be the collection or any object with ``rows`` and ``widths``.
+    """
+    m, widths = _shape(blocks)
+    columns = _group_columns(widths, clusters)
     params = np.minimum(np.asarray(ranks) * (m + columns), m * columns)
-    return float(m * layout.widths.sum() / max(int(params.sum()), 1))
+    return float(m * widths.sum() / max(int(params.sum()), 1))
 
 
 @dataclass(frozen=True)
