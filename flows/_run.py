@@ -1,0 +1,159 @@
+"""Stage tasks over ``pipeline.distributed.ClusteringRun``.
+
+Every task is a thin wrapper: the stage method is idempotent (it loads its checkpoint
+from ``runs/<collection>/<run_id>/<stage>`` when complete), so a Prefect retry or a
+whole new flow run with the same run id resumes after the last completed stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from ._common import TASK_OPTIONS, StageProgress, read_json, run_folder_url, stage_hook
+
+__all__ = [
+    "RUN_KEYS",
+    "open_collection",
+    "default_run_id",
+    "stored_run_params",
+    "clustering_run",
+    "run_stages",
+    "collect_result",
+]
+
+#: ClusteringRun keyword arguments recorded in the run's run.json (everything but tol
+#: is a flow parameter; tol keeps the pipeline default unless a stored run says otherwise).
+RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run (plain function call in a script)
+        return logging.getLogger("flows")
+
+
+@task(name="open-collection", **TASK_OPTIONS)
+def open_collection(store_url: str, name: str) -> Any:
+    """Open a published collection (``storage.open_collection``)."""
+    import storage
+
+    return storage.open_collection(store_url, name)
+
+
+def default_run_id(collection: Any, run_kwargs: dict[str, Any]) -> str:
+    """A run id determined by the collection contents and the parameters.
+
+    Starting the same clustering again (same collection, same values) therefore lands
+    in the same run folder and resumes it, while a changed collection (an append) or
+    other parameters get a fresh run.
+    """
+    payload = json.dumps({"input": collection.fingerprint(), "params": run_kwargs}, sort_keys=True, default=str)
+    return "auto-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def stored_run_params(collection: Any, run_id: str) -> dict[str, Any]:
+    """ClusteringRun keyword arguments recorded in an existing run's ``run.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such run.
+    """
+    url = f"{run_folder_url(collection, run_id)}/run.json"
+    try:
+        record = read_json(url, collection.storage_options)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no run {run_id!r} for collection {collection.name!r} ({url}); start it with the cmsvd-cluster flow"
+        ) from None
+    return {k: record["params"][k] for k in RUN_KEYS if k in record.get("params", {})}
+
+
+def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, client: Any, progress: StageProgress) -> Any:
+    """Construct the pipeline's ClusteringRun (opens or creates the run folder)."""
+    from pipeline.distributed import ClusteringRun
+
+    return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress.within)
+
+
+def _stage(run: Any, stage: str, method: Callable[[], Any]) -> tuple[Any, float]:
+    """Run one stage method between the test hooks; log whether it resumed."""
+    resumed = run.run.is_complete(stage)
+    stage_hook(stage, "start")
+    start = time.perf_counter()
+    out = method()
+    seconds = time.perf_counter() - start
+    _logger().info("%s %s in %.2f s", stage, "loaded from its checkpoint" if resumed else "computed", seconds)
+    stage_hook(stage, "end")
+    return out, seconds
+
+
+@task(name="scan", **TASK_OPTIONS)
+def scan(run: Any) -> dict:
+    """Map over column batches: exact norms and small factors of every block."""
+    return _stage(run, "scan", run.scan)[0]["meta"]
+
+
+@task(name="partition", **TASK_OPTIONS)
+def partition(run: Any) -> dict:
+    """Route blocks to anchor subspaces, pack shards."""
+    return _stage(run, "partition", run.partition)[0]["meta"]
+
+
+@task(name="local", **TASK_OPTIONS)
+def local(run: Any) -> dict:
+    """Sequential greedy inside every shard, in parallel."""
+    return _stage(run, "local", run.local)[0]["meta"]
+
+
+@task(name="merge-round", task_run_name="merge-{index:03d}", **TASK_OPTIONS)
+def merge_round(run: Any, index: int) -> bool:
+    """One merge round; False when nothing merged (later rounds would not either)."""
+    return bool(_stage(run, f"merge-{index:03d}", lambda: run.merge_round(index))[0])
+
+
+@task(name="certify", **TASK_OPTIONS)
+def certify(run: Any) -> dict:
+    """Exact error of every group from the stored data."""
+    return _stage(run, "certify", run.certify)[0]["meta"]
+
+
+@task(name="compress", **TASK_OPTIONS)
+def compress(run: Any) -> dict:
+    """Write the compressed artifact (label = run id)."""
+    return _stage(run, "compress", run.compress)[0]["meta"]
+
+
+@task(name="collect-result", **TASK_OPTIONS)
+def collect_result(run: Any) -> Any:
+    """Assemble the DistributedResult from the checkpoints (computes nothing new)."""
+    return run.result()
+
+
+def run_stages(run: Any, progress: StageProgress) -> None:
+    """scan -> partition -> local -> merge rounds -> certify -> compress, as tasks."""
+    from pipeline.distributed import MAX_MERGE_ROUNDS
+
+    for name, stage in (("scan", scan), ("partition", partition), ("local", local)):
+        stage(run)
+        progress.done(name)
+    # certify would run any missing rounds itself (up to MAX_MERGE_ROUNDS); running
+    # them here first makes every round a visible, retried, checkpointed task.
+    for index in range(MAX_MERGE_ROUNDS):
+        changed = merge_round(run, index)
+        progress.done("merge", merge_round=index)
+        if not changed:
+            break
+    progress.done("merge")
+    certify(run)
+    progress.done("certify")
+    compress(run)
+    progress.done("compress")

@@ -1,0 +1,77 @@
+"""``cmsvd-cluster`` and ``cmsvd-compress``: the clustering flows.
+
+cmsvd-cluster runs scan -> partition -> local -> merge rounds -> certify -> compress ->
+report, each stage a Prefect task with retries whose output is checkpointed in
+``runs/<collection>/<run_id>/`` of the store.  Starting the flow again with the same
+run id (the default id is derived from the collection and the parameters, so simply
+starting it again with the same values) resumes after the last completed stage and
+yields the same groups bit for bit.
+
+cmsvd-compress finishes an existing run from its run id alone (the parameters are read
+back from the run folder): useful from the dashboard after a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect import flow
+
+from ._common import StageProgress, artifact_key
+from ._run import clustering_run, collect_result, default_run_id, open_collection, run_stages, stored_run_params
+from .dask_cluster import dask_client
+from .params import ClusterParameters, RunParameters
+from .report import report_task
+
+__all__ = ["cluster", "compress"]
+
+_ALL_STAGES = ["scan", "partition", "local", "merge", "certify", "compress", "report"]
+
+
+def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str, scheduler_address: str | None) -> dict[str, Any]:
+    """Every stage of one run, then the report; shared by both flows."""
+    key_prefix = artifact_key("cmsvd", collection.name)
+    progress = StageProgress(
+        f"{key_prefix}-progress", _ALL_STAGES, description=f"cmsvd run {run_id} on {collection.name}"
+    )
+    with dask_client(scheduler_address) as client:
+        run = clustering_run(collection, run_kwargs, run_id, client, progress)
+        run_stages(run, progress)
+        result = collect_result(run)
+    summary = report_task(collection, result, key_prefix)
+    progress.finish()
+    print(json.dumps(summary))
+    return summary
+
+
+@flow(name="cmsvd-cluster", log_prints=True)
+def cluster(params: ClusterParameters) -> dict[str, Any]:
+    """Cluster a collection into groups that share a certified rank-r basis, compress it,
+    and report.
+
+    Returns
+    -------
+    dict
+        run_id, groups, compression ratios, max_error, report_url, artifact_label.
+    """
+    started = time.perf_counter()
+    collection = open_collection(params.store_url, params.collection)
+    run_kwargs = params.pipeline_kwargs()
+    run_id = params.run_id or default_run_id(collection, run_kwargs)
+    print(f"run {run_id} of collection {collection.name} ({collection.n_blocks} blocks)")
+    summary = _execute(collection, run_kwargs, run_id, params.scheduler_address)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+@flow(name="cmsvd-compress", log_prints=True)
+def compress(params: RunParameters) -> dict[str, Any]:
+    """Finish an existing run (normally just its compress stage) and report.
+
+    The clustering parameters come from the run folder, so only the run id is needed.
+    """
+    collection = open_collection(params.store_url, params.collection)
+    run_kwargs = stored_run_params(collection, params.run_id)
+    return _execute(collection, run_kwargs, params.run_id, params.scheduler_address)

@@ -1,0 +1,316 @@
+"""Run reports: ``report.json`` (+ plots) in the run folder, and the Prefect artifacts
+the dashboard shows for a run.
+
+``report.json`` is a stable contract for other programs::
+
+    {collection: {name, blocks, rows, columns, dtype},
+     params: {rank, eps, method, order, oversampling, patience},
+     groups: [{id, blocks: [...], columns, bound, error, rank}],
+     compression_ratio, compression_ratio_adaptive, max_error,
+     bytes: {input, compressed}, timings: {stage: seconds}}
+
+Keys may be added (``run_id``, ``artifact_label``, ``schema``, per group
+``stored_error``...), never removed or renamed.  ``error`` is the certified exact
+rank-r relative error of the group, ``bound`` the sketch bound it was formed under,
+``rank`` its adaptive rank r_C (0: stored as it is), ``max_error`` the largest realised
+error of what the artifact stores.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+
+from ._common import TASK_OPTIONS, StageProgress, artifact_key, run_folder_url, write_bytes
+from .dask_cluster import dask_client
+from .params import RunParameters
+
+__all__ = [
+    "REPORT_FILE",
+    "PLOT_FILES",
+    "build_report",
+    "write_report",
+    "summary_markdown",
+    "largest_groups_table",
+    "publish_report_artifacts",
+    "report_stage",
+    "report",
+]
+
+REPORT_FILE = "report.json"
+PLOT_FILES = ("plots/errors.png", "plots/group_sizes.png")
+_PARAM_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience")
+log = logging.getLogger(__name__)
+
+
+# ---- report.json ---------------------------------------------------------------------
+
+
+def _float(x: Any) -> float:
+    return float(np.asarray(x, dtype=np.float64))
+
+
+def build_report(collection: Any, result: Any, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """The report dict (see the module docstring) from a ``DistributedResult``.
+
+    Parameters
+    ----------
+    collection : storage.Collection
+    result : pipeline.distributed.DistributedResult
+    timings : dict, optional
+        Extra stage timings measured by the flow (e.g. ``report``), added to the
+        pipeline's.
+    """
+    widths = np.asarray(collection.widths)
+    stored = np.asarray(getattr(result, "stored_errors", result.errors))
+    groups = [
+        {
+            "id": g,
+            "blocks": [int(b) for b in members],
+            "columns": int(widths[list(members)].sum()) if len(members) else 0,
+            "bound": _float(result.bounds[g]),
+            "error": _float(result.errors[g]),
+            "rank": int(result.ranks[g]),
+            "stored_error": _float(stored[g]),
+        }
+        for g, members in enumerate(result.groups)
+    ]
+    all_timings = {k: float(v) for k, v in result.timings.items()}
+    all_timings.update({k: float(v) for k, v in (timings or {}).items()})
+    return {
+        "schema": 1,
+        "run_id": result.run_id,
+        "artifact_label": result.artifact_label,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "collection": {
+            "name": collection.name,
+            "blocks": int(collection.n_blocks),
+            "rows": int(collection.rows),
+            "columns": int(collection.n_columns),
+            "dtype": str(collection.dtype),
+        },
+        "params": {k: result.params[k] for k in _PARAM_KEYS if k in result.params},
+        "groups": groups,
+        "compression_ratio": float(result.compression_ratio),
+        "compression_ratio_adaptive": float(result.compression_ratio_adaptive),
+        "max_error": float(result.max_error),
+        "bytes": {"input": int(result.bytes_input), "compressed": int(result.bytes_compressed)},
+        "timings": all_timings,
+    }
+
+
+def _plots(report: dict) -> dict[str, bytes]:
+    """PNG plots of a report; empty when matplotlib is not installed (it is optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no plots")
+        return {}
+    eps = report["params"].get("eps")
+    groups = report["groups"]
+    out = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([g["bound"] for g in groups], [g["error"] for g in groups], s=8)
+    if eps is not None:
+        ax.axhline(eps, color="red", lw=1, label=f"eps = {eps}")
+        ax.axvline(eps, color="red", lw=1, ls=":")
+        ax.legend()
+    ax.set_xlabel("certified sketch bound")
+    ax.set_ylabel("exact rank-r error")
+    ax.set_title("Groups: bound vs exact error")
+    out[PLOT_FILES[0]] = _png(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist([len(g["blocks"]) for g in groups], bins=min(50, max(1, len(groups))))
+    ax.set_xlabel("blocks per group")
+    ax.set_ylabel("groups")
+    ax.set_title(f"{len(groups)} groups")
+    out[PLOT_FILES[1]] = _png(fig)
+    plt.close("all")
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_report(report: dict, run_url: str, storage_options: dict | None = None) -> dict[str, str]:
+    """Write plots, then ``report.json`` (last, so its presence means complete).
+
+    Returns
+    -------
+    dict
+        ``{"report": url, "plots/...png": url, ...}``.
+    """
+    urls = {}
+    for rel, data in _plots(report).items():
+        urls[rel] = f"{run_url}/{rel}"
+        write_bytes(urls[rel], data, storage_options)
+    urls["report"] = f"{run_url}/{REPORT_FILE}"
+    write_bytes(urls["report"], json.dumps(report, indent=1).encode(), storage_options)
+    return urls
+
+
+# ---- Prefect artifacts -----------------------------------------------------------------
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _link(url: str) -> str:
+    return url if "://" in url else f"file://{url}"
+
+
+def summary_markdown(report: dict, urls: dict[str, str]) -> str:
+    """Markdown summary of a run for the dashboard."""
+    c, p, b = report["collection"], report["params"], report["bytes"]
+    errors = [g["error"] for g in report["groups"]]
+    bounds = [g["bound"] for g in report["groups"]]
+    ratio = b["input"] / max(1, b["compressed"])
+    lines = [
+        f"# cmsvd run `{report['run_id']}` on `{c['name']}`",
+        "",
+        f"{c['blocks']} blocks, {c['rows']} x {c['columns']} {c['dtype']}; "
+        f"rank {p.get('rank')}, eps {p.get('eps')}, method {p.get('method')}, order {p.get('order')}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| groups | {len(report['groups'])} |",
+        f"| compression ratio (rank r) | {report['compression_ratio']:.3f} |",
+        f"| compression ratio (adaptive ranks) | {report['compression_ratio_adaptive']:.3f} |",
+        f"| worst certified error | {max(errors, default=0.0):.4g} |",
+        f"| worst sketch bound | {max(bounds, default=0.0):.4g} |",
+        f"| worst stored error | {report['max_error']:.4g} |",
+        f"| bytes in | {_fmt_bytes(b['input'])} |",
+        f"| bytes out | {_fmt_bytes(b['compressed'])} ({ratio:.2f}x smaller) |",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.2f} |" for k, v in report["timings"].items()],
+        "",
+        f"Report: [{urls['report']}]({_link(urls['report'])})",
+    ]
+    plots = [f"[{rel}]({_link(u)})" for rel, u in urls.items() if rel != "report"]
+    if plots:
+        lines.append("Plots: " + ", ".join(plots))
+    return "\n".join(lines) + "\n"
+
+
+def largest_groups_table(report: dict, limit: int = 20) -> list[dict[str, Any]]:
+    """Rows of the largest groups (by columns) for a table artifact."""
+    groups = sorted(report["groups"], key=lambda g: (-g["columns"], g["id"]))[:limit]
+    return [
+        {
+            "group": g["id"],
+            "blocks": len(g["blocks"]),
+            "columns": g["columns"],
+            "rank": g["rank"],
+            "bound": round(g["bound"], 6),
+            "error": round(g["error"], 6),
+            "first blocks": ", ".join(map(str, g["blocks"][:8])) + (" ..." if len(g["blocks"]) > 8 else ""),
+        }
+        for g in groups
+    ]
+
+
+def publish_report_artifacts(report: dict, urls: dict[str, str], key_prefix: str) -> None:
+    """Markdown summary, table of the largest groups and a link to report.json."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    run_id = report["run_id"]
+    create_markdown_artifact(summary_markdown(report, urls), key=f"{key_prefix}-summary", description=f"cmsvd run {run_id}")
+    create_table_artifact(
+        largest_groups_table(report), key=f"{key_prefix}-groups", description=f"Largest groups of run {run_id}"
+    )
+    create_link_artifact(
+        _link(urls["report"]), link_text="report.json", key=f"{key_prefix}-report", description=f"Stored report of run {run_id}"
+    )
+
+
+
+# ---- the report stage and the stand-alone report flow ---------------------------------
+
+
+def report_stage(collection: Any, result: Any, key_prefix: str, seconds_so_far: float = 0.0) -> dict[str, Any]:
+    """Build, write and publish the report of a finished run; return a short summary.
+
+    Parameters
+    ----------
+    collection : storage.Collection
+    result : pipeline.distributed.DistributedResult
+    key_prefix : str
+        Prefix of the Prefect artifact keys (one set of keys per collection, so the
+        Artifacts page shows their history across runs).
+    seconds_so_far : float
+        Flow-side time of the report stage before this call (recorded as ``report``).
+    """
+    start = time.perf_counter()
+    report = build_report(collection, result)
+    run_url = run_folder_url(collection, result.run_id)
+    report["timings"]["report"] = 0.0
+    plots_and_report = write_report(report, run_url, collection.storage_options)
+    # the report's own duration is known only once it is written: rewrite it once
+    report["timings"]["report"] = round(seconds_so_far + time.perf_counter() - start, 3)
+    write_bytes(plots_and_report["report"], json.dumps(report, indent=1).encode(), collection.storage_options)
+    publish_report_artifacts(report, plots_and_report, key_prefix)
+    return {
+        "run_id": result.run_id,
+        "collection": collection.name,
+        "groups": len(report["groups"]),
+        "compression_ratio": report["compression_ratio"],
+        "compression_ratio_adaptive": report["compression_ratio_adaptive"],
+        "max_error": report["max_error"],
+        "max_certified_error": max((g["error"] for g in report["groups"]), default=0.0),
+        "report_url": plots_and_report["report"],
+        "artifact_label": report["artifact_label"],
+    }
+
+
+@task(name="report", **TASK_OPTIONS)
+def report_task(collection: Any, result: Any, key_prefix: str) -> dict[str, Any]:
+    """Write report.json and plots into the run folder; publish the dashboard artifacts."""
+    return report_stage(collection, result, key_prefix)
+
+
+@flow(name="cmsvd-report", log_prints=True)
+def report(params: RunParameters) -> dict[str, Any]:
+    """Re-write the report and dashboard artifacts of a finished run.
+
+    Refuses a run whose ``compress`` stage is not complete (finish it with the
+    ``cmsvd-compress`` flow, or by re-running ``cmsvd-cluster`` with its run id).
+    """
+    from ._run import clustering_run, collect_result, open_collection, stored_run_params
+
+    collection = open_collection(params.store_url, params.collection)
+    run_kwargs = stored_run_params(collection, params.run_id)
+    key_prefix = artifact_key("cmsvd", collection.name)
+    progress = StageProgress(f"{key_prefix}-progress", ["report"], description=f"cmsvd report of run {params.run_id}")
+    with dask_client(params.scheduler_address) as client:
+        run = clustering_run(collection, run_kwargs, params.run_id, client, progress)
+        if not run.run.is_complete("compress"):
+            raise ValueError(
+                f"run {params.run_id!r} of {collection.name!r} has no complete compress stage: "
+                "finish it with cmsvd-compress (or cmsvd-cluster with the same run id) first"
+            )
+        result = collect_result(run)
+    summary = report_task(collection, result, key_prefix)
+    progress.finish()
+    print(json.dumps(summary))
+    return summary
