@@ -308,11 +308,12 @@ class DistributedResult:
         return len(self.groups)
 
 
-def _batches(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int) -> np.ndarray:
-    """Block boundaries of map batches: about BATCH_BYTES each, cut at the first block
+def _batches(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int, batch_bytes: int) -> np.ndarray:
+    """Block boundaries of map batches: about ``batch_bytes`` each, cut at the first block
     boundary after a multiple of the chunk width so that few chunks are read twice."""
     n_columns = int(offsets[-1])
-    per_batch = max(chunk_columns, (BATCH_BYTES // max(bytes_per_column, 1)) // chunk_columns * chunk_columns)
+    columns = max(1, batch_bytes // max(bytes_per_column, 1))
+    per_batch = max(1, columns // chunk_columns * chunk_columns if columns >= chunk_columns else columns)
     targets = np.arange(per_batch, n_columns, per_batch)
     cuts = np.searchsorted(offsets, targets, side="left")
     return np.unique(np.concatenate([[0], cuts, [len(offsets) - 1]])).astype(np.int64)
@@ -358,6 +359,8 @@ class ClusteringRun:
         Most blocks per shard (the local greedy costs about shard_size^2 per shard).
     merge_neighbours : int
         Candidate partners per group in a merge round.
+    batch_bytes : int
+        Data read per map task; bounds worker memory in scan, certify and compress.
     progress : callable(stage, done, total), optional
         Called as map tasks finish.
 
@@ -379,6 +382,7 @@ class ClusteringRun:
         run_id: str | None = None,
         shard_size: int = 4000,
         merge_neighbours: int = 8,
+        batch_bytes: int = BATCH_BYTES,
         progress: Progress | None = None,
     ):
         import storage
@@ -388,6 +392,8 @@ class ClusteringRun:
             raise ValueError(f"shard_size must be an integer >= 2, got {shard_size!r}")
         if isinstance(merge_neighbours, bool) or not isinstance(merge_neighbours, int) or merge_neighbours < 1:
             raise ValueError(f"merge_neighbours must be an integer >= 1, got {merge_neighbours!r}")
+        if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
+            raise ValueError(f"batch_bytes must be a positive integer, got {batch_bytes!r}")
         if client is None:
             raise ValueError("ClusteringRun needs a distributed.Client; cluster_collection starts one")
         self.collection = collection
@@ -396,7 +402,8 @@ class ClusteringRun:
         self.merge_neighbours = merge_neighbours
         self.progress = progress
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours)
+        # everything that can change the groups is part of the run's fingerprint
+        run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours, batch_bytes=batch_bytes)
         self._handle = _Handle(
             collection.url,
             collection.name,
@@ -413,9 +420,8 @@ class ClusteringRun:
             self._handle.fingerprint,
             storage_options=collection.storage_options,
         )
-        self.timings: dict[str, float] = {}
         itemsize = np.dtype(collection.dtype).itemsize
-        self._batch_bounds = _batches(collection.offsets, collection.chunks[1], collection.rows * itemsize)
+        self._batch_bounds = _batches(collection.offsets, collection.chunks[1], collection.rows * itemsize, batch_bytes)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -442,13 +448,11 @@ class ClusteringRun:
         """Load a complete stage, or compute it and checkpoint it with its duration."""
         if self.run.is_complete(stage):
             arrays, meta = self.run.load_stage(stage)
-            self.timings[stage] = float(meta.get("seconds", 0.0))
             return {**arrays, "meta": meta}
         start = time.perf_counter()
         arrays, meta = compute()
         meta["seconds"] = time.perf_counter() - start
         self.run.save_stage(stage, arrays, meta)
-        self.timings[stage] = meta["seconds"]
         self._report(stage, 1, 1)
         return {**arrays, "meta": meta}
 
@@ -482,16 +486,23 @@ class ClusteringRun:
         return self._timed("scan", compute)
 
     def _sample_anchors(self) -> tuple[np.ndarray, int]:
-        """Anchor bases from the sequential greedy on a strided sample of batches."""
+        """Anchor bases from the sequential greedy on a strided sample of about shard_size
+        blocks (evenly spaced batches, then every j-th block in them)."""
         n_batches = len(self._batch_bounds) - 1
         blocks_per_batch = max(1, self.collection.n_blocks // max(n_batches, 1))
         wanted = max(1, min(n_batches, math.ceil(self.shard_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, n_batches - 1, wanted).round().astype(int))
-        pieces = [_load_factors(self._handle, int(b)) for b in chosen]
-        data = np.hstack([p[0] for p in pieces])
-        widths = np.concatenate([np.diff(p[1]) for p in pieces])
-        layout = BlockLayout(data, np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
-                             np.concatenate([p[2] for p in pieces]))
+        data, widths, norms2 = [], [], []
+        stride = max(1, (len(chosen) * blocks_per_batch) // self.shard_size)
+        for b in chosen:
+            factors, offsets, batch_norms2 = _load_factors(self._handle, int(b))
+            picked = np.arange(0, len(batch_norms2), stride)
+            data.append(factors[:, np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])])
+            widths.append(np.diff(offsets)[picked])
+            norms2.append(batch_norms2[picked])
+        widths = np.concatenate(widths)
+        layout = BlockLayout(np.hstack(data), np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
+                             np.concatenate(norms2))
         params = dict(self.params, method="approximate", order="residual")
         clusters, _, states = greedy_groups(layout, **params)
         rank = self.params["rank"]
@@ -763,6 +774,15 @@ class ClusteringRun:
 
         return self._timed("compress", compute)
 
+    def stage_timings(self) -> dict[str, float]:
+        """Compute seconds of every completed stage (merge rounds summed under "merge")."""
+        timings: dict[str, float] = {}
+        for stage in self.run.stages():
+            name = "merge" if stage.startswith("merge-") else stage
+            if name in STAGES:
+                timings[name] = timings.get(name, 0.0) + float(self.run.stage_meta(stage).get("seconds", 0.0))
+        return {k: timings[k] for k in STAGES if k in timings}
+
     def result(self) -> DistributedResult:
         """Run whatever is missing and assemble the result."""
         from .metrics import adaptive_compression_ratio, compression_ratio
@@ -772,8 +792,7 @@ class ClusteringRun:
         groups = _unpack_flat(certified["members"], certified["group_offsets"])
         layout = self.collection
         stored_errors = np.asarray(compressed["stored_errors"])
-        timings = {k: v for k, v in self.timings.items() if not k.startswith("merge-")}
-        timings["merge"] = sum(v for k, v in self.timings.items() if k.startswith("merge-"))
+        timings = self.stage_timings()
         return DistributedResult(
             groups=groups,
             errors=np.asarray(certified["errors"]),
@@ -786,7 +805,7 @@ class ClusteringRun:
                 + np.where(np.asarray(compressed["stored_ranks"]) == 0, self.collection.rows, 0)
             ),
             max_error=float(stored_errors.max(initial=0.0)),
-            timings={k: timings[k] for k in STAGES if k in timings},
+            timings=timings,
             bytes_input=int(self.collection.nbytes_stored),
             bytes_compressed=int(compressed["meta"]["bytes_compressed"]),
             artifact_label=str(compressed["meta"]["artifact"]),
@@ -820,6 +839,7 @@ def cluster_collection(
     client=None,
     run_id: str | None = None,
     shard_size: int = 4000,
+    batch_bytes: int = BATCH_BYTES,
     progress: Progress | None = None,
 ) -> DistributedResult:
     """Cluster and compress a stored collection on a Dask cluster with certified errors.
@@ -837,6 +857,8 @@ def cluster_collection(
         Checkpoint folder; re-running with the same id skips completed stages.
     shard_size : int
         Most blocks per shard of the local stage.
+    batch_bytes : int
+        Data read per map task (scan, certify, compress).
     progress : callable(stage, done, total), optional
 
     Returns
@@ -850,12 +872,13 @@ def cluster_collection(
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address="127.0.0.1:0")
         client = Client(cluster)
     try:
         run = ClusteringRun(
             collection, rank=rank, eps=eps, method=method, order=order, oversampling=oversampling,
-            patience=patience, client=client, run_id=run_id, shard_size=shard_size, progress=progress,
+            patience=patience, client=client, run_id=run_id, shard_size=shard_size, batch_bytes=batch_bytes,
+            progress=progress,
         )
         return run.result()
     finally:

@@ -82,8 +82,9 @@ def anchor_scores(anchors: np.ndarray, anchor_rank: int, factors: np.ndarray, of
     -------
     ndarray, shape (n_anchors, K): ||Q_a^T A_i||_F^2.
     """
-    projected = anchors.T @ factors  # one BLAS-3 product for every anchor and column
-    squared = (projected * projected).reshape(-1, anchor_rank, factors.shape[1]).sum(axis=1)
+    # one BLAS-3 product for every anchor and column; float32 is plenty for routing
+    projected = anchors.T.astype(np.float32) @ factors.astype(np.float32)
+    squared = (projected * projected).reshape(-1, anchor_rank, factors.shape[1]).sum(axis=1, dtype=np.float64)
     return segment_sums(squared, offsets)
 
 

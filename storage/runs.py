@@ -161,6 +161,18 @@ class Run:
             and m.get("input_fingerprint") == self.input_fingerprint
         )
 
+    def stage_meta(self, stage: str) -> dict:
+        """Metadata of a complete stage, read from its manifest without loading arrays.
+
+        Raises
+        ------
+        CheckpointError
+            The stage is not complete.
+        """
+        if not self.is_complete(stage):
+            raise CheckpointError(f"stage {stage!r} of run {self.run_id!r} is not complete")
+        return dict(self._manifest(stage).get("meta") or {})
+
     def stages(self) -> list[str]:
         """Names of the complete stages, sorted."""
         self._loc.invalidate()

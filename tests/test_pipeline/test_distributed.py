@@ -1,0 +1,156 @@
+"""The scalable variant on a real distributed LocalCluster (worker processes on 127.0.0.1)."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import storage
+from pipeline.distributed import ClusteringRun, cluster_collection
+from pipeline.synthetic import union_of_subspaces
+
+from .helpers import awkward_collection, bound_is_valid, exact_error
+
+SMALL_BATCH = 16 * 1024  # bytes: many map tasks even on small collections
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+def _store(tmp_path, blocks, name="c", dtype=None):
+    storage.ingest_blocks(str(tmp_path), name, blocks, dtype=dtype)
+    return storage.open_collection(str(tmp_path), name)
+
+
+def _subspace_blocks(n_blocks=600, seed=0):
+    layout, _ = union_of_subspaces(n_blocks, rows=24, width=3, blocks_per_subspace=40, subspace_rank=2, noise=0.02, seed=seed)
+    return [layout.block(i) for i in range(layout.n_blocks)]
+
+
+def _check_result(collection, blocks, result, rank, eps):
+    flat = sorted(b for g in result.groups for b in g)
+    assert flat == list(range(len(blocks)))
+    artifact = storage.open_artifact(collection.url, collection.name, result.artifact_label)
+    for g, group in enumerate(result.groups):
+        exact = exact_error(blocks, group, rank)
+        # the certified error comes from a Gram matrix: exact in energy up to ~1e-15
+        assert abs(result.errors[g] ** 2 - exact**2) <= 1e-10
+        if len(group) > 1:
+            assert bound_is_valid(eps, exact), (group, exact)
+            assert bound_is_valid(result.bounds[g], exact) or result.bounds[g] == 0.0
+        # what is stored meets eps, block by block summed over the group
+        residual = sum(np.sum((artifact.decompress(i).astype(np.float64) - blocks[i]) ** 2) for i in group)
+        energy = sum(np.sum(np.asarray(blocks[i], dtype=np.float64) ** 2) for i in group)
+        stored = np.sqrt(residual / energy) if energy else 0.0
+        assert stored <= eps * (1 + 1e-6) + 1e-6
+    assert result.max_error <= eps
+
+
+def test_guarantee_on_structured_collection_with_sharding_and_merges(client, tmp_path):
+    blocks = _subspace_blocks()
+    coll = _store(tmp_path, blocks)
+    stages = []
+    result = cluster_collection(
+        coll, rank=6, eps=0.1, client=client, shard_size=150, batch_bytes=SMALL_BATCH,
+        progress=lambda stage, done, total: stages.append(stage),
+    )
+    _check_result(coll, blocks, result, 6, 0.1)
+    assert result.n_groups < len(blocks) / 10
+    assert {"scan", "partition", "local", "certify", "compress"} <= set(stages)
+    assert set(result.timings) == {"scan", "partition", "local", "merge", "certify", "compress"}
+    assert result.compression_ratio > 2 and result.compression_ratio_adaptive >= result.compression_ratio * 0.99
+    assert 0 < result.bytes_compressed < result.bytes_input
+
+
+@pytest.mark.parametrize("seed,rows,width,rank,eps", [(1, 9, 7, 3, 0.3), (2, 5, 12, 2, 0.5), (3, 16, 4, 6, 0.05)])
+def test_guarantee_on_awkward_collections(client, tmp_path, seed, rows, width, rank, eps):
+    blocks = awkward_collection(seed, rows, 40, width)
+    blocks = [b.astype(np.float64) for b in blocks]  # one dtype per collection
+    coll = _store(tmp_path, blocks)
+    result = cluster_collection(coll, rank=rank, eps=eps, client=client, shard_size=12, batch_bytes=512, oversampling=2)
+    _check_result(coll, blocks, result, rank, eps)
+
+
+def test_float32_collection_and_own_local_cluster(tmp_path):
+    blocks = [b.astype(np.float32) for b in _subspace_blocks(120, seed=4)]
+    coll = _store(tmp_path, blocks, dtype=np.float32)
+    result = cluster_collection(coll, rank=6, eps=0.1)  # starts and stops its own LocalCluster
+    _check_result(coll, blocks, result, 6, 0.1)
+
+
+def test_same_groups_whatever_the_number_of_workers(client, tmp_path):
+    coll = _store(tmp_path, _subspace_blocks(seed=5))
+    kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
+    two = cluster_collection(coll, client=client, run_id="two", **kwargs)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as one_cluster:
+        with Client(one_cluster) as one_client:
+            one = cluster_collection(coll, client=one_client, run_id="one", **kwargs)
+    assert one.groups == two.groups
+    np.testing.assert_array_equal(one.errors, two.errors)
+
+
+def test_rerun_with_same_run_id_skips_completed_stages(client, tmp_path):
+    coll = _store(tmp_path, _subspace_blocks(seed=6))
+    kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH, client=client, run_id="again")
+    first = cluster_collection(coll, **kwargs)
+    run = storage.open_run(coll.url, coll.name, "again", ClusteringRun(coll, **{**kwargs}).run.params, coll.fingerprint())
+    scan_seconds = run.load_stage("scan")[1]["seconds"]
+    manifests = {s: os.path.getmtime(os.path.join(run.url, s, "manifest.json")) for s in run.stages()}
+    calls = []
+    second = cluster_collection(coll, progress=lambda *a: calls.append(a), **kwargs)
+    assert second.groups == first.groups
+    assert {s: os.path.getmtime(os.path.join(run.url, s, "manifest.json")) for s in run.stages()} == manifests
+    assert calls == []  # no map task ran
+    assert second.timings["scan"] == scan_seconds
+    with pytest.raises(ValueError, match="eps"):
+        cluster_collection(coll, **{**kwargs, "eps": 0.2})
+
+
+@pytest.mark.parametrize("stage", ["scan", "certify"])
+def test_killed_worker_does_not_change_the_result(tmp_path, stage):
+    coll = _store(tmp_path, _subspace_blocks(seed=7))
+    kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        with Client(cluster) as c:
+            reference = cluster_collection(coll, client=c, run_id="reference", **kwargs)
+            killed = threading.Event()
+            victim = sorted(c.run(os.getpid).values())[0]
+
+            def kill_one_worker(name, done, total):
+                if name == stage and not killed.is_set():  # SIGKILL while the stage's tasks run
+                    killed.set()
+                    os.kill(victim, signal.SIGKILL)
+
+            result = cluster_collection(coll, client=c, run_id="killed", progress=kill_one_worker, **kwargs)
+            assert killed.is_set()
+    assert result.groups == reference.groups
+    np.testing.assert_array_equal(result.errors, reference.errors)
+
+
+def test_corrupted_block_is_reported_by_name(client, tmp_path):
+    blocks = _subspace_blocks(60, seed=8)
+    coll = _store(tmp_path, blocks)
+    # flip stored values of block 17 behind the collection's back
+    import zarr
+
+    group = zarr.open_group(os.path.join(coll.url, coll.name), mode="r+")
+    start = int(coll.offsets[17])
+    group["data"][:, start] = 1e3
+    with pytest.raises(ValueError, match=r"block 17 .*corrupted"):
+        cluster_collection(coll, rank=6, eps=0.1, client=client, batch_bytes=SMALL_BATCH)
+
+
+def test_bad_parameters_fail_before_any_work(client, tmp_path):
+    coll = _store(tmp_path, _subspace_blocks(30))
+    with pytest.raises(ValueError, match="eps"):
+        cluster_collection(coll, rank=4, eps=1.5, client=client)
+    with pytest.raises(ValueError, match="shard_size"):
+        cluster_collection(coll, rank=4, eps=0.1, client=client, shard_size=1)
+    assert not os.path.exists(os.path.join(str(tmp_path), "runs"))
