@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 __all__ = [
     "TASK_OPTIONS",
+    "run_logger",
     "artifact_key",
     "is_transient",
     "StageProgress",
@@ -21,7 +22,6 @@ __all__ = [
     "stage_hook",
     "HOLD_AT_ENV",
     "HOLD_FILE_ENV",
-    "FAIL_AFTER_ENV",
     "run_folder_url",
     "read_json",
     "write_bytes",
@@ -61,6 +61,18 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_condition_fn": _retry_condition,
     "cache_policy": NO_CACHE,
 }
+
+
+def run_logger() -> Any:
+    """Prefect's run logger (its lines reach the dashboard), or a plain logger outside a run."""
+    import logging
+
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # no active flow or task run: a plain function call
+        return logging.getLogger("flows")
 
 
 def artifact_key(*parts: str) -> str:
@@ -183,18 +195,19 @@ def read_json(url: str, storage_options: dict | None = None) -> Any:
 #: killed (SIGKILL from the test: a real, unclean interruption).
 HOLD_AT_ENV = "CMSVD_TEST_HOLD_AT"
 HOLD_FILE_ENV = "CMSVD_TEST_HOLD_FILE"
-#: Stage name after whose completion the flow process exits at once (os._exit, no
-#: cleanup), the crash variant of the same test.
-FAIL_AFTER_ENV = "CMSVD_FAIL_AFTER_STAGE"
 
 
-def stage_hook(stage: str, when: str) -> None:
-    """Test hook called at the ``"start"`` and ``"end"`` of every stage task."""
-    if when == "start" and os.environ.get(HOLD_AT_ENV) == stage:
-        marker = os.environ.get(HOLD_FILE_ENV)
-        if marker:
-            Path(marker).write_text(json.dumps({"stage": stage, "pid": os.getpid()}))
-        time.sleep(float(os.environ.get("CMSVD_TEST_HOLD_SECONDS", "600")))
-        raise RuntimeError(f"test hook: held at {stage} and nobody killed the run")
-    if when == "end" and os.environ.get(FAIL_AFTER_ENV) == stage:
-        os._exit(86)
+def stage_hook(stage: str) -> None:
+    """Test hook called at the start of every stage task (no-op unless HOLD_AT_ENV is set).
+
+    ``CMSVD_TEST_HOLD_AT=merge-001`` makes the run stop at the start of merge round 1
+    (merge-000 is checkpointed, the merge stage is under way), write
+    ``CMSVD_TEST_HOLD_FILE`` and sleep until it is killed.  Never set it in production.
+    """
+    if os.environ.get(HOLD_AT_ENV) != stage:
+        return
+    marker = os.environ.get(HOLD_FILE_ENV)
+    if marker:
+        Path(marker).write_text(json.dumps({"stage": stage, "pid": os.getpid()}))
+    time.sleep(float(os.environ.get("CMSVD_TEST_HOLD_SECONDS", "600")))
+    raise SystemExit(f"test hook: held at {stage} and nobody killed the run")

@@ -14,9 +14,8 @@ import time
 from typing import Any, Callable
 
 from prefect import task
-from prefect.logging import get_run_logger
 
-from ._common import TASK_OPTIONS, StageProgress, read_json, run_folder_url, stage_hook
+from ._common import TASK_OPTIONS, StageProgress, read_json, run_folder_url, run_logger, stage_hook
 
 __all__ = [
     "RUN_KEYS",
@@ -34,10 +33,7 @@ RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol",
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # outside a run (plain function call in a script)
-        return logging.getLogger("flows")
+    return run_logger()
 
 
 @task(name="open-collection", **TASK_OPTIONS)
@@ -87,12 +83,11 @@ def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, cli
 def _stage(run: Any, stage: str, method: Callable[[], Any]) -> tuple[Any, float]:
     """Run one stage method between the test hooks; log whether it resumed."""
     resumed = run.run.is_complete(stage)
-    stage_hook(stage, "start")
+    stage_hook(stage)
     start = time.perf_counter()
     out = method()
     seconds = time.perf_counter() - start
     _logger().info("%s %s in %.2f s", stage, "loaded from its checkpoint" if resumed else "computed", seconds)
-    stage_hook(stage, "end")
     return out, seconds
 
 

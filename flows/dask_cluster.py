@@ -27,7 +27,10 @@ __all__ = [
 #: Environment variables consulted, in order, when no address is given.
 SCHEDULER_ENV_VARS = ("CMSVD_DASK_SCHEDULER", "DASK_SCHEDULER_ADDRESS")
 
-log = logging.getLogger(__name__)
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    from ._common import run_logger
+
+    return run_logger()
 
 
 def resolve_scheduler_address(address: str | None = None) -> str | None:
@@ -128,7 +131,7 @@ def dask_client(address: str | None = None, *, timeout: float = 30.0) -> Iterato
 
     resolved = resolve_scheduler_address(address)
     if resolved is not None:
-        log.info("Using the Dask scheduler at %s", resolved)
+        _log().info("Using the Dask scheduler at %s", resolved)
         client = Client(resolved, timeout=timeout)
         try:
             install_package_path(client)
@@ -136,8 +139,8 @@ def dask_client(address: str | None = None, *, timeout: float = 30.0) -> Iterato
         finally:
             client.close()
         return
-    log.info("No Dask scheduler configured: starting a LocalCluster on 127.0.0.1")
+    _log().info("No Dask scheduler configured: starting a LocalCluster on 127.0.0.1")
     with LocalCluster(**local_cluster_options()) as cluster, Client(cluster, timeout=timeout) as client:
-        log.info("LocalCluster dashboard: %s", client.dashboard_link)
+        _log().info("LocalCluster dashboard: %s", client.dashboard_link)
         install_package_path(client)
         yield client
