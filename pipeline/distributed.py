@@ -155,31 +155,49 @@ def _route_batch(handle: _Handle, batch: int, anchors: np.ndarray, anchor_rank: 
     return np.argmax(captured, axis=0).astype(np.int64)  # ties: lowest anchor id
 
 
-def _split_batch(handle: _Handle, batch: int, first: int, shards: np.ndarray, n_shards: int) -> list:
-    """The batch's factors cut by shard: one (block ids, factors, offsets, norms2) per shard."""
+def _split_batch(handle: _Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:
+    """Cut a batch's factors by shard into the stage ``split-<batch>`` (arrays suffixed by
+    shard), so each local task later reads only its own blocks; returns the shards present.
+
+    Going through the store keeps worker memory bounded by one batch or one shard, however
+    large the collection (an in-memory all-to-all would hold every factor at once)."""
+    stage = f"split-{batch:05d}"
+    run = _run(handle)
+    present = [int(s) for s in np.unique(shards)]
+    if run.is_complete(stage):
+        return present
     factors, offsets, norms2 = _load_factors(handle, batch)
-    parts = [None] * n_shards
-    for shard in np.unique(shards):
+    arrays = {}
+    for shard in present:
         local = np.flatnonzero(shards == shard)
         widths = offsets[local + 1] - offsets[local]
         columns = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in local])
-        parts[int(shard)] = (
-            first + local,
-            factors[:, columns],
-            np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
-            norms2[local],
-        )
-    return parts
+        arrays[f"ids_{shard}"] = first + local
+        arrays[f"factors_{shard}"] = factors[:, columns]
+        arrays[f"offsets_{shard}"] = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        arrays[f"norms2_{shard}"] = norms2[local]
+    run.save_stage(stage, arrays)
+    return present
 
 
-def _local_shard(params: dict, *parts) -> dict:
+def _load_shard(handle: _Handle, shard: int, batches: list[int]) -> tuple[np.ndarray, BlockLayout]:
+    """A shard's factors (with exact norms) gathered from the split stages of its batches."""
+    run = _run(handle)
+    names = ("ids", "factors", "offsets", "norms2")
+    parts = [run.load_stage(f"split-{b:05d}", [f"{n}_{shard}" for n in names])[0] for b in batches]
+    ids = np.concatenate([p[f"ids_{shard}"] for p in parts])
+    widths = np.concatenate([np.diff(p[f"offsets_{shard}"]) for p in parts])
+    layout = BlockLayout(
+        np.hstack([p[f"factors_{shard}"] for p in parts]),
+        np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
+        np.concatenate([p[f"norms2_{shard}"] for p in parts]),
+    )
+    return ids, layout
+
+
+def _local_shard(handle: _Handle, params: dict, shard: int, batches: list[int]) -> dict:
     """The sequential greedy inside one shard; groups in global block ids plus sketches."""
-    parts = [p for p in parts if p is not None]
-    ids = np.concatenate([p[0] for p in parts])
-    data = np.hstack([p[1] for p in parts])
-    widths = np.concatenate([np.diff(p[2]) for p in parts])
-    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-    layout = BlockLayout(data, offsets, np.concatenate([p[3] for p in parts]))
+    ids, layout = _load_shard(handle, shard, batches)
     clusters, bounds, states = greedy_groups(layout, **params)
     sketches = [
         state if isinstance(state, GramSketch)
@@ -578,18 +596,14 @@ class ClusteringRun:
             n_shards = int(shards.max()) + 1
             bounds = self._batch_bounds
             splits = [
-                self.client.submit(
-                    _split_batch, self._handle, b, int(bounds[b]), shards[bounds[b] : bounds[b + 1]], n_shards,
-                    pure=False,
-                )
+                self.client.submit(_split_batch, self._handle, b, int(bounds[b]), shards[bounds[b] : bounds[b + 1]],
+                                   pure=False)
                 for b in range(len(bounds) - 1)
             ]
-            local_params = {k: self.params[k] for k in ("rank", "eps", "method", "order", "patience", "oversampling", "tol")}
+            present = self._gather("split", splits)
+            batches_of = [[b for b, shards_in in enumerate(present) if shard in shards_in] for shard in range(n_shards)]
             futures = [
-                self.client.submit(
-                    _local_shard, local_params, *[self.client.submit(_pick, s, shard, pure=False) for s in splits],
-                    pure=False,
-                )
+                self.client.submit(_local_shard, self._handle, dict(self.params), shard, batches_of[shard], pure=False)
                 for shard in range(n_shards)
             ]
             results = self._gather("local", futures)
@@ -812,10 +826,6 @@ class ClusteringRun:
             run_id=self.run_id,
             params=dict(self.params),
         )
-
-
-def _pick(parts: list, index: int):
-    return parts[index]
 
 
 def _tree_reduce(client, combine, futures: list, fan_in: int = 8):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+from collections.abc import Iterable
 import io
 from typing import Any
 
@@ -277,8 +278,8 @@ class Run:
             raise CheckpointError("; ".join(problems))
         return m
 
-    def load_stage(self, stage: str) -> tuple[dict[str, np.ndarray], dict]:
-        """Load a complete stage after verifying every hash.
+    def load_stage(self, stage: str, keys: Iterable[str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """Load a complete stage (or only the arrays ``keys`` of it) after verifying hashes.
 
         Returns
         -------
@@ -291,8 +292,12 @@ class Run:
             As :meth:`verify_stage`; corrupt data is never returned.
         """
         m = self._checked_manifest(stage)
+        wanted = m["arrays"] if keys is None else list(keys)
         arrays = {}
-        for key, entry in m["arrays"].items():
+        for key in wanted:
+            entry = m["arrays"].get(key)
+            if entry is None:
+                raise CheckpointError(f"stage {stage!r} of run {self.run_id!r}: no array {key!r}")
             data = self._read_array_bytes(stage, key, entry)
             arrays[key] = np.load(io.BytesIO(data), allow_pickle=False)
         return arrays, m.get("meta", {})
