@@ -140,8 +140,24 @@ def prefect_server(tmp_path_factory):
         del client_env["PREFECT_API_DATABASE_CONNECTION_URL"]
         client_env["PREFECT_API_URL"] = api
         yield {"url": api, "ui": f"http://127.0.0.1:{port}", "env": client_env, "procs": procs, "root": root}
+        _drain_prefect_clients()
     finally:
         procs.stop_all()
+
+
+def _drain_prefect_clients() -> None:
+    """Send in-process flows' pending logs and events while the server still runs;
+    otherwise they are retried against a dead server at interpreter exit (a minute)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception:  # best effort: the tests are over
+            pass
 
 
 @pytest.fixture
