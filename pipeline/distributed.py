@@ -43,7 +43,7 @@ import numpy as np
 
 from .bounds import DEFAULT_TOL, GramSketch
 from .greedy import check_params, greedy_groups
-from .layout import BlockLayout
+from .layout import BlockLayout, column_index, offsets_of, segment_sums
 from .sharding import (
     anchor_scores,
     block_factors,
@@ -170,11 +170,9 @@ def _split_batch(handle: _Handle, batch: int, first: int, shards: np.ndarray) ->
     arrays = {}
     for shard in present:
         local = np.flatnonzero(shards == shard)
-        widths = offsets[local + 1] - offsets[local]
-        columns = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in local])
         arrays[f"ids_{shard}"] = first + local
-        arrays[f"factors_{shard}"] = factors[:, columns]
-        arrays[f"offsets_{shard}"] = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        arrays[f"factors_{shard}"] = factors[:, column_index(offsets, local)]
+        arrays[f"offsets_{shard}"] = offsets_of(offsets[local + 1] - offsets[local])
         arrays[f"norms2_{shard}"] = norms2[local]
     run.save_stage(stage, arrays)
     return present
@@ -189,7 +187,7 @@ def _load_shard(handle: _Handle, shard: int, batches: list[int]) -> tuple[np.nda
     widths = np.concatenate([np.diff(p[f"offsets_{shard}"]) for p in parts])
     layout = BlockLayout(
         np.hstack([p[f"factors_{shard}"] for p in parts]),
-        np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
+        offsets_of(widths),
         np.concatenate([p[f"norms2_{shard}"] for p in parts]),
     )
     return ids, layout
@@ -213,10 +211,7 @@ def _gram_batch(handle: _Handle, first: int, stop: int, labels: np.ndarray) -> d
     keep = np.flatnonzero(labels >= 0)
     if not keep.size:
         return {}
-    sub_widths = offsets[keep + 1] - offsets[keep]
-    columns = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in keep])
-    sub_offsets = np.concatenate([[0], np.cumsum(sub_widths)]).astype(np.int64)
-    return group_grams(data[:, columns], sub_offsets, labels[keep])
+    return group_grams(data[:, column_index(offsets, keep)], offsets_of(offsets[keep + 1] - offsets[keep]), labels[keep])
 
 
 def _sum_grams(*parts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -240,20 +235,26 @@ def _certify_grams(grams: dict[int, np.ndarray], rank: int, eps: float) -> dict[
 
 def _coefficient_batch(handle: _Handle, first: int, stop: int, labels: np.ndarray, bases: dict) -> dict:
     """Coefficients U_g^T A_i (or the raw block when the group is stored raw) and the
-    squared residual ||A_i - U_g V_i||^2 of every block in the batch, keyed by group."""
+    squared residual ||A_i - U_g V_i||^2 of every block in the batch, keyed by group.
+    One product per group present, over all its blocks in the batch."""
     data, offsets = _read_batch(handle, first, stop)
     out: dict[int, list] = {}
-    for local in np.flatnonzero(labels >= 0):
-        block = data[:, offsets[local] : offsets[local + 1]]
-        basis = bases[int(labels[local])]
+    for g in np.unique(labels[labels >= 0]):
+        blocks = np.flatnonzero(labels == g)
+        sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
+        x = data[:, column_index(offsets, blocks)]
+        basis = bases[int(g)]
         if basis is None:
-            coef, residual2 = block, 0.0
+            coef, residual2 = x, np.zeros(len(blocks))
         else:
-            block64 = block.astype(np.float64)
-            coef = basis.T @ block64
-            residual = block64 - basis @ coef
-            residual2 = float(np.einsum("ij,ij->", residual, residual))
-        out.setdefault(int(labels[local]), []).append((first + int(local), coef, residual2))
+            x = x.astype(np.float64)
+            coef = basis.T @ x
+            residual = x - basis @ coef
+            residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
+        out[int(g)] = [
+            (first + int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j]))
+            for j, b in enumerate(blocks)
+        ]
     return out
 
 
@@ -339,8 +340,7 @@ def _batches(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int, bat
 
 def _pack_flat(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     flat = np.array([b for g in groups for b in g], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(np.int64)
-    return flat, offsets
+    return flat, offsets_of(np.array([len(g) for g in groups], dtype=np.int64))
 
 
 def _unpack_flat(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
@@ -515,12 +515,11 @@ class ClusteringRun:
         for b in chosen:
             factors, offsets, batch_norms2 = _load_factors(self._handle, int(b))
             picked = np.arange(0, len(batch_norms2), stride)
-            data.append(factors[:, np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in picked])])
+            data.append(factors[:, column_index(offsets, picked)])
             widths.append(np.diff(offsets)[picked])
             norms2.append(batch_norms2[picked])
         widths = np.concatenate(widths)
-        layout = BlockLayout(np.hstack(data), np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
-                             np.concatenate(norms2))
+        layout = BlockLayout(np.hstack(data), offsets_of(widths), np.concatenate(norms2))
         params = dict(self.params, method="approximate", order="residual")
         clusters, _, states = greedy_groups(layout, **params)
         rank = self.params["rank"]
@@ -573,7 +572,7 @@ class ClusteringRun:
 
     def _load_groups(self, arrays: dict) -> tuple[list[list[int]], list[GramSketch]]:
         groups = _unpack_flat(arrays["members"], arrays["group_offsets"])
-        starts = np.concatenate([[0], np.cumsum(arrays["basis_widths"])])
+        starts = offsets_of(arrays["basis_widths"])
         sketches = [
             GramSketch.from_parts(
                 arrays["bases"][:, starts[g] : starts[g + 1]],
@@ -725,7 +724,7 @@ class ClusteringRun:
         groups = _unpack_flat(certified["members"], certified["group_offsets"])
         m, eps = self.collection.rows, self.params["eps"]
         widths = self.collection.widths
-        starts = np.concatenate([[0], np.cumsum(certified["adaptive_ranks"])])
+        starts = offsets_of(certified["adaptive_ranks"])
         bases, ranks = {}, np.zeros(len(groups), dtype=np.int64)
         for g, group in enumerate(groups):
             r_c = int(certified["adaptive_ranks"][g])

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative_int, check_rank, check_tol
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
-from .layout import BlockLayout, as_layout, segment_sums
+from .layout import BlockLayout, as_layout, offsets_of, segment_sums
 
 __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
 
@@ -82,7 +82,7 @@ class _ResidualOrderer:
     def _reset(self, block_ids: np.ndarray) -> None:
         self._ids = block_ids
         widths = self._layout.widths[block_ids]
-        self._offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        self._offsets = offsets_of(widths)
         self._data = self._layout.gather(block_ids) if len(block_ids) != self._layout.n_blocks else self._layout.data
 
     def residual_norms2(self, basis: np.ndarray, blocks: np.ndarray, alive: np.ndarray) -> np.ndarray:

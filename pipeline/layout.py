@@ -12,7 +12,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlockLayout", "as_layout", "segment_sums"]
+__all__ = ["BlockLayout", "as_layout", "segment_sums", "column_index"]
+
+
+def column_index(offsets: np.ndarray, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Column indices of ``blocks`` (concatenated in the order given) in a column layout
+    with boundaries ``offsets``; vectorised, no loop over blocks."""
+    blocks = np.asarray(blocks, dtype=np.int64)
+    if blocks.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = offsets[blocks]
+    widths = offsets[blocks + 1] - starts
+    # ramp within each block, shifted to that block's first column
+    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(widths)[:-1]]), widths)
+    return np.arange(int(widths.sum()), dtype=np.int64) + shift
+
+
+def offsets_of(widths: np.ndarray) -> np.ndarray:
+    """Column boundaries (K + 1 int64) of blocks with the given widths."""
+    return np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
 
 
 def segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -68,14 +86,7 @@ class BlockLayout:
 
     def column_index(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
         """Column indices of the given blocks, concatenated in the order given."""
-        blocks = np.asarray(blocks, dtype=np.int64)
-        if blocks.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        starts = self.offsets[blocks]
-        widths = self.offsets[blocks + 1] - starts
-        # ramp within each block, shifted to that block's first column
-        shift = np.repeat(starts - np.concatenate([[0], np.cumsum(widths)[:-1]]), widths)
-        return np.arange(int(widths.sum()), dtype=np.int64) + shift
+        return column_index(self.offsets, blocks)
 
     def gather(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
         """The concatenation ``[A_i for i in blocks]`` (a copy), shape (m, sum of widths)."""
@@ -85,8 +96,7 @@ class BlockLayout:
         """A new layout holding only ``blocks``, in the order given."""
         blocks = np.asarray(blocks, dtype=np.int64)
         widths = self.offsets[blocks + 1] - self.offsets[blocks]
-        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-        return BlockLayout(self.gather(blocks), offsets, self.norms2[blocks].copy())
+        return BlockLayout(self.gather(blocks), offsets_of(widths), self.norms2[blocks].copy())
 
 
 def _check_offsets(offsets: np.ndarray, n_columns: int) -> np.ndarray:
@@ -167,7 +177,7 @@ def as_layout(blocks: object, offsets: object | None = None) -> BlockLayout:
             rows = arr.shape[0]
             checked.append(arr)
         widths = np.array([a.shape[1] for a in checked], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        offsets = offsets_of(widths)
         data = np.concatenate([a.astype(np.float64, copy=False) for a in checked], axis=1)
     _check_finite(data, offsets)
     norms2 = segment_sums(np.einsum("ij,ij->j", data, data), offsets)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bounds import GramSketch
-from .layout import BlockLayout, segment_sums
+from .layout import BlockLayout, column_index, offsets_of, segment_sums
 from .spectra import adaptive_rank
 
 __all__ = [
@@ -53,11 +53,11 @@ def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tupl
     data = np.asarray(data, dtype=np.float64)
     widths = np.diff(offsets)
     k = np.minimum(widths, min(width_cap, data.shape[0]))
-    factor_offsets = np.concatenate([[0], np.cumsum(k)]).astype(np.int64)
+    factor_offsets = offsets_of(k)
     factors = np.empty((data.shape[0], int(factor_offsets[-1])))
     narrow = widths <= width_cap
-    for i in np.flatnonzero(narrow):
-        factors[:, factor_offsets[i] : factor_offsets[i + 1]] = data[:, offsets[i] : offsets[i + 1]]
+    kept = np.flatnonzero(narrow)
+    factors[:, column_index(factor_offsets, kept)] = data[:, column_index(offsets, kept)]
     wide = np.flatnonzero(~narrow)
     for width in np.unique(widths[wide]):
         same = wide[widths[wide] == width]
@@ -134,9 +134,9 @@ def affinity_pairs(sketches: list[GramSketch], rank: int, neighbours: int, batch
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
     heads = [s.basis[:, :rank] for s in sketches]
-    head_offsets = np.concatenate([[0], np.cumsum([h.shape[1] for h in heads])]).astype(np.int64)
+    head_offsets = offsets_of(np.array([h.shape[1] for h in heads], dtype=np.int64))
     weighted = np.hstack([s.basis * np.sqrt(s.eigenvalues) for s in sketches])
-    weight_offsets = np.concatenate([[0], np.cumsum([s.basis.shape[1] for s in sketches])]).astype(np.int64)
+    weight_offsets = offsets_of(np.array([s.basis.shape[1] for s in sketches], dtype=np.int64))
     energy = np.array([max(float(s.eigenvalues.sum()), 1e-300) for s in sketches])
     captured = np.zeros((n, n))
     for start in range(0, n, batch):
@@ -198,9 +198,7 @@ def group_grams(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> di
     data = np.asarray(data, dtype=np.float64)
     grams = {}
     for label in np.unique(labels):
-        blocks = np.flatnonzero(labels == label)
-        columns = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in blocks])
-        x = data[:, columns]
+        x = data[:, column_index(offsets, np.flatnonzero(labels == label))]
         grams[int(label)] = x @ x.T
     return grams
 
