@@ -84,7 +84,23 @@ class Processes:
         except ProcessLookupError:
             pass
 
+    def descendants(self) -> list:
+        """Every live descendant of the started processes, even in other sessions
+        (a Prefect worker may start flow runs in their own process group)."""
+        import psutil
+
+        found = []
+        for proc in self.procs.values():
+            try:
+                found += psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
     def stop_all(self, grace: float = 10.0) -> None:
+        import psutil
+
+        stragglers = self.descendants()
         for proc in self.procs.values():
             self.kill_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -100,6 +116,12 @@ class Processes:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
                 pass
+        for child in stragglers:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(stragglers, timeout=5)
 
 
 def base_env(prefect_home: Path) -> dict[str, str]:
