@@ -1,0 +1,1552 @@
+"""The ``cmsvd`` command line.
+
+Subcommands: ``ingest``, ``inspect``, ``cluster``, ``compress``, ``decompress``,
+``verify``, ``report``, ``study``, ``run`` (the Prefect flow) and ``demo``.
+
+Conventions:
+
+- ``--store`` (or ``CMSVD_STORE``) is the store root: a local folder, ``file://``,
+  ``memory://`` or ``s3://bucket/prefix``; default ``./cmsvd-data``.
+- ``--json`` prints one JSON document on stdout and nothing else there; progress and
+  messages go to stderr.
+- Exit codes: 0 ok; 1 a guarantee or verification failure; 2 usage or bad parameters;
+  3 missing store, collection, run or artifact; 4 corrupted data or checkpoint;
+  5 an unexpected internal error; 130 interrupted.  A user error is one line
+  ``error: ...`` on stderr, without a traceback (``CMSVD_DEBUG=1`` shows it).
+
+Heavy imports (numpy, dask, prefect, matplotlib) happen inside the commands, so
+``cmsvd --help`` is fast and Prefect settings can be set before Prefect is imported.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+import typer
+
+__all__ = ["app", "main", "CLIError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_CORRUPT", "EXIT_INTERNAL"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING, EXIT_CORRUPT, EXIT_INTERNAL = 0, 1, 2, 3, 4, 5
+DEFAULT_STORE = "./cmsvd-data"
+DEFAULT_DEMO_STORE = "./cmsvd-demo"
+REPORT_HTML = "report.html"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Method(str, enum.Enum):
+    approximate = "approximate"
+    residuals = "residuals"
+    max_norm = "max_norm"
+
+
+class Order(str, enum.Enum):
+    residual = "residual"
+    norm = "norm"
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+app = typer.Typer(
+    name="cmsvd",
+    help=(
+        "Cluster matrix collections into groups that share one truncated-SVD basis with a "
+        "certified relative error <= eps, and compress them.\n\n"
+        "Start with: cmsvd demo"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# ---- consoles, output and errors ---------------------------------------------------------
+
+
+def _out():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _err():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and text.startswith(("'", '"')):
+        text = text.strip("'\"")
+    return " ".join(text.split())
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """Exit code and one-line message of an exception raised by a command."""
+    import storage
+
+    if isinstance(exc, CLIError):
+        return exc.code, _one_line(exc)
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover
+        ValidationError = ()  # type: ignore[assignment]
+    if ValidationError and isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "parameters"
+        return EXIT_USAGE, f"invalid {where}: {first.get('msg')}"
+    if isinstance(exc, storage.IntegrityError):  # CheckpointError included
+        return EXIT_CORRUPT, _one_line(exc)
+    if isinstance(exc, storage.CollectionExistsError):
+        return EXIT_USAGE, _one_line(exc) + " (use --overwrite to replace it)"
+    if isinstance(exc, (storage.CollectionNotFoundError, FileNotFoundError, NotADirectoryError)):
+        msg = _one_line(exc)
+        if type(exc) in (FileNotFoundError, NotADirectoryError) and getattr(exc, "filename", None):
+            msg = f"no such file or folder: {exc.filename}"
+        elif isinstance(exc, FileNotFoundError) and "/" in msg and " " not in msg:
+            msg = f"no such file or folder: {msg}"
+        return EXIT_MISSING, msg
+    if isinstance(exc, storage.RunMismatchError):
+        return EXIT_USAGE, _one_line(exc) + " (choose another --run-id)"
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or _one_line(exc)
+        hint = " (pip install 'cmsvd[formats]')" if name in ("h5py", "safetensors") else ""
+        return EXIT_USAGE, f"missing optional dependency {name}{hint}"
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
+        msg = _one_line(exc)
+        return (EXIT_CORRUPT if "corrupt" in msg.lower() else EXIT_USAGE), msg
+    if isinstance(exc, PermissionError):
+        return EXIT_MISSING, _one_line(exc)
+    if isinstance(exc, OSError):
+        return EXIT_MISSING, _one_line(exc)
+    return EXIT_INTERNAL, f"{type(exc).__name__}: {_one_line(exc)} (internal error; CMSVD_DEBUG=1 shows the traceback)"
+
+
+def _debug() -> bool:
+    return os.environ.get("CMSVD_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _handle_errors(fn: Callable) -> Callable:
+    """Run a command; turn exceptions into ``error: ...`` and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            raise typer.Exit(130)
+        except BaseException as exc:  # noqa: BLE001 - the CLI boundary
+            if isinstance(exc, SystemExit):
+                raise
+            if _debug():
+                import traceback
+
+                traceback.print_exc()
+            code, msg = _classify(exc)
+            sys.stderr.write(f"error: {msg}\n")
+            sys.stderr.flush()
+            raise typer.Exit(code)
+
+    return wrapper
+
+
+def _command(*args: Any, **kwargs: Any) -> Callable:
+    """``@app.command`` with the error handling applied."""
+
+    def deco(fn: Callable) -> Callable:
+        return app.command(*args, **kwargs)(_handle_errors(fn))
+
+    return deco
+
+
+# ---- shared options ---------------------------------------------------------------------
+
+StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", envvar="CMSVD_STORE", help="Store root: folder, file://, memory:// or s3://bucket/prefix.", show_default=True)
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout (and nothing else there).")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786). Default: CMSVD_DASK_SCHEDULER, else a LocalCluster.")
+RunIdOpt = typer.Option(None, "--run-id", help="Run id (the folder runs/<collection>/<run-id>). Default: the latest run with an artifact.")
+
+
+def _check_eps(eps: float) -> float:
+    if not (isinstance(eps, float) and 0.0 < eps < 1.0):
+        raise typer.BadParameter(f"{eps} is not in (0, 1)", param_hint="'--eps'")
+    return eps
+
+
+def _parse_floats(text: str | None, what: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=what) from None
+    for v in values:
+        if not 0.0 < v < 1.0:
+            raise typer.BadParameter(f"{v} is not in (0, 1)", param_hint=what)
+    return sorted(set(values))
+
+
+def _parse_sizes(text: str) -> list[int]:
+    """``"2:40:4"`` (start:stop:step, stop included) or ``"2,5,10"``."""
+    try:
+        if ":" in text:
+            parts = [int(x) for x in text.split(":")]
+            start, stop, step = (parts + [1])[:3] if len(parts) == 2 else parts
+            if step < 1:
+                raise ValueError
+            sizes = list(range(start, stop + 1, step))
+        else:
+            sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected start:stop[:step] or a comma list, got {text!r}", param_hint="'--sizes'") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"group sizes must be >= 1, got {text!r}", param_hint="'--sizes'")
+    return sizes
+
+
+# ---- quiet Prefect and Dask -------------------------------------------------------------
+
+
+def _quiet_environment(verbose: bool = False, prefect_home: Path | None = None) -> None:
+    """Logging and Prefect settings for a CLI process (before Prefect is imported).
+
+    Console logs of Prefect and Dask go down to warnings (the dashboard keeps the run
+    logs at INFO); without ``PREFECT_API_URL`` Prefect starts a temporary local API,
+    whose start-up may be slow on a busy machine, so its timeout is raised.
+    """
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "error")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        import logging
+
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core",
+                     "distributed.http.proxy", "flows", "prefect"):
+            logging.getLogger(name).setLevel(logging.ERROR if name.startswith("distributed") else logging.WARNING)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if prefect_home is not None and not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(prefect_home)
+
+
+def _quiet_dask_loggers() -> None:
+    import logging
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _DaskClient:
+    """A distributed.Client to ``address`` (or the environment's), else a quiet LocalCluster."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    def __enter__(self):
+        from flows.dask_cluster import install_package_path, local_cluster_options, resolve_scheduler_address
+
+        from distributed import Client, LocalCluster
+
+        _quiet_dask_loggers()
+        resolved = resolve_scheduler_address(self.address)
+        self._cluster = None
+        if resolved is None:
+            opts = local_cluster_options()
+            opts["silence_logs"] = 40  # logging.ERROR
+            self._cluster = LocalCluster(**opts)
+            self.client = Client(self._cluster)
+        else:
+            try:
+                self.client = Client(resolved, timeout=30)
+            except OSError as exc:
+                raise CLIError(f"cannot reach the Dask scheduler at {resolved}: {_one_line(exc)}", EXIT_MISSING) from None
+        install_package_path(self.client)
+        return self.client
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()
+
+
+# ---- progress ----------------------------------------------------------------------------
+
+
+class StageBars:
+    """Progress bars on stderr for ``progress(stage, done, total)`` callbacks.
+
+    On a terminal: one rich bar per stage.  Otherwise (logs, CI, tests): one line per
+    finished stage.  ``quiet`` shows nothing.
+    """
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.console = _err()
+        self.live = self.console.is_terminal and not quiet
+        self.quiet = quiet
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.finished: set[str] = set()
+        self._lock = threading.Lock()
+        self.progress = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=self.console, transient=False,
+            )
+
+    def __enter__(self) -> "StageBars":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self.started.setdefault(stage, now)
+            if self.progress is not None:
+                if stage not in self.tasks:
+                    self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
+                self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
+            elif not self.quiet and done >= total and stage not in self.finished:
+                self.console.print(f"  {stage:<12} done ({total} task{'s' if total != 1 else ''}, {now - self.started[stage]:.1f} s)")
+            if done >= total:
+                self.finished.add(stage)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            (self.progress.console if self.progress is not None else self.console).print(text)
+
+
+class RunFolderWatcher(threading.Thread):
+    """Follow a run that another component (the Prefect flow) executes, by polling the
+    stage manifests in its run folder; reports each stage to a :class:`StageBars`."""
+
+    FAMILIES = ("scan", "partition", "local", "merge", "certify", "compress", "report")
+
+    def __init__(self, run_url: str, storage_options: dict | None, bars: StageBars, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.run_url = run_url.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.bars = bars
+        self.interval = interval
+        self._stop = threading.Event()
+        self.seen: set[str] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+        self.poll()  # final state
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - never disturb the run
+                pass
+
+    def poll(self) -> None:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(self.run_url, **self.storage_options)
+        fs.invalidate_cache()
+        try:
+            names = {p.rstrip("/").rsplit("/", 2)[-2] for p in fs.glob(f"{path}/*/manifest.json")}
+        except FileNotFoundError:
+            names = set()
+        if fs.exists(f"{path}/report.json"):
+            names.add("report")
+        for fam in self.FAMILIES:
+            done = [n for n in names if n == fam or (fam == "merge" and n.startswith("merge-"))]
+            if fam == "scan":
+                done = [n for n in names if n == "scan"]
+            if done and fam not in self.seen:
+                self.seen.add(fam)
+                self.bars(fam, 1, 1)
+
+
+# ---- store helpers ------------------------------------------------------------------------
+
+
+def _open_collection(store: str, name: str):
+    import storage
+
+    return storage.open_collection(store, name)
+
+
+def _root_fs(url: str, storage_options: dict | None = None):
+    import fsspec
+
+    from storage._location import resolve
+
+    loc = resolve(url, storage_options)
+    return loc.fs, loc.path.rstrip("/")
+
+
+def _list_runs(coll) -> list[dict]:
+    """Runs of a collection: id, created, params, whether compressed and reported."""
+    fs, root = _root_fs(coll.url, coll.storage_options)
+    fs.invalidate_cache()
+    out = []
+    try:
+        files = fs.glob(f"{root}/runs/{coll.name}/*/run.json")
+    except FileNotFoundError:
+        files = []
+    for f in files:
+        run_dir = f.rsplit("/", 1)[0]
+        try:
+            record = json.loads(fs.cat_file(f))
+        except Exception:  # noqa: BLE001
+            continue
+        out.append({
+            "run_id": record.get("run_id", run_dir.rsplit("/", 1)[-1]),
+            "created": record.get("created", ""),
+            "mode": record.get("params", {}).get("mode", "distributed"),
+            "params": {k: record.get("params", {}).get(k) for k in ("rank", "eps", "method", "order")},
+            "compressed": fs.exists(f"{run_dir}/compress/manifest.json") or fs.exists(f"{run_dir}/compressed/manifest.json"),
+            "report": fs.exists(f"{run_dir}/report.json"),
+            "current": record.get("input_fingerprint") == coll.fingerprint(),
+        })
+    return sorted(out, key=lambda r: (r["created"], r["run_id"]))
+
+
+def _list_artifacts(coll) -> list[dict]:
+    fs, root = _root_fs(coll.url, coll.storage_options)
+    fs.invalidate_cache()
+    out = []
+    try:
+        files = fs.glob(f"{root}/artifacts/{coll.name}/*/manifest.json")
+    except FileNotFoundError:
+        files = []
+    for f in files:
+        label = f.rsplit("/", 2)[-2]
+        if label.startswith("."):
+            continue
+        try:
+            written = json.loads(fs.cat_file(f)).get("written", "")
+        except Exception:  # noqa: BLE001
+            written = ""
+        out.append({"label": label, "written": written})
+    return sorted(out, key=lambda a: (a["written"], a["label"]))
+
+
+def _resolve_run_id(coll, run_id: str | None) -> str:
+    """The given run id, else the latest artifact's label, else the latest run."""
+    if run_id:
+        return run_id
+    arts = _list_artifacts(coll)
+    if arts:
+        return arts[-1]["label"]
+    runs = _list_runs(coll)
+    if runs:
+        return runs[-1]["run_id"]
+    raise CLIError(f"collection {coll.name!r} has no run yet: start one with 'cmsvd cluster {coll.name}'", EXIT_MISSING)
+
+
+def _run_url(coll, run_id: str) -> str:
+    from flows._common import run_folder_url
+
+    return run_folder_url(coll, run_id)
+
+
+def _run_record(coll, run_id: str) -> dict:
+    from flows._common import read_json
+
+    url = f"{_run_url(coll, run_id)}/run.json"
+    try:
+        return read_json(url, coll.storage_options)
+    except FileNotFoundError:
+        raise CLIError(f"no run {run_id!r} for collection {coll.name!r} (looked for {url})", EXIT_MISSING) from None
+
+
+def _read_report(coll, run_id: str) -> dict | None:
+    from flows._common import read_json
+
+    try:
+        return read_json(f"{_run_url(coll, run_id)}/report.json", coll.storage_options)
+    except FileNotFoundError:
+        return None
+
+
+def _write_text(url: str, text: str, storage_options: dict | None) -> None:
+    from flows._common import write_bytes
+
+    write_bytes(url, text.encode(), storage_options)
+
+
+def _local_path(url: str) -> str:
+    """A path to show the user (file:// stripped)."""
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+# ---- parameters ---------------------------------------------------------------------------
+
+
+def _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler):
+    from flows.params import ClusterParameters
+
+    return ClusterParameters(
+        store_url=store, collection=collection, rank=rank, eps=eps, method=method.value, order=order.value,
+        oversampling=oversampling, patience=patience, shard_size=shard_size, run_id=run_id,
+        scheduler_address=scheduler,
+    )
+
+
+def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> dict:
+    groups = report["groups"]
+    multi = [g for g in groups if len(g["blocks"]) > 1]
+    eps = report["params"].get("eps")
+    return {
+        "run_id": report.get("run_id"),
+        "collection": report["collection"]["name"],
+        "blocks": report["collection"]["blocks"],
+        "groups": len(groups),
+        "singletons": len(groups) - len(multi),
+        "compression_ratio": report["compression_ratio"],
+        "compression_ratio_adaptive": report["compression_ratio_adaptive"],
+        "max_certified_error": max((g["error"] for g in groups), default=0.0),
+        "max_error": report["max_error"],
+        "eps": eps,
+        "guarantee_ok": all(g["error"] <= eps for g in multi),
+        "bytes": report["bytes"],
+        "timings": report["timings"],
+        **({"files": urls} if urls else {}),
+    }
+
+
+def _print_summary(summary: dict, title: str) -> None:
+    from rich.table import Table
+
+    from flows.html_report import fmt_bytes
+
+    out = _out()
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    b = summary["bytes"]
+    ok = summary["guarantee_ok"]
+    table.add_row("run id", str(summary["run_id"]))
+    table.add_row("groups", f"{summary['groups']} ({summary['singletons']} single blocks) from {summary['blocks']} blocks")
+    table.add_row("compression ratio", f"{summary['compression_ratio']:.3f}x at rank r")
+    table.add_row("adaptive ratio", f"{summary['compression_ratio_adaptive']:.3f}x with per-group ranks")
+    table.add_row("worst certified error", f"[{'green' if ok else 'red'}]{summary['max_certified_error']:.4g}[/] (eps = {summary['eps']})")
+    table.add_row("worst stored error", f"{summary['max_error']:.4g}")
+    ratio = b["input"] / max(1, b["compressed"])
+    table.add_row("bytes in / out", f"{fmt_bytes(b['input'])} / {fmt_bytes(b['compressed'])} ({ratio:.2f}x smaller on disk)")
+    table.add_row("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
+    for key, path in (summary.get("files") or {}).items():
+        table.add_row(key, _local_path(path))
+    out.print(table)
+
+
+def _guarantee_exit(summary: dict) -> None:
+    if not summary["guarantee_ok"]:
+        sys.stderr.write(
+            f"error: certified error {summary['max_certified_error']:.6g} exceeds eps = {summary['eps']} for a group\n"
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ---- sequential clustering (in memory) -------------------------------------------------
+
+
+def _load_in_memory(coll, max_memory_gib: float, what: str):
+    import numpy as np
+
+    need = coll.rows * coll.n_columns * 8 * 2  # float64 copy plus working space
+    if need > max_memory_gib * 2**30:
+        raise CLIError(
+            f"collection {coll.name!r} needs about {need / 2**30:.2f} GiB in memory for {what}, above the "
+            f"--max-memory-gib budget of {max_memory_gib:g} GiB; use the distributed mode or raise the budget",
+            EXIT_USAGE,
+        )
+    data = coll.column_range(0, coll.n_columns).astype(np.float64)
+    from pipeline import as_layout
+
+    return as_layout(data, coll.offsets)
+
+
+def _sequential_params(rank, eps, method, order, oversampling, patience) -> dict:
+    from pipeline.greedy import check_params
+    from pipeline.bounds import DEFAULT_TOL
+
+    params = check_params(rank, eps, method, order, patience, oversampling, DEFAULT_TOL)
+    return {"mode": "sequential", **params}
+
+
+def _sequential_run_id(coll, params: dict) -> str:
+    import hashlib
+
+    payload = json.dumps({"input": coll.fingerprint(), "params": params}, sort_keys=True)
+    return "seq-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _sequential_cluster(coll, params: dict, run_id: str, max_memory_gib: float, bars: StageBars):
+    """pipeline.cluster on the collection in memory; stage ``sequential`` in the run folder."""
+    import numpy as np
+    import pipeline
+    import storage
+
+    run = storage.open_run(coll.url, coll.name, run_id, params, coll.fingerprint(), storage_options=coll.storage_options)
+    if run.is_complete("sequential"):
+        bars("sequential", 1, 1)
+        return run
+    bars("load", 0, 1)
+    layout = _load_in_memory(coll, max_memory_gib, "--sequential")
+    bars("load", 1, 1)
+    bars("sequential", 0, 1)
+    start = time.perf_counter()
+    kwargs = {k: v for k, v in params.items() if k != "mode"}
+    result = pipeline.cluster(layout, **kwargs)
+    seconds = time.perf_counter() - start
+    flat = np.array([b for g in result.clusters for b in g], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(g) for g in result.clusters])]).astype(np.int64)
+    run.save_stage("sequential", {"members": flat, "group_offsets": offsets, "bounds": result.bounds},
+                   {"seconds": seconds, "n_groups": result.n_groups})
+    bars("sequential", 1, 1)
+    return run
+
+
+def _group_svd(data):
+    import numpy as np
+
+    m, n = data.shape
+    if n > 2 * m:  # wide: eigendecomposition of the m x m Gram matrix
+        w, u = np.linalg.eigh(data @ data.T)
+        order = np.argsort(w)[::-1]
+        return u[:, order], np.clip(w[order], 0.0, None)
+    u, s, _ = np.linalg.svd(data, full_matrices=False)
+    return u, s * s
+
+
+def _sequential_compress(coll, run, max_memory_gib: float, bars: StageBars):
+    """Exact errors, adaptive ranks and the artifact (label = run id) of a sequential run."""
+    import numpy as np
+    import storage
+    from pipeline.spectra import adaptive_rank
+
+    params = dict(run.params)
+    rank, eps = int(params["rank"]), float(params["eps"])
+    if run.is_complete("compressed"):
+        bars("compress", 1, 1)
+        return
+    arrays, meta = run.load_stage("sequential")
+    members, offsets = arrays["members"], arrays["group_offsets"]
+    groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
+    layout = _load_in_memory(coll, max_memory_gib, "compressing a sequential run")
+    start = time.perf_counter()
+    m = coll.rows
+    writer = storage.create_artifact(coll.url, coll.name, run.run_id, groups=groups, params=params, overwrite=True,
+                                     storage_options=coll.storage_options)
+    errors, adaptive, stored_errors, stored_ranks = [], [], [], []
+    try:
+        for g, group in enumerate(groups):
+            data = layout.gather(group)
+            u, s2 = _group_svd(data)
+            total = float(s2.sum())
+            err = math.sqrt(max(0.0, float(s2[rank:].sum())) / total) if total > 0 else 0.0
+            r_c = min(adaptive_rank(s2, eps), rank) if (err <= eps or len(group) > 1) else 0
+            columns = data.shape[1]
+            if (err <= eps or len(group) > 1) and r_c * (m + columns) < m * columns:
+                basis = u[:, :r_c]
+                coef = basis.T @ data
+                residual2 = float(np.sum((data - basis @ coef) ** 2))
+                writer.write_group(g, basis, coef)
+                stored_ranks.append(r_c)
+            else:
+                writer.write_group(g, None, data)
+                residual2 = 0.0
+                stored_ranks.append(0)
+            errors.append(err)
+            adaptive.append(r_c if stored_ranks[-1] else 0)
+            stored_errors.append(math.sqrt(residual2 / total) if total > 0 else 0.0)
+            bars("compress", g + 1, len(groups))
+        artifact = writer.finalize(stored_errors, stored_ranks)
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - start
+    run.save_stage(
+        "compressed",
+        {"errors": np.array(errors), "adaptive_ranks": np.array(adaptive, dtype=np.int64),
+         "stored_errors": np.array(stored_errors), "stored_ranks": np.array(stored_ranks, dtype=np.int64)},
+        {"seconds": seconds, "artifact": run.run_id, "bytes_compressed": int(artifact.nbytes_stored)},
+    )
+
+
+def _sequential_result(coll, run):
+    """A pipeline.distributed.DistributedResult for a compressed sequential run."""
+    import numpy as np
+    from pipeline.distributed import DistributedResult
+    from pipeline.metrics import adaptive_compression_ratio, compression_ratio
+
+    seq, seq_meta = run.load_stage("sequential")
+    comp, comp_meta = run.load_stage("compressed")
+    members, offsets = seq["members"], seq["group_offsets"]
+    groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
+    params = {k: v for k, v in run.params.items() if k != "mode"}
+    stored_ranks = np.asarray(comp["stored_ranks"])
+    return DistributedResult(
+        groups=groups,
+        errors=np.asarray(comp["errors"]),
+        bounds=np.asarray(seq["bounds"]),
+        ranks=np.asarray(comp["adaptive_ranks"]),
+        stored_errors=np.asarray(comp["stored_errors"]),
+        compression_ratio=compression_ratio(coll, groups, int(params["rank"])),
+        compression_ratio_adaptive=adaptive_compression_ratio(coll, groups, np.where(stored_ranks == 0, coll.rows, stored_ranks)),
+        max_error=float(np.max(comp["stored_errors"], initial=0.0)),
+        timings={"sequential": float(seq_meta.get("seconds", 0.0)), "compress": float(comp_meta.get("seconds", 0.0))},
+        bytes_input=int(coll.nbytes_stored),
+        bytes_compressed=int(comp_meta["bytes_compressed"]),
+        artifact_label=str(comp_meta["artifact"]),
+        run_id=run.run_id,
+        params=params,
+    )
+
+
+def _write_run_report(coll, result, extra_timings: dict | None = None) -> tuple[dict, dict]:
+    """report.json (flows.report's builder) and its PNG plots in the run folder."""
+    from flows.report import build_report, write_report
+
+    start = time.perf_counter()
+    report = build_report(coll, result, extra_timings)
+    report["timings"]["report"] = 0.0
+    urls = write_report(report, _run_url(coll, result.run_id), coll.storage_options)
+    report["timings"]["report"] = round(time.perf_counter() - start, 3)
+    _write_text(urls["report"], json.dumps(report, indent=1), coll.storage_options)
+    return report, urls
+
+
+def _write_html(coll, report: dict, sweep: list[dict] | None = None, verification: dict | None = None,
+                spectra_top: int = 4) -> str:
+    """report.html beside report.json; returns its URL."""
+    from flows.html_report import group_spectra, have_matplotlib, render_html
+
+    spectra = None
+    if have_matplotlib() and spectra_top > 0:
+        spectra = group_spectra(coll, report["groups"], top=spectra_top)
+    page = render_html(report, spectra=spectra, sweep=sweep, verification=verification)
+    url = f"{_run_url(coll, report['run_id'])}/{REPORT_HTML}"
+    _write_text(url, page, coll.storage_options)
+    if sweep:
+        _write_text(f"{_run_url(coll, report['run_id'])}/sweep.json", json.dumps(sweep, indent=1), coll.storage_options)
+    return url
+
+
+def _distributed_result(coll, run_id: str, client, bars: StageBars):
+    """Finish (or load) a distributed run and return its DistributedResult."""
+    from flows._run import stored_run_params
+    from pipeline.distributed import ClusteringRun
+
+    kwargs = stored_run_params(coll, run_id)
+    run = ClusteringRun(coll, **kwargs, client=client, run_id=run_id, progress=bars)
+    return run.result()
+
+
+def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars) -> list[dict]:
+    """Certified clusterings at other eps values (scan..certify, no artifact): CR against eps."""
+    import numpy as np
+    from flows._run import default_run_id
+    from pipeline.distributed import ClusteringRun
+    from pipeline.metrics import adaptive_compression_ratio, compression_ratio
+
+    rows = []
+    for eps in eps_values:
+        kwargs = {**params, "eps": float(eps)}
+        run_id = default_run_id(coll, kwargs)
+        run = ClusteringRun(coll, **kwargs, client=client, run_id=run_id,
+                            progress=lambda stage, done, total, e=eps: bars(f"eps={e:g} {stage}"[:24], done, total))
+        certified = run.certify()
+        members, offsets = certified["members"], certified["group_offsets"]
+        groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
+        ranks = np.asarray(certified["adaptive_ranks"])
+        sizes = np.array([len(g) for g in groups])
+        errors = np.asarray(certified["errors"])
+        rows.append({
+            "eps": float(eps),
+            "run_id": run_id,
+            "groups": len(groups),
+            "compression_ratio": compression_ratio(coll, groups, int(params["rank"])),
+            "compression_ratio_adaptive": adaptive_compression_ratio(coll, groups, np.where(ranks == 0, coll.rows, ranks)),
+            "max_error": float(errors[sizes > 1].max(initial=0.0)),
+        })
+    return rows
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+@_command("ingest")
+def ingest_cmd(
+    source: str = typer.Argument(..., help="File or folder: .npy stack (K, m, n), .npz, folder of .npy, .safetensors, .h5/.hdf5, .mat, .zarr array."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Collection name (default: the source's file name without suffix)."),
+    store: str = StoreOpt,
+    dtype: Optional[DType] = typer.Option(None, help="Storage dtype (default: float32 for float32 input, else float64)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing collection of that name."),
+    stack_complex: bool = typer.Option(False, "--stack-complex", help="Complex blocks: store real rows over imaginary rows."),
+    column_length: Optional[int] = typer.Option(None, "--column-length", min=1, help="safetensors: rows m of every column (768 in the paper)."),
+    per: Optional[str] = typer.Option(None, "--per", help="safetensors: 'tensor' (one block per tensor) or 'column'."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="HDF5: dataset or group path inside the file."),
+    key: Optional[str] = typer.Option(None, "--key", help="MATLAB: variable name."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="MATLAB: 'mimo' for (NRB, Nr, Nt, Nc) channels."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Load a source file or folder into a collection (streamed; atomic publish)."""
+    import storage
+
+    from flows.ingest import collection_summary
+
+    src = source.rstrip("/")
+    if name is None:
+        base = Path(src).name
+        for suffix in (".safetensors", ".hdf5", ".zarr", ".npy", ".npz", ".h5", ".he5", ".mat"):
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in base).lstrip("._-") or "collection"
+    suffix = Path(src).suffix.lower()
+    if suffix == ".safetensors" and column_length is None:
+        raise CLIError("a .safetensors source needs --column-length (the rows m of every column block)")
+    options: dict[str, Any] = {"overwrite": overwrite}
+    if dtype is not None:
+        options["dtype"] = dtype.value
+    if stack_complex:
+        options["stack_complex"] = True
+    for opt, value, formats in (("column_length", column_length, {".safetensors"}), ("per", per, {".safetensors"}),
+                                ("dataset", dataset, {".h5", ".hdf5", ".he5"}), ("key", key, {".mat"}),
+                                ("layout", layout, {".mat"})):
+        if value is not None:
+            if suffix not in formats:
+                raise CLIError(f"--{opt.replace('_', '-')} applies to {'/'.join(sorted(formats))} sources, not {suffix or 'a folder'}")
+            options[opt] = value
+    bars = StageBars(quiet=as_json)
+    with bars:
+        bars("ingest", 0, 1)
+        start = time.perf_counter()
+        coll = storage.ingest_path(store, name, source, **options)
+        bars("ingest", 1, 1)
+    summary = collection_summary(coll)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    if as_json:
+        _print_json(summary)
+        return
+    from flows.html_report import fmt_bytes
+
+    _out().print(
+        f"ingested [bold]{summary['blocks']}[/] blocks ({summary['rows']} x {summary['columns']} {summary['dtype']}, "
+        f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk) into collection "
+        f"[bold]{name}[/] at {_local_path(coll.url)} in {summary['seconds']:.1f} s"
+    )
+
+
+@_command("inspect")
+def inspect_cmd(
+    collection: Optional[str] = typer.Argument(None, help="Collection name; without it, list the store's collections."),
+    store: str = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Summarise a collection (shape, widths, norms, provenance, runs, artifacts), or list them."""
+    import numpy as np
+    import storage
+
+    from flows.html_report import fmt_bytes
+    from flows.ingest import collection_summary
+
+    if collection is None:
+        if "://" not in store and not Path(store).exists():
+            raise CLIError(f"no store at {store}", EXIT_MISSING)
+        names = storage.list_collections(store)
+        rows = []
+        for n in names:
+            c = storage.open_collection(store, n)
+            rows.append({"name": n, "blocks": c.n_blocks, "rows": c.rows, "columns": c.n_columns, "dtype": str(c.dtype),
+                         "bytes_stored": int(c.nbytes_stored)})
+        if as_json:
+            _print_json({"store": store, "collections": rows})
+            return
+        from rich.table import Table
+
+        table = Table(title=f"collections in {store}", title_justify="left")
+        for col in ("name", "blocks", "rows", "columns", "dtype", "on disk"):
+            table.add_column(col, justify="left" if col in ("name", "dtype") else "right")
+        for r in rows:
+            table.add_row(r["name"], str(r["blocks"]), str(r["rows"]), str(r["columns"]), r["dtype"], fmt_bytes(r["bytes_stored"]))
+        _out().print(table if rows else f"no collections in {store}")
+        return
+    coll = _open_collection(store, collection)
+    summary = collection_summary(coll)
+    widths, norms = coll.widths, np.sqrt(coll.norms2)
+    summary["widths"] = {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())}
+    summary["norms"] = {"min": float(norms.min()), "median": float(np.median(norms)), "max": float(norms.max())}
+    summary["provenance"] = coll.provenance
+    summary["first_blocks"] = coll.names[:5]
+    summary["runs"] = _list_runs(coll)
+    summary["artifacts"] = _list_artifacts(coll)
+    if as_json:
+        _print_json(summary)
+        return
+    from rich.table import Table
+
+    out = _out()
+    table = Table(title=f"collection {coll.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("location", _local_path(coll.url))
+    table.add_row("blocks", f"{summary['blocks']} (e.g. {', '.join(summary['first_blocks'])})")
+    table.add_row("matrix", f"{summary['rows']} rows x {summary['columns']} columns, {summary['dtype']}")
+    table.add_row("block widths", "min {min}, median {median:g}, max {max}".format(**summary["widths"]))
+    table.add_row("block norms", "min {min:.4g}, median {median:.4g}, max {max:.4g}".format(**summary["norms"]))
+    table.add_row("size", f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk")
+    if coll.provenance:
+        table.add_row("provenance", json.dumps(coll.provenance, default=str)[:300])
+    out.print(table)
+    if summary["runs"]:
+        runs = Table(title="runs", title_justify="left")
+        for col in ("run id", "created", "mode", "rank", "eps", "method", "compressed", "report"):
+            runs.add_column(col)
+        for r in summary["runs"]:
+            runs.add_row(r["run_id"] + ("" if r["current"] else " (stale)"), r["created"], r["mode"], str(r["params"]["rank"]),
+                         str(r["params"]["eps"]), str(r["params"]["method"]), "yes" if r["compressed"] else "no",
+                         "yes" if r["report"] else "no")
+        out.print(runs)
+
+
+@_command("cluster")
+def cluster_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    store: str = StoreOpt,
+    rank: int = typer.Option(10, "--rank", "-r", min=1, help="Shared basis rank r of every group."),
+    eps: float = typer.Option(0.1, "--eps", "-e", help="Certified bound on every group's relative rank-r error, in (0, 1)."),
+    method: Method = typer.Option(Method.approximate, help="Certified lower bound used while groups grow."),
+    order: Order = typer.Option(Order.residual, help="Candidate order: residual against the seed basis, or norm."),
+    oversampling: int = typer.Option(5, min=0, help="Extra sketch directions p (method approximate)."),
+    patience: int = typer.Option(10, min=1, help="Groups in a row without an accepted candidate before the rest become single blocks."),
+    shard_size: int = typer.Option(4000, "--shard-size", min=2, help="Distributed: most blocks per shard of the local stage."),
+    sequential: bool = typer.Option(False, "--sequential", help="The paper's sequential greedy on the collection loaded in memory."),
+    max_memory_gib: float = typer.Option(2.0, "--max-memory-gib", help="--sequential: refuse collections needing more memory than this."),
+    scheduler: Optional[str] = SchedulerOpt,
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes the run. Default: derived from the collection and the parameters."),
+    compress: bool = typer.Option(True, "--compress/--no-compress", help="Also write the compressed artifact (else: 'cmsvd compress' later)."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Write report.html beside report.json."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Cluster a collection into groups with a certified error <= eps (distributed by default)."""
+    _check_eps(eps)
+    coll = _open_collection(store, collection)
+    bars = StageBars(quiet=as_json)
+    if sequential:
+        params = _sequential_params(rank, eps, method.value, order.value, oversampling, patience)
+        run_id = run_id or _sequential_run_id(coll, params)
+        with bars:
+            run = _sequential_cluster(coll, params, run_id, max_memory_gib, bars)
+            if not compress:
+                arrays, meta = run.load_stage("sequential")
+                summary = {"run_id": run_id, "collection": coll.name, "groups": int(meta["n_groups"]),
+                           "max_bound": float(arrays["bounds"].max(initial=0.0)), "compressed": False}
+            else:
+                _sequential_compress(coll, run, max_memory_gib, bars)
+                result = _sequential_result(coll, run)
+        if compress:
+            report, urls = _write_run_report(coll, result)
+    else:
+        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler)
+        from flows._run import default_run_id
+        from pipeline.distributed import ClusteringRun
+
+        run_kwargs = cparams.pipeline_kwargs()
+        run_id = run_id or default_run_id(coll, run_kwargs)
+        with bars, _DaskClient(scheduler) as client:
+            run = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars)
+            if compress:
+                result = run.result()
+            else:
+                certified = run.certify()
+                errors = certified["errors"]
+                summary = {"run_id": run_id, "collection": coll.name, "groups": int(len(certified["group_offsets"]) - 1),
+                           "max_certified_error": float(errors.max(initial=0.0)), "compressed": False}
+        if compress:
+            report, urls = _write_run_report(coll, result)
+    if not compress:
+        if as_json:
+            _print_json(summary)
+        else:
+            _out().print(f"clustered {coll.name} into {summary['groups']} groups (run {run_id}); "
+                         f"write the artifact with: cmsvd compress {coll.name} --run-id {run_id}")
+        return
+    files = {"report.json": urls["report"]}
+    if html:
+        files["report.html"] = _write_html(coll, report)
+    summary = _summary_from_report(report, files)
+    summary["artifact_label"] = report.get("artifact_label")
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
+    _guarantee_exit(summary)
+
+
+@_command("compress")
+def compress_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    run_id: str = typer.Option(..., "--run-id", help="The run to compress (see 'cmsvd inspect COLLECTION')."),
+    store: str = StoreOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    max_memory_gib: float = typer.Option(2.0, "--max-memory-gib", help="Sequential runs: memory budget."),
+    html: bool = typer.Option(True, "--html/--no-html"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write the compressed artifact of a run (finishing any missing stage) and its report."""
+    coll = _open_collection(store, collection)
+    record = _run_record(coll, run_id)
+    bars = StageBars(quiet=as_json)
+    if record.get("params", {}).get("mode") == "sequential":
+        import storage
+
+        run = storage.open_run(coll.url, coll.name, run_id, record["params"], coll.fingerprint(), storage_options=coll.storage_options)
+        if not run.is_complete("sequential"):
+            raise CLIError(f"run {run_id!r} has no complete clustering; run 'cmsvd cluster --sequential' again", EXIT_MISSING)
+        with bars:
+            _sequential_compress(coll, run, max_memory_gib, bars)
+        result = _sequential_result(coll, run)
+    else:
+        with bars, _DaskClient(scheduler) as client:
+            result = _distributed_result(coll, run_id, client, bars)
+    report, urls = _write_run_report(coll, result)
+    files = {"report.json": urls["report"]}
+    if html:
+        files["report.html"] = _write_html(coll, report)
+    summary = _summary_from_report(report, files)
+    summary["artifact_label"] = report.get("artifact_label")
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, f"cmsvd compress {coll.name}")
+    _guarantee_exit(summary)
+
+
+def _block_index(coll, block: str) -> int:
+    if block.lstrip("-").isdigit():
+        i = int(block)
+        if not 0 <= i < coll.n_blocks:
+            raise CLIError(f"block index {i} out of range: collection {coll.name!r} has {coll.n_blocks} blocks")
+        return i
+    try:
+        return coll.names.index(block)
+    except ValueError:
+        raise CLIError(f"no block named {block!r} in collection {coll.name!r}") from None
+
+
+@_command("decompress")
+def decompress_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    block: str = typer.Argument(..., help="Block index or block name."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .npy file (default: <collection>-<index>.npy)."),
+    run_id: Optional[str] = RunIdOpt,
+    store: str = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write the reconstruction U_C V_i of one block from the compressed artifact to .npy."""
+    import numpy as np
+    import storage
+
+    coll = _open_collection(store, collection)
+    label = _resolve_run_id(coll, run_id)
+    artifact = storage.open_artifact(store, collection, label)
+    i = _block_index(coll, block)
+    approx = artifact.decompress(i)
+    output = output or Path(f"{collection}-{i}.npy")
+    if output.suffix != ".npy":
+        output = output.with_name(output.name + ".npy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, approx)
+    g = int(artifact.labels[i])
+    info = {"collection": collection, "artifact": label, "block": i, "name": coll.names[i], "shape": list(approx.shape),
+            "dtype": str(approx.dtype), "group": g, "group_rank": int(artifact.ranks[g]),
+            "stored_raw": bool(artifact.kinds[g] == 1), "group_error": float(artifact.errors[g]), "output": str(output)}
+    if as_json:
+        _print_json(info)
+    else:
+        _out().print(f"block {i} ({info['name']}) {approx.shape[0]} x {approx.shape[1]} -> {output} "
+                     f"(group {g}, rank {info['group_rank']}{', stored raw' if info['stored_raw'] else ''}, "
+                     f"group error {info['group_error']:.4g})")
+
+
+def verify_artifact(coll, artifact, eps: float | None = None, bars: StageBars | None = None) -> dict:
+    """Recompute every group's relative error from the collection and the artifact.
+
+    Returns a dict with ``ok``, ``hashes_ok``, ``eps``, ``max_error``, ``violations``
+    (groups above eps), ``mismatches`` (groups whose recorded error differs from the
+    recomputed one) and per-group ``errors``.
+    """
+    import numpy as np
+
+    artifact.verify()  # IntegrityError (exit 4) on any hash mismatch
+    if artifact.meta.get("collection_fingerprint") != coll.fingerprint():
+        raise CLIError(f"artifact {artifact.label!r} was written for other contents of collection {coll.name!r} "
+                       "(the collection changed since); recompress it", EXIT_CORRUPT)
+    eps = float(eps if eps is not None else artifact.params.get("eps"))
+    dtype = np.dtype(artifact.dtype)
+    residual2 = np.zeros(artifact.n_groups)
+    norm2 = np.zeros(artifact.n_groups)
+    budget = 32 * 2**20
+    per_column = coll.rows * coll.dtype.itemsize
+    first = 0
+    done_blocks = 0
+    while first < coll.n_blocks:
+        stop = first + 1
+        while stop < coll.n_blocks and (coll.offsets[stop + 1] - coll.offsets[first]) * per_column <= budget:
+            stop += 1
+        data = coll.column_range(int(coll.offsets[first]), int(coll.offsets[stop])).astype(np.float64)
+        base = int(coll.offsets[first])
+        for i in range(first, stop):
+            a = data[:, coll.offsets[i] - base: coll.offsets[i + 1] - base]
+            approx = artifact.decompress(i).astype(np.float64)
+            if approx.shape != a.shape:
+                raise CLIError(f"artifact {artifact.label!r}: block {i} decompresses to {approx.shape}, expected {a.shape}", EXIT_CORRUPT)
+            g = int(artifact.labels[i])
+            residual2[g] += float(np.sum((a - approx) ** 2))
+            norm2[g] += float(np.sum(a * a))
+        done_blocks += stop - first
+        if bars is not None:
+            bars("verify", done_blocks, coll.n_blocks)
+        first = stop
+    errors = np.sqrt(np.divide(residual2, norm2, out=np.zeros_like(residual2), where=norm2 > 0))
+    slack = 10 * float(np.finfo(dtype).eps) ** 0.5 if dtype == np.float32 else 1e-9
+    violations = [int(g) for g in np.flatnonzero(errors > eps * (1 + 1e-9) + slack)]
+    recorded = np.asarray(artifact.errors, dtype=np.float64)
+    tol = 1e-3 if dtype == np.float32 else 1e-6
+    mismatches = [int(g) for g in np.flatnonzero(np.abs(errors - recorded) > tol * np.maximum(recorded, 1e-3))]
+    return {
+        "collection": coll.name,
+        "artifact": artifact.label,
+        "ok": not violations and not mismatches,
+        "hashes_ok": True,
+        "eps": eps,
+        "groups": int(artifact.n_groups),
+        "blocks": int(artifact.n_blocks),
+        "max_error": float(errors.max(initial=0.0)),
+        "violations": violations,
+        "mismatches": mismatches,
+        "errors": errors.tolist(),
+    }
+
+
+@_command("verify")
+def verify_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    run_id: Optional[str] = RunIdOpt,
+    store: str = StoreOpt,
+    eps: Optional[float] = typer.Option(None, "--eps", help="Threshold to check against (default: the run's eps)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Recompute the exact per-group errors from the collection and the artifact.
+
+    Exit 1 if any group exceeds eps or disagrees with the recorded error, 4 if the
+    artifact's hashes do not match (corrupted files).
+    """
+    import storage
+
+    if eps is not None:
+        _check_eps(eps)
+    coll = _open_collection(store, collection)
+    label = _resolve_run_id(coll, run_id)
+    artifact = storage.open_artifact(store, collection, label)
+    bars = StageBars(quiet=as_json)
+    with bars:
+        result = verify_artifact(coll, artifact, eps, bars)
+    if as_json:
+        _print_json(result)
+    else:
+        status = "[green]verified[/]" if result["ok"] else "[red]FAILED[/]"
+        _out().print(
+            f"{status}: artifact {label} of {collection}: hashes match; {result['groups']} groups, "
+            f"worst recomputed error {result['max_error']:.6g} (eps = {result['eps']}); "
+            f"{len(result['violations'])} above eps, {len(result['mismatches'])} differing from the recorded errors"
+        )
+    if not result["ok"]:
+        what = (f"group(s) {result['violations'][:10]} exceed eps = {result['eps']}" if result["violations"]
+                else f"group(s) {result['mismatches'][:10]} differ from their recorded errors")
+        sys.stderr.write(f"error: verification failed: {what}\n")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@_command("report")
+def report_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    run_id: Optional[str] = RunIdOpt,
+    store: str = StoreOpt,
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated eps values: also plot compression ratio against eps (runs a clustering per value)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also copy report.json and report.html into this folder."),
+    scheduler: Optional[str] = SchedulerOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write report.json (if missing) and report.html of a run; --json prints report.json."""
+    sweep_eps = _parse_floats(sweep, "'--sweep'")
+    coll = _open_collection(store, collection)
+    run_id = _resolve_run_id(coll, run_id)
+    record = _run_record(coll, run_id)
+    report = _read_report(coll, run_id)
+    bars = StageBars(quiet=as_json)
+    sweep_rows = None
+    if report is None or (sweep_eps and record.get("params", {}).get("mode") != "sequential"):
+        if record.get("params", {}).get("mode") == "sequential":
+            import storage
+
+            run = storage.open_run(coll.url, coll.name, run_id, record["params"], coll.fingerprint(), storage_options=coll.storage_options)
+            if not run.is_complete("compressed"):
+                raise CLIError(f"run {run_id!r} is not compressed yet: cmsvd compress {collection} --run-id {run_id}", EXIT_MISSING)
+            report, _ = _write_run_report(coll, _sequential_result(coll, run))
+        else:
+            from flows._run import stored_run_params
+
+            with bars, _DaskClient(scheduler) as client:
+                if report is None:
+                    from pipeline.distributed import ClusteringRun
+
+                    run = ClusteringRun(coll, **stored_run_params(coll, run_id), client=client, run_id=run_id, progress=bars)
+                    if not run.run.is_complete("compress"):
+                        raise CLIError(f"run {run_id!r} is not compressed yet: cmsvd compress {collection} --run-id {run_id}", EXIT_MISSING)
+                    report, _ = _write_run_report(coll, run.result())
+                if sweep_eps:
+                    sweep_rows = _sweep(coll, stored_run_params(coll, run_id), sweep_eps, client, bars)
+    elif sweep_eps:
+        raise CLIError("--sweep needs a distributed run (sequential runs keep the collection in memory)")
+    html_url = _write_html(coll, report, sweep=sweep_rows)
+    json_url = f"{_run_url(coll, run_id)}/report.json"
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "report.json").write_text(json.dumps(report, indent=1))
+        from flows._common import _fs
+
+        fs, path = _fs(html_url, coll.storage_options)
+        (output / REPORT_HTML).write_bytes(fs.cat_file(path))
+        json_url, html_url = str(output / "report.json"), str(output / REPORT_HTML)
+    if as_json:
+        _print_json(report)
+        return
+    summary = _summary_from_report(report, {"report.json": json_url, "report.html": html_url})
+    _print_summary(summary, f"cmsvd report {collection}")
+
+
+@_command("study")
+def study_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    store: str = StoreOpt,
+    rank: int = typer.Option(10, "--rank", "-r", min=1),
+    sizes: str = typer.Option("2:20:3", "--sizes", help="Group sizes: start:stop[:step] (stop included) or a comma list."),
+    trials: int = typer.Option(5, "--trials", min=1, help="Random groups per size."),
+    oversampling: int = typer.Option(5, min=0),
+    seed: int = typer.Option(0, "--seed", min=0),
+    output: Path = typer.Option(Path("study.csv"), "--output", "-o", help="CSV file (one row per random group)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG plot (default: the CSV path with .png)."),
+    max_memory_gib: float = typer.Option(2.0, "--max-memory-gib"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The paper's error-estimation study: every certified bound against the exact error."""
+    import csv
+
+    from pipeline.study import STUDY_COLUMNS, error_estimation_study
+
+    size_list = _parse_sizes(sizes)
+    coll = _open_collection(store, collection)
+    if max(size_list) > coll.n_blocks:
+        raise CLIError(f"group size {max(size_list)} exceeds the {coll.n_blocks} blocks of {collection!r}")
+    bars = StageBars(quiet=as_json)
+    with bars:
+        bars("load", 0, 1)
+        layout = _load_in_memory(coll, max_memory_gib, "the study")
+        bars("load", 1, 1)
+        rows = []
+        for k, size in enumerate(size_list):
+            rows += error_estimation_study(layout, rank=rank, sizes=[size], trials=trials, oversampling=oversampling,
+                                           seed=seed + k)
+            bars("study", k + 1, len(size_list))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(STUDY_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_path = None
+    from flows.html_report import have_matplotlib, study_png
+
+    if have_matplotlib():
+        plot_path = plot or output.with_suffix(".png")
+        plot_path.write_bytes(study_png(rows, rank))
+    bound_cols = [c for c in STUDY_COLUMNS if c not in ("size", "trial", "exact")]
+    violations = {c: sum(1 for r in rows if r[c] < r["exact"] - 1e-9) for c in bound_cols}
+    summary = {"collection": collection, "rank": rank, "sizes": size_list, "trials": trials, "rows": len(rows),
+               "csv": str(output), "plot": str(plot_path) if plot_path else None,
+               "mean_gap": {c: float(sum(r[c] - r["exact"] for r in rows) / len(rows)) for c in bound_cols},
+               "violations": violations}
+    if as_json:
+        _print_json(summary)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"bound - exact error, {len(rows)} random groups of {collection} (r = {rank})", title_justify="left")
+        table.add_column("bound")
+        table.add_column("mean gap", justify="right")
+        table.add_column("bound < exact", justify="right")
+        for c in bound_cols:
+            table.add_row(c, f"{summary['mean_gap'][c]:.4g}", str(violations[c]))
+        _out().print(table)
+        _out().print(f"CSV: {output}" + (f"   plot: {plot_path}" if plot_path else "   (no plot: matplotlib is not installed)"))
+    if any(violations.values()):
+        sys.stderr.write("error: a certified bound was below the exact error\n")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_flow(coll, cparams, bars: StageBars) -> dict:
+    """The cmsvd-cluster Prefect flow, followed by polling its run folder for progress."""
+    from flows.cluster import cluster as cluster_flow
+
+    watcher = RunFolderWatcher(_run_url(coll, cparams.run_id), coll.storage_options, bars)
+    watcher.start()
+    try:
+        state = cluster_flow(params=cparams, return_state=True)
+    finally:
+        watcher.stop()
+    if not state.is_completed():
+        exc = None
+        try:
+            state.result()
+        except BaseException as e:  # noqa: BLE001 - re-raised with its own type below
+            exc = e
+        if exc is not None:
+            raise exc
+        raise CLIError(f"the cmsvd-cluster flow ended in state {state.name}: {state.message}", EXIT_INTERNAL)
+    return state.result()
+
+
+@_command("run")
+def run_cmd(
+    collection: str = typer.Argument(..., help="Collection name."),
+    store: str = StoreOpt,
+    source: Optional[str] = typer.Option(None, "--source", help="Ingest this file or folder first (cmsvd-ingest flow)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --source: replace an existing collection."),
+    rank: int = typer.Option(10, "--rank", "-r", min=1),
+    eps: float = typer.Option(0.1, "--eps", "-e", help="Certified error bound in (0, 1)."),
+    method: Method = typer.Option(Method.approximate),
+    order: Order = typer.Option(Order.residual),
+    oversampling: int = typer.Option(5, min=0),
+    patience: int = typer.Option(10, min=1),
+    shard_size: int = typer.Option(4000, "--shard-size", min=2),
+    scheduler: Optional[str] = SchedulerOpt,
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes the run."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated eps values for the compression-vs-eps plot."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The whole Prefect flow (cmsvd-cluster): scan -> partition -> local -> merge -> certify
+    -> compress -> report, checkpointed and resumable; then report.html.
+
+    Uses PREFECT_API_URL when set (the run shows on the dashboard), else a temporary local API.
+    """
+    _check_eps(eps)
+    sweep_eps = _parse_floats(sweep, "'--sweep'")
+    _quiet_environment(verbose)
+    result = _flow_pipeline(store, collection, source, overwrite, rank, eps, method, order, oversampling, patience,
+                            shard_size, scheduler, run_id, sweep_eps, as_json)
+    if as_json:
+        _print_json(result)
+    else:
+        _print_summary(result, f"cmsvd run {collection}")
+    _guarantee_exit(result)
+
+
+def _flow_pipeline(store, collection, source, overwrite, rank, eps, method, order, oversampling, patience, shard_size,
+                   scheduler, run_id, sweep_eps, quiet, ingest_params: dict | None = None) -> dict:
+    """(ingest ->) cluster flow -> report.html (-> sweep); returns the summary dict."""
+    bars = StageBars(quiet=quiet)
+    timings_cli: dict[str, float] = {}
+    with bars:
+        if source is not None or ingest_params is not None:
+            start = time.perf_counter()
+            bars("ingest", 0, 1)
+            if ingest_params is not None:
+                from flows.ingest import demo_data
+                from flows.params import DemoParameters
+
+                demo_data(params=DemoParameters(store_url=store, collection=collection, **ingest_params))
+            else:
+                from flows.ingest import ingest
+                from flows.params import IngestParameters
+
+                ingest(params=IngestParameters(store_url=store, collection=collection, source=source, overwrite=overwrite))
+            bars("ingest", 1, 1)
+            timings_cli["ingest"] = time.perf_counter() - start
+        coll = _open_collection(store, collection)
+        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler)
+        if cparams.run_id is None:
+            from flows._run import default_run_id
+
+            cparams = cparams.model_copy(update={"run_id": default_run_id(coll, cparams.pipeline_kwargs())})
+        start = time.perf_counter()
+        flow_summary = _run_flow(coll, cparams, bars)
+        timings_cli["flow"] = time.perf_counter() - start
+        report = _read_report(coll, cparams.run_id)
+        if report is None:
+            raise CLIError(f"the flow finished without report.json at {flow_summary.get('report_url')}", EXIT_INTERNAL)
+        sweep_rows = None
+        if sweep_eps:
+            others = [e for e in sweep_eps if abs(e - eps) > 1e-12]
+            with _DaskClient(scheduler) as client:
+                sweep_rows = _sweep(coll, cparams.pipeline_kwargs(), others, client, bars) if others else []
+            here = report
+            sweep_rows.append({"eps": float(eps), "run_id": cparams.run_id, "groups": len(here["groups"]),
+                               "compression_ratio": here["compression_ratio"],
+                               "compression_ratio_adaptive": here["compression_ratio_adaptive"],
+                               "max_error": max((g["error"] for g in here["groups"] if len(g["blocks"]) > 1), default=0.0)})
+        bars("html", 0, 1)
+        html_url = _write_html(coll, report, sweep=sweep_rows)
+        bars("html", 1, 1)
+    summary = _summary_from_report(report, {"report.json": f"{_run_url(coll, cparams.run_id)}/report.json",
+                                            "report.html": html_url})
+    summary["artifact_label"] = report.get("artifact_label")
+    summary["store"] = store
+    summary["cli_seconds"] = {k: round(v, 3) for k, v in timings_cli.items()}
+    if sweep_rows:
+        summary["sweep"] = sorted(sweep_rows, key=lambda r: r["eps"])
+    return summary
+
+
+@_command("demo")
+def demo_cmd(
+    store: str = typer.Option(DEFAULT_DEMO_STORE, "--store", "-s", help="Folder (or URL) of the demo store."),
+    blocks: int = typer.Option(20000, "--blocks", min=10, help="Blocks in the generated collection."),
+    rows: int = typer.Option(256, "--rows", min=4, help="Rows m of every block."),
+    width: int = typer.Option(4, "--width", min=1, help="Columns of every block."),
+    rank: int = typer.Option(16, "--rank", "-r", min=1),
+    eps: float = typer.Option(0.05, "--eps", "-e"),
+    sweep: Optional[str] = typer.Option("0.02,0.1,0.2", "--sweep", help="Other eps values for the compression-vs-eps plot ('' to skip)."),
+    scheduler: Optional[str] = SchedulerOpt,
+    fresh: bool = typer.Option(False, "--fresh", help="Regenerate the collection and recompute every stage."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Generate a demo collection and run the whole flow on it (local Dask, local Zarr store,
+    Prefect without a server); print the summary and write the report."""
+    _check_eps(eps)
+    sweep_eps = _parse_floats(sweep, "'--sweep'")
+    from flows.demo import DEMO_COLLECTION, demo_ingest_params, prepare_demo_store
+
+    root = prepare_demo_store(store, fresh=fresh)
+    prefect_home = Path(store) / ".prefect" if "://" not in store else None
+    _quiet_environment(verbose, prefect_home)
+    started = time.perf_counter()
+    params = demo_ingest_params(store, blocks=blocks, rows=rows, width=width, fresh=fresh)
+    if not as_json:
+        from flows.html_report import fmt_bytes
+
+        size = blocks * rows * width * 8
+        _err().print(
+            f"cmsvd demo: {blocks} blocks of {rows} x {width} ({fmt_bytes(size)}) from a union of low-rank subspaces "
+            f"plus noise, rank {rank}, eps {eps}; store {root}"
+            + ("" if params is not None else " (collection already generated)")
+        )
+    summary = _flow_pipeline(store, DEMO_COLLECTION, None, False, rank, eps, Method.approximate, Order.residual, 5, 10,
+                             4000, scheduler, None, sweep_eps, as_json, ingest_params=params)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, "cmsvd demo")
+        _out().print(
+            f"done in {summary['seconds']:.0f} s. Open [bold]{_local_path(summary['files']['report.html'])}[/]\n"
+            f"next: cmsvd verify {DEMO_COLLECTION} --store {store}   |   "
+            f"cmsvd decompress {DEMO_COLLECTION} 0 -o block0.npy --store {store}   |   cmsvd --help"
+        )
+    _guarantee_exit(summary)
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the exit code."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = command.main(args=args, prog_name="cmsvd", standalone_mode=False)
+        code = rv if isinstance(rv, int) else EXIT_OK
+    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
+        sys.stdout.write(exc.ctx.get_help() + "\n") if exc.ctx else None
+        code = EXIT_USAGE
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        sys.stderr.write(f"error: {_one_line(exc) if not hasattr(exc, 'format_message') else ' '.join(exc.format_message().split())}{hint}\n")
+        code = EXIT_USAGE
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.Abort:
+        sys.stderr.write("error: aborted\n")
+        code = 130
+    except click.ClickException as exc:
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
+        code = exc.exit_code
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

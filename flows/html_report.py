@@ -1,0 +1,429 @@
+"""Self-contained HTML report of a cmsvd run, with plots (matplotlib, Agg, PNG as base64).
+
+The input is the ``report.json`` dict of :mod:`flows.report` (the stable contract)::
+
+    {collection: {name, blocks, rows, columns, dtype},
+     params: {rank, eps, method, order, oversampling, patience},
+     groups: [{id, blocks, columns, bound, error, rank}],
+     compression_ratio, compression_ratio_adaptive, max_error,
+     bytes: {input, compressed}, timings: {stage: seconds}}
+
+Plots:
+
+- certified bound against exact error, one point per group (every point must lie left
+  of / below ``eps``, and above the diagonal when the bound is valid);
+- group sizes (blocks per group, and share of the columns per group size);
+- singular-value decay of the largest groups (needs the collection: computed from each
+  group's Gram matrix, see :func:`group_spectra`);
+- compression ratio against eps, when a sweep was run (:func:`sweep_rows`);
+- for ``cmsvd study``: bounds against the exact error by group size (:func:`study_png`).
+
+matplotlib is optional: without it the page has every table and a note instead of plots.
+Nothing here needs Prefect or Dask.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "have_matplotlib",
+    "group_spectra",
+    "bounds_png",
+    "group_sizes_png",
+    "spectra_png",
+    "sweep_png",
+    "study_png",
+    "render_html",
+    "fmt_bytes",
+]
+
+#: Gram matrices up to this many rows are formed (m x m); larger m gathers the group.
+_GRAM_MAX_ROWS = 4096
+#: Data read at once while accumulating a group's Gram matrix.
+_BATCH_BYTES = 32 * 2**20
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def fmt_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# ---- data for the plots ------------------------------------------------------------
+
+
+def group_spectra(collection: Any, groups: Sequence[dict], top: int = 4, max_columns: int = 2_000_000) -> list[dict]:
+    """Squared singular values of the ``top`` largest groups (by columns) of a report.
+
+    Parameters
+    ----------
+    collection : storage.Collection
+    groups : the ``groups`` list of report.json
+    top : int
+        How many groups (the largest first; groups of one block only if nothing else).
+    max_columns : int
+        Skip groups wider than this (reading them would take too long for a plot).
+
+    Returns
+    -------
+    list of dict
+        ``{"id", "blocks", "columns", "s2"}`` with ``s2`` descending (float64 ndarray).
+    """
+    ranked = sorted(groups, key=lambda g: (-(len(g["blocks"]) > 1), -g["columns"], g["id"]))
+    out = []
+    m = int(collection.rows)
+    itemsize = np.dtype(collection.dtype).itemsize
+    for g in ranked:
+        if len(out) >= top:
+            break
+        if g["columns"] > max_columns or g["columns"] == 0:
+            continue
+        members = sorted(int(b) for b in g["blocks"])
+        if m <= _GRAM_MAX_ROWS:
+            gram = np.zeros((m, m))
+            per = max(1, _BATCH_BYTES // max(1, m * itemsize * max(1, g["columns"] // max(1, len(members)))))
+            for k in range(0, len(members), per):
+                data, _ = collection.blocks(members[k : k + per])
+                data = data.astype(np.float64, copy=False)
+                gram += data @ data.T
+            s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+        else:
+            if m * g["columns"] * 8 > 512 * 2**20:
+                continue
+            data, _ = collection.blocks(members)
+            s2 = np.linalg.svd(data.astype(np.float64, copy=False), compute_uv=False) ** 2
+        out.append({"id": int(g["id"]), "blocks": len(members), "columns": int(g["columns"]), "s2": s2})
+    return out
+
+
+# ---- plots -----------------------------------------------------------------------------
+
+
+def bounds_png(report: dict) -> bytes:
+    """Certified sketch bound against exact rank-r error, one point per group."""
+    plt = _pyplot()
+    eps = report["params"].get("eps")
+    groups = report["groups"]
+    bound = np.array([g["bound"] for g in groups], dtype=float)
+    error = np.array([g["error"] for g in groups], dtype=float)
+    size = np.array([len(g["blocks"]) for g in groups], dtype=float)
+    multi = size > 1
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    if multi.any():
+        sc = ax.scatter(bound[multi], error[multi], c=np.log10(size[multi]), s=14, cmap="viridis", alpha=0.8,
+                        label=f"groups of 2+ blocks ({int(multi.sum())})")
+        cb = fig.colorbar(sc, ax=ax)
+        cb.set_label("log10(blocks in group)")
+    if (~multi).any():
+        ax.scatter(bound[~multi], error[~multi], s=10, marker="x", color="grey", alpha=0.7,
+                   label=f"single blocks ({int((~multi).sum())})")
+    hi = max(float(np.max(bound, initial=0.0)), float(np.max(error, initial=0.0)), float(eps or 0.0)) * 1.08 or 1.0
+    ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="exact = bound")
+    if eps is not None:
+        ax.axhline(eps, color="red", lw=1.0, label=f"eps = {eps:g}")
+        ax.axvline(eps, color="red", lw=1.0, ls=":")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("certified bound the group was formed under")
+    ax.set_ylabel(f"exact relative error at rank {report['params'].get('rank')}")
+    ax.set_title("Certified bound vs exact error per group")
+    ax.legend(fontsize=8, loc="upper left")
+    return _png(fig)
+
+
+def group_sizes_png(report: dict) -> bytes:
+    """Histogram of blocks per group, and the share of all columns held by each size class."""
+    plt = _pyplot()
+    sizes = np.array([len(g["blocks"]) for g in report["groups"]], dtype=np.int64)
+    columns = np.array([g["columns"] for g in report["groups"]], dtype=np.int64)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    top = int(sizes.max(initial=1))
+    bins = np.unique(np.round(np.logspace(0, math.log10(max(top, 1)) + 1e-9, 30)).astype(int)) if top > 30 else np.arange(1, top + 2)
+    if bins.size < 2:
+        bins = np.array([1, 2])
+    ax1.hist(sizes, bins=bins, color="#4C72B0", edgecolor="white")
+    ax1.set_xlabel("blocks per group")
+    ax1.set_ylabel("groups")
+    ax1.set_title(f"{len(sizes)} groups")
+    if top > 30:
+        ax1.set_xscale("log")
+    order = np.argsort(-columns, kind="stable")
+    share = np.cumsum(columns[order]) / max(1, int(columns.sum()))
+    ax2.plot(np.arange(1, len(share) + 1), share, color="#DD8452")
+    ax2.set_xlabel("groups, largest first")
+    ax2.set_ylabel("cumulative share of columns")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_title("How concentrated the grouping is")
+    if len(share) > 50:
+        ax2.set_xscale("log")
+    return _png(fig)
+
+
+def spectra_png(spectra: list[dict], rank: int | None, eps: float | None) -> bytes:
+    """Normalised singular values s_j / s_1 of the largest groups (log scale)."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for entry in spectra:
+        s2 = np.asarray(entry["s2"], dtype=float)
+        if not s2.size or s2[0] <= 0:
+            continue
+        k = min(s2.size, max(4 * (rank or 10), 60))
+        label = f"group {entry['id']} ({entry['blocks']} blocks, {entry['columns']} cols)"
+        ax1.semilogy(np.arange(1, k + 1), np.sqrt(s2[:k] / s2[0]), marker=".", ms=3, label=label)
+        tails = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])[: k + 1]
+        err = np.sqrt(np.clip(tails / s2.sum(), 0, None))
+        ax2.plot(np.arange(0, k + 1), err, label=label)
+    for ax in (ax1, ax2):
+        if rank:
+            ax.axvline(rank, color="black", lw=0.8, ls="--", label=f"r = {rank}")
+    if eps is not None:
+        ax2.axhline(eps, color="red", lw=1.0, label=f"eps = {eps:g}")
+    ax1.set_xlabel("index j")
+    ax1.set_ylabel("s_j / s_1")
+    ax1.set_title("Singular-value decay of the largest groups")
+    ax2.set_xlabel("rank k")
+    ax2.set_ylabel("relative error of the best rank-k form")
+    ax2.set_ylim(0, min(1.0, max(0.3, 3 * (eps or 0.1))))
+    ax2.set_title("Error against rank")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return _png(fig)
+
+
+def sweep_png(rows: Sequence[dict], current_eps: float | None = None) -> bytes:
+    """Compression ratio (fixed rank and adaptive) against eps."""
+    plt = _pyplot()
+    rows = sorted(rows, key=lambda r: r["eps"])
+    eps = [r["eps"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(eps, [r["compression_ratio"] for r in rows], marker="o", label="rank r (paper)")
+    ax.plot(eps, [r["compression_ratio_adaptive"] for r in rows], marker="s", label="adaptive ranks r_C")
+    if current_eps is not None:
+        ax.axvline(current_eps, color="red", lw=0.8, ls=":", label=f"this run (eps = {current_eps:g})")
+    for r in rows:
+        ax.annotate(f"{r['groups']} groups", (r["eps"], r["compression_ratio"]), textcoords="offset points",
+                    xytext=(4, -12), fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("eps (certified relative error)")
+    ax.set_ylabel("compression ratio")
+    ax.set_title("Compression ratio against eps")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+_STUDY_STYLE = {
+    "max_norm": ("max_norm (Weyl)", "o"),
+    "residuals_norm": ("residuals, norm order", "v"),
+    "residuals_residual": ("residuals, residual order", "^"),
+    "approximate_norm": ("approximate, norm order", "s"),
+    "approximate_residual": ("approximate, residual order", "D"),
+}
+
+
+def study_png(rows: Sequence[dict], rank: int | None = None) -> bytes:
+    """Median exact error and median certified bounds against group size (study rows)."""
+    plt = _pyplot()
+    sizes = sorted({int(r["size"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+
+    def median(col: str) -> list[float]:
+        return [float(np.median([r[col] for r in rows if int(r["size"]) == s])) for s in sizes]
+
+    ax.plot(sizes, median("exact"), color="black", lw=2.2, label="exact error")
+    for col, (label, marker) in _STUDY_STYLE.items():
+        if rows and col in rows[0]:
+            ax.plot(sizes, median(col), marker=marker, ms=4, lw=1, label=label)
+    ax.set_xlabel("blocks per group")
+    ax.set_ylabel("relative error (median over trials)")
+    ax.set_title("Certified bounds vs exact error" + (f" (r = {rank})" if rank else ""))
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# ---- the page -------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#666;margin-top:0}table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:150px}.card .v{font-size:1.5em;font-weight:600}
+.card .k{color:#666;font-size:.85em}.ok{color:#1a7f37}.bad{color:#c62828}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.note{color:#666;font-size:.9em}code{background:#f4f4f4;padding:0 .3em;border-radius:3px}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _card(key: str, value: str, cls: str = "") -> str:
+    return f'<div class="card"><div class="v {cls}">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
+
+
+def render_html(
+    report: dict,
+    *,
+    spectra: list[dict] | None = None,
+    sweep: Sequence[dict] | None = None,
+    verification: dict | None = None,
+    title: str | None = None,
+) -> str:
+    """The HTML page of a report (a single self-contained string).
+
+    Parameters
+    ----------
+    report : dict
+        report.json.
+    spectra : list of dict, optional
+        From :func:`group_spectra`.
+    sweep : list of dict, optional
+        Rows ``{eps, groups, compression_ratio, compression_ratio_adaptive, max_error}``.
+    verification : dict, optional
+        Output of ``cmsvd verify`` (shown as a section when given).
+    """
+    c, p, b = report["collection"], report["params"], report["bytes"]
+    groups = report["groups"]
+    eps = p.get("eps")
+    worst = max((g["error"] for g in groups), default=0.0)
+    multi = [g for g in groups if len(g["blocks"]) > 1]
+    ok = all(g["error"] <= eps for g in multi) if eps is not None else True
+    title = title or f"cmsvd report: {c['name']}"
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='sub'>run <code>{html.escape(str(report.get('run_id', '')))}</code>"
+        f" &middot; {c['blocks']} blocks, {c['rows']} x {c['columns']} {html.escape(c['dtype'])}"
+        f" &middot; rank {p.get('rank')}, eps {p.get('eps')}, method {html.escape(str(p.get('method')))},"
+        f" order {html.escape(str(p.get('order')))} &middot; written"
+        f" {html.escape(str(report.get('created') or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')))}</p>",
+        "<div class='cards'>",
+        _card("groups", f"{len(groups)}"),
+        _card("compression ratio (rank r)", f"{report['compression_ratio']:.2f}x"),
+        _card("compression ratio (adaptive ranks)", f"{report['compression_ratio_adaptive']:.2f}x"),
+        _card("worst certified error", f"{worst:.4g}", "ok" if ok else "bad"),
+        _card("bytes on disk", f"{fmt_bytes(b['input'])} → {fmt_bytes(b['compressed'])}"),
+        _card("total seconds", f"{sum(report['timings'].values()):.1f}"),
+        "</div>",
+        f"<p>Every group of two or more blocks has an exact rank-{p.get('rank')} relative error "
+        f"{'<b class=ok>at or below</b>' if ok else '<b class=bad>ABOVE</b>'} eps = {eps}. "
+        f"Largest realised error of what the artifact stores: {report['max_error']:.4g}. "
+        f"{len(groups) - len(multi)} single blocks.</p>",
+    ]
+    if verification is not None:
+        v_ok = verification.get("ok")
+        parts += [
+            "<h2>Verification</h2>",
+            f"<p class='{'ok' if v_ok else 'bad'}'>{'passed' if v_ok else 'FAILED'}: hashes "
+            f"{'match' if verification.get('hashes_ok') else 'do not match'}; worst recomputed error "
+            f"{verification.get('max_error', float('nan')):.4g} (eps {verification.get('eps')}), "
+            f"{verification.get('violations', 0)} violation(s).</p>",
+        ]
+    plots_ok = have_matplotlib()
+    parts.append("<h2>Certified bound vs exact error</h2>")
+    if plots_ok:
+        parts.append(_img(bounds_png(report), "bound vs exact error"))
+        parts.append(
+            "<p class='note'>One point per group: the bound (x) is what the clustering certified while it "
+            "grew the group; the exact error (y) comes from the group's full spectrum. Valid bounds lie on or "
+            "below the diagonal; every group lies below the red line. Groups split at certification have bound 0.</p>"
+        )
+    else:
+        parts.append("<p class='note'>matplotlib is not installed: <code>pip install 'cmsvd[plots]'</code> "
+                     "for the plots.</p>")
+    parts.append("<h2>Group sizes</h2>")
+    if plots_ok and groups:
+        parts.append(_img(group_sizes_png(report), "group sizes"))
+    if spectra:
+        parts.append("<h2>Singular-value decay of the largest groups</h2>")
+        if plots_ok:
+            parts.append(_img(spectra_png(spectra, p.get("rank"), eps), "singular values"))
+        rows = []
+        for s in spectra:
+            s2 = np.asarray(s["s2"], dtype=float)
+            total = float(s2.sum()) or 1.0
+            r = int(p.get("rank") or 0)
+            err_r = math.sqrt(max(0.0, float(s2[r:].sum()) / total)) if r else float("nan")
+            tails = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
+            r_c = int(np.flatnonzero(tails <= (eps or 0) ** 2 * total)[0]) if eps is not None else 0
+            rows.append((s["id"], s["blocks"], s["columns"], f"{err_r:.4g}", r_c))
+        parts.append(_table(["group", "blocks", "columns", f"error at r={p.get('rank')}", "smallest rank meeting eps"], rows))
+    if sweep:
+        parts.append("<h2>Compression ratio against eps</h2>")
+        if plots_ok:
+            parts.append(_img(sweep_png(sweep, eps), "compression ratio against eps"))
+        parts.append(_table(
+            ["eps", "groups", "CR (rank r)", "CR (adaptive)", "worst exact error"],
+            [(f"{r['eps']:g}", r["groups"], f"{r['compression_ratio']:.3f}", f"{r['compression_ratio_adaptive']:.3f}",
+              f"{r['max_error']:.4g}") for r in sorted(sweep, key=lambda r: r["eps"])],
+        ))
+    parts.append("<h2>Largest groups</h2>")
+    biggest = sorted(groups, key=lambda g: (-g["columns"], g["id"]))[:25]
+    parts.append(_table(
+        ["group", "blocks", "columns", "rank r_C", "bound", "exact error", "first blocks"],
+        [(g["id"], len(g["blocks"]), g["columns"], g["rank"], f"{g['bound']:.4g}", f"{g['error']:.4g}",
+          ", ".join(map(str, g["blocks"][:10])) + (" ..." if len(g["blocks"]) > 10 else "")) for g in biggest],
+    ))
+    parts.append("<h2>Time per stage</h2>")
+    total = sum(report["timings"].values()) or 1.0
+    parts.append(_table(["stage", "seconds", "share"],
+                        [(k, f"{v:.2f}", f"{100 * v / total:.0f}%") for k, v in report["timings"].items()]))
+    parts.append("<h2>Parameters and collection</h2>")
+    parts.append(_table(["parameter", "value"], [(k, v) for k, v in p.items()]))
+    parts.append(_table(["collection", "value"], [(k, v) for k, v in c.items()]
+                        + [("bytes in", fmt_bytes(b["input"])), ("bytes out", fmt_bytes(b["compressed"])),
+                           ("artifact", report.get("artifact_label", ""))]))
+    parts.append("<p class='note'>Machine-readable: <code>report.json</code> beside this page. "
+                 "Generated by cmsvd.</p><script type='application/json' id='report-summary'>"
+                 + html.escape(json.dumps({k: report[k] for k in ("compression_ratio", "compression_ratio_adaptive", "max_error")}))
+                 + "</script></body></html>")
+    return "\n".join(parts)
