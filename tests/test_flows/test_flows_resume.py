@@ -4,7 +4,8 @@ Three real flow runs, each ``python -m flows cluster ...`` in its own process gr
 a LocalCluster of two worker processes (the flows' fallback when no scheduler is
 configured), reporting to the session Prefect server:
 
-- reference: uninterrupted, run id ``reference``;
+- reference: uninterrupted, run id ``reference``, with no Prefect server configured
+  (Prefect runs it against a temporary local API: flows need no server);
 - interrupted: run id ``resumed``, with the test hook ``CMSVD_TEST_HOLD_AT=merge-001``
   it stops at the start of merge round 1 (merge-000 is checkpointed, the merge stage is
   under way) and the test SIGKILLs its whole process group: no cleanup, no Prefect
@@ -55,7 +56,9 @@ def test_kill_during_merge_then_resume_gives_identical_groups(prefect_server, pr
     runs = Path(store) / "runs" / "demo"
     hold = tmp_path / "held.json"
 
-    reference = processes.start("reference", _flow_cmd(store, "reference"), _env(prefect_server))
+    serverless = _env(prefect_server, PREFECT_HOME=str(tmp_path / "serverless-home"))
+    del serverless["PREFECT_API_URL"]
+    reference = processes.start("reference", _flow_cmd(store, "reference"), serverless)
     victim = processes.start(
         "interrupted",
         _flow_cmd(store, "resumed"),
