@@ -260,3 +260,13 @@ def test_prefect_yaml_validates_and_matches_the_flows(services):
     from prefect.client.schemas.schedules import CronSchedule
 
     CronSchedule(cron=DEFAULT_ENV["CMSVD_NIGHTLY_CRON"], timezone=DEFAULT_ENV["CMSVD_TIMEZONE"])
+
+
+def test_env_example_documents_every_variable():
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE.read_text()))
+    example = REPO / "deploy" / "stack.env.example"
+    documented = {line.split("=", 1)[0] for line in example.read_text().splitlines() if line and not line.startswith("#")}
+    assert used == documented, (used - documented, documented - used)
+    env = dict(line.split("=", 1) for line in example.read_text().splitlines() if line and not line.startswith("#"))
+    services = interpolate(yaml.safe_load(COMPOSE.read_text()), env)["services"]
+    assert _option(_command(services["prefect-worker"]), "--pool") == _env(services["register"])["CMSVD_WORK_POOL"]
