@@ -173,11 +173,17 @@ def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write one file (creating parent folders on local disks)."""
+    """Write one file, never leaving a torn one: tmp + rename on local disks (object
+    stores replace an object in one put)."""
     fs, path = _fs(url, storage_options)
     parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
+    if "file" in fs.protocol or "local" in fs.protocol:
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
     fs.pipe_file(path, data)
 
 
