@@ -31,8 +31,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import click
 import typer
+
+try:  # recent typer vendors click: its exceptions are not the ones of the click package
+    from typer import _click as click
+except ImportError:  # pragma: no cover - older typer
+    import click
+
+_EXIT = tuple({typer.Exit, *(c for c in (getattr(click.exceptions, "Exit", None),) if c)})
+_ABORT = tuple({typer.Abort, *(c for c in (getattr(click.exceptions, "Abort", None),) if c)})
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 __all__ = ["app", "main", "CLIError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MISSING", "EXIT_CORRUPT", "EXIT_INTERNAL"]
 
@@ -158,9 +166,11 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         name = getattr(exc, "name", None) or _one_line(exc)
         hint = " (pip install 'cmsvd[formats]')" if name in ("h5py", "safetensors") else ""
         return EXIT_USAGE, f"missing optional dependency {name}{hint}"
-    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
+    if isinstance(exc, (ValueError, KeyError, IndexError)):
         msg = _one_line(exc)
         return (EXIT_CORRUPT if "corrupt" in msg.lower() else EXIT_USAGE), msg
+    if isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in ("decompress", "decod", "checksum", "crc")):
+        return EXIT_CORRUPT, f"stored data is corrupted: {_one_line(exc)}"
     if isinstance(exc, PermissionError):
         return EXIT_MISSING, _one_line(exc)
     if isinstance(exc, OSError):
@@ -179,7 +189,7 @@ def _handle_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+        except (*_EXIT, *_ABORT, click.exceptions.ClickException):
             raise
         except KeyboardInterrupt:
             sys.stderr.write("error: interrupted\n")
@@ -276,6 +286,8 @@ def _quiet_environment(verbose: bool = False, prefect_home: Path | None = None) 
                      "distributed.http.proxy", "flows", "prefect"):
             logging.getLogger(name).setLevel(logging.ERROR if name.startswith("distributed") else logging.WARNING)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # the temporary API's telemetry heartbeat only adds noise (and sqlite lock errors)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if prefect_home is not None and not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         prefect_home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(prefect_home)
@@ -304,7 +316,7 @@ class _DaskClient:
         self._cluster = None
         if resolved is None:
             opts = local_cluster_options()
-            opts["silence_logs"] = 40  # logging.ERROR
+            opts["silence_logs"] = 50  # logging.CRITICAL: task errors reach the client anyway
             self._cluster = LocalCluster(**opts)
             self.client = Client(self._cluster)
         else:
@@ -372,6 +384,16 @@ class StageBars:
             if done >= total:
                 self.finished.add(stage)
 
+    def finish(self, stage: str, seconds: float | None = None) -> None:
+        """A stage finished elsewhere (seen in the run folder), taking ``seconds``."""
+        with self._lock:
+            if self.progress is not None:
+                done = f"{stage} ({seconds:.1f} s)" if seconds is not None else stage
+                self.tasks[stage] = self.progress.add_task(done, total=1, completed=1)
+            elif not self.quiet:
+                self.console.print(f"  {stage:<12} done" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+            self.finished.add(stage)
+
     def message(self, text: str) -> None:
         if not self.quiet:
             (self.progress.console if self.progress is not None else self.console).print(text)
@@ -389,16 +411,16 @@ class RunFolderWatcher(threading.Thread):
         self.storage_options = storage_options or {}
         self.bars = bars
         self.interval = interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.seen: set[str] = set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
         self.poll()  # final state
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
                 self.poll()
             except Exception:  # noqa: BLE001 - never disturb the run
@@ -415,13 +437,27 @@ class RunFolderWatcher(threading.Thread):
             names = set()
         if fs.exists(f"{path}/report.json"):
             names.add("report")
+
+        def seconds(stage: str) -> float | None:
+            try:
+                return float(json.loads(fs.cat_file(f"{path}/{stage}/manifest.json"))["meta"]["seconds"])
+            except Exception:  # noqa: BLE001
+                return None
+
         for fam in self.FAMILIES:
-            done = [n for n in names if n == fam or (fam == "merge" and n.startswith("merge-"))]
-            if fam == "scan":
-                done = [n for n in names if n == "scan"]
-            if done and fam not in self.seen:
+            if fam in self.seen:
+                continue
+            if fam == "merge":
+                rounds = sorted(n for n in names if n.startswith("merge-"))
+                if not rounds or "certify" not in names:
+                    continue
+                secs = [seconds(n) for n in rounds]
                 self.seen.add(fam)
-                self.bars(fam, 1, 1)
+                self.bars.finish(f"merge ({len(rounds)} round{'s' if len(rounds) > 1 else ''})",
+                                 sum(x for x in secs if x is not None))
+            elif fam in names:
+                self.seen.add(fam)
+                self.bars.finish(fam, None if fam == "report" else seconds(fam))
 
 
 # ---- store helpers ------------------------------------------------------------------------
@@ -580,8 +616,8 @@ def _print_summary(summary: dict, title: str) -> None:
 
     out = _out()
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     b = summary["bytes"]
     ok = summary["guarantee_ok"]
     table.add_row("run id", str(summary["run_id"]))
@@ -620,8 +656,14 @@ def _load_in_memory(coll, max_memory_gib: float, what: str):
             EXIT_USAGE,
         )
     data = coll.column_range(0, coll.n_columns).astype(np.float64)
-    from pipeline import as_layout
+    from pipeline import as_layout, segment_sums
 
+    norms2 = segment_sums(np.einsum("ij,ij->j", data, data), coll.offsets)
+    bad = np.flatnonzero(~np.isfinite(norms2) | (np.abs(norms2 - coll.norms2) > 1e-6 * np.maximum(coll.norms2, 1e-300)))
+    if bad.size:
+        i = int(bad[0])
+        raise CLIError(f"block {i} ({coll.names[i]!r}): squared norm {norms2[i]:.6g} differs from the {coll.norms2[i]:.6g} "
+                       "recorded at ingest; the stored data is corrupted", EXIT_CORRUPT)
     return as_layout(data, coll.offsets)
 
 
@@ -1396,10 +1438,10 @@ def run_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The whole Prefect flow (cmsvd-cluster): scan -> partition -> local -> merge -> certify
-    -> compress -> report, checkpointed and resumable; then report.html.
+    """The whole Prefect flow (optionally ingest, then cluster, compress and report) and report.html.
 
-    Uses PREFECT_API_URL when set (the run shows on the dashboard), else a temporary local API.
+    The cmsvd-cluster flow runs scan -> partition -> local -> merge -> certify -> compress ->
+    report as Prefect tasks, checkpointed in the run folder and resumable.  Uses PREFECT_API_URL when set (the run shows on the dashboard), else a temporary local API.
     """
     _check_eps(eps)
     sweep_eps = _parse_floats(sweep, "'--sweep'")
@@ -1483,8 +1525,10 @@ def demo_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Generate a demo collection and run the whole flow on it (local Dask, local Zarr store,
-    Prefect without a server); print the summary and write the report."""
+    """Generate a demo collection, run the whole flow on it and write the report.
+
+    Local Dask cluster, local Zarr store (./cmsvd-demo), Prefect without a server.  A second
+    run reuses the generated collection and the checkpoints; --fresh starts over."""
     _check_eps(eps)
     sweep_eps = _parse_floats(sweep, "'--sweep'")
     from flows.demo import DEMO_COLLECTION, demo_ingest_params, prepare_demo_store
@@ -1528,19 +1572,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=args, prog_name="cmsvd", standalone_mode=False)
         code = rv if isinstance(rv, int) else EXIT_OK
-    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
-        sys.stdout.write(exc.ctx.get_help() + "\n") if exc.ctx else None
-        code = EXIT_USAGE
-    except click.UsageError as exc:
+    except _NO_ARGS as exc:  # type: ignore[misc]
+        code = EXIT_USAGE  # typer has printed the help already
+    except click.exceptions.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         sys.stderr.write(f"error: {_one_line(exc) if not hasattr(exc, 'format_message') else ' '.join(exc.format_message().split())}{hint}\n")
         code = EXIT_USAGE
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         code = exc.exit_code
-    except click.Abort:
+    except _ABORT:
         sys.stderr.write("error: aborted\n")
         code = 130
-    except click.ClickException as exc:
+    except click.exceptions.ClickException as exc:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
         code = exc.exit_code
     if argv is None:
