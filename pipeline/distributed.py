@@ -32,8 +32,11 @@ group range (both about 64 MiB).
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -60,6 +63,7 @@ STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = 32 * 2**20  # data per map task
 GRAM_BYTES = 64 * 2**20  # Gram matrices (or coefficients) per group-range task
 MAX_MERGE_ROUNDS = 12
+CERTIFY_LANES = 8  # parallel Gram accumulators in certify
 
 Progress = Callable[[str, int, int], None]
 
@@ -84,17 +88,34 @@ class _Handle:
         return json.loads(self.storage_options_json)
 
 
+def _import_storage():
+    """The project's ``storage`` package, also on Dask workers with spilling enabled.
+
+    A worker puts its local directory first on ``sys.path``, and its spill folder there is
+    named ``storage`` too: with an editable install that empty folder would be imported as
+    a namespace package in place of ours. Import from the folder that holds ``pipeline``.
+    """
+    module = sys.modules.get("storage")
+    if module is not None and getattr(module, "__file__", None):
+        return module
+    sys.modules.pop("storage", None)
+    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, home)
+    try:
+        return importlib.import_module("storage")
+    finally:
+        sys.path.remove(home)
+
+
 @functools.lru_cache(maxsize=8)
 def _collection(handle: _Handle):
-    import storage
-
+    storage = _import_storage()
     return storage.open_collection(handle.url, handle.name, storage_options=handle.storage_options)
 
 
 @functools.lru_cache(maxsize=8)
 def _run(handle: _Handle):
-    import storage
-
+    storage = _import_storage()
     return storage.open_run(
         handle.url,
         handle.name,
@@ -205,13 +226,18 @@ def _local_shard(handle: _Handle, params: dict, shard: int, batches: list[int]) 
     return {"groups": [ids[g].tolist() for g in clusters], "sketches": sketches}
 
 
-def _gram_batch(handle: _Handle, first: int, stop: int, labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Gram matrices of the groups (labels >= 0) present in a batch."""
-    data, offsets = _read_batch(handle, first, stop)
-    keep = np.flatnonzero(labels >= 0)
-    if not keep.size:
-        return {}
-    return group_grams(data[:, column_index(offsets, keep)], offsets_of(offsets[keep + 1] - offsets[keep]), labels[keep])
+def _gram_lane(handle: _Handle, batches: list[tuple[int, int, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Gram matrices of the groups (labels >= 0) over a lane of batches read one after the
+    other, so a task holds one batch and one set of Grams, never one per batch."""
+    total: dict[int, np.ndarray] = {}
+    for first, stop, labels in batches:
+        data, offsets = _read_batch(handle, first, stop)
+        keep = np.flatnonzero(labels >= 0)
+        if keep.size:
+            x = data[:, column_index(offsets, keep)]
+            part = group_grams(x, offsets_of(offsets[keep + 1] - offsets[keep]), labels[keep])
+            total = _sum_grams(total, part)
+    return total
 
 
 def _sum_grams(*parts: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -260,8 +286,7 @@ def _coefficient_batch(handle: _Handle, first: int, stop: int, labels: np.ndarra
 
 def _write_groups(artifact: tuple, groups: dict[int, list[int]], bases: dict, *parts: dict) -> dict[int, float]:
     """Write the groups of one range into the artifact; returns their residual energies."""
-    import storage
-
+    storage = _import_storage()
     url, name, label, storage_options_json = artifact
     writer = storage.open_artifact_writer(url, name, label, storage_options=json.loads(storage_options_json))
     collected: dict[int, dict[int, tuple]] = {g: {} for g in groups}
@@ -661,13 +686,16 @@ class ClusteringRun:
         certified: dict[int, tuple] = {}
         for r in np.unique(ranges):
             in_range = np.where(labels >= 0, ranges[np.maximum(labels, 0)] == r, False)
-            batch_futures = [
-                self.client.submit(_gram_batch, self._handle, first, stop, np.where(in_range[first:stop], part, -1),
-                                   pure=False)
-                for first, stop, part in self._batch_labels(np.where(in_range, labels, -1))
+            batches = self._batch_labels(np.where(in_range, labels, -1))
+            # a fixed number of lanes: bounded memory, and a summation order that does
+            # not depend on the number of workers
+            lanes = np.array_split(np.arange(len(batches)), min(len(batches), CERTIFY_LANES))
+            lane_futures = [
+                self.client.submit(_gram_lane, self._handle, [batches[i] for i in lane], pure=False)
+                for lane in lanes
             ]
-            self._gather("certify", batch_futures)
-            total = _tree_reduce(self.client, _sum_grams, batch_futures)
+            self._gather("certify", lane_futures)
+            total = _tree_reduce(self.client, _sum_grams, lane_futures)
             certified.update(self.client.submit(
                 _certify_grams, total, self.params["rank"], self.params["eps"], pure=False).result())
         return certified

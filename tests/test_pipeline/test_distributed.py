@@ -154,3 +154,18 @@ def test_bad_parameters_fail_before_any_work(client, tmp_path):
     with pytest.raises(ValueError, match="shard_size"):
         cluster_collection(coll, rank=4, eps=0.1, client=client, shard_size=1)
     assert not os.path.exists(os.path.join(str(tmp_path), "runs"))
+
+
+def test_storage_import_survives_a_dask_spill_folder_named_storage(tmp_path, monkeypatch):
+    """Dask workers put their local directory, which holds a spill folder called
+    ``storage``, first on sys.path; the real package must still be the one imported."""
+    import sys
+
+    from pipeline.distributed import _import_storage
+
+    (tmp_path / "storage").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "storage")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)] + [p for p in sys.path if p not in ("", os.getcwd())])
+    module = _import_storage()
+    assert module.__file__ and hasattr(module, "open_run")
