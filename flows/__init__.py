@@ -9,6 +9,6 @@
 
 Parameters are the pydantic models of ``flows.params``; deployments are defined in
 ``deploy/prefect.yaml`` and registered by ``python -m flows.deployments register``.
-Run a flow locally with ``python -m flows <flow> '<json>'``.  Submodules are imported
-lazily so that ``import flows`` stays cheap.
+Run a flow locally with ``python -m flows <flow> '<json>'``; the ``cmsvd`` command line
+is ``flows.cli``.  Submodules are imported lazily so that ``import flows`` stays cheap.
 """

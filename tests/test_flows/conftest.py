@@ -1,146 +1,20 @@
 """Fixtures for the flow tests: real processes on 127.0.0.1, always cleaned up.
 
-- :class:`Processes` starts commands in their own sessions (process groups), logs their
-  output to files and, at teardown, sends SIGTERM to every group, then SIGKILL to
-  whatever is left: nothing a test starts can outlive it.
+- ``processes``: a :class:`flows_harness.Processes` stopped at teardown (SIGTERM to every
+  process group, then SIGKILL to whatever is left, descendants included).
 - ``prefect_server`` (session): ``prefect server start`` on a free port with an
   isolated SQLite database and PREFECT_HOME, shared by every flow test (starting a
-  server costs ~10 s on two cores).  In-process flows use it through
-  ``temporary_settings``; subprocesses through ``PREFECT_API_URL``.
+  server costs ~10 s on two cores).  In-process flows use it through ``prefect_api``
+  (``temporary_settings``); subprocesses through ``PREFECT_API_URL``.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Callable
 
 import httpx
-import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25, proc=None):
-    """Poll *predicate* until truthy (returned), failing after *timeout* seconds or as
-    soon as *proc* (a Popen the wait depends on) has exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except Exception:  # not up yet
-            value = None
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode} first")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Processes:
-    """Start processes in their own sessions; stop them all (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd or self.log_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()  # the child keeps its own descriptor
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str, tail: int = 4000) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
-
-    def logs(self) -> str:
-        return "\n".join(f"----- {n} -----\n{self.log(n)}" for n in self.procs)
-
-    @staticmethod
-    def kill_group(proc: subprocess.Popen, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)  # pgid == pid: start_new_session
-        except ProcessLookupError:
-            pass
-
-    def descendants(self) -> list:
-        """Every live descendant of the started processes, even in other sessions
-        (a Prefect worker may start flow runs in their own process group)."""
-        import psutil
-
-        found = []
-        for proc in self.procs.values():
-            try:
-                found += psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
-    def stop_all(self, grace: float = 10.0) -> None:
-        import psutil
-
-        stragglers = self.descendants()
-        for proc in self.procs.values():
-            self.kill_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self.procs.values():
-            # children of a finished leader (Dask nannies, flow-run subprocesses) too
-            self.kill_group(proc, signal.SIGKILL)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
-                pass
-        for child in stragglers:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(stragglers, timeout=5)
-
-
-def base_env(prefect_home: Path) -> dict[str, str]:
-    """Environment for every process: isolated Prefect home, quiet, one BLAS thread."""
-    env = dict(os.environ)
-    for key in list(env):
-        if key.startswith(("PREFECT_", "CMSVD_", "DASK_SCHEDULER")):
-            del env[key]  # nothing from the developer's shell leaks in
-    env.update(
-        PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="INFO",
-        DO_NOT_TRACK="1",
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
+from flows_harness import VENV_BIN, Processes, base_env, free_port, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -191,32 +65,6 @@ def prefect_api(prefect_server):
         yield prefect_server
 
 
-def make_collection(url: str, name: str, n_blocks: int = 240, rows: int = 32, width: int = 4, seed: int = 1):
-    """A small union-of-subspaces collection (8 subspaces of rank 2) in the store."""
-    import storage
-    from pipeline.synthetic import union_of_subspaces
-
-    layout, _ = union_of_subspaces(n_blocks, rows, width, blocks_per_subspace=30, subspace_rank=2, seed=seed)
-    return storage.ingest_blocks(url, name, (layout.block(i) for i in range(layout.n_blocks)))
-
-
-def check_certified(store_url: str, name: str, label: str, eps: float) -> list[float]:
-    """Recompute, from the stored data and the stored artifact, every group's relative
-    error; assert all are <= eps (plus float tolerance); return them."""
-    import storage
-
-    coll = storage.open_collection(store_url, name)
-    art = storage.open_artifact(store_url, name, label, verify=True)
-    assert sorted(b for g in art.groups for b in g) == list(range(coll.n_blocks))
-    errors = []
-    for group in art.groups:
-        num = sum(float(np.sum((coll.block(i).astype(np.float64) - art.decompress(i).astype(np.float64)) ** 2)) for i in group)
-        den = float(sum(coll.norms2[i] for i in group))
-        errors.append((num / den) ** 0.5 if den > 0 else 0.0)
-    assert max(errors) <= eps * (1 + 1e-9) + 1e-12, max(errors)
-    return errors
-
-
 @pytest.fixture
 def processes(tmp_path):
     """A :class:`Processes` whose every process is stopped at teardown."""
@@ -225,8 +73,3 @@ def processes(tmp_path):
         yield procs
     finally:
         procs.stop_all()
-
-
-@pytest.fixture(scope="session")
-def repo() -> Path:
-    return REPO

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import check_certified, make_collection
+from flows_harness import check_certified, make_collection
 
 EPS = 0.1
 

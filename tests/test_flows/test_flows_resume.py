@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_collection, wait_until
+from flows_harness import make_collection, wait_until
 
 EARLY_STAGES = ("scan", "partition", "local", "merge-000")
 
