@@ -142,12 +142,14 @@ def base_env(prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def make_collection(url: str, name: str, n_blocks: int = 240, rows: int = 32, width: int = 4, seed: int = 1):
-    """A small union-of-subspaces collection (8 subspaces of rank 2) in the store."""
+def make_collection(
+    url: str, name: str, n_blocks: int = 240, rows: int = 32, width: int = 4, seed: int = 1, blocks_per_subspace: int = 30
+):
+    """A small union-of-subspaces collection (subspaces of rank 2) in the store."""
     import storage
     from pipeline.synthetic import union_of_subspaces
 
-    layout, _ = union_of_subspaces(n_blocks, rows, width, blocks_per_subspace=30, subspace_rank=2, seed=seed)
+    layout, _ = union_of_subspaces(n_blocks, rows, width, blocks_per_subspace=blocks_per_subspace, subspace_rank=2, seed=seed)
     return storage.ingest_blocks(url, name, (layout.block(i) for i in range(layout.n_blocks)))
 
 

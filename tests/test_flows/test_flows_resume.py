@@ -32,7 +32,7 @@ EARLY_STAGES = ("scan", "partition", "local", "merge-000")
 
 
 def _flow_cmd(store: str, run_id: str) -> list[str]:
-    params = {"store_url": store, "collection": "demo", "rank": 6, "eps": 0.1, "shard_size": 40, "run_id": run_id}
+    params = {"store_url": store, "collection": "demo", "rank": 3, "eps": 0.1, "shard_size": 40, "run_id": run_id}
     return [sys.executable, "-m", "flows", "cluster", json.dumps(params)]
 
 
@@ -52,7 +52,10 @@ def _final(run_dir: Path) -> dict[str, np.ndarray]:
 @pytest.mark.timeout(300)
 def test_kill_during_merge_then_resume_gives_identical_groups(prefect_server, processes, tmp_path):
     store = str(tmp_path / "store")
-    make_collection(store, "demo")
+    # 3 rank-2 subspaces of 80 blocks, rank 3 (no two subspaces fit one group), shards
+    # of at most 40 blocks: every subspace spans several shards, so merge round 0 must
+    # merge and round 1 is sure to start
+    make_collection(store, "demo", blocks_per_subspace=80)
     runs = Path(store) / "runs" / "demo"
     hold = tmp_path / "held.json"
 
@@ -95,4 +98,4 @@ def test_kill_during_merge_then_resume_gives_identical_groups(prefect_server, pr
     np.testing.assert_allclose(
         [g["stored_error"] for g in res_report["groups"]], [g["stored_error"] for g in ref_report["groups"]], rtol=1e-12
     )
-    assert res_report["max_error"] <= 0.1
+    assert res_report["max_error"] <= 0.1 and len(res_report["groups"]) >= 3
