@@ -64,6 +64,7 @@ BATCH_BYTES = 32 * 2**20  # data per map task
 GRAM_BYTES = 64 * 2**20  # Gram matrices (or coefficients) per group-range task
 MAX_MERGE_ROUNDS = 12
 CERTIFY_LANES = 8  # parallel Gram accumulators in certify
+SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample held by the client
 
 Progress = Callable[[str, int, int], None]
 
@@ -530,13 +531,17 @@ class ClusteringRun:
 
     def _sample_anchors(self) -> tuple[np.ndarray, int]:
         """Anchor bases from the sequential greedy on a strided sample of about shard_size
-        blocks (evenly spaced batches, then every j-th block in them)."""
+        blocks (evenly spaced batches, then every j-th block in them), capped so that the
+        sample's factors fit in SAMPLE_BYTES."""
         n_batches = len(self._batch_bounds) - 1
         blocks_per_batch = max(1, self.collection.n_blocks // max(n_batches, 1))
-        wanted = max(1, min(n_batches, math.ceil(self.shard_size / blocks_per_batch)))
+        # at most shard_size blocks, and at most SAMPLE_BYTES of factors in the client
+        factor_bytes = 8 * self.collection.rows * max(1.0, float(np.mean(self.scan()["factor_widths"])))
+        sample_size = max(2, min(self.shard_size, int(SAMPLE_BYTES // factor_bytes)))
+        wanted = max(1, min(n_batches, math.ceil(sample_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, n_batches - 1, wanted).round().astype(int))
         data, widths, norms2 = [], [], []
-        stride = max(1, (len(chosen) * blocks_per_batch) // self.shard_size)
+        stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
         for b in chosen:
             factors, offsets, batch_norms2 = _load_factors(self._handle, int(b))
             picked = np.arange(0, len(batch_norms2), stride)
