@@ -149,10 +149,14 @@ def bounds_png(report: dict) -> bytes:
     multi = size > 1
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     if multi.any():
-        sc = ax.scatter(bound[multi], error[multi], c=np.log10(size[multi]), s=14, cmap="viridis", alpha=0.8,
+        from matplotlib.colors import LogNorm
+
+        lo, hi_size = float(size[multi].min()), float(size[multi].max())
+        norm = LogNorm(vmin=lo, vmax=hi_size if hi_size > lo else lo * 1.01)
+        sc = ax.scatter(bound[multi], error[multi], c=size[multi], norm=norm, s=14, cmap="viridis", alpha=0.8,
                         label=f"groups of 2+ blocks ({int(multi.sum())})")
         cb = fig.colorbar(sc, ax=ax)
-        cb.set_label("log10(blocks in group)")
+        cb.set_label("blocks in group")
     if (~multi).any():
         ax.scatter(bound[~multi], error[~multi], s=10, marker="x", color="grey", alpha=0.7,
                    label=f"single blocks ({int((~multi).sum())})")
