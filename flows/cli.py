@@ -307,7 +307,7 @@ class _DaskClient:
         self.address = address
 
     def __enter__(self):
-        from flows.dask_cluster import install_package_path, local_cluster_options, resolve_scheduler_address
+        from flows.dask_cluster import local_cluster_options, resolve_scheduler_address
 
         from distributed import Client, LocalCluster
 
@@ -324,7 +324,6 @@ class _DaskClient:
                 self.client = Client(resolved, timeout=30)
             except OSError as exc:
                 raise CLIError(f"cannot reach the Dask scheduler at {resolved}: {_one_line(exc)}", EXIT_MISSING) from None
-        install_package_path(self.client)
         return self.client
 
     def __exit__(self, *exc: Any) -> None:
@@ -844,19 +843,6 @@ def _distributed_result(coll, run_id: str, client, bars: StageBars):
     return run.result()
 
 
-def _prune_checkpoints(run) -> None:
-    """Drop the per-batch scan factors and shard splits of a certified sweep run.
-
-    They hold about twice the data and only serve to resume partition/local; once
-    certify is complete nothing reads them (a re-run loads certify's checkpoint).
-    """
-    if not run.is_complete("certify"):
-        return
-    for stage in run.stages():
-        if stage.startswith(("scan-", "split-")):
-            run.delete_stage(stage)
-
-
 def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars) -> list[dict]:
     """Certified clusterings at other eps values (scan..certify, no artifact): CR against eps."""
     import numpy as np
@@ -871,7 +857,7 @@ def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars)
         run = ClusteringRun(coll, **kwargs, client=client, run_id=run_id,
                             progress=lambda stage, done, total, e=eps: bars(f"eps={e:g} {stage}"[:24], done, total))
         certified = run.certify()
-        _prune_checkpoints(run.run)
+        run.prune()
         members, offsets = certified["members"], certified["group_offsets"]
         groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
         ranks = np.asarray(certified["adaptive_ranks"])

@@ -20,8 +20,6 @@ __all__ = [
     "resolve_scheduler_address",
     "dask_client",
     "local_cluster_options",
-    "PackagePathPlugin",
-    "install_package_path",
 ]
 
 #: Environment variables consulted, in order, when no address is given.
@@ -70,52 +68,6 @@ def local_cluster_options() -> dict:
     }
 
 
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
-except ImportError:  # pragma: no cover - distributed is a dependency
-    _WorkerPlugin = object
-
-
-class PackagePathPlugin(_WorkerPlugin):
-    """Make ``import storage`` on a Dask worker find the cmsvd package.
-
-    Why: a Dask worker puts its local directory first on ``sys.path`` and keeps its
-    spilled data in a sub-folder named ``storage``.  When cmsvd is installed in
-    editable (development) mode, its packages are found by a meta-path finder that
-    runs *after* the path search, so that ``storage`` folder wins as a namespace
-    package and ``storage.open_run`` is missing.  A regular package anywhere on
-    ``sys.path`` beats a namespace portion, so adding the folder that holds the real
-    package is enough.  Harmless for normal installs (the folder is site-packages).
-    """
-
-    name = "cmsvd-package-path"
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = list(paths)
-
-    def setup(self, worker: object = None) -> None:
-        import sys
-
-        for path in self.paths:
-            if path not in sys.path:
-                sys.path.append(path)
-        module = sys.modules.get("storage")
-        if module is not None and getattr(module, "__file__", None) is None:
-            del sys.modules["storage"]  # a namespace package picked up by mistake
-
-
-def _package_paths() -> list[str]:
-    import pipeline
-    import storage
-
-    return sorted({os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (storage, pipeline)})
-
-
-def install_package_path(client: "distributed.Client") -> None:  # noqa: F821
-    """Register :class:`PackagePathPlugin` on every current and future worker."""
-    client.register_plugin(PackagePathPlugin(_package_paths()), name=PackagePathPlugin.name)
-
-
 @contextlib.contextmanager
 def dask_client(address: str | None = None, *, timeout: float = 30.0) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a connected :class:`distributed.Client`, cleaning up on exit.
@@ -134,7 +86,6 @@ def dask_client(address: str | None = None, *, timeout: float = 30.0) -> Iterato
         _log().info("Using the Dask scheduler at %s", resolved)
         client = Client(resolved, timeout=timeout)
         try:
-            install_package_path(client)
             yield client
         finally:
             client.close()
@@ -142,5 +93,4 @@ def dask_client(address: str | None = None, *, timeout: float = 30.0) -> Iterato
     _log().info("No Dask scheduler configured: starting a LocalCluster on 127.0.0.1")
     with LocalCluster(**local_cluster_options()) as cluster, Client(cluster, timeout=timeout) as client:
         _log().info("LocalCluster dashboard: %s", client.dashboard_link)
-        install_package_path(client)
         yield client

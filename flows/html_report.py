@@ -382,7 +382,7 @@ def render_html(
             "below the diagonal; every group lies below the red line. Groups split at certification have bound 0.</p>"
         )
     else:
-        parts.append("<p class='note'>matplotlib is not installed: <code>pip install 'cmsvd[plots]'</code> "
+        parts.append("<p class='note'>matplotlib is not installed: <code>pip install matplotlib</code> "
                      "for the plots.</p>")
     parts.append("<h2>Group sizes</h2>")
     if plots_ok and groups:

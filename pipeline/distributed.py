@@ -405,6 +405,9 @@ class ClusteringRun:
         Candidate partners per group in a merge round.
     batch_bytes : int
         Data read per map task; bounds worker memory in scan, certify and compress.
+    keep_intermediate : bool
+        Keep the per-batch factor checkpoints after the artifact is written (see
+        :meth:`prune`).
     progress : callable(stage, done, total), optional
         Called as map tasks finish.
 
@@ -427,6 +430,7 @@ class ClusteringRun:
         shard_size: int = 4000,
         merge_neighbours: int = 8,
         batch_bytes: int = BATCH_BYTES,
+        keep_intermediate: bool = False,
         progress: Progress | None = None,
     ):
         import storage
@@ -445,6 +449,7 @@ class ClusteringRun:
         self.shard_size = shard_size
         self.merge_neighbours = merge_neighbours
         self.progress = progress
+        self.keep_intermediate = bool(keep_intermediate)
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
         run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours, batch_bytes=batch_bytes)
@@ -818,7 +823,22 @@ class ClusteringRun:
             meta = {"artifact": label, "bytes_compressed": int(artifact.nbytes_stored)}
             return arrays, meta
 
-        return self._timed("compress", compute)
+        stage = self._timed("compress", compute)
+        if not self.keep_intermediate:
+            self.prune()
+        return stage
+
+    def prune(self) -> int:
+        """Delete the per-batch checkpoints (``scan-*``, ``split-*``) once certify is
+        complete: no later stage reads them, and together they hold about twice the data.
+        The stage manifests stay, so a re-run still skips every stage. Returns the number
+        of checkpoints removed."""
+        if not self.run.is_complete("certify"):
+            return 0
+        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-"))]
+        for stage in pieces:
+            self.run.delete_stage(stage)
+        return len(pieces)
 
     def stage_timings(self) -> dict[str, float]:
         """Compute seconds of every completed stage (merge rounds summed under "merge")."""

@@ -12,18 +12,14 @@ from .helpers import awkward_collection, bound_is_valid, exact_error
 
 REL_TOL = 1e-9
 
-collections = st.builds(
-    lambda seed, rows, k, width: awkward_collection(seed, rows, k, width),
-    seed=st.integers(0, 2**32 - 1),
-    rows=st.integers(1, 14),
-    k=st.integers(1, 7),
-    width=st.integers(1, 12),
-)
+# a collection is drawn as the parameters of awkward_collection (a seeded numpy generator)
+collections = st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 14), st.integers(1, 7), st.integers(1, 12))
 
 
 @settings(max_examples=150, deadline=None)
 @given(blocks=collections, rank=st.integers(1, 8))
 def test_every_bound_dominates_the_exact_error(blocks, rank):
+    blocks = awkward_collection(*blocks)
     members = np.arange(len(blocks))
     exact = exact_error(blocks, members, rank)
     for method in ("max_norm", "residuals", "approximate"):
@@ -35,6 +31,7 @@ def test_every_bound_dominates_the_exact_error(blocks, rank):
 @settings(max_examples=100, deadline=None)
 @given(blocks=collections, rank=st.integers(1, 8), oversampling=st.integers(0, 4))
 def test_lower_energy_never_exceeds_top_energy(blocks, rank, oversampling):
+    blocks = awkward_collection(*blocks)
     full = np.hstack([b.astype(np.float64) for b in blocks])
     exact_top = top_energy(np.linalg.svd(full, compute_uv=False) ** 2, rank)
     states = [
@@ -52,6 +49,7 @@ def test_lower_energy_never_exceeds_top_energy(blocks, rank, oversampling):
 @settings(max_examples=100, deadline=None)
 @given(blocks=collections, rank=st.integers(1, 6), split=st.integers(1, 6))
 def test_merged_sketches_bound_the_union(blocks, rank, split):
+    blocks = awkward_collection(*blocks)
     if len(blocks) < 2:
         blocks = blocks * 2
     split = min(split, len(blocks) - 1)
