@@ -166,8 +166,14 @@ def main() -> None:
     try:
         if parts & {"quality", "linear"}:
             quality_and_linearity(root, parts)
-        if parts & {"memory", "parallel"}:
-            memory_and_parallelism(root, args.memory_gib, parts)
+        if "parallel" in parts:
+            memory_and_parallelism(root, args.memory_gib, {"parallel"})
+        if "memory" in parts:
+            if parts == {"memory"}:
+                memory_and_parallelism(root, args.memory_gib, parts)
+            else:  # a fresh process: the client's peak RSS must not include the other parts
+                subprocess.run([sys.executable, __file__, "--parts", "memory", "--memory-gib", str(args.memory_gib),
+                                "--root", root], check=True)
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from flows.params import DType, Method, Order
+
 try:  # recent typer vendors click: its exceptions are not the ones of the click package
     from typer import _click as click
 except ImportError:  # pragma: no cover - older typer
@@ -56,22 +58,6 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
-
-
-class Method(str, enum.Enum):
-    approximate = "approximate"
-    residuals = "residuals"
-    max_norm = "max_norm"
-
-
-class Order(str, enum.Enum):
-    residual = "residual"
-    norm = "norm"
-
-
-class DType(str, enum.Enum):
-    float32 = "float32"
-    float64 = "float64"
 
 
 app = typer.Typer(

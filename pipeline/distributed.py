@@ -482,8 +482,8 @@ class ClusteringRun:
         if self.progress is not None:
             self.progress(stage, done, total)
 
-    def _gather(self, stage: str, futures: list) -> list:
-        """Results of futures in submission order, reporting progress as they finish."""
+    def _track(self, stage: str, futures: list) -> None:
+        """Wait for futures, reporting progress as they finish; results stay on the workers."""
         from distributed import as_completed
 
         done = 0
@@ -491,6 +491,10 @@ class ClusteringRun:
         for _ in as_completed(futures):
             done += 1
             self._report(stage, done, len(futures))
+
+    def _gather(self, stage: str, futures: list) -> list:
+        """Results of futures in submission order (only for small results)."""
+        self._track(stage, futures)
         return self.client.gather(futures)
 
     def _timed(self, stage: str, compute: Callable[[], dict]) -> dict:
@@ -704,7 +708,7 @@ class ClusteringRun:
                 self.client.submit(_gram_lane, self._handle, [batches[i] for i in lane], pure=False)
                 for lane in lanes
             ]
-            self._gather("certify", lane_futures)
+            self._track("certify", lane_futures)
             total = _tree_reduce(self.client, _sum_grams, lane_futures)
             certified.update(self.client.submit(
                 _certify_grams, total, self.params["rank"], self.params["eps"], pure=False).result())
@@ -808,7 +812,7 @@ class ClusteringRun:
                     self.client.submit(_coefficient_batch, self._handle, first, stop, part, bases_future, pure=False)
                     for first, stop, part in self._batch_labels(range_labels)
                 ]
-                self._gather("compress", parts)
+                self._track("compress", parts)
                 members = {g: groups[g] for g in in_range}
                 residual2.update(self.client.submit(
                     _write_groups, handle_artifact, members, range_bases, *parts, pure=False).result())
