@@ -35,6 +35,7 @@ import functools
 import importlib
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -353,6 +354,12 @@ class DistributedResult:
         return len(self.groups)
 
 
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _batches(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int, batch_bytes: int) -> np.ndarray:
     """Block boundaries of map batches: about ``batch_bytes`` each, cut at the first block
     boundary after a multiple of the chunk width so that few chunks are read twice."""
@@ -394,8 +401,9 @@ class ClusteringRun:
         From ``storage.open_collection``.
     rank, eps, method, order, oversampling, patience, tol
         As for :func:`pipeline.cluster`; ``method`` and ``order`` drive the local greedy.
-    client : distributed.Client
-        Where the map stages run.
+    client : distributed.Client, optional
+        Where the map stages run. May be None when every stage asked for is already
+        complete (e.g. to read the result of a finished run).
     run_id : str, optional
         Run folder name; a new unique id when None. Re-using an id resumes the run and
         is refused if the parameters or the collection changed.
@@ -436,16 +444,11 @@ class ClusteringRun:
         import storage
 
         self.params = check_params(rank, eps, method, order, patience, oversampling, tol)
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 2:
-            raise ValueError(f"shard_size must be an integer >= 2, got {shard_size!r}")
-        if isinstance(merge_neighbours, bool) or not isinstance(merge_neighbours, int) or merge_neighbours < 1:
-            raise ValueError(f"merge_neighbours must be an integer >= 1, got {merge_neighbours!r}")
-        if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
-            raise ValueError(f"batch_bytes must be a positive integer, got {batch_bytes!r}")
-        if client is None:
-            raise ValueError("ClusteringRun needs a distributed.Client; cluster_collection starts one")
+        shard_size = _check_int("shard_size", shard_size, 2)
+        merge_neighbours = _check_int("merge_neighbours", merge_neighbours, 1)
+        batch_bytes = _check_int("batch_bytes", batch_bytes, 1)
         self.collection = collection
-        self.client = client
+        self._client = client
         self.shard_size = shard_size
         self.merge_neighbours = merge_neighbours
         self.progress = progress
@@ -473,6 +476,13 @@ class ClusteringRun:
         self._batch_bounds = _batches(collection.offsets, collection.chunks[1], collection.rows * itemsize, batch_bytes)
 
     # -- helpers -----------------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The Dask client; only stages that still have to be computed need one."""
+        if self._client is None:
+            raise ValueError("this stage has to run on a Dask cluster: pass client=distributed.Client(...)")
+        return self._client
 
     @property
     def width_cap(self) -> int:

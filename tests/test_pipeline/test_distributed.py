@@ -169,3 +169,12 @@ def test_storage_import_survives_a_dask_spill_folder_named_storage(tmp_path, mon
     monkeypatch.setattr(sys, "path", [str(tmp_path)] + [p for p in sys.path if p not in ("", os.getcwd())])
     module = _import_storage()
     assert module.__file__ and hasattr(module, "open_run")
+
+
+def test_a_finished_run_reads_back_without_a_cluster(client, tmp_path):
+    coll = _store(tmp_path, _subspace_blocks(80, seed=9))
+    done = cluster_collection(coll, rank=6, eps=0.1, client=client, run_id="finished")
+    again = ClusteringRun(coll, rank=6, eps=0.1, run_id="finished").result()
+    assert again.groups == done.groups and again.timings == done.timings
+    with pytest.raises(ValueError, match="Dask cluster"):
+        ClusteringRun(coll, rank=6, eps=0.1, run_id="unfinished").scan()
