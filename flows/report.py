@@ -29,7 +29,6 @@ import numpy as np
 from prefect import flow, task
 
 from ._common import TASK_OPTIONS, StageProgress, artifact_key, run_folder_url, write_bytes
-from .dask_cluster import dask_client
 from .params import RunParameters
 
 __all__ = [
@@ -302,14 +301,14 @@ def report(params: RunParameters) -> dict[str, Any]:
     run_kwargs = stored_run_params(collection, params.run_id)
     key_prefix = artifact_key("cmsvd", collection.name)
     progress = StageProgress(f"{key_prefix}-progress", ["report"], description=f"cmsvd report of run {params.run_id}")
-    with dask_client(params.scheduler_address) as client:
-        run = clustering_run(collection, run_kwargs, params.run_id, client, progress)
-        if not run.run.is_complete("compress"):
-            raise ValueError(
-                f"run {params.run_id!r} of {collection.name!r} has no complete compress stage: "
-                "finish it with cmsvd-compress (or cmsvd-cluster with the same run id) first"
-            )
-        result = collect_result(run)
+    # a finished run reads back from its checkpoints: no Dask cluster needed
+    run = clustering_run(collection, run_kwargs, params.run_id, None, progress)
+    if not run.run.is_complete("compress"):
+        raise ValueError(
+            f"run {params.run_id!r} of {collection.name!r} has no complete compress stage: "
+            "finish it with cmsvd-compress (or cmsvd-cluster with the same run id) first"
+        )
+    result = collect_result(run)
     summary = report_task(collection, result, key_prefix)
     progress.finish()
     print(json.dumps(summary))
