@@ -24,6 +24,9 @@ def prefect_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefect")
     env = base_env(root / "home")
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{root / 'prefect.db'}"
+    # SQLite serialises writers: on two busy cores the default 10 s statement timeout
+    # turns lock waits into 503s
+    env["PREFECT_SERVER_DATABASE_TIMEOUT"] = "60"
     port = free_port()
     procs = Processes(root / "logs")
     try:
