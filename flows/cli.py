@@ -463,15 +463,20 @@ def _root_fs(url: str, storage_options: dict | None = None):
     return loc.fs, loc.path.rstrip("/")
 
 
-def _list_runs(coll) -> list[dict]:
-    """Runs of a collection: id, created, params, whether compressed and reported."""
+def _glob_store(coll, pattern: str):
+    """(filesystem, matching paths) for ``pattern`` below the collection's store root."""
     fs, root = _root_fs(coll.url, coll.storage_options)
     fs.invalidate_cache()
-    out = []
     try:
-        files = fs.glob(f"{root}/runs/{coll.name}/*/run.json")
+        return fs, fs.glob(f"{root}/{pattern}")
     except FileNotFoundError:
-        files = []
+        return fs, []
+
+
+def _list_runs(coll) -> list[dict]:
+    """Runs of a collection: id, created, params, whether compressed and reported."""
+    fs, files = _glob_store(coll, f"runs/{coll.name}/*/run.json")
+    out = []
     for f in files:
         run_dir = f.rsplit("/", 1)[0]
         try:
@@ -491,13 +496,8 @@ def _list_runs(coll) -> list[dict]:
 
 
 def _list_artifacts(coll) -> list[dict]:
-    fs, root = _root_fs(coll.url, coll.storage_options)
-    fs.invalidate_cache()
+    fs, files = _glob_store(coll, f"artifacts/{coll.name}/*/manifest.json")
     out = []
-    try:
-        files = fs.glob(f"{root}/artifacts/{coll.name}/*/manifest.json")
-    except FileNotFoundError:
-        files = []
     for f in files:
         label = f.rsplit("/", 2)[-2]
         if label.startswith("."):
