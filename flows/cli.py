@@ -455,8 +455,6 @@ def _open_collection(store: str, name: str):
 
 
 def _root_fs(url: str, storage_options: dict | None = None):
-    import fsspec
-
     from storage._location import resolve
 
     loc = resolve(url, storage_options)
@@ -998,6 +996,20 @@ def inspect_cmd(
         out.print(runs)
 
 
+def _finish_compressed(coll, report: dict, urls: dict, html: bool, as_json: bool, title: str) -> None:
+    """Write report.html, print the summary (or its JSON) and exit 1 if a group is above eps."""
+    files = {"report.json": urls["report"]}
+    if html:
+        files["report.html"] = _write_html(coll, report)
+    summary = _summary_from_report(report, files)
+    summary["artifact_label"] = report.get("artifact_label")
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_summary(summary, title)
+    _guarantee_exit(summary)
+
+
 @_command("cluster")
 def cluster_cmd(
     collection: str = typer.Argument(..., help="Collection name."),
@@ -1060,16 +1072,8 @@ def cluster_cmd(
             _out().print(f"clustered {coll.name} into {summary['groups']} groups (run {run_id}); "
                          f"write the artifact with: cmsvd compress {coll.name} --run-id {run_id}")
         return
-    files = {"report.json": urls["report"]}
-    if html:
-        files["report.html"] = _write_html(coll, report)
-    summary = _summary_from_report(report, files)
-    summary["artifact_label"] = report.get("artifact_label")
-    if as_json:
-        _print_json(summary)
-    else:
-        _print_summary(summary, f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
-    _guarantee_exit(summary)
+    _finish_compressed(coll, report, urls, html, as_json,
+                       f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
 
 
 @_command("compress")
@@ -1099,16 +1103,7 @@ def compress_cmd(
         with bars, _DaskClient(scheduler) as client:
             result = _distributed_result(coll, run_id, client, bars)
     report, urls = _write_run_report(coll, result)
-    files = {"report.json": urls["report"]}
-    if html:
-        files["report.html"] = _write_html(coll, report)
-    summary = _summary_from_report(report, files)
-    summary["artifact_label"] = report.get("artifact_label")
-    if as_json:
-        _print_json(summary)
-    else:
-        _print_summary(summary, f"cmsvd compress {coll.name}")
-    _guarantee_exit(summary)
+    _finish_compressed(coll, report, urls, html, as_json, f"cmsvd compress {coll.name}")
 
 
 def _block_index(coll, block: str) -> int:
@@ -1597,7 +1592,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=args, prog_name="cmsvd", standalone_mode=False)
         code = rv if isinstance(rv, int) else EXIT_OK
-    except _NO_ARGS as exc:  # type: ignore[misc]
+    except _NO_ARGS:  # type: ignore[misc]
         code = EXIT_USAGE  # typer has printed the help already
     except click.exceptions.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

@@ -139,8 +139,7 @@ def _read_batch(handle: _Handle, first: int, stop: int) -> tuple[np.ndarray, np.
 def _check_batch(data: np.ndarray, offsets: np.ndarray, first: int, stored_norms2: np.ndarray, names) -> np.ndarray:
     """Exact squared norms of a batch; NaN/Inf or a norm differing from the one stored at
     ingest (corrupted data) is an error naming the block."""
-    column_norms = np.einsum("ij,ij->j", data, data, dtype=np.float64)
-    norms2 = np.add.reduceat(column_norms, offsets[:-1]) if data.shape[1] else np.zeros(0)
+    norms2 = segment_sums(np.einsum("ij,ij->j", data, data, dtype=np.float64), offsets)
     for local in np.flatnonzero(~np.isfinite(norms2)):
         i = first + int(local)
         raise ValueError(f"block {i} ({names[i]!r}): contains NaN or Inf")
@@ -731,7 +730,7 @@ class ClusteringRun:
         def compute():
             groups, sketches = self._final_groups()
             bounds = [s.error_bound() for s in sketches]
-            rank, eps = self.params["rank"], self.params["eps"]
+            eps = self.params["eps"]
             pending = list(range(len(groups)))
             results: dict[int, tuple] = {}
             splits = 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_eps, check_rank
-from .layout import BlockLayout, as_layout
+from .layout import as_layout
 from .spectra import adaptive_rank, relative_error, squared_singular_values
 
 __all__ = [

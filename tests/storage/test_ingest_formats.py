@@ -12,7 +12,6 @@ from storage import (
     ingest_mat,
     ingest_npy_folder,
     ingest_npy_stack,
-    ingest_npz,
     ingest_path,
     ingest_safetensors,
     ingest_zarr_array,

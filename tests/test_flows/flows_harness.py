@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
