@@ -3,12 +3,14 @@ test hooks.  Nothing here computes anything about matrices."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import mimetypes
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect.cache_policies import NO_CACHE
 
@@ -25,6 +27,11 @@ __all__ = [
     "run_folder_url",
     "read_json",
     "write_bytes",
+    "BrowserLink",
+    "browser_link",
+    "LINK_EXPIRES_ENV",
+    "PUBLIC_ENDPOINT_ENV",
+    "local_path",
 ]
 
 # Errors that a retry cannot fix: bad input, bad parameters, corrupt checkpoints, a
@@ -192,6 +199,92 @@ def read_json(url: str, storage_options: dict | None = None) -> Any:
     fs, path = _fs(url, storage_options)
     fs.invalidate_cache()  # another process may just have written it
     return json.loads(fs.cat_file(path))
+
+
+# ---- links the dashboard can open ------------------------------------------------------
+# Browsers refuse file:// links from an http page and know nothing of s3://, so the
+# dashboard gets a presigned http(s) URL through the S3 endpoint where there is one.
+
+#: Seconds a presigned link stays valid; SigV4 allows at most 7 days.
+LINK_EXPIRES_ENV = "CMSVD_LINK_EXPIRES"
+_DEFAULT_EXPIRES = 7 * 24 * 3600
+#: Endpoint a browser reaches the object store through, when it differs from the one the
+#: workers use (docker-compose: workers use http://minio:9000, the browser
+#: http://localhost:9000).  The signature covers the host, so links are signed for it.
+PUBLIC_ENDPOINT_ENV = "CMSVD_S3_PUBLIC_ENDPOINT"
+
+
+class BrowserLink(NamedTuple):
+    """An http(s) URL for a stored file and the time (UTC) it stops working (None: never)."""
+
+    url: str
+    expires: _dt.datetime | None
+
+
+def _link_seconds(expires: int | None) -> int:
+    if expires is None:
+        expires = int(os.environ.get(LINK_EXPIRES_ENV, "") or _DEFAULT_EXPIRES)
+    return max(1, min(int(expires), _DEFAULT_EXPIRES))
+
+
+def browser_link(url: str, storage_options: dict | None = None, expires: int | None = None) -> BrowserLink | None:
+    """A URL a web browser can open for the stored file *url*, or None.
+
+    Parameters
+    ----------
+    url : str
+        ``s3://bucket/key``, ``http(s)://...`` (returned as it is), or a local path /
+        ``file://`` / ``memory://`` URL (None: no browser can open those from the
+        dashboard).
+    storage_options : dict, optional
+        fsspec options of the store (``client_kwargs.endpoint_url``, keys...).
+    expires : int, optional
+        Validity of a presigned link in seconds; default ``CMSVD_LINK_EXPIRES`` or 7 days
+        (the SigV4 maximum, also the cap).
+
+    Returns
+    -------
+    BrowserLink or None
+        For S3, a presigned GET URL through ``CMSVD_S3_PUBLIC_ENDPOINT``, else the store's
+        endpoint (``client_kwargs.endpoint_url`` or ``CMSVD_S3_ENDPOINT``), else AWS.
+        None when signing fails (no credentials): the caller shows the path instead.
+    """
+    if url.startswith(("http://", "https://")):
+        return BrowserLink(url, None)
+    if not url.startswith(("s3://", "s3a://")):
+        return None
+    import copy
+
+    seconds = _link_seconds(expires)
+    options = copy.deepcopy(storage_options or {})
+    client_kwargs = options.setdefault("client_kwargs", {})
+    endpoint = (
+        os.environ.get(PUBLIC_ENDPOINT_ENV) or client_kwargs.get("endpoint_url") or os.environ.get("CMSVD_S3_ENDPOINT")
+    )
+    config = options.setdefault("config_kwargs", {})
+    config.setdefault("signature_version", "s3v4")  # botocore presigns SigV2 otherwise
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+        # MinIO and moto serve path-style URLs; virtual hosts (bucket.localhost) need DNS
+        config.setdefault("s3", {}).setdefault("addressing_style", "path")
+    try:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+        path = url.split("://", 1)[1]
+        # served with its type, so the browser shows JSON/PNG/HTML instead of downloading
+        kind = mimetypes.guess_type(path)[0]
+        signed = fs.url(path, expires=seconds, **({"ResponseContentType": kind} if kind else {}))
+    except Exception as exc:  # no credentials, no s3fs...: the path is still shown
+        run_logger().warning("no browser link for %s: %s", url, exc)
+        return None
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    return BrowserLink(signed, now + _dt.timedelta(seconds=seconds))
+
+
+def local_path(url: str) -> str:
+    """The path to show for copying: ``file://`` stripped, other URLs unchanged."""
+    return url[len("file://"):] if url.startswith("file://") else url
 
 
 # ---- test hooks ---------------------------------------------------------------

@@ -9,6 +9,12 @@ yields the same groups bit for bit.
 
 cmsvd-compress finishes an existing run from its run id alone (the parameters are read
 back from the run folder): useful from the dashboard after a failure.
+
+Both flows validate their parameters themselves (``validate_parameters=False`` plus
+:func:`flows.params.validate_params` as the first statement): a deployment run created
+with the dashboard's validation switched off still fails before any Dask cluster starts,
+with one line naming every bad field, instead of Prefect's multi-line message.  The
+flow docstrings are the dashboard's flow descriptions: plain text only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from prefect import flow
 from ._common import StageProgress, artifact_key
 from ._run import clustering_run, collect_result, default_run_id, open_collection, run_stages, stored_run_params
 from .dask_cluster import dask_client
-from .params import ClusterParameters, RunParameters
+from .params import ClusterParameters, RunParameters, validate_params
 from .report import report_task
 
 __all__ = ["cluster", "compress"]
@@ -46,7 +52,15 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str, scheduler
     return summary
 
 
-@flow(name="cmsvd-cluster", log_prints=True)
+@flow(
+    name="cmsvd-cluster",
+    description=(
+        "Cluster a collection into groups that share a certified rank-r basis, compress it and report. "
+        "Checkpointed per stage: starting it again with the same values or run id resumes."
+    ),
+    log_prints=True,
+    validate_parameters=False,
+)
 def cluster(params: ClusterParameters) -> dict[str, Any]:
     """Cluster a collection into groups that share a certified rank-r basis, compress it,
     and report.
@@ -57,6 +71,7 @@ def cluster(params: ClusterParameters) -> dict[str, Any]:
         run_id, groups, compression ratios, max_error, report_url, artifact_label.
     """
     started = time.perf_counter()
+    params = validate_params(ClusterParameters, params, "cmsvd-cluster")  # before any work
     collection = open_collection(params.store_url, params.collection)
     run_kwargs = params.pipeline_kwargs()
     run_id = params.run_id or default_run_id(collection, run_kwargs)
@@ -66,12 +81,18 @@ def cluster(params: ClusterParameters) -> dict[str, Any]:
     return summary
 
 
-@flow(name="cmsvd-compress", log_prints=True)
+@flow(
+    name="cmsvd-compress",
+    description="Finish an existing run from its run id (parameters are read from the run folder) and report.",
+    log_prints=True,
+    validate_parameters=False,
+)
 def compress(params: RunParameters) -> dict[str, Any]:
     """Finish an existing run (normally just its compress stage) and report.
 
     The clustering parameters come from the run folder, so only the run id is needed.
     """
+    params = validate_params(RunParameters, params, "cmsvd-compress")  # before any work
     collection = open_collection(params.store_url, params.collection)
     run_kwargs = stored_run_params(collection, params.run_id)
     return _execute(collection, run_kwargs, params.run_id, params.scheduler_address)

@@ -44,6 +44,7 @@ __all__ = [
     "study_png",
     "render_html",
     "fmt_bytes",
+    "data_uri",
 ]
 
 #: Gram matrices up to this many rows are formed (m x m); larger m gathers the group.
@@ -296,8 +297,14 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.cards{display:flex;flex-wrap:wr
 """
 
 
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI: the page (or dashboard artifact) carries the
+    image itself, since neither can fetch it from the store."""
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{html.escape(alt)}" src="{data_uri(png)}">'
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1) -> str:

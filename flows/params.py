@@ -1,10 +1,16 @@
 """Flow parameters as pydantic models.
 
 Prefect turns these models into the deployment's OpenAPI parameter schema, so the
-dashboard renders a form with descriptions and bounds, and a deployment with
-``enforce_parameter_schema`` rejects a bad value (eps = 1.5, rank = 0, an unknown
-method...) when the run is *created*, before any worker picks it up.  The same
-models validate parameters again when the flow starts (``validate_parameters``).
+dashboard renders a form with descriptions, bounds and defaults.  A deployment with
+``enforce_parameter_schema`` refuses a bad value (eps = 1.5, rank = 0, an unknown
+method...) when the run is *created*; but the dashboard's "Validate parameters" switch
+and the REST API's ``enforce_parameter_schema: false`` turn that check off for one run,
+so every flow also validates its parameters itself, first thing, with
+:func:`validate_params` (every bad field named on one line, before any Dask cluster).
+
+Descriptions are plain text: the dashboards render ``<...>`` as HTML tags and show
+backticks literally, so neither appears in a field or model description (the model
+docstrings below are what the form shows as section descriptions).
 
 ``extra="forbid"`` everywhere: a misspelt field is an error, not a silently ignored
 default.
@@ -13,9 +19,11 @@ default.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 __all__ = [
     "NAME_PATTERN",
@@ -27,10 +35,17 @@ __all__ = [
     "IngestParameters",
     "RunParameters",
     "DemoParameters",
+    "InvalidParameters",
+    "validate_params",
+    "describe_errors",
+    "range_text",
 ]
 
 #: Same rule as ``storage`` applies to collection and run names (one safe path part).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+
+#: Largest seed accepted (numpy's legacy seeding range; the form needs a finite maximum).
+_MAX_SEED = 2**32 - 1
 
 
 class Method(str, enum.Enum):
@@ -55,6 +70,44 @@ class DType(str, enum.Enum):
     float64 = "float64"
 
 
+def _fmt(x: float) -> str:
+    """0.0 -> 0, 1e6 -> 1000000, 0.02 -> 0.02 (no exponents in the form)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def range_text(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> str:
+    """Words for a numeric range, e.g. ``1 to 100000`` or ``more than 0 and less than 1``.
+
+    Words rather than ``<``/``>`` signs: the dashboard would read ``<`` as a tag.
+    """
+    low = f"at least {_fmt(ge)}" if ge is not None else (f"more than {_fmt(gt)}" if gt is not None else "")
+    high = f"at most {_fmt(le)}" if le is not None else (f"less than {_fmt(lt)}" if lt is not None else "")
+    if ge is not None and le is not None:
+        return f"{_fmt(ge)} to {_fmt(le)}"
+    return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+def _number(default: Any, description: str, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A Field for a bounded number whose description states its range and default.
+
+    Every numeric field has both a lower and an upper bound, so that the form's number
+    input gets ``min``/``max``.  Exclusive bounds are also given as inclusive
+    ``minimum``/``maximum`` (implied by the exclusive ones) because the dashboard only
+    passes those two to the input element.
+    """
+    if (ge is None and gt is None) or (le is None and lt is None):
+        raise TypeError("a numeric parameter needs a lower and an upper bound")
+    shown = "empty" if default is None else _fmt(default)
+    text = f"{description} Range: {range_text(ge, gt, le, lt)}. Default: {shown}."
+    extra = {}
+    if gt is not None:
+        extra["minimum"] = gt
+    if lt is not None:
+        extra["maximum"] = lt
+    return Field(default=default, ge=ge, gt=gt, le=le, lt=lt, description=text, json_schema_extra=extra or None)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
@@ -71,7 +124,10 @@ class StoreParameters(_Model):
     )
     collection: str = Field(
         pattern=NAME_PATTERN,
-        description="Collection name under the store root (1-128 characters from [A-Za-z0-9._-]).",
+        description=(
+            "Collection name under the store root: 1 to 128 characters from letters, digits, "
+            "dot, underscore and dash, starting with a letter or digit."
+        ),  # same words as _NAME_RULE
     )
 
 
@@ -80,46 +136,46 @@ def _scheduler_field() -> Any:
         default=None,
         description=(
             "Dask scheduler, e.g. tcp://dask-scheduler:8786. Empty: the CMSVD_DASK_SCHEDULER "
-            "or DASK_SCHEDULER_ADDRESS environment variable, else a LocalCluster on 127.0.0.1."
+            "or DASK_SCHEDULER_ADDRESS environment variable, else a LocalCluster on 127.0.0.1. "
+            "Default: empty."
         ),
     )
 
 
 class ClusterParameters(StoreParameters):
-    """Parameters of the ``cmsvd-cluster`` flow (and ``cmsvd-compress``)."""
+    """Parameters of the cmsvd-cluster flow: certified clustering, compression and report of a collection."""
 
-    rank: int = Field(default=10, ge=1, le=100_000, description="Shared basis rank r of every group.")
-    eps: float = Field(
-        default=0.1,
-        gt=0.0,
-        lt=1.0,
-        description="Certified bound on every group's relative rank-r error, in (0, 1).",
+    rank: int = _number(10, "Shared basis rank r of every group.", ge=1, le=100_000)
+    eps: float = _number(
+        0.1, "Certified bound on every group's relative rank-r error (both ends excluded).", gt=0.0, lt=1.0
     )
-    method: Method = Field(default=Method.approximate, description="Certified lower bound used while groups grow.")
-    order: Order = Field(default=Order.residual, description="Candidate order: residual against the seed basis, or norm.")
-    oversampling: int = Field(
-        default=5, ge=0, le=1000, description="Extra sketch directions p for method=approximate (sketch rank r + p)."
+    method: Method = Field(
+        default=Method.approximate,
+        description="Certified lower bound used while groups grow. Default: approximate.",
     )
-    patience: int = Field(
-        default=10,
-        ge=0,
-        le=1_000_000,
-        description="Groups in a row without any accepted candidate before the rest become singletons.",
+    order: Order = Field(
+        default=Order.residual,
+        description="Candidate order: residual against the seed basis, or norm. Default: residual.",
     )
-    shard_size: int = Field(
-        default=4000,
+    oversampling: int = _number(5, "Extra sketch directions p for method approximate (sketch rank r + p).", ge=0, le=1000)
+    patience: int = _number(
+        10, "Groups in a row without any accepted candidate before the rest become singletons.", ge=0, le=1_000_000
+    )
+    shard_size: int = _number(
+        4000,
+        "Most blocks per shard of the local stage (the local greedy costs about shard_size squared per shard).",
         ge=2,
         le=1_000_000,
-        description="Most blocks per shard of the local stage (the local greedy costs about shard_size^2 per shard).",
     )
-    merge_neighbours: int = Field(default=8, ge=1, le=1000, description="Candidate partners per group in a merge round.")
+    merge_neighbours: int = _number(8, "Candidate partners per group in a merge round.", ge=1, le=1000)
     run_id: str | None = Field(
         default=None,
         pattern=NAME_PATTERN,
         description=(
-            "Run folder name under runs/<collection>/. Re-running with the same id resumes after the "
-            "last completed stage. Empty: derived from the collection contents and the parameters, "
-            "so an interrupted run resumes when started again with the same values."
+            "Run folder name under runs/COLLECTION/ in the store (same characters as a collection "
+            "name). Re-running with the same id resumes after the last completed stage. Empty: "
+            "derived from the collection contents and the parameters, so an interrupted run "
+            "resumes when started again with the same values. Default: empty."
         ),
     )
     scheduler_address: str | None = _scheduler_field()
@@ -139,17 +195,16 @@ class ClusterParameters(StoreParameters):
 
 
 class RunParameters(StoreParameters):
-    """An existing run, for the ``cmsvd-compress`` and ``cmsvd-report`` flows.
+    """An existing run, for the cmsvd-compress and cmsvd-report flows; its clustering parameters are read back from the run folder."""
 
-    The clustering parameters are read back from the run's ``run.json``.
-    """
-
-    run_id: str = Field(pattern=NAME_PATTERN, description="Run folder name under runs/<collection>/.")
+    run_id: str = Field(
+        pattern=NAME_PATTERN, description="Run folder name under runs/COLLECTION/ in the store (the run id)."
+    )
     scheduler_address: str | None = _scheduler_field()
 
 
 class IngestParameters(StoreParameters):
-    """Parameters of the ``cmsvd-ingest`` flow (see ``storage.ingest_path``)."""
+    """Parameters of the cmsvd-ingest flow: a file or folder into a collection."""
 
     source: str = Field(
         min_length=1,
@@ -158,14 +213,18 @@ class IngestParameters(StoreParameters):
             ".mat, or a Zarr array (local path or URL)."
         ),
     )
-    dtype: DType | None = Field(default=None, description="Storage dtype; empty: float32 for float32 input, else float64.")
-    overwrite: bool = Field(default=False, description="Replace an existing collection of the same name.")
-    stack_complex: bool = Field(default=False, description="Store complex blocks as real rows over imaginary rows.")
-    column_length: int | None = Field(default=None, ge=1, description="safetensors: rows of every column block.")
-    per: str | None = Field(default=None, description="safetensors: block granularity (see storage.ingest_safetensors).")
-    dataset: str | None = Field(default=None, description="HDF5: dataset path inside the file.")
-    key: str | None = Field(default=None, description="MATLAB: variable name.")
-    layout: str | None = Field(default=None, description="MATLAB: layout of the variable (see storage.ingest_mat).")
+    dtype: DType | None = Field(
+        default=None, description="Storage dtype. Empty: float32 for float32 input, else float64. Default: empty."
+    )
+    overwrite: bool = Field(default=False, description="Replace an existing collection of the same name. Default: off.")
+    stack_complex: bool = Field(
+        default=False, description="Store complex blocks as real rows over imaginary rows. Default: off."
+    )
+    column_length: int | None = _number(None, "safetensors only: rows of every column block.", ge=1, le=100_000_000)
+    per: str | None = Field(default=None, description="safetensors only: block granularity (see storage.ingest_safetensors).")
+    dataset: str | None = Field(default=None, description="HDF5 only: dataset path inside the file.")
+    key: str | None = Field(default=None, description="MATLAB only: variable name.")
+    layout: str | None = Field(default=None, description="MATLAB only: layout of the variable (see storage.ingest_mat).")
 
     def ingest_options(self) -> dict[str, Any]:
         """Options for ``storage.ingest_path``: only the ones that were given."""
@@ -182,13 +241,107 @@ class IngestParameters(StoreParameters):
 
 
 class DemoParameters(StoreParameters):
-    """Parameters of the ``cmsvd-demo-data`` flow: a synthetic union-of-subspaces collection."""
+    """Parameters of the cmsvd-demo-data flow: a synthetic union-of-subspaces collection."""
 
-    n_blocks: int = Field(default=400, ge=1, le=10_000_000, description="Number of blocks.")
-    rows: int = Field(default=128, ge=1, le=1_000_000, description="Rows m of every block.")
-    width: int = Field(default=4, ge=1, le=100_000, description="Columns of every block.")
-    blocks_per_subspace: int = Field(default=100, ge=1, description="Blocks drawn from each random subspace.")
-    subspace_rank: int = Field(default=3, ge=1, description="Dimension of each subspace.")
-    noise: float = Field(default=0.02, ge=0.0, le=10.0, description="Noise level relative to the signal.")
-    seed: int = Field(default=0, ge=0, description="Random seed.")
-    overwrite: bool = Field(default=False, description="Replace an existing collection of the same name.")
+    n_blocks: int = _number(400, "Number of blocks.", ge=1, le=10_000_000)
+    rows: int = _number(128, "Rows m of every block.", ge=1, le=1_000_000)
+    width: int = _number(4, "Columns of every block.", ge=1, le=100_000)
+    blocks_per_subspace: int = _number(100, "Blocks drawn from each random subspace.", ge=1, le=10_000_000)
+    subspace_rank: int = _number(3, "Dimension of each subspace.", ge=1, le=100_000)
+    noise: float = _number(0.02, "Noise level relative to the signal.", ge=0.0, le=10.0)
+    seed: int = _number(0, "Random seed.", ge=0, le=_MAX_SEED)
+    overwrite: bool = Field(default=False, description="Replace an existing collection of the same name. Default: off.")
+
+
+# ---- validation at flow start -----------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+_NAME_RULE = "use 1 to 128 characters from letters, digits, dot, underscore and dash, starting with a letter or digit"
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+class InvalidParameters(ValueError):
+    """Flow parameters that fail validation.  The message is one line naming every bad field.
+
+    A ``ValueError``, so the stage retry policy (``flows._common.is_transient``) treats it
+    as permanent.
+    """
+
+
+def _field_range(model: type[BaseModel], loc: tuple) -> str | None:
+    info: FieldInfo | None = model.model_fields.get(str(loc[0])) if loc else None
+    if info is None:
+        return None
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        for cls, key in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt")):
+            if isinstance(item, cls):
+                bounds[key] = getattr(item, key)
+    return range_text(**bounds) if bounds else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value.value if isinstance(value, enum.Enum) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_errors(model: type[BaseModel], exc: ValidationError) -> list[str]:
+    """One short phrase per failed field of *exc* (raised by *model*), in field order.
+
+    Examples: ``eps=1.5 is out of range (more than 0 and less than 1)``,
+    ``epsilon: unknown field``, ``collection: required``.
+    """
+    phrases = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        name = ".".join(str(p) for p in loc) or "params"
+        kind = err.get("type", "")
+        if kind == "missing":
+            phrases.append(f"{name}: required")
+        elif kind == "extra_forbidden":
+            phrases.append(f"{name}: unknown field")
+        elif kind == "string_pattern_mismatch":
+            phrases.append(f"{name}={_short(err.get('input'))}: {_NAME_RULE}")
+        elif kind in _RANGE_ERRORS:
+            allowed = _field_range(model, loc)
+            phrases.append(f"{name}={_short(err.get('input'))} is out of range ({allowed or err.get('msg')})")
+        else:
+            phrases.append(f"{name}={_short(err.get('input'))}: {err.get('msg')}")
+    return phrases
+
+
+def validate_params(model: type[M], value: Any, flow_name: str = "") -> M:
+    """Validate flow parameters, reporting every bad field at once.
+
+    Parameters
+    ----------
+    model : type
+        One of the parameter models of this module.
+    value : model instance or mapping
+        What the flow received: an instance (Python callers) or a dict (deployment runs
+        with Prefect's own validation off, the command line).
+    flow_name : str
+        Named in the error message.
+
+    Returns
+    -------
+    model instance
+
+    Raises
+    ------
+    InvalidParameters
+        One line: ``invalid parameters for cmsvd-cluster (2 fields): rank=0 is out of range
+        (1 to 100000); eps=1.5 is out of range (more than 0 and less than 1)``.
+    """
+    if isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel):  # another model: validate its fields
+        value = value.model_dump()
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        phrases = describe_errors(model, exc)
+        where = f" for {flow_name}" if flow_name else ""
+        count = f"{len(phrases)} field{'s' if len(phrases) != 1 else ''}"
+        raise InvalidParameters(f"invalid parameters{where} ({count}): " + "; ".join(phrases)) from None

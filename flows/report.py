@@ -28,8 +28,18 @@ from typing import Any
 import numpy as np
 from prefect import flow, task
 
-from ._common import TASK_OPTIONS, StageProgress, artifact_key, run_folder_url, write_bytes
-from .params import RunParameters
+from ._common import (
+    TASK_OPTIONS,
+    BrowserLink,
+    StageProgress,
+    artifact_key,
+    browser_link,
+    local_path,
+    run_folder_url,
+    write_bytes,
+)
+from .html_report import data_uri
+from .params import RunParameters, validate_params
 
 __all__ = [
     "REPORT_FILE",
@@ -145,8 +155,15 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def write_report(report: dict, run_url: str, storage_options: dict | None = None) -> dict[str, str]:
+def write_report(
+    report: dict, run_url: str, storage_options: dict | None = None, plots: dict[str, bytes] | None = None
+) -> dict[str, str]:
     """Write plots, then ``report.json`` (last, so its presence means complete).
+
+    Parameters
+    ----------
+    plots : dict, optional
+        ``{relative path: PNG bytes}`` already drawn; default: drawn here.
 
     Returns
     -------
@@ -154,7 +171,7 @@ def write_report(report: dict, run_url: str, storage_options: dict | None = None
         ``{"report": url, "plots/...png": url, ...}``.
     """
     urls = {}
-    for rel, data in _plots(report).items():
+    for rel, data in (_plots(report) if plots is None else plots).items():
         urls[rel] = f"{run_url}/{rel}"
         write_bytes(urls[rel], data, storage_options)
     urls["report"] = f"{run_url}/{REPORT_FILE}"
@@ -173,12 +190,50 @@ def _fmt_bytes(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def _link(url: str) -> str:
-    return url if "://" in url else f"file://{url}"
+#: Most PNG bytes embedded in the summary artifact (as data URIs); beyond, only links.
+_EMBED_MAX_BYTES = 2 * 2**20
+_PLOT_TITLES = {PLOT_FILES[0]: "Certified bound against exact error, per group", PLOT_FILES[1]: "Group sizes"}
 
 
-def summary_markdown(report: dict, urls: dict[str, str]) -> str:
-    """Markdown summary of a run for the dashboard."""
+def _until(link: BrowserLink) -> str:
+    return f" (link valid until {link.expires:%Y-%m-%d %H:%M} UTC)" if link.expires else ""
+
+
+def _files_markdown(urls: dict[str, str], links: dict[str, BrowserLink | None], report: dict) -> list[str]:
+    """Links a browser opens where there are some, and always the stored paths to copy."""
+    lines = ["## Files", ""]
+    for rel, url in urls.items():
+        name = REPORT_FILE if rel == "report" else rel
+        link = links.get(rel)
+        opened = f"[{name}]({link.url}){_until(link)}, stored at " if link else f"{name}: "
+        lines.append(f"- {opened}`{local_path(url)}`")
+    if not any(links.values()):
+        lines += ["", "Browsers do not open local files from the dashboard: copy the path, or run "
+                  f"`cmsvd report {report['collection']['name']} --run-id {report['run_id']}` where the store is "
+                  "for a self-contained report.html."]
+    return lines
+
+
+def summary_markdown(
+    report: dict,
+    urls: dict[str, str],
+    links: dict[str, BrowserLink | None] | None = None,
+    plots: dict[str, bytes] | None = None,
+) -> str:
+    """Markdown summary of a run for the dashboard.
+
+    Parameters
+    ----------
+    report : dict
+        The report.json dict.
+    urls : dict
+        ``{"report": url, "plots/...png": url}`` as returned by :func:`write_report`.
+    links : dict, optional
+        Browser links of the same files (:func:`flows._common.browser_link`); files
+        without one are listed by path only.
+    plots : dict, optional
+        PNG bytes to embed as data URIs (the dashboard cannot fetch them from the store).
+    """
     c, p, b = report["collection"], report["params"], report["bytes"]
     errors = [g["error"] for g in report["groups"]]
     bounds = [g["bound"] for g in report["groups"]]
@@ -204,11 +259,12 @@ def summary_markdown(report: dict, urls: dict[str, str]) -> str:
         "|---|---|",
         *[f"| {k} | {v:.2f} |" for k, v in report["timings"].items()],
         "",
-        f"Report: [{urls['report']}]({_link(urls['report'])})",
     ]
-    plots = [f"[{rel}]({_link(u)})" for rel, u in urls.items() if rel != "report"]
-    if plots:
-        lines.append("Plots: " + ", ".join(plots))
+    plots = plots or {}
+    if plots and sum(map(len, plots.values())) <= _EMBED_MAX_BYTES:
+        lines += ["## Plots", ""]
+        lines += [f"![{_PLOT_TITLES.get(rel, rel)}]({data_uri(png)})\n" for rel, png in plots.items()]
+    lines += _files_markdown(urls, links or {}, report)
     return "\n".join(lines) + "\n"
 
 
@@ -229,19 +285,49 @@ def largest_groups_table(report: dict, limit: int = 20) -> list[dict[str, Any]]:
     ]
 
 
-def publish_report_artifacts(report: dict, urls: dict[str, str], key_prefix: str) -> None:
-    """Markdown summary, table of the largest groups and a link to report.json."""
+def publish_report_artifacts(
+    report: dict,
+    urls: dict[str, str],
+    key_prefix: str,
+    storage_options: dict | None = None,
+    plots: dict[str, bytes] | None = None,
+) -> BrowserLink | None:
+    """Markdown summary (plots embedded), table of the largest groups, and the report link.
+
+    The ``<key_prefix>-report`` artifact is a link artifact when the store gives a
+    browser link (S3: presigned through the endpoint, valid for a stated time), else a
+    markdown artifact with the path to copy: a file:// or s3:// link does not open.
+
+    Returns
+    -------
+    BrowserLink or None
+        The report's browser link, if any.
+    """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     run_id = report["run_id"]
-    create_markdown_artifact(summary_markdown(report, urls), key=f"{key_prefix}-summary", description=f"cmsvd run {run_id}")
+    links = {rel: browser_link(url, storage_options) for rel, url in urls.items()}
+    create_markdown_artifact(
+        summary_markdown(report, urls, links, plots), key=f"{key_prefix}-summary", description=f"cmsvd run {run_id}"
+    )
     create_table_artifact(
         largest_groups_table(report), key=f"{key_prefix}-groups", description=f"Largest groups of run {run_id}"
     )
-    create_link_artifact(
-        _link(urls["report"]), link_text="report.json", key=f"{key_prefix}-report", description=f"Stored report of run {run_id}"
-    )
-
+    link = links.get("report")
+    if link is not None:
+        create_link_artifact(
+            link.url,
+            link_text=f"report.json of run {run_id}{_until(link)}",
+            key=f"{key_prefix}-report",
+            description=f"Stored report of run {run_id}{_until(link)}; stored at {local_path(urls['report'])}",
+        )
+    else:
+        create_markdown_artifact(
+            "\n".join(_files_markdown(urls, links, report)) + "\n",
+            key=f"{key_prefix}-report",
+            description=f"Stored report of run {run_id} (path to copy)",
+        )
+    return link
 
 
 # ---- the report stage and the stand-alone report flow ---------------------------------
@@ -264,11 +350,12 @@ def report_stage(collection: Any, result: Any, key_prefix: str, seconds_so_far: 
     report = build_report(collection, result)
     run_url = run_folder_url(collection, result.run_id)
     report["timings"]["report"] = 0.0
-    plots_and_report = write_report(report, run_url, collection.storage_options)
+    plots = _plots(report)
+    plots_and_report = write_report(report, run_url, collection.storage_options, plots)
     # the report's own duration is known only once it is written: rewrite it once
     report["timings"]["report"] = round(seconds_so_far + time.perf_counter() - start, 3)
     write_bytes(plots_and_report["report"], json.dumps(report, indent=1).encode(), collection.storage_options)
-    publish_report_artifacts(report, plots_and_report, key_prefix)
+    link = publish_report_artifacts(report, plots_and_report, key_prefix, collection.storage_options, plots)
     return {
         "run_id": result.run_id,
         "collection": collection.name,
@@ -278,6 +365,7 @@ def report_stage(collection: Any, result: Any, key_prefix: str, seconds_so_far: 
         "max_error": report["max_error"],
         "max_certified_error": max((g["error"] for g in report["groups"]), default=0.0),
         "report_url": plots_and_report["report"],
+        "report_link": link.url if link else None,  # for a browser; None on local stores
         "artifact_label": report["artifact_label"],
     }
 
@@ -288,14 +376,23 @@ def report_task(collection: Any, result: Any, key_prefix: str) -> dict[str, Any]
     return report_stage(collection, result, key_prefix)
 
 
-@flow(name="cmsvd-report", log_prints=True)
+@flow(
+    name="cmsvd-report",
+    description="Rewrite report.json, plots and dashboard artifacts of a finished run.",
+    log_prints=True,
+    validate_parameters=False,
+)
 def report(params: RunParameters) -> dict[str, Any]:
     """Re-write the report and dashboard artifacts of a finished run.
 
-    Refuses a run whose ``compress`` stage is not complete (finish it with the
-    ``cmsvd-compress`` flow, or by re-running ``cmsvd-cluster`` with its run id).
+    Refuses a run whose compress stage is not complete (finish it with the
+    cmsvd-compress flow, or by re-running cmsvd-cluster with its run id).
     """
     from ._run import clustering_run, collect_result, open_collection, stored_run_params
+
+    # validated here, not by Prefect, so a run created with validation off fails at once
+    # with every bad field on one line (see flows.cluster)
+    params = validate_params(RunParameters, params, "cmsvd-report")
 
     collection = open_collection(params.store_url, params.collection)
     run_kwargs = stored_run_params(collection, params.run_id)
