@@ -8,7 +8,13 @@ docker-compose stack, and the integration test) does, idempotently:
 3. creates the process work pool ``CMSVD_WORK_POOL`` unless it exists;
 4. runs ``prefect --no-prompt deploy --all --prefect-file deploy/prefect.yaml`` with the
    defaults below filled in for unset variables;
-5. with ``--demo`` (or ``CMSVD_SEED_DEMO=1``), writes the synthetic demo collection
+5. switches ``enforce_parameter_schema`` back on for any cmsvd deployment where it is off
+   (someone unticked it in the deployment's edit form): the server then refuses bad
+   parameters when a run is created, unless the run itself asks to skip the check
+   (the Run form's "Validate parameters" switch, or ``enforce_parameter_schema: false``
+   in the REST call), which Prefect does not let a deployment forbid; the flows then
+   refuse them at start (see ``flows.params.validate_params``);
+6. with ``--demo`` (or ``CMSVD_SEED_DEMO=1``), writes the synthetic demo collection
    ``CMSVD_DEMO_COLLECTION`` unless it already exists.
 
 ``python -m flows.deployments show`` prints the deployments the server knows.
@@ -25,7 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_ENV", "PREFECT_YAML", "deploy_env", "register", "ensure_work_pool", "ensure_bucket", "wait_for_api", "main"]
+__all__ = [
+    "DEFAULT_ENV",
+    "PREFECT_YAML",
+    "deploy_env",
+    "register",
+    "ensure_work_pool",
+    "ensure_bucket",
+    "enforce_parameter_schemas",
+    "wait_for_api",
+    "main",
+]
 
 log = logging.getLogger("flows.deployments")
 
@@ -131,6 +147,36 @@ def run_prefect_deploy(env: dict[str, str], prefect_yaml: Path | None = None) ->
     subprocess.run(cmd, env=env, cwd=prefect_yaml.parent.parent, check=True)
 
 
+def enforce_parameter_schemas(flow_prefix: str = "cmsvd-") -> list[str]:
+    """Turn ``enforce_parameter_schema`` on for every deployment of the cmsvd flows.
+
+    Parameters
+    ----------
+    flow_prefix : str
+        Deployments of flows whose name starts with this are checked.
+
+    Returns
+    -------
+    list of str
+        ``flow/deployment`` names that had it off (now on).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    fixed = []
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        for d in client.read_deployments():
+            name = f"{flows.get(d.flow_id, '?')}/{d.name}"
+            if name.startswith(flow_prefix) and not d.enforce_parameter_schema:
+                # only the field that is set is sent (exclude_unset), nothing else changes
+                client.update_deployment(d.id, DeploymentUpdate(enforce_parameter_schema=True))
+                fixed.append(name)
+    for name in fixed:
+        log.warning("%s did not enforce its parameter schema: switched it back on", name)
+    return fixed
+
+
 def seed_demo(env: dict[str, str]) -> None:
     """Write the demo collection through the cmsvd-demo-data flow unless it exists."""
     import storage
@@ -151,19 +197,23 @@ def register(demo: bool = False, timeout: float = 120.0) -> None:
     ensure_bucket(env["CMSVD_STORE_URL"])
     ensure_work_pool(env["CMSVD_WORK_POOL"])
     run_prefect_deploy(env)
+    enforce_parameter_schemas()
     if demo:
         seed_demo(env)
 
 
 def show() -> None:
-    """Print ``flow/deployment  schedule  work pool`` for every deployment."""
+    """Print ``flow/deployment  schedule  work pool  schema enforced`` for every deployment."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         flows = {f.id: f.name for f in client.read_flows()}
         for d in client.read_deployments():
             crons = [getattr(s.schedule, "cron", None) for s in d.schedules]
-            print(f"{flows.get(d.flow_id, '?')}/{d.name}\tschedules={[c for c in crons if c]}\tpool={d.work_pool_name}")
+            print(
+                f"{flows.get(d.flow_id, '?')}/{d.name}\tschedules={[c for c in crons if c]}\tpool={d.work_pool_name}"
+                f"\tenforce_parameter_schema={d.enforce_parameter_schema}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
