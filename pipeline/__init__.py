@@ -1,6 +1,7 @@
 """cmsvd numerics: certified bounds, error-bounded clustering, metrics and baselines.
 
-No orchestration and no file formats here; see ``storage`` and ``flows``.
+No Prefect and no file formats here. :mod:`pipeline.distributed` alone orchestrates Dask
+tasks and reaches stored data through the ``storage`` package; see ``flows`` for Prefect.
 """
 
 from .bounds import GramSketch, ResidualBound, WeylBound, make_bound

@@ -10,9 +10,14 @@ client; each works on plain arrays in the column layout so it can be tested on i
 * :func:`anchor_scores` - energy of every block captured by each of a few anchor
   subspaces, one matrix product for all blocks and anchors.
 * :func:`pack_shards` - routes blocks to anchors and packs them into shards of bounded size.
-* :func:`merge_groups` - merges groups across shards through their Gram sketches, touching
+* :func:`merge_groups` - merges the groups of one bucket through their Gram sketches, touching
   no data, while the merged certified bound stays <= eps.
-* :func:`group_grams` / :func:`certify_gram` - exact per-group spectra from Gram matrices.
+* :func:`group_anchor_keys` / :func:`merge_buckets` - merge candidates without comparing
+  all pairs of groups: groups whose blocks vote for the same anchor share a bucket.
+* :func:`gram_partials` / :func:`combine_partials` / :func:`certify_gram` - exact
+  per-group spectra from Gram matrices summed over batches.
+* :func:`group_coefficients` - the compressed coefficients of a batch against group bases.
+* :func:`round_factors` - float32 factors with a measured rounding slack (half the I/O).
 """
 
 from __future__ import annotations
@@ -32,18 +37,31 @@ __all__ = [
     "group_sketch",
     "affinity_pairs",
     "merge_groups",
-    "group_grams",
+    "best_two_anchors",
+    "group_anchor_keys",
+    "merge_buckets",
+    "round_factors",
+    "unround_factors",
+    "gram_partials",
+    "combine_partials",
+    "partial_gram",
+    "group_coefficients",
     "certify_gram",
     "GramCertificate",
 ]
 
 
+# float32 unit roundoff: rounding a value to nearest float32 perturbs it by at most this
+# fraction (normal range); the drop is measured exactly below, so subnormals are covered too
+FLOAT32_ROUNDOFF = 2.0**-24
+
+
 def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-block factors of at most ``width_cap`` columns, in the column layout.
 
-    Blocks no wider than ``width_cap`` are kept as they are (F F^T = A A^T). Wider blocks
-    become U_k S_k, their top-k singular directions, with k = min(width_cap, m); blocks of
-    equal width are decomposed together with one batched SVD.
+    Blocks no wider than ``min(width_cap, m)`` are kept as they are (F F^T = A A^T). Wider
+    blocks become U_k S_k, their top-k singular directions, with k = min(width_cap, m)
+    (F F^T <= A A^T); blocks of equal width are decomposed together with one batched SVD.
 
     Returns
     -------
@@ -52,21 +70,55 @@ def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tupl
     """
     data = np.asarray(data, dtype=np.float64)
     widths = np.diff(offsets)
-    k = np.minimum(widths, min(width_cap, data.shape[0]))
+    cap = min(width_cap, data.shape[0])
+    k = np.minimum(widths, cap)
     factor_offsets = offsets_of(k)
     factors = np.empty((data.shape[0], int(factor_offsets[-1])))
-    narrow = widths <= width_cap
+    narrow = widths <= cap
     kept = np.flatnonzero(narrow)
     factors[:, column_index(factor_offsets, kept)] = data[:, column_index(offsets, kept)]
     wide = np.flatnonzero(~narrow)
     for width in np.unique(widths[wide]):
         same = wide[widths[wide] == width]
-        stack = np.stack([data[:, offsets[i] : offsets[i + 1]] for i in same])
+        stack = data[:, column_index(offsets, same)].reshape(data.shape[0], len(same), width).transpose(1, 0, 2)
         u, s, _ = np.linalg.svd(stack, full_matrices=False)
-        top = u[:, :, : k[same[0]]] * s[:, None, : k[same[0]]]
-        for j, i in enumerate(same):
-            factors[:, factor_offsets[i] : factor_offsets[i + 1]] = top[j]
+        top = u[:, :, :cap] * s[:, None, :cap]  # (blocks, m, cap)
+        factors[:, column_index(factor_offsets, same)] = top.transpose(1, 0, 2).reshape(data.shape[0], -1)
     return factors, factor_offsets
+
+
+def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Factors stored as float32 with a power-of-two scale per block, and what rounding lost.
+
+    Each block is scaled by 2^-e (e the exponent of its largest entry, exact and
+    reversible) so that any finite float64 block fits float32's range, then rounded.
+
+    Returns
+    -------
+    scaled : ndarray of float32, same shape as ``factors``
+    exponents : ndarray of int64, shape (K,)
+        Block i is recovered as ``scaled_i * 2**exponents[i]`` (see :func:`unround_factors`).
+    dropped : ndarray of float64, shape (K,)
+        An upper bound on ||F_i - recovered F_i||_F, to be carried as sketch slack.
+    """
+    widths = np.diff(offsets)
+    peak = np.zeros(len(widths))
+    nonempty = widths > 0
+    if factors.size:
+        peak[nonempty] = np.maximum.reduceat(np.abs(factors).max(axis=0), offsets[:-1][nonempty])
+    exponents = np.where(peak > 0, np.frexp(peak)[1], 0).astype(np.int64)
+    column_exponents = np.repeat(exponents, widths)
+    scaled = np.ldexp(factors, -column_exponents[None, :]).astype(np.float32)
+    # measured in the scaled space, where squares neither underflow nor overflow; the
+    # float64 evaluation is itself rounded, which a relative margin covers
+    error = scaled.astype(np.float64) - np.ldexp(factors, -column_exponents[None, :])
+    dropped = np.ldexp(np.sqrt(segment_sums(np.einsum("ij,ij->j", error, error), offsets)) * (1.0 + 1e-6), exponents)
+    return scaled, exponents, dropped
+
+
+def unround_factors(scaled: np.ndarray, exponents: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Float64 factors from :func:`round_factors`' output (exact)."""
+    return np.ldexp(np.asarray(scaled, dtype=np.float64), np.repeat(exponents, np.diff(offsets))[None, :])
 
 
 def anchor_scores(anchors: np.ndarray, anchor_rank: int, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -86,6 +138,20 @@ def anchor_scores(anchors: np.ndarray, anchor_rank: int, factors: np.ndarray, of
     projected = anchors.T.astype(np.float32) @ factors.astype(np.float32)
     squared = (projected * projected).reshape(-1, anchor_rank, factors.shape[1]).sum(axis=1, dtype=np.float64)
     return segment_sums(squared, offsets)
+
+
+def best_two_anchors(captured: np.ndarray) -> np.ndarray:
+    """The two anchors capturing most of each block's energy, best first.
+
+    ``captured`` is (n_anchors, K) from :func:`anchor_scores`; ties go to the lower anchor
+    id. With a single anchor both columns name it. Returns int64 (K, 2)."""
+    n_anchors = captured.shape[0]
+    best = np.argmax(captured, axis=0)
+    if n_anchors == 1:
+        return np.stack([best, best], axis=1).astype(np.int64)
+    masked = captured.copy()
+    masked[best, np.arange(captured.shape[1])] = -np.inf
+    return np.stack([best, np.argmax(masked, axis=0)], axis=1).astype(np.int64)
 
 
 def pack_shards(best_anchor: np.ndarray, shard_size: int) -> np.ndarray:
@@ -156,14 +222,78 @@ def affinity_pairs(sketches: list[GramSketch], rank: int, neighbours: int, batch
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0], -values))]
 
 
+def group_anchor_keys(labels: np.ndarray, block_anchors: np.ndarray, norms2: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group the two anchors its blocks' energy votes for most (best first).
+
+    Every block votes its squared norm for its best anchor and half of it for its second
+    best. Sorting the (group, anchor) votes costs O(K log K); no pair of groups is compared.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_groups, 2)
+        A group whose blocks name a single anchor gets it twice.
+    """
+    keep = labels >= 0
+    group = np.concatenate([labels[keep], labels[keep]])
+    anchor = np.concatenate([block_anchors[keep, 0], block_anchors[keep, 1]])
+    weight = np.concatenate([norms2[keep], 0.5 * norms2[keep]]) + 1e-300  # zero blocks still vote
+    n_anchors = int(anchor.max(initial=0)) + 1
+    codes, inverse = np.unique(group * n_anchors + anchor, return_inverse=True)
+    votes = np.bincount(inverse, weights=weight)
+    vote_group, vote_anchor = codes // n_anchors, codes % n_anchors
+    order = np.lexsort((vote_anchor, -votes, vote_group))  # per group: most votes first
+    vote_group, vote_anchor = vote_group[order], vote_anchor[order]
+    first = np.searchsorted(vote_group, np.arange(n_groups), side="left")
+    last = np.searchsorted(vote_group, np.arange(n_groups), side="right")
+    keys = np.zeros((n_groups, 2), dtype=np.int64)
+    present = last > first
+    keys[present, 0] = vote_anchor[first[present]]
+    second = np.minimum(first + 1, np.maximum(last - 1, 0))
+    keys[present, 1] = np.where(last[present] - first[present] > 1, vote_anchor[second[present]], keys[present, 0])
+    return keys
+
+
+def merge_buckets(keys: np.ndarray, energies: np.ndarray, cap: int) -> list[np.ndarray]:
+    """Disjoint buckets of groups that may merge: groups sharing a key, strongest first,
+    cut into pieces of at most ``cap`` groups so every bucket's work is bounded.
+
+    Buckets of one group are left out (nothing to merge). Deterministic in the inputs.
+    """
+    order = np.lexsort((np.arange(len(keys)), -energies, keys))
+    sorted_keys = keys[order]
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    buckets = []
+    for members in np.split(order, cuts):
+        for start in range(0, len(members), cap):
+            piece = members[start : start + cap]
+            if len(piece) > 1:
+                buckets.append(piece)
+    return buckets
+
+
+def _merge_cannot_certify(sketches: list[GramSketch], pairs: np.ndarray, rank: int, eps: float) -> np.ndarray:
+    """Pairs whose merge is certain to fail, found without merging.
+
+    E_r(G_1 + G_2) <= E_r(G_1) + E_r(G_2) (Ky Fan), so the merged sketch can certify at
+    most (sqrt(head_1 + head_2) - slack_1 - slack_2)^2 of the exact total."""
+    heads = np.array([float(np.sum(s.eigenvalues[:rank])) for s in sketches])
+    totals = np.array([s.total for s in sketches])
+    slacks = np.array([s.slack for s in sketches])
+    g, h = pairs[:, 0], pairs[:, 1]
+    best = np.maximum(np.sqrt(heads[g] + heads[h]) - slacks[g] - slacks[h], 0.0) ** 2
+    total = totals[g] + totals[h]
+    return best < (1.0 - eps * eps) * total * (1.0 - 1e-12)
+
+
 def merge_groups(
     groups: list[list[int]], sketches: list[GramSketch], *, rank: int, eps: float, neighbours: int = 8
 ) -> tuple[list[list[int]], list[GramSketch], int]:
-    """One merge round: try candidate pairs, most affine first, and merge while the merged
-    sketch's certified bound stays <= eps. A group may merge several times in a round.
+    """Merge the groups of one bucket: candidate pairs most affine first, merged while the
+    merged sketch's certified bound stays <= eps. A group may merge several times.
 
-    Returns the new groups and sketches (in order of their first member group) and the
-    number of merges done.
+    Meant for a bounded bucket (see :func:`merge_buckets`): the affinity compares all its
+    pairs. Returns the new groups and sketches (in order of their first member group) and
+    the number of merges done.
     """
     parent = list(range(len(groups)))
 
@@ -176,7 +306,10 @@ def merge_groups(
     members = {g: list(group) for g, group in enumerate(groups)}
     current = dict(enumerate(sketches))
     merges = 0
-    for g, h in affinity_pairs(sketches, rank, neighbours):
+    pairs = affinity_pairs(sketches, rank, neighbours)
+    if len(pairs):
+        pairs = pairs[~_merge_cannot_certify(sketches, pairs, rank, eps)]
+    for g, h in pairs:
         rg, rh = root(int(g)), root(int(h))
         if rg == rh:
             continue
@@ -193,14 +326,70 @@ def merge_groups(
     return [members[g] for g in order], [current[g] for g in order], merges
 
 
-def group_grams(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Sum of A_i A_i^T per group label over the blocks of one batch (float64)."""
+def gram_partials(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> dict[int, tuple[str, np.ndarray]]:
+    """Per group label (>= 0) its share of the Gram matrix M_C M_C^T in one batch.
+
+    A group with fewer than m/2 columns in the batch keeps them as they are (``("cols",
+    X)``, rank-deficient, smaller than m x m); others give ``("gram", X X^T)``. So a batch's
+    partials never take more than about twice its data, however many groups it touches.
+    Combine with :func:`combine_partials`, finish with :func:`partial_gram`.
+    """
     data = np.asarray(data, dtype=np.float64)
-    grams = {}
-    for label in np.unique(labels):
+    rows = data.shape[0]
+    out = {}
+    for label in np.unique(labels[labels >= 0]):
         x = data[:, column_index(offsets, np.flatnonzero(labels == label))]
-        grams[int(label)] = x @ x.T
-    return grams
+        out[int(label)] = ("cols", x) if 2 * x.shape[1] < rows else ("gram", x @ x.T)
+    return out
+
+
+def partial_gram(part: tuple[str, np.ndarray]) -> np.ndarray:
+    kind, value = part
+    return value @ value.T if kind == "cols" else value
+
+
+def combine_partials(left: dict, right: dict) -> dict:
+    """Sum two batches' partials group by group (``left`` first: the order is part of the
+    result's bits, so callers fix it)."""
+    out = dict(left)
+    for label, part in right.items():
+        if label not in out:
+            out[label] = part
+            continue
+        (kind_a, a), (kind_b, b) = out[label], part
+        if kind_a == kind_b == "cols" and 2 * (a.shape[1] + b.shape[1]) < a.shape[0]:
+            out[label] = ("cols", np.hstack([a, b]))
+        else:
+            out[label] = ("gram", partial_gram(out[label]) + partial_gram(part))
+    return out
+
+
+def group_coefficients(
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict
+) -> dict[int, list[tuple[int, np.ndarray, float]]]:
+    """Coefficients of every labelled block of a batch against its group's basis.
+
+    Per group present, one product over all its blocks: V_i = U_g^T A_i and the squared
+    residual ||A_i - U_g V_i||_F^2 (or the block itself and 0 when ``bases[g]`` is None:
+    stored as it is). Returns, per group, (local block index, V_i, residual^2) in order.
+    """
+    out: dict[int, list] = {}
+    for g in np.unique(labels[labels >= 0]):
+        blocks = np.flatnonzero(labels == g)
+        sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
+        x = data[:, column_index(offsets, blocks)]
+        basis = bases[int(g)]
+        if basis is None:
+            coef, residual2 = x, np.zeros(len(blocks))
+        else:
+            x = x.astype(np.float64)
+            coef = basis.T @ x
+            residual = x - basis @ coef
+            residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
+        out[int(g)] = [
+            (int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j])) for j, b in enumerate(blocks)
+        ]
+    return out
 
 
 @dataclass(frozen=True)

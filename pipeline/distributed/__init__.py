@@ -1,0 +1,55 @@
+"""Scalable map/merge clustering of a stored collection on a Dask cluster.
+
+The paper's sequential greedy recomputes the residuals of every remaining block for every
+group, so its cost grows roughly like K x G. This variant stays near-linear in K by working
+in stages, each checkpointed in the run folder (``runs/<run_id>/<stage>``) so that a re-run
+skips what is complete. K blocks, G groups, B batches of about ``batch_bytes``, S shards
+of at most ``shard_size`` blocks, W workers:
+
+1. **scan** (map over B batches; I/O one read of the data): per block its exact squared
+   norm and a factor F_i with F_i F_i^T <= A_i A_i^T of at most r + p columns, stored in
+   float32 with a per-block power-of-two scale; what rounding moved is measured and carried
+   as sketch slack, so every bound stays certified (half the checkpoint I/O of float64).
+2. **partition** (one task for the sample, then a map over B batches): the greedy on a
+   strided sample of at most ``shard_size`` blocks gives anchor subspaces; every block
+   records the two anchors holding most of its energy, one product per batch for all
+   anchors, and anchors are packed into shards. Client: O(K log K).
+3. **local** (map over S shards; worker work O(shard_size^2) per shard): the sequential
+   greedy inside each shard on the factors with exact norms.
+4. **merge** (rounds, each its own stage, map over buckets): groups fall into disjoint
+   buckets by the anchor their blocks vote for most (even rounds) or by their two best
+   anchors (odd rounds), cut to at most MERGE_BUCKET groups; inside a bucket groups merge
+   through their Gram sketches while the certified bound stays <= eps (no data read).
+   No stage compares all pairs of groups or blocks. Client: O(K log K) per round.
+5. **certify** (map over B batches, one read): every group's exact Gram matrix, summed per
+   group range along a fixed binary tree over batch indices (the same bits for any number
+   of workers), its exact rank-r error and optimal basis; a group above eps (possible only
+   through floating point) is split in two and certified again.
+6. **compress** (map over B batches, one read per pass of at most PASS_BYTES of
+   coefficients): coefficients V_i = U_C^T A_i written as the storage artifact, with the
+   realised error of every group.
+
+Memory per task is bounded by the batch size, the Gram matrices of one group range and
+one merge task's sketches. The client runs its small dense numerics with one BLAS thread
+(:mod:`pipeline._threads`), and builds no O(G^2) or O(K G) structure.
+
+Layer rule: the kernels in :mod:`pipeline.sharding` know nothing of Dask or storage. This
+package is the one place in ``pipeline`` that orchestrates: it submits Dask tasks, and its
+tasks reach the collection and the run checkpoints through the ``storage`` package's public
+functions (never file formats directly).
+
+Modules: :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges, the
+reduction tree), :mod:`.checkpoints` (the group-stage schema), :mod:`.run` (the driver).
+"""
+
+from .run import (
+    BATCH_BYTES,
+    MAX_MERGE_ROUNDS,
+    STAGES,
+    ClusteringRun,
+    DistributedResult,
+    cluster_collection,
+)
+from .tasks import import_storage as _import_storage
+
+__all__ = ["cluster_collection", "ClusteringRun", "DistributedResult", "STAGES", "MAX_MERGE_ROUNDS", "BATCH_BYTES"]

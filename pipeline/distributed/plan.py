@@ -1,0 +1,90 @@
+"""The stage plan: map batches over the column layout, group ranges, packed group lists and
+the fixed reduction tree. Pure index arithmetic, no data and no Dask."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..layout import offsets_of
+
+__all__ = ["batch_bounds", "group_ranges", "pack_groups", "unpack_groups", "labels_of", "reduction_tree", "check_int"]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def batch_bounds(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int, batch_bytes: int) -> np.ndarray:
+    """Block boundaries of map batches: about ``batch_bytes`` each, cut at the first block
+    boundary after a multiple of the chunk width so that few chunks are read twice."""
+    n_columns = int(offsets[-1])
+    columns = max(1, batch_bytes // max(bytes_per_column, 1))
+    per_batch = max(1, columns // chunk_columns * chunk_columns if columns >= chunk_columns else columns)
+    targets = np.arange(per_batch, n_columns, per_batch)
+    cuts = np.searchsorted(offsets, targets, side="left")
+    return np.unique(np.concatenate([[0], cuts, [len(offsets) - 1]])).astype(np.int64)
+
+
+def group_ranges(per_group_bytes: np.ndarray, budget: int) -> np.ndarray:
+    """Range index of every group: consecutive groups packed into ranges of about ``budget``
+    bytes (a group larger than the budget gets a range of its own)."""
+    ranges = np.empty(len(per_group_bytes), dtype=np.int64)
+    current, filled = 0, 0
+    for g, nbytes in enumerate(per_group_bytes):
+        if filled and filled + nbytes > budget:
+            current, filled = current + 1, 0
+        ranges[g] = current
+        filled += int(nbytes)
+    return ranges
+
+
+def pack_groups(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Groups as one flat member array plus offsets (the checkpoint form)."""
+    flat = np.fromiter((b for g in groups for b in g), dtype=np.int64)
+    return flat, offsets_of(np.array([len(g) for g in groups], dtype=np.int64))
+
+
+def unpack_groups(flat: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    return [flat[offsets[g] : offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
+
+
+def labels_of(groups: list[list[int]], n_blocks: int) -> np.ndarray:
+    """Group index of every block (-1 for blocks in no group)."""
+    labels = np.full(n_blocks, -1, dtype=np.int64)
+    flat, offsets = pack_groups(groups)
+    labels[flat] = np.repeat(np.arange(len(groups), dtype=np.int64), np.diff(offsets))
+    return labels
+
+
+def reduction_tree(n_leaves: int) -> list[tuple[int, int, int]]:
+    """A fixed binary reduction tree over leaves ``0..n_leaves-1``, in post-order.
+
+    Returns (node, left, right) triples; leaves are nodes ``0..n_leaves-1`` and each
+    internal node gets the next id; the last node is the root. Pairing depends only on
+    ``n_leaves`` (2i with 2i+1 at every level), so a floating-point sum reduced along it
+    gives the same bits however many workers compute it. Post-order lets a scheduler that
+    runs tasks in submission order reduce eagerly and free the leaves early.
+    """
+    steps: list[tuple[int, int, int]] = []
+    next_id = n_leaves
+
+    def build(lo: int, hi: int) -> int:  # subtree over leaves [lo, hi)
+        nonlocal next_id
+        if hi - lo == 1:
+            return lo
+        size = 1
+        while size * 2 < hi - lo:
+            size *= 2
+        left, right = build(lo, lo + size), build(lo + size, hi)
+        node = next_id
+        next_id += 1
+        steps.append((node, left, right))
+        return node
+
+    if n_leaves:
+        build(0, n_leaves)
+    return steps

@@ -1,0 +1,660 @@
+"""The ``ClusteringRun`` driver: one method per stage over the checkpointed run folder,
+tasks on a Dask cluster, small bookkeeping on the client (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._threads import single_threaded_blas
+from ..bounds import DEFAULT_TOL, GramSketch
+from ..greedy import check_params
+from ..layout import offsets_of
+from ..sharding import group_anchor_keys, merge_buckets, pack_shards
+from . import tasks
+from .checkpoints import groups_from_arrays, groups_to_arrays
+from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups, reduction_tree, unpack_groups
+
+STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
+BATCH_BYTES = 32 * 2**20  # data per map task
+GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
+PASS_BYTES = 512 * 2**20  # coefficients held by the cluster in one compress pass
+SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
+MAX_MERGE_ROUNDS = 12
+MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
+MERGE_TASK_GROUPS = 512  # groups per merge task
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class DistributedResult:
+    """Outcome of :func:`cluster_collection`.
+
+    Attributes
+    ----------
+    groups : list of list of int
+        Block indices per group.
+    errors : ndarray
+        Certified exact relative rank-r error per group (from the stored data).
+    bounds : ndarray
+        Certified sketch bound each group was formed under (0 for groups split at certify).
+    ranks : ndarray
+        Adaptive rank r_C per group (0 for a group stored as it is).
+    stored_errors : ndarray
+        Realised relative error of what the artifact stores, per group.
+    compression_ratio, compression_ratio_adaptive : float
+        The paper's ratio at fixed rank r, and with per-group ranks (DESIGN section 4).
+    max_error : float
+        Largest realised error of the stored artifact.
+    timings : dict
+        Seconds per stage (merge rounds summed under "merge").
+    bytes_input, bytes_compressed : int
+        Bytes on disk of the collection and of the compressed artifact.
+    """
+
+    groups: list[list[int]]
+    errors: np.ndarray
+    bounds: np.ndarray
+    ranks: np.ndarray
+    stored_errors: np.ndarray
+    compression_ratio: float
+    compression_ratio_adaptive: float
+    max_error: float
+    timings: dict
+    bytes_input: int
+    bytes_compressed: int
+    artifact_label: str
+    run_id: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+
+class ClusteringRun:
+    """Stage-by-stage scalable clustering of a stored collection (see the package doc).
+
+    Parameters
+    ----------
+    collection : storage.Collection
+        From ``storage.open_collection``.
+    rank, eps, method, order, oversampling, patience, tol
+        As for :func:`pipeline.cluster`; ``method`` and ``order`` drive the local greedy.
+    client : distributed.Client, optional
+        Where the map stages run. May be None when every stage asked for is already
+        complete (e.g. to read the result of a finished run).
+    run_id : str, optional
+        Run folder name; a new unique id when None. Re-using an id resumes the run and
+        is refused if the parameters or the collection changed.
+    shard_size : int
+        Most blocks per shard (the local greedy costs about shard_size^2 per shard).
+    merge_neighbours : int
+        Candidate partners per group inside a merge bucket.
+    batch_bytes : int
+        Data read per map task; bounds worker memory in scan, certify and compress.
+    keep_intermediate : bool
+        Keep the per-batch factor checkpoints after the artifact is written (see
+        :meth:`prune`).
+    progress : callable(stage, done, total), optional
+        Called as map tasks finish.
+
+    Every stage method returns quickly, loading its checkpoint, when the stage is complete.
+    """
+
+    def __init__(
+        self,
+        collection,
+        *,
+        rank: int,
+        eps: float,
+        method: str = "approximate",
+        order: str = "residual",
+        oversampling: int = 5,
+        patience: int = 10,
+        tol: float = DEFAULT_TOL,
+        client=None,
+        run_id: str | None = None,
+        shard_size: int = 4000,
+        merge_neighbours: int = 8,
+        batch_bytes: int = BATCH_BYTES,
+        keep_intermediate: bool = False,
+        progress: Progress | None = None,
+    ):
+        self.params = check_params(rank, eps, method, order, patience, oversampling, tol)
+        shard_size = check_int("shard_size", shard_size, 2)
+        merge_neighbours = check_int("merge_neighbours", merge_neighbours, 1)
+        batch_bytes = check_int("batch_bytes", batch_bytes, 1)
+        self.collection = collection
+        self._client = client
+        self.shard_size = shard_size
+        self.merge_neighbours = merge_neighbours
+        self.progress = progress
+        self.keep_intermediate = bool(keep_intermediate)
+        self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        # everything that can change the groups is part of the run's fingerprint
+        run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours, batch_bytes=batch_bytes)
+        self._handle = tasks.Handle(
+            collection.url, collection.name, self.run_id, json.dumps(run_params, sort_keys=True),
+            collection.fingerprint(), json.dumps(collection.storage_options, sort_keys=True),
+        )
+        self.run = tasks.import_storage().open_run(
+            collection.url, collection.name, self.run_id, run_params, self._handle.fingerprint,
+            storage_options=collection.storage_options,
+        )
+        itemsize = np.dtype(collection.dtype).itemsize
+        self._batch_bounds = batch_bounds(collection.offsets, collection.chunks[1], collection.rows * itemsize, batch_bytes)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The Dask client; only stages that still have to be computed need one."""
+        if self._client is None:
+            raise ValueError("this stage has to run on a Dask cluster: pass client=distributed.Client(...)")
+        return self._client
+
+    @property
+    def width_cap(self) -> int:
+        return self.params["rank"] + self.params["oversampling"]
+
+    @property
+    def n_batches(self) -> int:
+        return len(self._batch_bounds) - 1
+
+    def _submit(self, stage: str, index, func, *args, priority: int = 0):
+        """Submit one task under a key naming the store, collection, run, stage and index."""
+        key = f"{self._handle.key_prefix}-{stage}-{index}-{uuid.uuid4().hex[:8]}"
+        return self.client.submit(func, *args, key=key, pure=False, priority=priority)
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    def _track(self, stage: str, futures: list) -> None:
+        """Wait for futures, reporting progress as they finish; results stay on the workers."""
+        from distributed import as_completed
+
+        done = 0
+        self._report(stage, 0, len(futures))
+        for _ in as_completed(futures):
+            done += 1
+            self._report(stage, done, len(futures))
+
+    def _gather(self, stage: str, futures: list) -> list:
+        """Results of futures in submission order (only for small results)."""
+        self._track(stage, futures)
+        return self.client.gather(futures)
+
+    def _timed(self, stage: str, compute: Callable[[], tuple[dict, dict]]) -> dict:
+        """Load a complete stage, or compute it and checkpoint it with its duration.
+
+        The client's own numerics run with one BLAS thread: they are small, and the
+        workers keep the cores busy meanwhile."""
+        if self.run.is_complete(stage):
+            arrays, meta = self.run.load_stage(stage)
+            return {**arrays, "meta": meta}
+        start = time.perf_counter()
+        with single_threaded_blas():
+            arrays, meta = compute()
+        meta["seconds"] = time.perf_counter() - start
+        self.run.save_stage(stage, arrays, meta)
+        self._report(stage, 1, 1)
+        return {**arrays, "meta": meta}
+
+    def _batches_of(self, labels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """(first, stop, labels of its blocks) for every batch holding a labelled block."""
+        out = []
+        for first, stop in zip(self._batch_bounds[:-1], self._batch_bounds[1:]):
+            part = labels[first:stop]
+            if np.any(part >= 0):
+                out.append((int(first), int(stop), part))
+        return out
+
+    # -- scan and partition ----------------------------------------------------------------
+
+    def scan(self) -> dict:
+        """Per block: exact squared norm and a factor of at most r + p columns."""
+
+        def compute():
+            bounds = self._batch_bounds
+            futures = [
+                self._submit("scan", b, tasks.scan_batch, self._handle, b, int(bounds[b]), int(bounds[b + 1]),
+                             self.width_cap, self.params["eps"])
+                for b in range(self.n_batches)
+            ]
+            results = sorted(self._gather("scan", futures))
+            factor_widths = np.concatenate([np.diff(offs) for _, offs in results])
+            return {"batch_bounds": bounds, "factor_widths": factor_widths}, {"batches": self.n_batches}
+
+        return self._timed("scan", compute)
+
+    def _sample_picks(self) -> list[tuple[int, np.ndarray]]:
+        """A strided sample of about shard_size blocks from evenly spaced batches, capped so
+        that its factors take at most SAMPLE_BYTES."""
+        blocks_per_batch = max(1, self.collection.n_blocks // max(self.n_batches, 1))
+        factor_bytes = 8 * self.collection.rows * max(1.0, float(np.mean(self.scan()["factor_widths"])))
+        sample_size = max(2, min(self.shard_size, int(SAMPLE_BYTES // factor_bytes)))
+        wanted = max(1, min(self.n_batches, math.ceil(sample_size / blocks_per_batch)))
+        chosen = np.unique(np.linspace(0, self.n_batches - 1, wanted).round().astype(int))
+        stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
+        sizes = np.diff(self._batch_bounds)
+        return [(int(b), np.arange(0, int(sizes[b]), stride)) for b in chosen]
+
+    def partition(self) -> dict:
+        """Route blocks to anchor subspaces (their best two) and pack them into shards."""
+        self.scan()
+
+        def compute():
+            n_blocks = self.collection.n_blocks
+            if n_blocks <= self.shard_size:
+                arrays = {"shards": np.zeros(n_blocks, dtype=np.int64),
+                          "block_anchors": np.zeros((n_blocks, 2), dtype=np.int64)}
+                return arrays, {"n_shards": 1, "anchors": 0}
+            # the sample's greedy runs on a worker: the client stays free of dense numerics
+            anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
+                                   self._sample_picks()).result()
+            rank = self.params["rank"]
+            shared = self.client.scatter(anchors, broadcast=True)
+            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, shared, rank)
+                       for b in range(self.n_batches)]
+            best_two = np.concatenate(self._gather("partition", futures))
+            shards = pack_shards(best_two[:, 0], self.shard_size)
+            meta = {"n_shards": int(shards.max()) + 1, "anchors": anchors.shape[1] // rank}
+            return {"shards": shards, "block_anchors": best_two}, meta
+
+        return self._timed("partition", compute)
+
+    # -- local and merge -------------------------------------------------------------------
+
+    def _save_groups(self, groups: list[list[int]], sketches: list[GramSketch]) -> dict:
+        return groups_to_arrays(groups, sketches, self.collection.rows)
+
+    def _load_groups(self, arrays: dict) -> tuple[list[list[int]], list[GramSketch]]:
+        return groups_from_arrays(arrays, self.params)
+
+    def local(self) -> dict:
+        """The sequential greedy inside every shard, in parallel."""
+        shards = self.partition()["shards"]
+
+        def compute():
+            n_shards = int(shards.max()) + 1
+            bounds = self._batch_bounds
+            splits = [self._submit("split", b, tasks.split_batch, self._handle, b, int(bounds[b]),
+                                   shards[bounds[b] : bounds[b + 1]])
+                      for b in range(self.n_batches)]
+            present = self._gather("split", splits)
+            batches_of = [[b for b, shards_in in enumerate(present) if shard in shards_in] for shard in range(n_shards)]
+            futures = [self._submit("local", shard, tasks.local_shard, self._handle, dict(self.params), shard,
+                                    batches_of[shard])
+                       for shard in range(n_shards)]
+            results = self._gather("local", futures)
+            groups = [g for r in results for g in r["groups"]]
+            sketches = [s for r in results for s in r["sketches"]]
+            return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": n_shards}
+
+        return self._timed("local", compute)
+
+    def _bucket_keys(self, groups: list[list[int]], index: int) -> np.ndarray:
+        """Merge keys of round ``index``: even rounds group by the anchor a group's blocks
+        vote for most, odd rounds by its two best anchors as an unordered pair (two halves
+        of one subspace that the sample split over two anchors meet there)."""
+        block_anchors = self.partition()["block_anchors"]
+        labels = labels_of(groups, self.collection.n_blocks)
+        keys = group_anchor_keys(labels, block_anchors, np.asarray(self.collection.norms2), len(groups))
+        if index % 2 == 0:
+            return keys[:, 0]
+        low, high = keys.min(axis=1), keys.max(axis=1)
+        return low * (int(block_anchors.max(initial=0)) + 1) + high
+
+    def merge_round(self, index: int) -> bool:
+        """Merge round ``index`` (stage ``merge-<index>``); returns whether a later round
+        may still merge (False after two rounds in a row, one of each key, merged nothing).
+
+        Candidates come from disjoint buckets of at most MERGE_BUCKET groups (see
+        :meth:`_bucket_keys`), merged on the workers; no pair of groups outside a bucket
+        is ever compared, and the result does not depend on the number of workers.
+        """
+        previous = self.local() if index == 0 else self._merge_stage(index - 1)
+        if index > 0 and previous["meta"].get("idle_rounds", 0) >= 2:
+            return False
+        groups, sketches = self._load_groups(previous)
+
+        def compute():
+            keys = self._bucket_keys(groups, index)
+            buckets = merge_buckets(keys, np.array([s.total for s in sketches]), MERGE_BUCKET)
+            futures, batch, size = [], [], 0
+            for bucket in buckets + [None]:
+                if bucket is None or (batch and size + len(bucket) > MERGE_TASK_GROUPS):
+                    if batch:
+                        futures.append(self._submit(f"merge{index:03d}", len(futures), tasks.merge_bucket_batch,
+                                                    [[sketches[g] for g in b] for b in batch], self.params["rank"],
+                                                    self.params["eps"], self.merge_neighbours))
+                    batch, size = [], 0
+                if bucket is not None:
+                    batch.append(bucket)
+                    size += len(bucket)
+            results = [r for part in self._gather("merge", futures) for r in part]
+            new_groups, new_sketches, merges = _apply_merges(groups, sketches, buckets, results)
+            idle = 0 if merges else (previous["meta"].get("idle_rounds", 0) + 1 if index > 0 else 1)
+            meta = {"merges": merges, "n_groups": len(new_groups), "buckets": len(buckets), "idle_rounds": idle}
+            return self._save_groups(new_groups, new_sketches), meta
+
+        stage = self._timed(f"merge-{index:03d}", compute)
+        return stage["meta"]["idle_rounds"] < 2
+
+    def _merge_stage(self, index: int) -> dict:
+        name = f"merge-{index:03d}"
+        if not self.run.is_complete(name):
+            self.merge_round(index)
+        arrays, meta = self.run.load_stage(name)
+        return {**arrays, "meta": meta}
+
+    def merge(self, max_rounds: int = MAX_MERGE_ROUNDS) -> int:
+        """Merge rounds until no later round can merge (or ``max_rounds``); returns rounds run."""
+        for index in range(max_rounds):
+            if not self.merge_round(index):
+                return index + 1
+        return max_rounds
+
+    def _final_groups(self) -> tuple[list[list[int]], list[GramSketch]]:
+        names = sorted(s for s in self.run.stages() if s.startswith("merge-") and self.run.is_complete(s))
+        arrays = self._merge_stage(int(names[-1].split("-")[1])) if names else self.local()
+        return self._load_groups(arrays)
+
+    # -- certify ---------------------------------------------------------------------------
+
+    def _certify_groups(self, groups: list[list[int]]) -> dict[int, tuple]:
+        """Exact (error, adaptive rank, basis) of the given groups from the stored data.
+
+        One read of the data: every batch task emits its Gram partials per group range;
+        each range is summed along a fixed binary tree over batch indices (same bits for
+        any number of workers), then certified on a worker."""
+        m = self.collection.rows
+        labels = labels_of(groups, self.collection.n_blocks)
+        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES)
+        n_ranges = int(ranges.max(initial=-1)) + 1
+        batches = self._batches_of(labels)
+        leaves: dict[int, object] = {}
+        nodes: dict[tuple[int, int], object] = {}
+
+        def leaf(i: int):
+            if i not in leaves:
+                first, stop, part = batches[i]
+                leaves[i] = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges)
+            return leaves[i]
+
+        def node(r: int, i: int):
+            return nodes[(r, i)] if i >= len(batches) else leaf(i)
+
+        steps = reduction_tree(len(batches))
+        for step, left, right in steps:  # post-order, so partial sums are formed (and freed) early
+            for r in range(n_ranges):
+                nodes[(r, step)] = self._submit("gram-sum", f"{r}-{step}", tasks.combine_range, r, node(r, left),
+                                                node(r, right), priority=1)
+        root = steps[-1][0] if steps else 0
+        certs = [self._submit("certify", r, tasks.certify_range, r, node(r, root), self.params["rank"],
+                              self.params["eps"], priority=2)
+                 for r in range(n_ranges)]
+        self._track("certify", list(leaves.values()))
+        certified: dict[int, tuple] = {}
+        for part in self._gather("certify-ranges", certs):
+            certified.update(part)
+        return certified
+
+    def certify(self) -> dict:
+        """Exact rank-r error of every group; groups above eps are split and re-certified."""
+        self._ensure_merged()
+
+        def compute():
+            groups, sketches = self._final_groups()
+            bounds = [s.error_bound() for s in sketches]
+            eps = self.params["eps"]
+            pending = list(range(len(groups)))
+            results: dict[int, tuple] = {}
+            splits = 0
+            while pending:
+                certified = self._certify_groups([groups[g] for g in pending])
+                retry = []
+                for local, g in enumerate(pending):
+                    error, r_c, basis = certified[local]
+                    if error > eps and len(groups[g]) > 1:  # only through floating point
+                        half = len(groups[g]) // 2
+                        groups.append(groups[g][half:])
+                        groups[g] = groups[g][:half]
+                        bounds[g] = 0.0
+                        bounds.append(0.0)
+                        retry += [g, len(groups) - 1]
+                        splits += 1
+                    else:
+                        results[g] = (error, r_c, basis)
+                pending = retry
+            errors = np.array([results[g][0] for g in range(len(groups))])
+            ranks = np.array([results[g][1] for g in range(len(groups))], dtype=np.int64)
+            flat, offsets = pack_groups(groups)
+            bases = [results[g][2] for g in range(len(groups))]
+            arrays = {
+                "members": flat,
+                "group_offsets": offsets,
+                "errors": errors,
+                "adaptive_ranks": ranks,
+                "bounds": np.asarray(bounds, dtype=np.float64),
+                "bases": np.hstack(bases) if bases else np.zeros((self.collection.rows, 0)),
+            }
+            return arrays, {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0))}
+
+        return self._timed("certify", compute)
+
+    def _ensure_merged(self) -> None:
+        if not self.run.is_complete("certify"):
+            self.merge()
+
+    # -- compress --------------------------------------------------------------------------
+
+    def _storage_plan(self, certified: dict) -> tuple[list[list[int]], dict[int, np.ndarray | None], np.ndarray]:
+        """Per group the basis to store (None: stored as it is) and the stored rank."""
+        groups = unpack_groups(certified["members"], certified["group_offsets"])
+        m, eps = self.collection.rows, self.params["eps"]
+        widths = self.collection.widths
+        starts = offsets_of(certified["adaptive_ranks"])
+        bases, ranks = {}, np.zeros(len(groups), dtype=np.int64)
+        for g, group in enumerate(groups):
+            r_c = int(certified["adaptive_ranks"][g])
+            columns = int(widths[group].sum())
+            fits = certified["errors"][g] <= eps or len(group) > 1
+            if fits and r_c * (m + columns) < m * columns:
+                bases[g] = certified["bases"][:, starts[g] : starts[g] + r_c]
+                ranks[g] = r_c
+            else:
+                bases[g] = None  # raw is smaller, or a single block no rank-r form fits
+        return groups, bases, ranks
+
+    def _write_coefficients(self, groups, bases, ranks, label: str) -> dict[int, float]:
+        """Coefficients of every block written into the artifact, one read of the data per
+        pass; a pass holds at most about PASS_BYTES of coefficients on the cluster."""
+        coll = self.collection
+        widths = coll.widths
+        per_group = np.array([8 * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
+                              for g, group in enumerate(groups)])
+        ranges = group_ranges(per_group, GRAM_BYTES)
+        range_bytes = np.bincount(ranges, weights=per_group) if len(groups) else np.zeros(0)
+        passes = group_ranges(range_bytes, PASS_BYTES)
+        labels = labels_of(groups, coll.n_blocks)
+        artifact = (coll.url, coll.name, label, json.dumps(coll.storage_options, sort_keys=True))
+        residual2: dict[int, float] = {}
+        for p in np.unique(passes):
+            in_pass = np.flatnonzero(passes == p)
+            pass_groups = np.flatnonzero(np.isin(ranges, in_pass))
+            pass_labels = np.where(np.isin(labels, pass_groups), labels, -1)
+            pass_bases = self.client.scatter({int(g): bases[int(g)] for g in pass_groups}, broadcast=True)
+            parts = [self._submit("coef", first, tasks.coefficient_batch, self._handle, first, stop, part, ranges,
+                                  len(range_bytes), pass_bases)
+                     for first, stop, part in self._batches_of(pass_labels)]
+            writes = []
+            for r in in_pass:
+                members = {int(g): groups[g] for g in np.flatnonzero(ranges == r)}
+                writes.append(self._submit("write", int(r), tasks.write_range, artifact, int(r), members,
+                                           {g: bases[g] for g in members}, *parts, priority=1))
+            self._track("compress", parts)
+            for part in self._gather("compress-write", writes):
+                residual2.update(part)
+        return residual2
+
+    def compress(self) -> dict:
+        """Write the compressed artifact (label = run id) and the realised errors."""
+        certified = self.certify()
+
+        def compute():
+            storage = tasks.import_storage()
+            groups, bases, ranks = self._storage_plan(certified)
+            coll = self.collection
+            label = self.run_id
+            storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
+                                    overwrite=True, storage_options=coll.storage_options)
+            residual2 = self._write_coefficients(groups, bases, ranks, label)
+            norms2 = coll.norms2
+            stored_errors = np.array([
+                math.sqrt(residual2[g] / norms2[group].sum()) if norms2[group].sum() > 0 else 0.0
+                for g, group in enumerate(groups)
+            ])
+            writer = storage.open_artifact_writer(coll.url, coll.name, label, storage_options=coll.storage_options)
+            artifact = writer.finalize(stored_errors.tolist(), ranks.tolist())
+            arrays = {"stored_errors": stored_errors, "stored_ranks": ranks}
+            return arrays, {"artifact": label, "bytes_compressed": int(artifact.nbytes_stored)}
+
+        stage = self._timed("compress", compute)
+        if not self.keep_intermediate:
+            self.prune()
+        return stage
+
+    def prune(self) -> int:
+        """Delete the per-batch checkpoints (``scan-*``, ``split-*``) once certify is
+        complete: no later stage reads them. The stage manifests stay, so a re-run still
+        skips every stage. Returns the number of checkpoints removed."""
+        if not self.run.is_complete("certify"):
+            return 0
+        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-"))]
+        for stage in pieces:
+            self.run.delete_stage(stage)
+        return len(pieces)
+
+    def stage_timings(self) -> dict[str, float]:
+        """Compute seconds of every completed stage (merge rounds summed under "merge")."""
+        timings: dict[str, float] = {}
+        for stage in self.run.stages():
+            name = "merge" if stage.startswith("merge-") else stage
+            if name in STAGES:
+                timings[name] = timings.get(name, 0.0) + float(self.run.stage_meta(stage).get("seconds", 0.0))
+        return {k: timings[k] for k in STAGES if k in timings}
+
+    def result(self) -> DistributedResult:
+        """Run whatever is missing and assemble the result."""
+        from ..metrics import adaptive_compression_ratio, compression_ratio
+
+        compressed = self.compress()
+        certified = self.certify()
+        groups = unpack_groups(certified["members"], certified["group_offsets"])
+        stored_errors = np.asarray(compressed["stored_errors"])
+        stored_ranks = np.asarray(compressed["stored_ranks"])
+        return DistributedResult(
+            groups=groups,
+            errors=np.asarray(certified["errors"]),
+            bounds=np.asarray(certified["bounds"]),
+            ranks=np.asarray(certified["adaptive_ranks"]),
+            stored_errors=stored_errors,
+            compression_ratio=compression_ratio(self.collection, groups, self.params["rank"]),
+            compression_ratio_adaptive=adaptive_compression_ratio(
+                self.collection, groups, stored_ranks + np.where(stored_ranks == 0, self.collection.rows, 0)
+            ),
+            max_error=float(stored_errors.max(initial=0.0)),
+            timings=self.stage_timings(),
+            bytes_input=int(self.collection.nbytes_stored),
+            bytes_compressed=int(compressed["meta"]["bytes_compressed"]),
+            artifact_label=str(compressed["meta"]["artifact"]),
+            run_id=self.run_id,
+            params=dict(self.params),
+        )
+
+
+def _apply_merges(groups, sketches, buckets, results) -> tuple[list[list[int]], list[GramSketch], int]:
+    """New groups after a round: each bucket's merged groups replace its members; groups
+    are ordered by their smallest former index, so the order is stable across rounds."""
+    replaced = np.zeros(len(groups), dtype=bool)
+    entries: list[tuple[int, list[int], GramSketch]] = []
+    merges = 0
+    for bucket, (local_groups, merged) in zip(buckets, results):
+        replaced[bucket] = True
+        merges += len(bucket) - len(local_groups)
+        for positions, sketch in zip(local_groups, merged):
+            members = [b for p in positions for b in groups[int(bucket[p])]]
+            entries.append((int(min(bucket[p] for p in positions)), members, sketch))
+    entries += [(g, groups[g], sketches[g]) for g in np.flatnonzero(~replaced)]
+    entries.sort(key=lambda e: e[0])
+    return [e[1] for e in entries], [e[2] for e in entries], merges
+
+
+def cluster_collection(
+    collection,
+    *,
+    rank: int,
+    eps: float,
+    method: str = "approximate",
+    order: str = "residual",
+    oversampling: int = 5,
+    patience: int = 10,
+    client=None,
+    run_id: str | None = None,
+    shard_size: int = 4000,
+    batch_bytes: int = BATCH_BYTES,
+    progress: Progress | None = None,
+) -> DistributedResult:
+    """Cluster and compress a stored collection on a Dask cluster with certified errors.
+
+    Parameters
+    ----------
+    collection : storage.Collection
+        From ``storage.open_collection(url, name)``.
+    rank, eps, method, order, oversampling, patience
+        As for :func:`pipeline.cluster`.
+    client : distributed.Client, optional
+        When None, a LocalCluster of two single-threaded worker processes on 127.0.0.1 is
+        started for the call and closed afterwards.
+    run_id : str, optional
+        Checkpoint folder; re-running with the same id skips completed stages.
+    shard_size : int
+        Most blocks per shard of the local stage.
+    batch_bytes : int
+        Data read per map task (scan, certify, compress).
+    progress : callable(stage, done, total), optional
+
+    Returns
+    -------
+    DistributedResult
+        After it returns, every group's exact error on the stored data is <= eps (single
+        blocks that no rank-r form fits are stored as they are).
+    """
+    own_client = client is None
+    if own_client:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0")
+        client = Client(cluster)
+    try:
+        run = ClusteringRun(
+            collection, rank=rank, eps=eps, method=method, order=order, oversampling=oversampling,
+            patience=patience, client=client, run_id=run_id, shard_size=shard_size, batch_bytes=batch_bytes,
+            progress=progress,
+        )
+        return run.result()
+    finally:
+        if own_client:
+            client.close()
+            cluster.close()

@@ -1,0 +1,322 @@
+"""Worker tasks of the distributed clustering: plain module-level functions (they pickle
+by reference) over a small :class:`Handle` to the store, each reading and writing only
+its own batch, shard, bucket or group range."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._threads import single_threaded_blas
+from ..bounds import GramSketch
+from ..greedy import greedy_groups
+from ..layout import BlockLayout, column_index, offsets_of, segment_sums
+from ..sharding import (
+    FLOAT32_ROUNDOFF,
+    anchor_scores,
+    best_two_anchors,
+    block_factors,
+    certify_gram,
+    combine_partials,
+    gram_partials,
+    group_coefficients,
+    group_sketch,
+    merge_groups,
+    partial_gram,
+    round_factors,
+    unround_factors,
+)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What a worker needs to reach the collection and the run: small and picklable."""
+
+    url: str
+    name: str
+    run_id: str
+    params_json: str
+    fingerprint: str
+    storage_options_json: str = "{}"
+
+    @property
+    def storage_options(self) -> dict:
+        return json.loads(self.storage_options_json)
+
+    @functools.cached_property
+    def key_prefix(self) -> str:
+        """Names this store, collection and run in Dask task keys, so that runs sharing a
+        scheduler never collide, whatever their run ids."""
+        digest = hashlib.sha256(
+            "\0".join([self.url, self.name, self.fingerprint, self.run_id, self.params_json]).encode()
+        ).hexdigest()[:16]
+        return f"cmsvd-{digest}"
+
+
+def import_storage():
+    """The project's ``storage`` package, also on Dask workers with spilling enabled.
+
+    A worker puts its local directory first on ``sys.path``, and its spill folder there is
+    named ``storage`` too: with an editable install that empty folder would be imported as
+    a namespace package in place of ours. Import from the folder that holds ``pipeline``.
+    """
+    module = sys.modules.get("storage")
+    if module is not None and getattr(module, "__file__", None):
+        return module
+    sys.modules.pop("storage", None)
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, home)
+    try:
+        return importlib.import_module("storage")
+    finally:
+        sys.path.remove(home)
+
+
+@functools.lru_cache(maxsize=8)
+def collection_of(handle: Handle):
+    return import_storage().open_collection(handle.url, handle.name, storage_options=handle.storage_options)
+
+
+@functools.lru_cache(maxsize=8)
+def run_of(handle: Handle):
+    return import_storage().open_run(
+        handle.url, handle.name, handle.run_id, json.loads(handle.params_json), handle.fingerprint,
+        storage_options=handle.storage_options,
+    )
+
+
+def read_batch(handle: Handle, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of blocks first..stop-1 and their offsets relative to the batch."""
+    coll = collection_of(handle)
+    start, end = int(coll.offsets[first]), int(coll.offsets[stop])
+    return coll.column_range(start, end), coll.offsets[first : stop + 1] - start
+
+
+def check_batch(data: np.ndarray, offsets: np.ndarray, first: int, stored_norms2: np.ndarray, names) -> np.ndarray:
+    """Exact squared norms of a batch; NaN/Inf or a norm differing from the one stored at
+    ingest (corrupted data) is an error naming the block."""
+    norms2 = segment_sums(np.einsum("ij,ij->j", data, data, dtype=np.float64), offsets)
+    for local in np.flatnonzero(~np.isfinite(norms2)):
+        i = first + int(local)
+        raise ValueError(f"block {i} ({names[i]!r}): contains NaN or Inf")
+    mismatch = np.abs(norms2 - stored_norms2) > 1e-6 * np.maximum(stored_norms2, 1e-300)
+    for local in np.flatnonzero(mismatch & (stored_norms2 > 0)):
+        i = first + int(local)
+        raise ValueError(
+            f"block {i} ({names[i]!r}): squared norm {norms2[local]:.6g} differs from the {stored_norms2[local]:.6g}"
+            " recorded at ingest; the stored data is corrupted"
+        )
+    return norms2
+
+
+# -- scan, partition, local -----------------------------------------------------------
+
+
+def float32_factors(eps: float) -> bool:
+    """Whether factors are checkpointed in float32: their rounding slack (about 2^-24 of a
+    group's norm) adds about 2^-23 to the squared error bound, negligible unless eps is tiny."""
+    return eps * eps >= 1e3 * FLOAT32_ROUNDOFF
+
+
+def rounding_eps(eps: float) -> float:
+    """The threshold the greedy runs at on rounded factors, so that adding the rounding
+    slack afterwards keeps the bound <= eps (err'^2 <= err^2 + 2 * 2^-24)."""
+    return float(np.sqrt(eps * eps - 8.0 * FLOAT32_ROUNDOFF)) if float32_factors(eps) else eps
+
+
+def scan_batch(handle: Handle, batch: int, first: int, stop: int, width_cap: int, eps: float) -> tuple[int, np.ndarray]:
+    """Exact norms and factors of one batch, checkpointed as ``scan-<batch>`` (float32 with
+    a per-block scale and measured rounding drop, see :func:`float32_factors`)."""
+    stage = f"scan-{batch:05d}"
+    run = run_of(handle)
+    if run.is_complete(stage):
+        return batch, np.asarray(run.load_stage(stage, ["factor_offsets"])[0]["factor_offsets"])
+    coll = collection_of(handle)
+    data, offsets = read_batch(handle, first, stop)
+    norms2 = check_batch(data, offsets, first, coll.norms2[first:stop], coll.names)
+    factors, factor_offsets = block_factors(data, offsets, width_cap)
+    if float32_factors(eps):
+        scaled, exponents, dropped = round_factors(factors, factor_offsets)
+    else:
+        scaled, exponents, dropped = factors, np.zeros(stop - first, dtype=np.int64), np.zeros(stop - first)
+    run.save_stage(stage, {"factors": scaled, "exponents": exponents, "dropped": dropped,
+                           "factor_offsets": factor_offsets, "norms2": norms2})
+    return batch, factor_offsets
+
+
+def load_factors(handle: Handle, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's factors (float64, exact scale), offsets, exact norms and rounding drops."""
+    arrays, _ = run_of(handle).load_stage(f"scan-{batch:05d}")
+    offsets = arrays["factor_offsets"]
+    return unround_factors(arrays["factors"], arrays["exponents"], offsets), offsets, arrays["norms2"], arrays["dropped"]
+
+
+def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, block positions).
+
+    Each sample group's top-r sketch basis is an anchor (narrower ones padded with zero
+    columns, which capture nothing). Returns (m, n_anchors * rank)."""
+    data, widths, norms2 = [], [], []
+    for batch, picked in picks:
+        factors, offsets, batch_norms2, _ = load_factors(handle, batch)
+        data.append(factors[:, column_index(offsets, picked)])
+        widths.append(np.diff(offsets)[picked])
+        norms2.append(batch_norms2[picked])
+    layout = BlockLayout(np.hstack(data), offsets_of(np.concatenate(widths)), np.concatenate(norms2))
+    rank = params["rank"]
+    with single_threaded_blas():
+        clusters, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
+        heads = []
+        for group, state in zip(clusters, states):
+            sketch = state if isinstance(state, GramSketch) else group_sketch(
+                layout, group, rank, params["oversampling"], params["tol"])
+            head = sketch.basis[:, :rank]
+            if head.shape[1]:
+                heads.append(np.hstack([head, np.zeros((head.shape[0], rank - head.shape[1]))]))
+    if not heads:
+        heads.append(np.zeros((layout.rows, rank)))
+    return np.hstack(heads)
+
+
+def route_batch(handle: Handle, batch: int, anchors: np.ndarray, anchor_rank: int) -> np.ndarray:
+    """The two anchors capturing most of each block's energy (K_batch x 2)."""
+    factors, offsets, _, _ = load_factors(handle, batch)
+    return best_two_anchors(anchor_scores(anchors, anchor_rank, factors, offsets))
+
+
+def split_batch(handle: Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:
+    """Cut a batch's factors by shard into the stage ``split-<batch>`` (arrays suffixed by
+    shard), so each local task later reads only its own blocks; returns the shards present.
+
+    Going through the store keeps worker memory bounded by one batch or one shard, however
+    large the collection (an in-memory all-to-all would hold every factor at once)."""
+    stage = f"split-{batch:05d}"
+    run = run_of(handle)
+    present = [int(s) for s in np.unique(shards)]
+    if run.is_complete(stage):
+        return present
+    arrays_in, _ = run.load_stage(f"scan-{batch:05d}")
+    offsets = arrays_in["factor_offsets"]
+    arrays = {}
+    for shard in present:
+        local = np.flatnonzero(shards == shard)
+        arrays[f"ids_{shard}"] = first + local
+        arrays[f"factors_{shard}"] = arrays_in["factors"][:, column_index(offsets, local)]
+        arrays[f"offsets_{shard}"] = offsets_of(offsets[local + 1] - offsets[local])
+        for name in ("norms2", "exponents", "dropped"):
+            arrays[f"{name}_{shard}"] = arrays_in[name][local]
+    run.save_stage(stage, arrays)
+    return present
+
+
+def _load_shard(handle: Handle, shard: int, batches: list[int]) -> tuple[np.ndarray, BlockLayout, np.ndarray]:
+    """A shard's factors (with exact norms and rounding drops) from its batches' splits."""
+    run = run_of(handle)
+    names = ("ids", "factors", "offsets", "norms2", "exponents", "dropped")
+    parts = [run.load_stage(f"split-{b:05d}", [f"{n}_{shard}" for n in names])[0] for b in batches]
+    pick = lambda name: [p[f"{name}_{shard}"] for p in parts]  # noqa: E731
+    widths = np.concatenate([np.diff(o) for o in pick("offsets")])
+    offsets = offsets_of(widths)
+    exponents = np.concatenate(pick("exponents"))
+    layout = BlockLayout(unround_factors(np.hstack(pick("factors")), exponents, offsets), offsets,
+                         np.concatenate(pick("norms2")))
+    return np.concatenate(pick("ids")), layout, np.concatenate(pick("dropped"))
+
+
+def local_shard(handle: Handle, params: dict, shard: int, batches: list[int]) -> dict:
+    """The sequential greedy inside one shard; groups in global block ids plus sketches
+    whose slack includes the factors' float32 rounding."""
+    ids, layout, dropped = _load_shard(handle, shard, batches)
+    with single_threaded_blas():
+        clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
+        sketches = []
+        for group, state in zip(clusters, states):
+            sketch = state if isinstance(state, GramSketch) else group_sketch(
+                layout, group, params["rank"], params["oversampling"], params["tol"])
+            # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
+            sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
+            sketches.append(sketch)
+    return {"groups": [ids[g].tolist() for g in clusters], "sketches": sketches}
+
+
+# -- merge ----------------------------------------------------------------------------
+
+
+def merge_bucket_batch(buckets: list[list[GramSketch]], rank: int, eps: float, neighbours: int) -> list:
+    """Merge inside each bucket of a batch of buckets; per bucket the new groups as lists
+    of positions in the bucket, and their sketches."""
+    out = []
+    with single_threaded_blas():
+        for sketches in buckets:
+            groups, merged, _ = merge_groups([[i] for i in range(len(sketches))], sketches, rank=rank, eps=eps,
+                                             neighbours=neighbours)
+            out.append((groups, merged))
+    return out
+
+
+# -- certify and compress -------------------------------------------------------------
+
+
+def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
+               n_ranges: int) -> list[dict]:
+    """One read of a batch: per group range, the Gram partials of its groups present."""
+    data, offsets = read_batch(handle, first, stop)
+    with single_threaded_blas():
+        parts = gram_partials(data, offsets, labels)
+    out: list[dict] = [{} for _ in range(n_ranges)]
+    for label, part in parts.items():
+        out[int(ranges[label])][label] = part
+    return out
+
+
+def combine_range(index: int, left, right) -> dict:
+    """Sum two nodes of a range's reduction tree; a leaf is a batch's list of ranges."""
+    pick = lambda node: node[index] if isinstance(node, list) else node  # noqa: E731
+    with single_threaded_blas():
+        return combine_partials(pick(left), pick(right))
+
+
+def certify_range(index: int, node, rank: int, eps: float) -> dict[int, tuple[float, int, np.ndarray]]:
+    """Exact (error, adaptive rank, basis) of every group of a range from its summed Gram."""
+    partials = node[index] if isinstance(node, list) else node
+    out = {}
+    with single_threaded_blas():
+        for label, part in partials.items():
+            cert = certify_gram(partial_gram(part), rank, eps)
+            out[label] = (cert.error, cert.adaptive_rank, cert.basis)
+    return out
+
+
+def coefficient_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
+                      n_ranges: int, bases: dict) -> list[dict]:
+    """One read of a batch: per group range, the coefficients and residuals of its blocks."""
+    data, offsets = read_batch(handle, first, stop)
+    with single_threaded_blas():
+        parts = group_coefficients(data, offsets, labels, bases)
+    out: list[dict] = [{} for _ in range(n_ranges)]
+    for g, entries in parts.items():
+        out[int(ranges[g])][g] = [(first + b, coef, residual2) for b, coef, residual2 in entries]
+    return out
+
+
+def write_range(artifact: tuple, index: int, groups: dict[int, list[int]], bases: dict, *batches: list) -> dict[int, float]:
+    """Write the groups of one range into the artifact; returns their residual energies."""
+    url, name, label, storage_options_json = artifact
+    writer = import_storage().open_artifact_writer(url, name, label, storage_options=json.loads(storage_options_json))
+    collected: dict[int, dict[int, tuple]] = {g: {} for g in groups}
+    for batch in batches:
+        for g, entries in batch[index].items():
+            for block, coef, residual2 in entries:
+                collected[g][block] = (coef, residual2)
+    residuals = {}
+    for g, members in groups.items():
+        writer.write_group(g, bases[g], [collected[g][b][0] for b in members])
+        residuals[g] = float(sum(collected[g][b][1] for b in members))
+    return residuals
