@@ -174,6 +174,13 @@ class WeylBound(_Bound):
         self._seed_energy = top_energy(_svd(seed)[1] ** 2, self.rank)
         self.total = _seed_total(seed, total)
 
+    @classmethod
+    def from_energy(cls, seed_energy: float, rank: int, total: float) -> "WeylBound":
+        """A seed bound from the seed's top-r energy, computed elsewhere (e.g. batched)."""
+        bound = cls.__new__(cls)
+        bound.rank, bound._seed_energy, bound.total = check_rank(rank), float(seed_energy), float(total)
+        return bound
+
     def lower_energy(self) -> float:
         return self._seed_energy
 

@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._threads import single_threaded_blas
 from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative_int, check_rank, check_tol
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
 from .layout import BlockLayout, as_layout, offsets_of, segment_sums
+from .spectra import stacked_top_energy
 
 __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
+
+# Stacks of small blocks for batched spectra are cut to about this many numbers (memory).
+_STACK_ITEMS = 1 << 22
 
 
 @dataclass
@@ -133,6 +138,12 @@ def group_bound(
     method = check_choice("method", method, METHODS)
     order = check_choice("order", order, ORDERS)
     layout = as_layout(blocks).subset(np.asarray(members, dtype=np.int64))
+    with single_threaded_blas():  # many small LAPACK calls: threads only cost
+        return _group_bound(layout, rank, method, order, oversampling, tol)
+
+
+def _group_bound(layout: BlockLayout, rank: int, method: str, order: str, oversampling: int, tol: float) -> float:
+    """:func:`group_bound` on a validated layout of the members."""
     remaining = np.argsort(-layout.norms2, kind="stable")
     n_seed = seed_split(remaining, layout.widths, rank)
     seed = layout.gather(remaining[:n_seed])
@@ -241,7 +252,28 @@ def greedy_groups(
     ``layout.norms2`` are taken as the exact block energies, so the layout's columns may be
     sketch factors F_i with F_i F_i^T <= A_i A_i^T of the real blocks: every bound stays
     certified for the real blocks (they only credit energy the factors carry).
+
+    The loop makes many small LAPACK calls, so it runs with one BLAS thread whatever the
+    environment: extra threads only add start-up and, on a busy machine, oversubscription.
     """
+    with single_threaded_blas():
+        return _greedy(layout, rank, eps, method, order, patience, oversampling, tol)
+
+
+def _singletons(layout: BlockLayout, blocks: np.ndarray, rank: int) -> list[WeylBound]:
+    """Seed bounds of blocks that stay alone, their spectra batched by block width."""
+    energy = np.empty(len(blocks))
+    widths = layout.widths[blocks]
+    for width in np.unique(widths):
+        picked = np.flatnonzero(widths == width)
+        for chunk in np.array_split(picked, -(-len(picked) * layout.rows * int(width) // _STACK_ITEMS)):
+            stack = layout.gather(blocks[chunk]).reshape(layout.rows, len(chunk), int(width)).transpose(1, 0, 2)
+            energy[chunk] = stacked_top_energy(stack, rank)
+    return [WeylBound.from_energy(e, rank, layout.norms2[b]) for e, b in zip(energy, blocks)]
+
+
+def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol):
+    """:func:`greedy_groups` with BLAS threads already bounded."""
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = _ResidualOrderer(layout) if order == "residual" else None
@@ -263,10 +295,9 @@ def greedy_groups(
         remaining = remaining[alive[remaining]]
         misses = misses + 1 if not accepted and candidates.size else 0
         if misses >= patience:
-            for block in remaining:
-                state = WeylBound(layout.block(block), rank, total=layout.norms2[block])
-                clusters.append([int(block)])
-                bounds.append(state.error_bound())
-                states.append(state)
+            singles = _singletons(layout, remaining, rank)
+            clusters.extend([int(block)] for block in remaining)
+            bounds.extend(state.error_bound() for state in singles)
+            states.extend(singles)
             break
     return clusters, bounds, states
