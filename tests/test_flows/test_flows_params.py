@@ -76,7 +76,9 @@ def test_schema_has_descriptions_bounds_and_enums():
     model = schema["definitions"]["ClusterParameters"]
     props = model["properties"]
     assert props["eps"]["exclusiveMinimum"] == 0 and props["eps"]["exclusiveMaximum"] == 1
-    assert props["rank"]["minimum"] == 1
+    assert props["eps"]["minimum"] == 0 and props["eps"]["maximum"] == 1  # what the form's input uses
+    assert props["rank"]["minimum"] == 1 and props["rank"]["maximum"] == 100_000
+    assert "Range: 1 to 100000. Default: 10." in props["rank"]["description"]
     assert schema["definitions"]["Method"]["enum"] == ["approximate", "residuals", "max_norm"]
     assert schema["definitions"]["Order"]["enum"] == ["residual", "norm"]
     assert model["additionalProperties"] is False
