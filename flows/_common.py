@@ -1,5 +1,6 @@
 """Pieces shared by the flows: task options, artifact keys, the stage progress bar,
-test hooks.  Nothing here computes anything about matrices."""
+links a browser can open from the dashboard, test hooks.  Nothing here computes
+anything about matrices."""
 
 from __future__ import annotations
 
