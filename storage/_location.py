@@ -9,19 +9,22 @@ A *root* URL (local path, ``file://``, ``memory://``, ``s3://bucket/prefix``) ho
 - ``<root>/artifacts/<collection>/.staging/<label>/`` artifacts being written
 
 Publishing: on a local filesystem the staged directory is moved into place with one
-``os.rename`` (atomic).  Object stores have no rename, so the staged objects are copied
-server-side with the *marker* object (the group's root ``zarr.json`` for collections,
-``manifest.json`` for artifacts) copied last; readers treat a prefix without its marker
-as absent, so a half-copied prefix is never visible.
+``os.rename`` (atomic), an overwrite swaps the directories atomically.  Object stores
+have no rename: a publish writes a fresh version prefix and switches a small pointer
+object last (see :func:`switch_pointer`), so readers see the old version or the new
+one, whole, and never a half-copied or deleted prefix.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +35,7 @@ import zarr
 
 from .errors import InvalidNameError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: crc32c-checksummed chunks, every chunk written, sealed records
 RESERVED_NAMES = frozenset({"runs", "artifacts", "zarr.json"})
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -218,44 +221,211 @@ def fingerprint_of(obj: Any) -> str:
     return hashlib.sha256(json_dumps(obj).encode()).hexdigest()
 
 
-def publish(staged: Location, final: Location, marker: str, overwrite: bool) -> None:
-    """Make *staged* visible as *final*, atomically for readers.
+# ---- publishing ----------------------------------------------------------------------------
+#
+# Local disk: the staged directory is renamed into place (atomic); an overwrite swaps the two
+# directories with renameat2(RENAME_EXCHANGE), so the name never points at nothing.
+# Object stores have no rename: each publish writes a fresh version prefix
+# ``<final>/v-<UTC time>-<hex>/`` and then switches a small pointer object; older versions
+# are garbage-collected afterwards.  At every moment the old version or the new one is whole.
 
-    Parameters
-    ----------
-    staged, final : Location
-        Fully written staging directory and its destination.
-    marker : str
-        Relative path of the object whose presence means "published"; copied last on
-        object stores and removed first when an old copy is replaced.
-    overwrite : bool
-        Replace an existing published *final*.  Otherwise the caller has checked.
+POINTER = "current.json"
+VERSION_PREFIX = "v-"
+#: Unreferenced staging folders and versions older than this are removed by later writers.
+STALE_AFTER_S = 24 * 3600.0
+_VERSION_RE = re.compile(r"(?:^|-)(\d{8}T\d{6})-[0-9a-f]{8,}$")
+
+
+def new_version_name(prefix: str = VERSION_PREFIX) -> str:
+    """A fresh, time-ordered version or staging name: ``<prefix><UTC time>-<hex>``."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{prefix}{now}-{uuid.uuid4().hex[:12]}"
+
+
+def name_age_s(name: str) -> float | None:
+    """Seconds since the time embedded in a version/staging name (None without one)."""
+    m = _VERSION_RE.search(name)
+    if not m:
+        return None
+    t = _dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=_dt.timezone.utc)
+    return (_dt.datetime.now(_dt.timezone.utc) - t).total_seconds()
+
+
+def publish_local(staged: Location, final: Location, overwrite: bool) -> None:
+    """Move a staged directory into place on local disk (atomic for readers).
+
+    Raises
+    ------
+    FileExistsError
+        *final* exists and *overwrite* is false.
     """
-    if final.is_local:
-        _publish_local(staged, final, overwrite)
-        return
-    final.invalidate()
-    if final.exists(marker):
-        if not overwrite:
-            raise FileExistsError(final.url)
-        final.rm(marker)  # old copy becomes invisible before anything else changes
-    final.rm()  # leftovers of an interrupted publish or of the replaced copy
-    rel = [r for r in staged.files() if r != marker]
-    if rel:
-        staged.fs.copy([staged.child(r).path for r in rel], [final.child(r).path for r in rel])
-    staged.fs.copy(staged.child(marker).path, final.child(marker).path)
-    staged.rm()
-    final.invalidate()
-
-
-def _publish_local(staged: Location, final: Location, overwrite: bool) -> None:
     os.makedirs(os.path.dirname(final.path), exist_ok=True)
-    trash = None
-    if os.path.exists(final.path):
+    if not os.path.exists(final.path):
+        try:
+            os.rename(staged.path, final.path)
+            return
+        except OSError as exc:  # another publisher won the race (non-empty target)
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
         if not overwrite:
             raise FileExistsError(final.path)
-        trash = f"{os.path.dirname(final.path)}/.trash-{uuid.uuid4().hex}"
-        os.rename(final.path, trash)
+    elif not overwrite:
+        raise FileExistsError(final.path)
+    if _rename_exchange(staged.path, final.path):
+        shutil.rmtree(staged.path, ignore_errors=True)  # now holds the old copy
+        return
+    # no RENAME_EXCHANGE (old kernel, NFS...): two renames, a microsecond-wide gap
+    trash = f"{os.path.dirname(final.path)}/.trash-{uuid.uuid4().hex}"
+    os.rename(final.path, trash)
     os.rename(staged.path, final.path)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _rename_exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def write_exclusive(loc: Location, data: bytes, *parts: str) -> None:
+    """Create a small object only if it does not exist (O_EXCL; S3 If-None-Match).
+
+    Raises
+    ------
+    FileExistsError
+        It exists already.
+    """
+    target = loc.child(*parts)
+    if loc.is_local:
+        os.makedirs(os.path.dirname(target.path), exist_ok=True)
+        tmp = f"{target.path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, target.path)  # atomic, fails if it exists, never torn
+        finally:
+            os.unlink(tmp)
+        return
+    try:
+        loc.fs.pipe_file(target.path, data, mode="create")
+    except FileExistsError:
+        raise
+    except OSError as exc:  # s3fs maps 412 PreconditionFailed to a generic OSError
+        if "precondition" in str(exc).lower() or "412" in str(exc):
+            raise FileExistsError(target.path) from None
+        raise
+    except Exception as exc:  # botocore ClientError for 412 on some versions
+        if "precondition" in str(exc).lower():
+            raise FileExistsError(target.path) from None
+        raise
+
+
+def read_pointer(final: Location, pointer: str = POINTER) -> dict | None:
+    """The pointer record of a versioned prefix, or None if there is none.
+
+    Raises
+    ------
+    CorruptedFileError
+        The pointer is not valid JSON, has a bad seal or names an unsafe version.
+    """
+    from ._integrity import parse_json, unseal
+    from .errors import CorruptedFileError
+
+    where = final.child(pointer).url
+    try:
+        raw = final.read_bytes(pointer)
+    except FileNotFoundError:
+        return None
+    record = unseal(parse_json(raw, where), where)
+    version = record.get("version")
+    if version is not None and (not isinstance(version, str) or not version.startswith(VERSION_PREFIX) or "/" in version or ".." in version):
+        raise CorruptedFileError(f"{where} is corrupted (bad version {version!r})", path=where)
+    return record
+
+
+def switch_pointer(final: Location, record: dict, overwrite: bool, pointer: str = POINTER) -> str | None:
+    """Publish a version by writing the pointer last; return the replaced version.
+
+    Raises
+    ------
+    FileExistsError
+        A pointer exists and *overwrite* is false.
+    """
+    from ._integrity import seal
+
+    final.invalidate()
+    old = None
+    try:
+        old = read_pointer(final, pointer)
+    except Exception:  # a damaged old pointer is simply replaced when overwriting
+        if not overwrite:
+            raise
+    data = json_dumps(seal(record)).encode()
+    if overwrite:
+        final.write_bytes(data, pointer)
+    else:
+        write_exclusive(final, data, pointer)
+    final.invalidate()
+    return (old or {}).get("version")
+
+
+def collect_versions(final: Location, current: str, keep: frozenset[str] = frozenset(), pointer: str = POINTER) -> None:
+    """Remove what the pointer no longer references (best effort).
+
+    Versions older than *current* (replaced, or abandoned by a killed writer), versions
+    and legacy in-place files left beside them.  Younger unreferenced versions are kept
+    unless older than :data:`STALE_AFTER_S` (they may belong to a writer still running).
+    """
+    final.invalidate()
+    try:
+        entries = final.fs.ls(final.path, detail=False)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        if base in (pointer, current) or base in keep:
+            continue
+        if base.startswith(VERSION_PREFIX):
+            age = name_age_s(base)
+            if not (base < current or age is None or age > STALE_AFTER_S):
+                continue
+        try:
+            final.rm(base)
+        except Exception:  # garbage stays until the next publish; readers never see it
+            pass
+    final.invalidate()
+
+
+def sweep_stale(folder: Location) -> None:
+    """Remove entries of a staging folder older than :data:`STALE_AFTER_S` (killed writers)."""
+    folder.invalidate()
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        age = name_age_s(base)
+        if age is None and folder.is_local:
+            try:
+                age = time.time() - os.stat(entry["name"]).st_mtime
+            except OSError:
+                continue
+        if age is not None and age > STALE_AFTER_S:
+            try:
+                folder.rm(base)
+            except Exception:  # pragma: no cover - retried by the next writer
+                pass

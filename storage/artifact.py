@@ -27,7 +27,16 @@ Writing streams group by group: :func:`create_artifact` records the grouping und
 group landing in its own part files plus a done marker; :meth:`ArtifactWriter.finalize`
 packs the parts into the layout above in block order with chunk-sized buffers, keeping
 in memory only the coefficient parts of groups that still have unpacked blocks, and
-publishes like a collection (rename locally, copy with the marker last elsewhere).
+publishes like a collection: renamed into place locally (an overwrite swaps directories
+atomically); on object stores packed into a fresh version prefix ``<label>/v-<time>-<hex>/``
+whose manifest is then written to ``<label>/manifest.json`` with ``"version"`` set: that
+object is the pointer, switched last, and older versions are removed afterwards.
+
+Integrity: arrays end with a crc32c codec and every chunk is written; readers go through
+:class:`storage._integrity.StrictStore` (missing chunk or checksum mismatch raises,
+naming the chunk and the group or block); the manifest is sealed (sha256 of itself) and
+the metadata files it lists are re-hashed on open; part files carry sha256 in their done
+markers, checked when packing.
 """
 
 from __future__ import annotations
@@ -40,9 +49,20 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from ._location import SCHEMA_VERSION, Location, check_name, json_dumps, publish, resolve
+from ._integrity import ARRAY_CONFIG, CHECKSUMMED_SCHEMA, StrictStore, parse_json, seal, unseal
+from ._location import (
+    SCHEMA_VERSION,
+    Location,
+    check_name,
+    collect_versions,
+    json_dumps,
+    new_version_name,
+    publish_local,
+    resolve,
+    switch_pointer,
+)
 from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
-from .errors import CollectionExistsError, CollectionNotFoundError, IntegrityError
+from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError, IntegrityError
 
 MANIFEST = "manifest.json"
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
@@ -184,11 +204,16 @@ class ArtifactWriter:
         coef = self._check_coefficients(g, members, rank, coefficients)
         parts = self._staging.child("parts")
         name = f"g{g:08d}"
+        marker: dict[str, Any] = {"kind": kind, "rank": 0 if basis is None else rank}
         if basis is not None:
-            parts.write_bytes(_npy_bytes(np.ascontiguousarray(basis, dtype=self.dtype)), f"{name}.basis.npy")
-        parts.write_bytes(_npy_bytes(coef), f"{name}.coef.npy")
+            data = _npy_bytes(np.ascontiguousarray(basis, dtype=self.dtype))
+            parts.write_bytes(data, f"{name}.basis.npy")
+            marker["basis_sha256"] = hashlib.sha256(data).hexdigest()
+        data = _npy_bytes(coef)
+        parts.write_bytes(data, f"{name}.coef.npy")
+        marker["coef_sha256"] = hashlib.sha256(data).hexdigest()
         # done marker last: a worker dying mid-write leaves the group missing, not torn
-        parts.write_json({"kind": kind, "rank": 0 if basis is None else rank}, f"{name}.json")
+        parts.write_json(seal(marker), f"{name}.json")
 
     def _check_basis(self, g: int, basis: np.ndarray) -> int:
         basis = np.asarray(basis)
@@ -245,7 +270,9 @@ class ArtifactWriter:
         if errors.shape != (self.n_groups,):
             raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
         parts = self._staging.child("parts")
-        info = [parts.read_json(f"g{g:08d}.json") for g in range(self.n_groups)]
+        info = [unseal(parse_json(parts.read_bytes(f"g{g:08d}.json"), parts.child(f"g{g:08d}.json").url), parts.child(f"g{g:08d}.json").url)
+                for g in range(self.n_groups)]
+        self._part_hashes = {f"g{g:08d}.{k}.npy": p.get(f"{k}_sha256") for g, p in enumerate(info) for k in ("basis", "coef")}
         kinds = np.array([p["kind"] for p in info], dtype=np.int8)
         widths_r = np.array([p["rank"] for p in info], dtype=np.int64)
         if ranks is not None:
@@ -255,7 +282,12 @@ class ArtifactWriter:
                 raise ValueError(f"ranks disagree with the written bases for groups {bad[:10]}")
         else:
             ranks = widths_r
-        packed = self._staging.child("packed")
+        version = None
+        if self._final.is_local:
+            packed = self._staging.child("packed")
+        else:
+            version = new_version_name()
+            packed = self._final.child(version)  # invisible until the pointer names it
         packed.rm()
         grp = zarr.open_group(store=packed.zarr_store(), mode="w")
         self._pack_small(grp, kinds, widths_r, ranks, errors)
@@ -265,14 +297,24 @@ class ArtifactWriter:
         files = [r for r in packed.files() if r != MANIFEST]
         manifest = {
             "kind": "artifact",
+            "schema_version": SCHEMA_VERSION,
             "written": _now(),
             "files": {r: {"nbytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for r in files for b in [packed.read_bytes(r)]},
         }
-        packed.write_json(manifest, MANIFEST)
+        overwrite = bool(self.record.get("overwrite"))
         try:
-            publish(packed, self._final, MANIFEST, bool(self.record.get("overwrite")))
+            if version is None:
+                packed.write_json(seal(manifest), MANIFEST)
+                publish_local(packed, self._final, overwrite)
+            else:
+                manifest["version"] = version
+                packed.write_json(seal(manifest), MANIFEST)  # the version is complete
+                switch_pointer(self._final, manifest, overwrite, pointer=MANIFEST)
         except FileExistsError:
+            packed.rm()
             raise CollectionExistsError(f"artifact {self.record['label']!r} already exists") from None
+        if version is not None:
+            collect_versions(self._final, version, pointer=MANIFEST)
         self._staging.rm()
         return open_artifact(self._root.url, self.record["collection"], self.record["label"], storage_options=self._root.storage_options)
 
@@ -303,6 +345,14 @@ class ArtifactWriter:
         np.cumsum(block_ranks * self.widths, out=coef_offsets[1:])
         return block_group, block_ranks, coef_offsets
 
+    def _part(self, parts: Location, name: str) -> np.ndarray:
+        data = parts.read_bytes(name)
+        expected = getattr(self, "_part_hashes", {}).get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            where = parts.child(name).url
+            raise CorruptedFileError(f"artifact {self.record['label']!r}: part file {where} is corrupted (sha256 mismatch)", path=where)
+        return _npy_load(data)
+
     def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> None:
         block_group, block_ranks, coef_offsets = self._block_layout(kinds, widths_r)
         members = np.concatenate([np.asarray(m, dtype=np.int64) for m in self.groups])
@@ -323,20 +373,23 @@ class ArtifactWriter:
             "group_kinds": kinds,
         }
         for key, value in small.items():
-            arr = grp.create_array(key, shape=value.shape, dtype=value.dtype, chunks=(max(1, min(value.size, 2**20)),), compressors=default_codecs())
+            arr = grp.create_array(
+                key, shape=value.shape, dtype=value.dtype, chunks=(max(1, min(value.size, 2**20)),),
+                compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG,
+            )
             arr[...] = value
 
     def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
         cr, cc = default_chunks(self.rows, self.dtype)
-        arr = grp.create_array("bases", shape=(self.rows, 0), chunks=(cr, cc), dtype=self.dtype, compressors=default_codecs(), fill_value=0)
+        arr = grp.create_array("bases", shape=(self.rows, 0), chunks=(cr, cc), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
         sink = _ColumnSink(arr, 0)
         for g in range(self.n_groups):
             if kinds[g] == _KIND_SVD and widths_r[g]:
-                sink.write(_npy_load(parts.read_bytes(f"g{g:08d}.basis.npy")))
+                sink.write(self._part(parts, f"g{g:08d}.basis.npy"))
         sink.close()
 
     def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
-        arr = grp.create_array("coefficients", shape=(0,), chunks=(_FLAT_CHUNK,), dtype=self.dtype, compressors=default_codecs(), fill_value=0)
+        arr = grp.create_array("coefficients", shape=(0,), chunks=(_FLAT_CHUNK,), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
         sink = _ColumnSink(arr, 0)
         block_group, _, _ = self._block_layout(kinds, widths_r)
         # position of each block inside its group's concatenated coefficients
@@ -350,7 +403,7 @@ class ArtifactWriter:
         for i in range(self.widths.size):
             g = int(block_group[i])
             if g not in cache:
-                cache[g] = _npy_load(parts.read_bytes(f"g{g:08d}.coef.npy"))
+                cache[g] = self._part(parts, f"g{g:08d}.coef.npy")
             v = cache[g][:, local[i] : local[i] + self.widths[i]]
             sink.write(np.ascontiguousarray(v).reshape(-1))
             remaining[g] -= 1
@@ -399,12 +452,32 @@ def write_artifact(
 
 
 def open_artifact(url: str, collection_name: str, label: str, *, verify: bool = False, storage_options: dict | None = None) -> "Artifact":
-    """Open a published artifact (``verify=True`` re-hashes every file first)."""
+    """Open a published artifact (``verify=True`` re-hashes every file first).
+
+    The manifest's seal and the hashes of the metadata files it lists are always
+    checked; chunks are checked (crc32c, presence) when read.
+
+    Raises
+    ------
+    CollectionNotFoundError
+        No artifact under that label.
+    CorruptedFileError
+        The manifest or a metadata file is damaged (the message names it).
+    """
     root, final, _ = _locations(url, collection_name, label, storage_options)
     final.invalidate()
-    if not final.exists(MANIFEST):
-        raise CollectionNotFoundError(f"no artifact {label!r} for collection {collection_name!r} at {root.url}")
-    art = Artifact(final, final.read_json(MANIFEST))
+    where = final.child(MANIFEST).url
+    try:
+        raw = final.read_bytes(MANIFEST)
+    except FileNotFoundError:
+        raise CollectionNotFoundError(f"no artifact {label!r} for collection {collection_name!r} at {root.url}") from None
+    manifest = unseal(parse_json(raw, where), where)
+    files = manifest.get("files")
+    version = manifest.get("version")
+    if not isinstance(files, dict) or (version is not None and not (isinstance(version, str) and version.startswith("v-") and "/" not in version)):
+        raise CorruptedFileError(f"artifact {label!r}: {where} is corrupted (bad files or version)", path=where)
+    base = final.child(version) if version else final
+    art = Artifact(base, manifest, label=label)
     if verify:
         art.verify()
     return art
@@ -429,33 +502,99 @@ class Artifact:
         Uncompressed size of the input data.
     """
 
-    def __init__(self, loc: Location, manifest: dict) -> None:
+    def __init__(self, loc: Location, manifest: dict, label: str | None = None) -> None:
         self._loc = loc
         self.manifest = manifest
-        g = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
+        self.label = label or loc.path.rstrip("/").rsplit("/", 1)[-1]
+        # metadata files are small: re-hash them all, so a damaged zarr.json is named
+        for rel in sorted(r for r in manifest["files"] if r == "zarr.json" or r.endswith("/zarr.json")):
+            self._check_file(rel)
+        root_doc = parse_json(loc.read_bytes("zarr.json"), loc.child("zarr.json").url)
+        meta = dict(((root_doc.get("attributes") or {}).get("cmsvd")) or {}) if isinstance(root_doc, dict) else {}
+        checked = int(meta.get("schema_version", 1) or 1) >= CHECKSUMMED_SCHEMA
+        prefix = loc.path.rstrip("/") + "/"
+        # pre-checksum artifacts: the manifest lists every chunk that must exist
+        expected = None if checked else set(manifest["files"])
+        store = StrictStore(loc.zarr_store(read_only=True), loc.url, checksummed=checked, expected=expected)
+        del prefix
+        try:
+            g = zarr.open_group(store=store, mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise CorruptedFileError(f"artifact {self.label!r}: {loc.url} cannot be opened ({exc})", path=loc.url) from None
         self._group = g
-        meta = dict(g.attrs["cmsvd"])
+        self.checksummed = checked
         self.meta = meta
-        self.collection = meta["collection"]
-        self.label = meta["label"]
-        self.rows = int(meta["rows"])
-        self.dtype = np.dtype(meta["dtype"])
-        self.n_blocks = int(meta["n_blocks"])
-        self.n_groups = int(meta["n_groups"])
-        self.params = meta["params"]
-        self.input_nbytes = int(meta["input_nbytes"])
-        self.input_raw_nbytes = int(meta["input_raw_nbytes"])
-        self.labels = g["block_group"][:]
-        self.errors = g["group_errors"][:]
-        self.ranks = g["group_ranks"][:]
-        self.kinds = g["group_kinds"][:]
-        self.block_ranks = g["block_ranks"][:]
-        self.coef_offsets = g["coef_offsets"][:]
-        self.basis_offsets = g["basis_offsets"][:]
-        members, moff = g["group_members"][:], g["group_member_offsets"][:]
+        where = loc.child("zarr.json").url
+        try:
+            self.collection = meta["collection"]
+            self.label = meta["label"]
+            self.rows = int(meta["rows"])
+            self.dtype = np.dtype(meta["dtype"])
+            self.n_blocks = int(meta["n_blocks"])
+            self.n_groups = int(meta["n_groups"])
+            self.params = meta["params"]
+            self.input_nbytes = int(meta["input_nbytes"])
+            self.input_raw_nbytes = int(meta["input_raw_nbytes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptedFileError(f"artifact {self.label!r}: {where} is corrupted (bad field {exc})", path=where) from None
+        small = {k: self._small(k) for k in (
+            "block_group", "group_errors", "group_ranks", "group_kinds", "block_ranks", "coef_offsets",
+            "basis_offsets", "group_members", "group_member_offsets", "block_widths")}
+        self.labels = small["block_group"]
+        self.errors = small["group_errors"]
+        self.ranks = small["group_ranks"]
+        self.kinds = small["group_kinds"]
+        self.block_ranks = small["block_ranks"]
+        self.coef_offsets = small["coef_offsets"]
+        self.basis_offsets = small["basis_offsets"]
+        members, moff = small["group_members"], small["group_member_offsets"]
         self.groups = [members[moff[k] : moff[k + 1]].tolist() for k in range(self.n_groups)]
-        self.widths = g["block_widths"][:]
+        self.widths = small["block_widths"]
+        self._check_layout()
         self._bases_cache: dict[int, np.ndarray] = {}
+
+    def _check_file(self, rel: str) -> bytes:
+        entry = self.manifest["files"][rel]
+        where = self._loc.child(rel).url
+        try:
+            data = self._loc.read_bytes(rel)
+        except FileNotFoundError:
+            raise CorruptedFileError(f"artifact {self.label!r}: file {where} is missing", path=where) from None
+        if len(data) != entry.get("nbytes"):
+            raise CorruptedFileError(f"artifact {self.label!r}: file {where} has {len(data)} bytes, expected {entry.get('nbytes')}", path=where)
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise CorruptedFileError(f"artifact {self.label!r}: file {where} is corrupted (sha256 mismatch)", path=where)
+        return data
+
+    def _read(self, key: str, selection: Any, what: str) -> np.ndarray:
+        """A read naming the damaged chunk and what it holds (never wrong numbers)."""
+        try:
+            return np.asarray(self._group[key][selection])
+        except CorruptedFileError as exc:
+            raise type(exc)(f"artifact {self.label!r}, {what}: {exc}", path=exc.path) from None
+        except KeyError:
+            where = self._loc.child(key).url
+            raise CorruptedFileError(f"artifact {self.label!r}: array {where} is missing", path=where) from None
+        except (ValueError, RuntimeError, TypeError) as exc:
+            where = self._loc.child(key).url
+            raise CorruptedFileError(f"artifact {self.label!r}, {what}: {where} cannot be decoded, it is corrupted ({exc})", path=where) from None
+
+    def _small(self, key: str) -> np.ndarray:
+        return self._read(key, slice(None), f"array {key!r}")
+
+    def _check_layout(self) -> None:
+        """Sizes of the small arrays against the attributes (a damaged record is named)."""
+        k, g = self.n_blocks, self.n_groups
+        expect = {"block_group": k, "block_ranks": k, "block_widths": k, "coef_offsets": k + 1,
+                  "basis_offsets": g + 1, "group_member_offsets": g + 1, "group_ranks": g,
+                  "group_errors": g, "group_kinds": g, "group_members": k}
+        sizes = {"block_group": self.labels, "block_ranks": self.block_ranks, "block_widths": self.widths,
+                 "coef_offsets": self.coef_offsets, "basis_offsets": self.basis_offsets, "group_ranks": self.ranks,
+                 "group_errors": self.errors, "group_kinds": self.kinds}
+        for key, arr in sizes.items():
+            if arr.shape != (expect[key],):
+                where = self._loc.child(key).url
+                raise CorruptedFileError(f"artifact {self.label!r}: {where} has shape {arr.shape}, expected ({expect[key]},)", path=where)
 
     def __repr__(self) -> str:
         return f"Artifact({self.label!r}, collection={self.collection!r}, n_blocks={self.n_blocks}, n_groups={self.n_groups})"
@@ -484,13 +623,14 @@ class Artifact:
         if g not in self._bases_cache:
             if len(self._bases_cache) > 16:
                 self._bases_cache.clear()
-            self._bases_cache[g] = self._group["bases"][:, self.basis_offsets[g] : self.basis_offsets[g + 1]]
+            sel = (slice(None), slice(int(self.basis_offsets[g]), int(self.basis_offsets[g + 1])))
+            self._bases_cache[g] = self._read("bases", sel, f"basis of group {g}")
         return self._bases_cache[g]
 
     def coefficients(self, i: int) -> np.ndarray:
         """V_i (r, n_i) for block i (the block itself for a raw group)."""
         i = self._block(i)
-        flat = self._group["coefficients"][self.coef_offsets[i] : self.coef_offsets[i + 1]]
+        flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
 
     def decompress(self, i: int) -> np.ndarray:
@@ -510,12 +650,5 @@ class Artifact:
         IntegrityError
             Naming the first missing, resized or corrupted file.
         """
-        for rel, entry in sorted(self.manifest["files"].items()):
-            try:
-                data = self._loc.read_bytes(rel)
-            except FileNotFoundError:
-                raise IntegrityError(f"artifact {self.label!r}: file {rel} is missing") from None
-            if len(data) != entry["nbytes"]:
-                raise IntegrityError(f"artifact {self.label!r}: file {rel} has {len(data)} bytes, expected {entry['nbytes']}")
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise IntegrityError(f"artifact {self.label!r}: file {rel} is corrupted (sha256 mismatch)")
+        for rel in sorted(self.manifest["files"]):
+            self._check_file(rel)

@@ -18,9 +18,18 @@ root ``zarr.json`` in a single object write.  A failure before that last write l
 the collection exactly as it was; the writer then shrinks ``data`` back to the
 committed extent (best effort, and harmless if it cannot).
 
-New collections are written under ``<root>/.staging/`` and published by
-:func:`storage._location.publish` (rename locally, copy with ``zarr.json`` last on
-object stores), so a failed ingest leaves nothing visible under the collection name.
+New collections are written under ``<root>/.staging/`` and renamed into place on local
+disk (an overwrite swaps directories atomically).  On object stores the group lives in a
+version prefix ``<root>/<name>/v-<time>-<hex>/`` and ``<root>/<name>/current.json``
+points at it; an ingest writes a fresh version and switches the pointer last, then
+removes older versions.  A failed or killed ingest therefore leaves the old collection
+(or nothing) visible, never a mixture; its leftovers are removed by later writers.
+
+Integrity (schema 2): every array ends its codec chain with crc32c and every chunk is
+written, reads go through :class:`storage._integrity.StrictStore` (a missing chunk or a
+checksum mismatch raises an error naming the chunk and the blocks it holds), and the
+commit record carries a sha256 seal.  Stores written before schema 2 still open, without
+these checks.
 
 Writers assume a single writer per collection; readers may run concurrently.
 """
@@ -34,14 +43,37 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
-from ._location import SCHEMA_VERSION, Location, check_name, json_dumps, publish, resolve
+from ._integrity import (
+    ARRAY_CONFIG,
+    CHECKSUMMED_SCHEMA,
+    StrictStore,
+    checked_codecs,
+    parse_json,
+    seal,
+    unseal,
+)
+from ._location import (
+    POINTER,
+    SCHEMA_VERSION,
+    Location,
+    check_name,
+    collect_versions,
+    json_dumps,
+    new_version_name,
+    publish_local,
+    read_pointer,
+    resolve,
+    sweep_stale,
+    switch_pointer,
+)
 from .errors import (
     BlockValidationError,
     CollectionExistsError,
     CollectionNotFoundError,
+    CorruptedFileError,
     EmptyInputError,
+    MissingChunkError,
 )
 
 #: Target size of one stored chunk; a chunk is also the writer's buffer.
@@ -56,8 +88,8 @@ _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def default_codecs() -> list:
-    """Blosc + zstd with byte shuffle: multi-threaded, good on floats."""
-    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+    """Blosc + zstd with byte shuffle (multi-threaded, good on floats), then crc32c."""
+    return checked_codecs()
 
 
 def default_chunks(
@@ -95,7 +127,7 @@ class _ColumnSink:
     loaded so that rewriting it keeps the old values).  Memory: one chunk.
     """
 
-    def __init__(self, array: zarr.Array, start: int) -> None:
+    def __init__(self, array: zarr.Array, start: int, head: np.ndarray | None = None) -> None:
         self.array = array
         self.cc = int(array.chunks[-1])
         self.buf_start = (start // self.cc) * self.cc
@@ -103,7 +135,9 @@ class _ColumnSink:
         self.pos = start
         self.buf = np.zeros(array.shape[:-1] + (self.cc,), dtype=array.dtype)
         if self.fill:
-            self.buf[..., : self.fill] = array[..., self.buf_start : start]
+            # *head* comes from a checked read: rewriting an unverified chunk would give
+            # damaged values a fresh, valid checksum
+            self.buf[..., : self.fill] = array[..., self.buf_start : start] if head is None else head
 
     def _ensure(self, stop: int) -> None:
         if self.array.shape[-1] < stop:
@@ -181,20 +215,23 @@ class CollectionWriter:
         staging: Location | None,
         overwrite: bool,
         stack_complex: bool,
+        version: str | None = None,
+        head: np.ndarray | None = None,
     ) -> None:
         self._root = root
         self.name = name
         self._group = group
         self._meta = meta
         self._staging = staging
+        self._version = version
         self._overwrite = overwrite
         self.stack_complex = stack_complex
         self.rows = int(meta["rows"])
         self.dtype = np.dtype(meta["dtype"])
         self._base_blocks = int(meta["n_blocks"])
         self._base_columns = int(meta["n_columns"])
-        self._data = group["data"]
-        self._sink = _ColumnSink(self._data, self._base_columns)
+        self._data = group["data"].with_config(ARRAY_CONFIG)
+        self._sink = _ColumnSink(self._data, self._base_columns, head)
         self._offsets = [int(offsets[-1])] if len(offsets) else [0]
         self._norms2: list[float] = []
         self._names: list[str] = []
@@ -306,11 +343,12 @@ class CollectionWriter:
             prov = list(prov) if prov is not None else [None] * self._base_blocks
             meta["block_provenance"] = prov + self._prov
         meta["modified"] = _now()
-        return meta
+        return meta  # sealed by publish, once complete
 
     def _write_vectors(self) -> None:
         k0, k1 = self._base_blocks, self.n_blocks
-        offsets, norms2 = self._group["offsets"], self._group["norms2"]
+        offsets = self._group["offsets"].with_config(ARRAY_CONFIG)
+        norms2 = self._group["norms2"].with_config(ARRAY_CONFIG)
         if offsets.shape[0] != k1 + 1:
             offsets.resize((k1 + 1,))
         if norms2.shape[0] != k1:
@@ -343,14 +381,11 @@ class CollectionWriter:
             meta = self._commit_record()
             if not self.appending:
                 meta["state"] = "published"
+            if int(meta.get("schema_version", 1)) >= CHECKSUMMED_SCHEMA:
+                meta = seal(meta)
             self._group.attrs.update({_META_KEY: meta})  # the commit point
             if not self.appending:
-                try:
-                    publish(self._staging, self._root.child(self.name), "zarr.json", self._overwrite)
-                except FileExistsError:
-                    raise CollectionExistsError(
-                        f"collection {self.name!r} already exists at {self._root.url}"
-                    ) from None
+                self._publish_new()
         except BaseException:
             self._state = "failed"
             self.discard()
@@ -359,6 +394,21 @@ class CollectionWriter:
         return open_collection(self._root.url, self.name, storage_options=self._root.storage_options)
 
     commit = publish
+
+    def _publish_new(self) -> None:
+        final = self._root.child(self.name)
+        try:
+            if final.is_local:
+                publish_local(self._staging, final, self._overwrite)
+                return
+            if not self._overwrite and final.exists("zarr.json"):  # a pre-versioning copy
+                raise FileExistsError(final.url)
+            record = {"kind": "collection", "version": self._version, "written": _now()}
+            switch_pointer(final, record, self._overwrite)
+        except FileExistsError:
+            raise CollectionExistsError(f"collection {self.name!r} already exists at {self._root.url}") from None
+        self._staging = None  # the version is published: never discard it now
+        collect_versions(final, self._version)
 
     def discard(self) -> None:
         """Drop everything written by this writer (the staging group, or appended columns)."""
@@ -434,14 +484,23 @@ def create_collection(
         raise ValueError(f"collection {name!r}: rows must be positive, got {rows}")
     root = resolve(url, storage_options)
     final = root.child(name)
-    if not overwrite and final.exists("zarr.json"):
+    if not overwrite and _is_published(final):
         raise CollectionExistsError(f"collection {name!r} already exists at {root.url}")
-    staging = root.child(".staging", f"{name}-{uuid.uuid4().hex}")
+    version = None
+    if final.is_local:
+        sweep_stale(root.child(".staging"))  # folders of killed ingests
+        staging = root.child(".staging", new_version_name(f"{name}-"))
+    else:
+        version = new_version_name()
+        staging = final.child(version)  # invisible until the pointer names it
     cr, cc = default_chunks(rows, dt, chunk_columns, chunk_rows)
     group = zarr.open_group(store=staging.zarr_store(), mode="w")
-    group.create_array("data", shape=(rows, 0), chunks=(cr, cc), dtype=dt, compressors=default_codecs(), fill_value=0)
-    group.create_array("offsets", shape=(1,), chunks=(_VECTOR_CHUNK,), dtype=np.int64, fill_value=0)
-    group.create_array("norms2", shape=(0,), chunks=(_VECTOR_CHUNK,), dtype=np.float64, fill_value=0)
+    opts = {"compressors": default_codecs(), "fill_value": 0, "config": ARRAY_CONFIG}
+    group.create_array("data", shape=(rows, 0), chunks=(cr, cc), dtype=dt, **opts)
+    offsets = group.create_array("offsets", shape=(1,), chunks=(_VECTOR_CHUNK,), dtype=np.int64, **opts)
+    offsets[:] = 0  # written explicitly: every chunk of a schema-2 array exists
+    group.create_array("norms2", shape=(0,), chunks=(_VECTOR_CHUNK,), dtype=np.float64, **opts)
+    signatures = {k: _array_signature(group[k]) for k in ("data", "offsets", "norms2")}
     meta = {
         "schema_version": SCHEMA_VERSION,
         "kind": "collection",
@@ -453,35 +512,88 @@ def create_collection(
         "names": [],
         "block_provenance": None,
         "provenance": provenance or {},
+        "chunks": [cr, cc],
+        "array_sha256": signatures,
         "created": _now(),
     }
     group.attrs.update({_META_KEY: meta})
     return CollectionWriter(
-        root, name, group, meta, offsets=[0], staging=staging, overwrite=overwrite, stack_complex=stack_complex
+        root, name, group, meta, offsets=[0], staging=staging, overwrite=overwrite, stack_complex=stack_complex,
+        version=version,
     )
+
+
+def _array_signature(arr: zarr.Array) -> str:
+    """sha256 of an array's metadata except its shape (which appends change)."""
+    md = {k: v for k, v in arr.metadata.to_dict().items() if k not in ("shape", "attributes")}
+    return hashlib.sha256(json_dumps(md).encode()).hexdigest()
+
+
+def _is_published(final: Location) -> bool:
+    final.invalidate()
+    if final.is_local:
+        return final.exists("zarr.json")
+    return final.exists(POINTER) or final.exists("zarr.json")
+
+
+def _current(final: Location, name: str, root: Location) -> Location:
+    """Location of the published group: the pointer's version, else the legacy in-place group."""
+    if not final.is_local:
+        pointer = read_pointer(final)
+        if pointer is not None:
+            return final.child(pointer["version"])
+    if not final.exists("zarr.json"):
+        if final.is_local and final.exists("data"):  # published folders always hold zarr.json
+            where = final.child("zarr.json").url
+            raise CorruptedFileError(f"collection {name!r}: {where} is missing (damaged or half-deleted collection)", path=where)
+        raise CollectionNotFoundError(f"no collection {name!r} at {root.url}")
+    return final
 
 
 def open_collection(url: str, name: str, *, storage_options: dict | None = None) -> "Collection":
     """Open a published collection for reading.
 
+    Schema-2 collections are checked on open (sealed commit record, array metadata,
+    offsets and norms consistent with it) and on every read (crc32c, chunk presence).
+
     Raises
     ------
     CollectionNotFoundError
         Nothing published under that name (staging leftovers are ignored).
+    CorruptedFileError
+        A metadata file is unreadable or inconsistent (the message names it).
     """
     check_name(name, "collection name")
     root = resolve(url, storage_options)
-    loc = root.child(name)
-    loc.invalidate()
-    if not loc.exists("zarr.json"):
-        raise CollectionNotFoundError(f"no collection {name!r} at {root.url}")
-    group = zarr.open_group(store=loc.zarr_store(read_only=True), mode="r")
-    meta = dict(group.attrs.get(_META_KEY) or {})
-    if meta.get("kind") != "collection":
-        raise CollectionNotFoundError(f"{loc.url} is not a cmsvd collection")
-    if int(meta.get("schema_version", -1)) > SCHEMA_VERSION:
-        raise ValueError(f"collection {name!r} has schema {meta['schema_version']}, newer than {SCHEMA_VERSION}")
-    return Collection(root, name, group, meta)
+    final = root.child(name)
+    final.invalidate()
+    loc = _current(final, name, root)
+    where = loc.child("zarr.json").url
+    try:
+        raw = loc.read_bytes("zarr.json")
+    except FileNotFoundError:  # the pointer names a version that is not there
+        raise CorruptedFileError(f"collection {name!r}: {where} is missing", path=where) from None
+    doc = parse_json(raw, where)
+    meta = doc.get("attributes", {}).get(_META_KEY) if isinstance(doc, dict) and isinstance(doc.get("attributes"), dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "collection":
+        raise CorruptedFileError(f"collection {name!r}: {where} holds no cmsvd commit record (damaged, or not a cmsvd collection)", path=where)
+    try:
+        schema = int(meta.get("schema_version", -1))
+    except (TypeError, ValueError):
+        raise CorruptedFileError(f"collection {name!r}: {where} is corrupted (bad schema_version)", path=where) from None
+    if schema > SCHEMA_VERSION:
+        raise ValueError(f"collection {name!r} has schema {schema}, newer than {SCHEMA_VERSION}: upgrade cmsvd")
+    checked = schema >= CHECKSUMMED_SCHEMA
+    if checked:
+        meta = unseal(meta, where, required=True)
+    store = loc.zarr_store(read_only=True)
+    if checked:
+        store = StrictStore(store, loc.url, checksummed=True)
+    try:
+        group = zarr.open_group(store=store, mode="r")
+    except Exception as exc:  # noqa: BLE001 - any parse failure of the metadata
+        raise CorruptedFileError(f"collection {name!r}: {where} is corrupted ({exc})", path=where) from None
+    return Collection(root, name, group, meta, loc=loc, checked=checked)
 
 
 class Collection:
@@ -502,25 +614,135 @@ class Collection:
         Zarr chunk shape of ``data``.
     """
 
-    def __init__(self, root: Location, name: str, group: zarr.Group, meta: dict) -> None:
+    def __init__(
+        self, root: Location, name: str, group: zarr.Group, meta: dict, *, loc: Location | None = None, checked: bool = False
+    ) -> None:
         self._root = root
+        self._loc = loc if loc is not None else root.child(name)
         self.url = root.url
         self.name = name
         self._group = group
         self._meta = meta
-        self._data = group["data"]
-        self.rows = int(meta["rows"])
-        self.dtype = np.dtype(meta["dtype"])
-        self.n_blocks = int(meta["n_blocks"])
-        self.n_columns = int(meta["n_columns"])
-        self.names: list[str] = list(meta["names"])
+        self.checksummed = checked
+        record = self._loc.child("zarr.json").url
+        try:
+            self.rows = int(meta["rows"])
+            self.dtype = np.dtype(meta["dtype"])
+            self.n_blocks = int(meta["n_blocks"])
+            self.n_columns = int(meta["n_columns"])
+            self.names: list[str] = list(meta["names"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptedFileError(f"collection {name!r}: {record} is corrupted (bad field {exc})", path=record) from None
         self.provenance: dict = dict(meta.get("provenance") or {})
         self.block_provenance = meta.get("block_provenance")
+        self._data = self._array("data")
+        offsets_arr, norms_arr = self._array("offsets"), self._array("norms2")
+        self._check_arrays(self._data, offsets_arr, norms_arr)
         # only the committed prefix is trusted (an append may have written beyond it)
-        self.offsets = np.asarray(group["offsets"][: self.n_blocks + 1], dtype=np.int64)
-        self.norms2 = np.asarray(group["norms2"][: self.n_blocks], dtype=np.float64)
+        self.offsets = self._read(offsets_arr, slice(0, self.n_blocks + 1), "offsets").astype(np.int64, copy=False)
+        self.norms2 = self._read(norms_arr, slice(0, self.n_blocks), "norms2").astype(np.float64, copy=False)
         self.widths = np.diff(self.offsets)
         self.chunks = tuple(int(c) for c in self._data.chunks)
+        self._check_vectors()
+
+    # ---- checks ------------------------------------------------------------
+    def _array(self, key: str) -> zarr.Array:
+        where = self._loc.child(key, "zarr.json").url
+        try:
+            arr = self._group[key]
+        except KeyError:
+            raise CorruptedFileError(f"collection {self.name!r}: array {key!r} is missing ({where})", path=where) from None
+        except Exception as exc:  # noqa: BLE001 - unparsable array metadata
+            raise CorruptedFileError(f"collection {self.name!r}: {where} is corrupted ({exc})", path=where) from None
+        if not isinstance(arr, zarr.Array):
+            raise CorruptedFileError(f"collection {self.name!r}: {where} is not an array", path=where)
+        return arr
+
+    def _check_arrays(self, data: zarr.Array, offsets: zarr.Array, norms2: zarr.Array) -> None:
+        """Array metadata must agree with the commit record (catches damaged zarr.json)."""
+        problems = []
+        if data.dtype != self.dtype or data.ndim != 2 or data.shape[0] != self.rows or data.shape[1] < self.n_columns:
+            problems.append(("data", f"shape {data.shape} {data.dtype}, record says ({self.rows}, >={self.n_columns}) {self.dtype}"))
+        elif self._meta.get("chunks") is not None and list(data.chunks) != list(self._meta["chunks"]):
+            problems.append(("data", f"chunks {data.chunks}, record says {tuple(self._meta['chunks'])}"))
+        if offsets.dtype != np.int64 or offsets.ndim != 1 or offsets.shape[0] < self.n_blocks + 1:
+            problems.append(("offsets", f"shape {offsets.shape} {offsets.dtype}, record says >= {self.n_blocks + 1} int64"))
+        if norms2.dtype != np.float64 or norms2.ndim != 1 or norms2.shape[0] < self.n_blocks:
+            problems.append(("norms2", f"shape {norms2.shape} {norms2.dtype}, record says >= {self.n_blocks} float64"))
+        signatures = self._meta.get("array_sha256") or {}
+        for key, arr in (("data", data), ("offsets", offsets), ("norms2", norms2)):
+            if key in signatures and _array_signature(arr) != signatures[key]:
+                problems.append((key, "metadata differs from the one recorded at creation"))
+        if self.checksummed:
+            for key, arr in (("data", data), ("offsets", offsets), ("norms2", norms2)):
+                codecs = [c.to_dict()["name"] for c in arr.metadata.codecs]
+                if not codecs or codecs[-1] != "crc32c":
+                    problems.append((key, f"codecs {codecs} lack the crc32c checksum"))
+        if problems:
+            key, what = problems[0]
+            where = self._loc.child(key, "zarr.json").url
+            raise CorruptedFileError(f"collection {self.name!r}: {where} is corrupted or inconsistent: {what}", path=where)
+
+    def _check_vectors(self) -> None:
+        off, k = self.offsets, self.n_blocks
+        where = self._loc.url
+        if off.size != k + 1 or off[0] != 0 or off[-1] != self.n_columns or (k and (np.diff(off) <= 0).any()):
+            raise CorruptedFileError(
+                f"collection {self.name!r}: offsets are inconsistent with the commit record "
+                f"(must rise from 0 to {self.n_columns} over {k} blocks) in {where}/offsets",
+                path=f"{where}/offsets",
+            )
+        if not np.isfinite(self.norms2).all() or (self.norms2 < 0).any():
+            raise CorruptedFileError(f"collection {self.name!r}: norms2 holds negative or non-finite values ({where}/norms2)", path=f"{where}/norms2")
+        if len(self.names) != k:
+            raise CorruptedFileError(f"collection {self.name!r}: {len(self.names)} names for {k} blocks ({where}/zarr.json)", path=f"{where}/zarr.json")
+
+    def _blocks_of_columns(self, start: int, stop: int) -> str:
+        if not hasattr(self, "offsets") or stop <= start:
+            return ""
+        a = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        b = int(np.searchsorted(self.offsets, stop, side="left")) - 1
+        a, b = max(a, 0), min(max(b, a), self.n_blocks - 1)
+        if a == b:
+            return f"block {a} ({self.names[a]!r})"
+        return f"blocks {a} ({self.names[a]!r}) to {b} ({self.names[b]!r})"
+
+    def _chunk_blocks(self, path: str | None) -> str:
+        """Blocks held by a damaged ``data`` chunk, from its key ``.../data/c/<r>/<c>``."""
+        if not path or "/data/c/" not in path or not hasattr(self, "offsets"):
+            return ""
+        try:
+            c = int(path.rstrip("/").rsplit("/", 1)[-1])
+        except ValueError:
+            return ""
+        cc = int(self._data.chunks[1])
+        start, stop = c * cc, min((c + 1) * cc, self.n_columns)
+        held = self._blocks_of_columns(start, stop)
+        return f"; it holds columns {start}:{stop}, {held}" if held else ""
+
+    def _replaced(self) -> str:
+        if self._loc.is_local or self._loc is self._root.child(self.name):
+            return ""
+        try:
+            pointer = read_pointer(self._root.child(self.name))
+        except Exception:  # noqa: BLE001 - only a hint
+            return ""
+        if pointer is None or self._loc.path.rstrip("/").endswith("/" + str(pointer.get("version"))):
+            return ""
+        return " (the collection was replaced while being read: reopen it)"
+
+    def _read(self, arr: zarr.Array, selection: Any, what: str) -> np.ndarray:
+        """A read that names the damaged chunk and blocks instead of returning wrong numbers."""
+        try:
+            return np.asarray(arr[selection])
+        except MissingChunkError as exc:
+            raise MissingChunkError(f"collection {self.name!r}, {what}: {exc}{self._chunk_blocks(exc.path)}{self._replaced()}", path=exc.path) from None
+        except CorruptedFileError as exc:
+            raise CorruptedFileError(f"collection {self.name!r}, {what}: {exc}{self._chunk_blocks(exc.path)}", path=exc.path) from None
+        except (ValueError, RuntimeError, TypeError) as exc:  # pre-checksum stores: codec errors
+            raise CorruptedFileError(
+                f"collection {self.name!r}, {what}: stored chunk cannot be decoded, it is corrupted ({exc})", path=self._loc.url
+            ) from None
 
     def __len__(self) -> int:
         return self.n_blocks
@@ -557,13 +779,14 @@ class Collection:
     def block(self, i: int) -> np.ndarray:
         """Block *i* as an (rows x width) array."""
         i = self._index(i)
-        return np.asarray(self._data[:, self.offsets[i] : self.offsets[i + 1]])
+        return self._read(self._data, (slice(None), slice(int(self.offsets[i]), int(self.offsets[i + 1]))), f"block {i} ({self.names[i]!r})")
 
     def column_range(self, start: int, stop: int) -> np.ndarray:
         """Columns ``start:stop`` of the concatenated data."""
         if not 0 <= start <= stop <= self.n_columns:
             raise IndexError(f"column range {start}:{stop} outside 0:{self.n_columns}")
-        return np.asarray(self._data[:, start:stop])
+        what = f"columns {start}:{stop} ({self._blocks_of_columns(start, stop)})"
+        return self._read(self._data, (slice(None), slice(start, stop)), what)
 
     def blocks(self, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """Gather many blocks side by side, in the order given.
@@ -592,7 +815,8 @@ class Collection:
             while col < e:
                 run = runs[col // self.chunks[1]]
                 if run != cur:
-                    cur, cur_data = run, np.asarray(self._data[:, run[0] : run[1]])
+                    what = f"columns {run[0]}:{run[1]} ({self._blocks_of_columns(run[0], run[1])})"
+                    cur, cur_data = run, self._read(self._data, (slice(None), slice(run[0], run[1])), what)
                 stop = min(e, run[1])
                 out[:, d + col - s : d + stop - s] = cur_data[:, col - run[0] : stop - run[0]]
                 col = stop
@@ -628,6 +852,41 @@ class Collection:
 
         return da.from_zarr(self._data)[:, : self.n_columns]
 
+    def verify(self) -> dict:
+        """Read every committed chunk (checksums, presence) and recompute every block's norm.
+
+        Returns
+        -------
+        dict
+            ``blocks``, ``columns``, ``checksummed`` (False for a pre-schema-2 store,
+            whose damaged chunks are caught only when they no longer decode or change a
+            block's norm).
+
+        Raises
+        ------
+        CorruptedFileError
+            Naming the first damaged chunk or block.
+        """
+        first = 0
+        per_column = max(1, self.rows * self.dtype.itemsize)
+        while first < self.n_blocks:
+            stop = first + 1
+            while stop < self.n_blocks and (self.offsets[stop + 1] - self.offsets[first]) * per_column <= MAX_READ_BYTES:
+                stop += 1
+            s0 = int(self.offsets[first])
+            data = self.column_range(s0, int(self.offsets[stop]))
+            for i in range(first, stop):
+                piece = data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0].astype(np.float64, copy=False)
+                n2 = float(np.einsum("ij,ij->", piece, piece))
+                if not np.isclose(n2, self.norms2[i], rtol=1e-9, atol=0.0):
+                    raise CorruptedFileError(
+                        f"collection {self.name!r}, block {i} ({self.names[i]!r}): squared norm {n2!r} differs from "
+                        f"the {self.norms2[i]!r} recorded at ingest: its data is corrupted",
+                        path=f"{self._loc.url}/data",
+                    )
+            first = stop
+        return {"blocks": self.n_blocks, "columns": self.n_columns, "checksummed": self.checksummed}
+
     def fingerprint(self) -> str:
         """Cheap content fingerprint (shape, dtype, names, offsets, norms2)."""
         h = hashlib.sha256()
@@ -638,12 +897,16 @@ class Collection:
 
     def appender(self, *, stack_complex: bool = False) -> CollectionWriter:
         """A writer that appends blocks to this collection atomically (see module doc)."""
-        loc = self._root.child(self.name)
-        group = zarr.open_group(store=loc.zarr_store(), mode="r+")
-        meta = dict(group.attrs[_META_KEY])
-        offsets = group["offsets"][int(meta["n_blocks"]) : int(meta["n_blocks"]) + 1]
+        group = zarr.open_group(store=self._loc.zarr_store(), mode="r+")
+        meta = {k: v for k, v in self._meta.items()}  # already unsealed and checked
+        cc = int(self._data.chunks[1])
+        tail = (self.n_columns // cc) * cc
+        head = None
+        if tail < self.n_columns:  # the shared chunk is rewritten: read it verified
+            head = self._read(self._data, (slice(None), slice(tail, self.n_columns)), "the last chunk (append)")
         return CollectionWriter(
-            self._root, self.name, group, meta, offsets=offsets, staging=None, overwrite=False, stack_complex=stack_complex
+            self._root, self.name, group, meta, offsets=self.offsets[-1:], staging=None, overwrite=False,
+            stack_complex=stack_complex, head=head,
         )
 
     def append_blocks(
@@ -656,9 +919,11 @@ class Collection:
 
 
 def delete_collection(url: str, name: str, *, storage_options: dict | None = None) -> None:
-    """Remove a collection (marker first, so it disappears before its data)."""
+    """Remove a collection (pointer or marker first, so it disappears before its data)."""
     check_name(name, "collection name")
     loc = resolve(url, storage_options).child(name)
+    if not loc.is_local:
+        loc.rm(POINTER)
     loc.rm("zarr.json")
     loc.rm()
 
@@ -674,6 +939,8 @@ def list_collections(url: str, *, storage_options: dict | None = None) -> list[s
     names = []
     for entry in entries:
         base = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not base.startswith(".") and base not in ("runs", "artifacts") and root.exists(base, "zarr.json"):
+        if base.startswith(".") or base in ("runs", "artifacts"):
+            continue
+        if root.exists(base, "zarr.json") or (not root.is_local and root.exists(base, POINTER)):
             names.append(base)
     return sorted(names)

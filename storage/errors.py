@@ -60,3 +60,34 @@ class IntegrityError(StorageError, ValueError):
 
 class CheckpointError(IntegrityError):
     """A run stage is missing, truncated or corrupted (never silently used)."""
+
+
+class CorruptedFileError(IntegrityError):
+    """A stored file is damaged: unreadable metadata, a checksum mismatch, a bad record.
+
+    Attributes
+    ----------
+    path : str or None
+        URL or path of the damaged file (or chunk object), when known.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class MissingChunkError(CorruptedFileError):
+    """A chunk that must exist is absent: never read back as the Zarr fill value."""
+
+
+class SourceFormatError(StorageError, ValueError):
+    """An ingest source file is malformed or unsafe to read (bad header, bad offsets,
+    over the memory budget); the message names the file and the problem."""
+
+
+class RunLeaseError(StorageError, RuntimeError):
+    """Another process holds the writer lease of a run (message names run and owner)."""
+
+
+class LeaseLostError(RunLeaseError):
+    """This process's lease expired or was taken over while it was still writing."""

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ._integrity import parse_json, seal, unseal
 from ._location import Location, check_name, fingerprint_of, json_default, json_dumps, resolve
-from .errors import CheckpointError, RunMismatchError
+from .errors import CheckpointError, CorruptedFileError, RunMismatchError
 
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
@@ -81,7 +82,11 @@ def open_run(
     }
     loc.invalidate()
     if loc.exists(RUN_FILE):
-        old = loc.read_json(RUN_FILE)
+        where = loc.child(RUN_FILE).url
+        old = unseal(parse_json(loc.read_bytes(RUN_FILE), where), where)
+        missing = [k for k in ("run_id", "params_fingerprint", "input_fingerprint") if not isinstance(old.get(k), str)]
+        if missing:
+            raise CorruptedFileError(f"run {run_id!r}: {where} is corrupted (no {', '.join(missing)})", path=where)
         problems = []
         if old.get("params_fingerprint") != record["params_fingerprint"]:
             problems.append("parameters differ (" + "; ".join(_diff(old.get("params", {}), params)) + ")")
@@ -95,7 +100,7 @@ def open_run(
         record = old
     else:
         record["created"] = _now()
-        loc.write_json(record, RUN_FILE)
+        loc.write_json(seal(record), RUN_FILE)
     return Run(loc, record)
 
 
@@ -137,24 +142,28 @@ class Run:
 
     def _manifest(self, stage: str) -> dict | None:
         loc = self._stage(stage)
+        where = loc.child(MANIFEST).url
         try:
-            import json
-
-            manifest = json.loads(loc.read_bytes(MANIFEST))
+            raw = loc.read_bytes(MANIFEST)
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise CheckpointError(f"stage {stage!r} of run {self.run_id!r}: unreadable manifest ({exc})") from None
-        return manifest
+        try:
+            return unseal(parse_json(raw, where), where)
+        except CorruptedFileError as exc:
+            raise CheckpointError(f"stage {stage!r} of run {self.run_id!r}: {exc}") from None
 
     def is_complete(self, stage: str) -> bool:
         """True if the stage's manifest exists, says complete and belongs to this run's
-        parameters and input.  (Cheap: does not hash; :meth:`load_stage` does.)"""
+        parameters and input.  (Cheap: does not hash; :meth:`load_stage` does.)
+
+        Raises
+        ------
+        CheckpointError
+            The manifest exists but is damaged (not JSON, bad seal): reported, never
+            silently recomputed over.
+        """
         self._loc.invalidate()
-        try:
-            m = self._manifest(stage)
-        except CheckpointError:
-            return False
+        m = self._manifest(stage)
         return bool(
             m
             and m.get("status") == "complete"
@@ -172,7 +181,7 @@ class Run:
         """
         if not self.is_complete(stage):
             raise CheckpointError(f"stage {stage!r} of run {self.run_id!r} is not complete")
-        return dict(self._manifest(stage).get("meta") or {})
+        return dict((self._manifest(stage) or {}).get("meta") or {})
 
     def stages(self) -> list[str]:
         """Names of the complete stages, sorted."""
@@ -227,7 +236,7 @@ class Run:
             "meta": meta_json,
             "written": _now(),
         }
-        loc.write_json(manifest, MANIFEST)
+        loc.write_json(seal(manifest), MANIFEST)
 
     def _checked_manifest(self, stage: str) -> dict:
         self._loc.invalidate()

@@ -324,26 +324,28 @@ def test_property_stream_and_append_equal_concatenation(mem_root, widths, chunk,
     np.testing.assert_array_equal(data, np.concatenate(blocks[::-1], axis=1))
 
 
-def test_object_store_publish_interrupted_before_marker(mem_root, make_blocks, monkeypatch):
-    """memory:// publishes like S3 (copy, marker last): a crash before the marker copy
-    leaves objects under the name but no visible collection, and a retry succeeds."""
+def test_object_store_publish_interrupted_before_pointer(mem_root, make_blocks, monkeypatch):
+    """memory:// publishes like S3 (version prefix, pointer last): a crash before the
+    pointer write leaves objects under the name but no visible collection, and a retry
+    succeeds and removes the abandoned version."""
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    real_copy = fs.copy
+    real_pipe = type(fs).pipe_file
 
-    def copy(src, dst, *a, **k):
-        if isinstance(dst, str) and dst.endswith("/c/zarr.json"):
-            raise Boom("killed before the marker")
-        return real_copy(src, dst, *a, **k)
+    def pipe_file(self, path, value, *a, **k):
+        if str(path).endswith("/c/current.json"):
+            raise Boom("killed before the pointer")
+        return real_pipe(self, path, value, *a, **k)
 
-    monkeypatch.setattr(fs, "copy", copy)
+    monkeypatch.setattr(type(fs), "pipe_file", pipe_file)
     blocks = make_blocks(3, [2, 5])
     with pytest.raises(Boom):
         ingest_blocks(mem_root, "c", blocks, chunk_columns=2)
-    assert fs.find(f"{mem_root}/c")  # half-copied objects exist ...
-    with pytest.raises(CollectionNotFoundError):  # ... but nothing is visible
+    with pytest.raises(CollectionNotFoundError):  # nothing is visible
         open_collection(mem_root, "c")
-    monkeypatch.setattr(fs, "copy", real_copy)
+    monkeypatch.setattr(type(fs), "pipe_file", real_pipe)
     coll = ingest_blocks(mem_root, "c", blocks, chunk_columns=2)
     np.testing.assert_array_equal(coll.block(1), blocks[1])
+    versions = [p for p in fs.ls(f"{mem_root}/c", detail=False) if p.rsplit("/", 1)[-1].startswith("v-")]
+    assert len(versions) == 1

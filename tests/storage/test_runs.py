@@ -96,9 +96,13 @@ def test_stage_without_manifest_is_absent(run, root, rng):
 def test_corrupt_manifest_is_reported(run, root, rng):
     run.save_stage("scan", arrays(rng), {})
     open(os.path.join(root, "runs", "c", "run-1", "scan", "manifest.json"), "w").write("{trunc")
-    assert not run.is_complete("scan")
-    with pytest.raises(CheckpointError, match="unreadable manifest"):
+    # reported as corrupted (naming the file), never silently treated as absent
+    with pytest.raises(CheckpointError, match=r"scan/manifest.json is corrupted"):
+        run.is_complete("scan")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         run.load_stage("scan")
+    run.save_stage("scan", arrays(rng), {})  # an explicit re-save replaces it
+    assert run.is_complete("scan")
 
 
 def test_resave_replaces_stage(run, rng):
