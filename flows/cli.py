@@ -121,6 +121,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+import errno as _errno
+
+# store access problems that are not "missing": say what happened
+_OS_PROBLEMS = {
+    _errno.ENOSPC: "no space left on the store's device: free some space or use another --store",
+    _errno.EDQUOT: "disk quota exceeded on the store: free some space or use another --store",
+    _errno.EROFS: "the store is on a read-only filesystem: use a writable --store",
+    _errno.EACCES: "permission denied on the store: check its owner and permissions",
+    _errno.EPERM: "operation not permitted on the store: check its owner and permissions",
+}
+
+
 def _classify(exc: BaseException) -> tuple[int, str]:
     """Exit code and one-line message of an exception raised by a command."""
     import storage
@@ -152,13 +164,19 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         name = getattr(exc, "name", None) or _one_line(exc)
         hint = " (pip install 'cmsvd[formats]')" if name in ("h5py", "safetensors") else ""
         return EXIT_USAGE, f"missing optional dependency {name}{hint}"
+    if isinstance(exc, storage.RunLeaseError):
+        return EXIT_USAGE, _one_line(exc)
+    if isinstance(exc, json.JSONDecodeError):  # a damaged metadata file read outside storage
+        return EXIT_CORRUPT, f"stored metadata is corrupted (not valid JSON): {_one_line(exc)}"
     if isinstance(exc, (ValueError, KeyError, IndexError)):
         msg = _one_line(exc)
-        return (EXIT_CORRUPT if "corrupt" in msg.lower() else EXIT_USAGE), msg
+        corrupt = any(w in msg.lower() for w in ("corrupt", "checksum do not match", "crc32c"))
+        return (EXIT_CORRUPT if corrupt else EXIT_USAGE), msg
     if isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in ("decompress", "decod", "checksum", "crc")):
         return EXIT_CORRUPT, f"stored data is corrupted: {_one_line(exc)}"
-    if isinstance(exc, PermissionError):
-        return EXIT_MISSING, _one_line(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_PROBLEMS:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return EXIT_MISSING, f"{_OS_PROBLEMS[exc.errno]}{where}"
     if isinstance(exc, OSError):
         return EXIT_MISSING, _one_line(exc)
     return EXIT_INTERNAL, f"{type(exc).__name__}: {_one_line(exc)} (internal error; CMSVD_DEBUG=1 shows the traceback)"

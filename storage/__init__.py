@@ -27,10 +27,15 @@ from .errors import (
     CheckpointError,
     CollectionExistsError,
     CollectionNotFoundError,
+    CorruptedFileError,
     EmptyInputError,
     IntegrityError,
     InvalidNameError,
+    LeaseLostError,
+    MissingChunkError,
+    RunLeaseError,
     RunMismatchError,
+    SourceFormatError,
     StorageError,
 )
 from .ingest import (

@@ -561,7 +561,9 @@ class Artifact:
         except FileNotFoundError:
             raise CorruptedFileError(f"artifact {self.label!r}: file {where} is missing", path=where) from None
         if len(data) != entry.get("nbytes"):
-            raise CorruptedFileError(f"artifact {self.label!r}: file {where} has {len(data)} bytes, expected {entry.get('nbytes')}", path=where)
+            raise CorruptedFileError(
+                f"artifact {self.label!r}: file {where} is corrupted ({len(data)} bytes, manifest says {entry.get('nbytes')})", path=where
+            )
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise CorruptedFileError(f"artifact {self.label!r}: file {where} is corrupted (sha256 mismatch)", path=where)
         return data
