@@ -171,7 +171,9 @@ class WeylBound(_Bound):
     def __init__(self, seed: np.ndarray, rank: int, *, total: float | None = None):
         self.rank = check_rank(rank)
         seed = _as_float64(seed)
-        self._seed_energy = top_energy(_svd(seed)[1] ** 2, self.rank)
+        # E_r of a seed of at most r columns is all its energy; a wider one needs its SVD
+        wide = seed.shape[1] > self.rank
+        self._seed_energy = top_energy(_svd(seed)[1] ** 2, self.rank) if wide else float(np.einsum("ij,ij->", seed, seed))
         self.total = _seed_total(seed, total)
 
     @classmethod

@@ -32,6 +32,8 @@ __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_g
 
 # Stacks of small blocks for batched spectra are cut to about this many numbers (memory).
 _STACK_ITEMS = 1 << 22
+# First window of the Weyl bound's running sums (see _grow_weyl).
+_FIRST_WINDOW = 64
 
 
 @dataclass
@@ -157,16 +159,30 @@ def _group_bound(layout: BlockLayout, rank: int, method: str, order: str, oversa
     return bound.error_bound()
 
 
+def _grow_weyl(bound: WeylBound, norms2: np.ndarray, candidates: np.ndarray, eps: float) -> list[int]:
+    """Only ||M||^2 grows, so the bound is monotone: accept the longest feasible prefix.
+
+    The prefix is found in windows growing fourfold, so a group that accepts a few blocks
+    does not pay for a running sum over every remaining block; a window's running sums are
+    the same numbers as the first entries of the full running sum."""
+    seed, n, size = bound.lower_energy(), len(candidates), _FIRST_WINDOW
+    while True:
+        totals = bound.total + np.cumsum(norms2[candidates[:size]])
+        feasible = seed >= (1.0 - eps * eps) * totals
+        if not feasible.all():
+            n = int(np.argmin(feasible))
+            break
+        if size >= n:
+            break
+        size *= 4
+    bound.add_norms(norms2[candidates[:n]])
+    return candidates[:n].tolist()
+
+
 def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float) -> list[int]:
     """Add candidates in order until one would push the bound above eps."""
     if isinstance(bound, WeylBound):
-        # only ||M||^2 grows, so the bound is monotone: accept the longest feasible prefix
-        totals = bound.total + np.cumsum(layout.norms2[candidates])
-        seed = bound.lower_energy()
-        feasible = seed >= (1.0 - eps * eps) * totals
-        n = len(candidates) if feasible.all() else int(np.argmin(feasible))
-        bound.add_norms(layout.norms2[candidates[:n]])
-        return candidates[:n].tolist()
+        return _grow_weyl(bound, layout.norms2, candidates, eps)
     accepted = []
     for block in candidates:
         if not bound.try_add(layout.block(block), eps, layout.norms2[block]):
@@ -221,10 +237,13 @@ def cluster(
         Bad parameters, or bad input naming the offending block.
     """
     params = check_params(rank, eps, method, order, patience, oversampling, tol)
-    clusters, bounds, _ = greedy_groups(as_layout(blocks, offsets), **params)
-    labels = np.empty(sum(map(len, clusters)), dtype=np.int64)
-    for g, group in enumerate(clusters):
-        labels[group] = g
+    layout = as_layout(blocks, offsets)
+    with single_threaded_blas():
+        clusters, bounds, _ = _greedy(layout, **params, with_states=False)
+    labels = np.empty(layout.n_blocks, dtype=np.int64)
+    labels[np.concatenate([np.asarray(g, dtype=np.int64) for g in clusters])] = np.repeat(
+        np.arange(len(clusters)), [len(g) for g in clusters]
+    )
     return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
 
 
@@ -260,32 +279,62 @@ def greedy_groups(
         return _greedy(layout, rank, eps, method, order, patience, oversampling, tol)
 
 
-def _singletons(layout: BlockLayout, blocks: np.ndarray, rank: int) -> list[WeylBound]:
-    """Seed bounds of blocks that stay alone, their spectra batched by block width."""
+def _block_energies(layout: BlockLayout) -> np.ndarray:
+    """Squared Frobenius norm of every block's columns, in one pass over the data.
+
+    Not ``layout.norms2``: those may be the real blocks' energies when the columns are
+    sketch factors, and a bound may only credit what the columns carry."""
+    return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
+
+
+def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int) -> np.ndarray:
+    """Top-r energies of blocks that stay alone, their spectra batched by block width.
+
+    A block of at most r columns keeps all its energy: the sum of its columns' squares,
+    taken from one pass over the data instead of a copy of every block."""
     energy = np.empty(len(blocks))
     widths = layout.widths[blocks]
-    for width in np.unique(widths):
+    narrow = widths <= rank
+    if narrow.any():
+        energy[narrow] = _block_energies(layout)[blocks[narrow]]
+    for width in np.unique(widths[~narrow]):
         picked = np.flatnonzero(widths == width)
         for chunk in np.array_split(picked, -(-len(picked) * layout.rows * int(width) // _STACK_ITEMS)):
             stack = layout.gather(blocks[chunk]).reshape(layout.rows, len(chunk), int(width)).transpose(1, 0, 2)
             energy[chunk] = stacked_top_energy(stack, rank)
-    return [WeylBound.from_energy(e, rank, layout.norms2[b]) for e, b in zip(energy, blocks)]
+    return energy
 
 
-def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol):
-    """:func:`greedy_groups` with BLAS threads already bounded."""
+def _error_bounds(energy: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """:func:`pipeline.spectra.error_from_energy` of many groups at once (same arithmetic)."""
+    safe = np.where(total > 0.0, total, 1.0)
+    return np.where(total > 0.0, np.sqrt(np.maximum(0.0, 1.0 - energy / safe)), 0.0)
+
+
+def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True):
+    """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
+    ``with_states`` (building thousands of singleton bound objects is wasted on callers
+    that only want the groups)."""
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = _ResidualOrderer(layout) if order == "residual" else None
     clusters, bounds, states, misses = [], [], [], 0
+    # a seed of at most r columns keeps all its energy: the Weyl bound needs no SVD of it
+    energies = _block_energies(layout) if method == "max_norm" else None
     while remaining.size:
         n_seed = seed_split(remaining, layout.widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
-        seed = layout.gather(seed_ids)
         alive[seed_ids] = False
-        candidates = _order_candidates(candidates, seed, rank, orderer, alive)
         total = float(layout.norms2[seed_ids].sum())
-        bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total)
+        if energies is not None and layout.widths[seed_ids].sum() <= rank:
+            seed = None
+            bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
+        else:
+            seed = layout.gather(seed_ids)
+            bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total)
+        if orderer is not None and seed is None:
+            seed = layout.gather(seed_ids)
+        candidates = _order_candidates(candidates, seed, rank, orderer, alive)
         accepted = _grow(bound, layout, candidates, eps)
         group = [int(b) for b in seed_ids] + accepted
         clusters.append(group)
@@ -295,9 +344,10 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
         remaining = remaining[alive[remaining]]
         misses = misses + 1 if not accepted and candidates.size else 0
         if misses >= patience:
-            singles = _singletons(layout, remaining, rank)
-            clusters.extend([int(block)] for block in remaining)
-            bounds.extend(state.error_bound() for state in singles)
-            states.extend(singles)
+            energy, totals = _singleton_energies(layout, remaining, rank), layout.norms2[remaining]
+            clusters.extend([block] for block in remaining.tolist())
+            bounds.extend(_error_bounds(energy, totals).tolist())
+            if with_states:
+                states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
             break
-    return clusters, bounds, states
+    return clusters, bounds, (states if with_states else None)
