@@ -233,12 +233,13 @@ POINTER = "current.json"
 VERSION_PREFIX = "v-"
 #: Unreferenced staging folders and versions older than this are removed by later writers.
 STALE_AFTER_S = 24 * 3600.0
-_VERSION_RE = re.compile(r"(?:^|-)(\d{8}T\d{6})-[0-9a-f]{8,}$")
+_VERSION_RE = re.compile(r"(?:^|-)(\d{8}T\d{6})(?:\.\d{6})?-[0-9a-f]{8,}$")
 
 
 def new_version_name(prefix: str = VERSION_PREFIX) -> str:
-    """A fresh, time-ordered version or staging name: ``<prefix><UTC time>-<hex>``."""
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    """A fresh, time-ordered version or staging name: ``<prefix><UTC time>.<µs>-<hex>``."""
+    # microseconds: names of one writer after another sort in time order
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
     return f"{prefix}{now}-{uuid.uuid4().hex[:12]}"
 
 
