@@ -34,6 +34,7 @@ __all__ = [
     "block_factors",
     "anchor_scores",
     "pack_shards",
+    "anchor_basis",
     "group_sketch",
     "affinity_pairs",
     "merge_groups",
@@ -121,13 +122,14 @@ def unround_factors(scaled: np.ndarray, exponents: np.ndarray, offsets: np.ndarr
     return np.ldexp(np.asarray(scaled, dtype=np.float64), np.repeat(exponents, np.diff(offsets))[None, :])
 
 
-def anchor_scores(anchors: np.ndarray, anchor_rank: int, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Energy of each block inside each anchor subspace.
 
     Parameters
     ----------
-    anchors : ndarray, shape (m, n_anchors * anchor_rank)
-        Orthonormal bases of the anchors side by side.
+    anchors : ndarray, shape (m, total anchor width)
+        Orthonormal bases of the anchors side by side; anchor a is
+        ``anchors[:, anchor_offsets[a]:anchor_offsets[a + 1]]``.
     factors, offsets : the blocks (or their factors) in column layout.
 
     Returns
@@ -136,8 +138,20 @@ def anchor_scores(anchors: np.ndarray, anchor_rank: int, factors: np.ndarray, of
     """
     # one BLAS-3 product for every anchor and column; float32 is plenty for routing
     projected = anchors.T.astype(np.float32) @ factors.astype(np.float32)
-    squared = (projected * projected).reshape(-1, anchor_rank, factors.shape[1]).sum(axis=1, dtype=np.float64)
-    return segment_sums(squared, offsets)
+    per_anchor = segment_sums(segment_sums(projected * projected, offsets).T, anchor_offsets).T
+    return per_anchor
+
+
+def anchor_basis(basis: np.ndarray, eigenvalues: np.ndarray, rank: int, relative: float = 1e-2) -> np.ndarray:
+    """The part of a sample group's sketch that serves as an anchor: its leading directions
+    (at most ``rank``) whose sketch eigenvalue is at least ``relative`` times the largest.
+
+    Weaker directions carry mostly noise, which every subspace shares; leaving them out
+    makes routing several times cheaper without changing where a block's energy lies."""
+    lam = np.asarray(eigenvalues[:rank])
+    if lam.size == 0 or lam[0] <= 0.0:
+        return basis[:, :0]
+    return basis[:, : int(np.count_nonzero(lam >= relative * lam[0]))]
 
 
 def best_two_anchors(captured: np.ndarray) -> np.ndarray:
@@ -155,19 +169,21 @@ def best_two_anchors(captured: np.ndarray) -> np.ndarray:
 
 
 def pack_shards(best_anchor: np.ndarray, shard_size: int) -> np.ndarray:
-    """Shard index of every block: blocks of one anchor stay together, anchors are packed
-    in order into shards of at most ``shard_size`` blocks, and an anchor with more blocks
-    than that is cut into consecutive pieces."""
-    order = np.lexsort((np.arange(best_anchor.size), best_anchor))
-    shards = np.empty(best_anchor.size, dtype=np.int64)
+    """Shard index of every block: blocks of one anchor stay together, and anchors are packed
+    in order into ceil(K / shard_size) shards of about equal size (an anchor with more blocks
+    than that size is cut into consecutive pieces), so shards are balanced and no shard
+    exceeds the target by more than one piece."""
+    n_blocks = best_anchor.size
+    n_shards = max(1, -(-n_blocks // shard_size))
+    target = -(-n_blocks // n_shards)
+    order = np.lexsort((np.arange(n_blocks), best_anchor))
+    cuts = np.flatnonzero(np.diff(best_anchor[order])) + 1
+    shards = np.empty(n_blocks, dtype=np.int64)
     shard, filled = 0, 0
-    for anchor in np.unique(best_anchor):
-        members = order[best_anchor[order] == anchor]
-        if filled and filled + members.size > shard_size:
-            shard, filled = shard + 1, 0
-        for start in range(0, members.size, shard_size):
-            piece = members[start : start + shard_size]
-            if filled and filled + piece.size > shard_size:
+    for members in np.split(order, cuts):
+        for start in range(0, members.size, target):
+            piece = members[start : start + target]
+            if filled and filled + piece.size > target + target // 8:
                 shard, filled = shard + 1, 0
             shards[piece] = shard
             filled += piece.size

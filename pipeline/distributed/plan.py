@@ -29,16 +29,18 @@ def batch_bounds(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int,
     return np.unique(np.concatenate([[0], cuts, [len(offsets) - 1]])).astype(np.int64)
 
 
-def group_ranges(per_group_bytes: np.ndarray, budget: int) -> np.ndarray:
+def group_ranges(per_group_bytes: np.ndarray, budget: int, max_groups: int | None = None) -> np.ndarray:
     """Range index of every group: consecutive groups packed into ranges of about ``budget``
-    bytes (a group larger than the budget gets a range of its own)."""
+    bytes and at most ``max_groups`` groups (a group larger than the budget gets a range of
+    its own)."""
     ranges = np.empty(len(per_group_bytes), dtype=np.int64)
-    current, filled = 0, 0
+    current, filled, count = 0, 0, 0
     for g, nbytes in enumerate(per_group_bytes):
-        if filled and filled + nbytes > budget:
-            current, filled = current + 1, 0
+        if count and (filled + nbytes > budget or (max_groups is not None and count >= max_groups)):
+            current, filled, count = current + 1, 0, 0
         ranges[g] = current
         filled += int(nbytes)
+        count += 1
     return ranges
 
 

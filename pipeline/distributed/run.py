@@ -26,9 +26,11 @@ BATCH_BYTES = 32 * 2**20  # data per map task
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
 PASS_BYTES = 512 * 2**20  # coefficients held by the cluster in one compress pass
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
+SAMPLE_BLOCKS = 2000  # blocks in the partition sample: bounds the anchors, so routing is O(K)
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
 MERGE_TASK_GROUPS = 512  # groups per merge task
+WRITE_GROUPS = 64  # groups written to the artifact per task
 
 Progress = Callable[[str, int, int], None]
 
@@ -241,7 +243,7 @@ class ClusteringRun:
         that its factors take at most SAMPLE_BYTES."""
         blocks_per_batch = max(1, self.collection.n_blocks // max(self.n_batches, 1))
         factor_bytes = 8 * self.collection.rows * max(1.0, float(np.mean(self.scan()["factor_widths"])))
-        sample_size = max(2, min(self.shard_size, int(SAMPLE_BYTES // factor_bytes)))
+        sample_size = max(2, min(self.shard_size, SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
         wanted = max(1, min(self.n_batches, math.ceil(sample_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, self.n_batches - 1, wanted).round().astype(int))
         stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
@@ -261,13 +263,13 @@ class ClusteringRun:
             # the sample's greedy runs on a worker: the client stays free of dense numerics
             anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
                                    self._sample_picks()).result()
-            rank = self.params["rank"]
             shared = self.client.scatter(anchors, broadcast=True)
-            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, shared, rank)
+            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, shared)
                        for b in range(self.n_batches)]
             best_two = np.concatenate(self._gather("partition", futures))
             shards = pack_shards(best_two[:, 0], self.shard_size)
-            meta = {"n_shards": int(shards.max()) + 1, "anchors": anchors.shape[1] // rank}
+            meta = {"n_shards": int(shards.max()) + 1, "anchors": len(anchors[1]) - 1,
+                    "anchor_columns": int(anchors[1][-1])}
             return {"shards": shards, "block_anchors": best_two}, meta
 
         return self._timed("partition", compute)
@@ -483,7 +485,8 @@ class ClusteringRun:
         widths = coll.widths
         per_group = np.array([8 * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
                               for g, group in enumerate(groups)])
-        ranges = group_ranges(per_group, GRAM_BYTES)
+        # ranges of few groups: each is one write task, and they run in parallel
+        ranges = group_ranges(per_group, GRAM_BYTES, max_groups=WRITE_GROUPS)
         range_bytes = np.bincount(ranges, weights=per_group) if len(groups) else np.zeros(0)
         passes = group_ranges(range_bytes, PASS_BYTES)
         labels = labels_of(groups, coll.n_blocks)

@@ -20,6 +20,7 @@ from ..greedy import greedy_groups
 from ..layout import BlockLayout, column_index, offsets_of, segment_sums
 from ..sharding import (
     FLOAT32_ROUNDOFF,
+    anchor_basis,
     anchor_scores,
     best_two_anchors,
     block_factors,
@@ -158,11 +159,11 @@ def load_factors(handle: Handle, batch: int) -> tuple[np.ndarray, np.ndarray, np
     return unround_factors(arrays["factors"], arrays["exponents"], offsets), offsets, arrays["norms2"], arrays["dropped"]
 
 
-def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]) -> np.ndarray:
+def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Anchor bases from the greedy on a sample: ``picks`` lists (batch, block positions).
 
-    Each sample group's top-r sketch basis is an anchor (narrower ones padded with zero
-    columns, which capture nothing). Returns (m, n_anchors * rank)."""
+    Each sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
+    Returns the bases side by side (m x total width) and their column offsets."""
     data, widths, norms2 = [], [], []
     for batch, picked in picks:
         factors, offsets, batch_norms2, _ = load_factors(handle, batch)
@@ -170,25 +171,23 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
         widths.append(np.diff(offsets)[picked])
         norms2.append(batch_norms2[picked])
     layout = BlockLayout(np.hstack(data), offsets_of(np.concatenate(widths)), np.concatenate(norms2))
-    rank = params["rank"]
+    heads = []
     with single_threaded_blas():
-        clusters, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
-        heads = []
-        for group, state in zip(clusters, states):
-            sketch = state if isinstance(state, GramSketch) else group_sketch(
-                layout, group, rank, params["oversampling"], params["tol"])
-            head = sketch.basis[:, :rank]
+        _, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
+        for state in states:
+            head = anchor_basis(state.basis, state.eigenvalues, params["rank"])
             if head.shape[1]:
-                heads.append(np.hstack([head, np.zeros((head.shape[0], rank - head.shape[1]))]))
+                heads.append(head)
     if not heads:
-        heads.append(np.zeros((layout.rows, rank)))
-    return np.hstack(heads)
+        heads.append(np.eye(layout.rows, 1))
+    return np.hstack(heads), offsets_of(np.array([h.shape[1] for h in heads], dtype=np.int64))
 
 
-def route_batch(handle: Handle, batch: int, anchors: np.ndarray, anchor_rank: int) -> np.ndarray:
+def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The two anchors capturing most of each block's energy (K_batch x 2)."""
     factors, offsets, _, _ = load_factors(handle, batch)
-    return best_two_anchors(anchor_scores(anchors, anchor_rank, factors, offsets))
+    with single_threaded_blas():
+        return best_two_anchors(anchor_scores(anchors[0], anchors[1], factors, offsets))
 
 
 def split_batch(handle: Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:

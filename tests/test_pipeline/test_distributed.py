@@ -69,7 +69,11 @@ def test_guarantee_on_structured_collection_with_sharding_and_merges(client, tmp
     assert 0 < result.bytes_compressed < result.bytes_input
 
 
-@pytest.mark.parametrize("seed,rows,width,rank,eps", [(1, 9, 7, 3, 0.3), (2, 5, 12, 2, 0.5), (3, 16, 4, 6, 0.05)])
+@pytest.mark.parametrize(
+    "seed,rows,width,rank,eps",
+    # the last two: blocks wider than m but within r + p, and single-row blocks
+    [(1, 9, 7, 3, 0.3), (2, 5, 12, 2, 0.5), (3, 16, 4, 6, 0.05), (4, 4, 6, 3, 0.3), (5, 1, 3, 1, 0.5)],
+)
 def test_guarantee_on_awkward_collections(client, tmp_path, seed, rows, width, rank, eps):
     blocks = awkward_collection(seed, rows, 40, width)
     blocks = [b.astype(np.float64) for b in blocks]  # one dtype per collection

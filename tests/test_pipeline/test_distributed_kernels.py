@@ -1,0 +1,165 @@
+"""Kernels of the scalable variant on plain arrays: factors, rounding slack, merge
+candidates, the reduction tree and the Gram partials (no Dask, fast)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import sharding
+from pipeline.bounds import GramSketch
+from pipeline.distributed.plan import group_ranges, labels_of, reduction_tree
+from pipeline.layout import offsets_of
+from pipeline.sharding import (
+    block_factors,
+    combine_partials,
+    gram_partials,
+    group_anchor_keys,
+    merge_buckets,
+    merge_groups,
+    pack_shards,
+    partial_gram,
+    round_factors,
+    unround_factors,
+)
+from pipeline.spectra import squared_singular_values, top_energy
+
+from .helpers import ENERGY_REL_TOL
+
+
+def _loewner_below(small: np.ndarray, big: np.ndarray) -> bool:
+    gap = np.linalg.eigvalsh(big - small)
+    return gap.min() >= -1e-10 * max(1.0, np.abs(big).max())
+
+
+@pytest.mark.parametrize("rows,width,cap", [(5, 7, 9), (1, 3, 4), (1, 1, 4), (20, 4, 6), (20, 30, 6), (6, 6, 6)])
+def test_block_factors_are_below_the_blocks_for_any_shape(rows, width, cap):
+    """F F^T <= A A^T block by block, exact for blocks that fit, including m < n <= cap and m = 1."""
+    rng = np.random.default_rng(rows * 100 + width)
+    data = rng.standard_normal((rows, 3 * width))
+    offsets = np.arange(4) * width
+    factors, factor_offsets = block_factors(data, offsets, cap)
+    assert np.all(np.diff(factor_offsets) <= min(cap, rows))
+    for i in range(3):
+        a = data[:, offsets[i] : offsets[i + 1]]
+        f = factors[:, factor_offsets[i] : factor_offsets[i + 1]]
+        assert _loewner_below(f @ f.T, a @ a.T)
+        if width <= min(cap, rows):
+            np.testing.assert_array_equal(f, a)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(-300, 300), st.integers(1, 12), st.integers(1, 6), st.integers(0, 10_000))
+def test_rounded_factors_with_their_slack_still_bound_the_top_energy(exponent, rows, width, seed):
+    """sqrt(E_r) is a norm: the energy certified on float32 factors, minus the measured
+    rounding drop, never exceeds the exact top energy, at any magnitude float64 holds."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0**exponent
+    factors = rng.standard_normal((rows, 3 * width)) * scale * rng.lognormal(0, 2, size=3 * width)
+    offsets = np.arange(4) * width
+    scaled, exponents, dropped = round_factors(factors, offsets)
+    assert scaled.dtype == np.float32 and np.all(np.isfinite(scaled))
+    recovered = unround_factors(scaled, exponents, offsets)
+    # compare in a scale where squares are representable
+    unit = scale if scale > 0 else 1.0
+    delta = (recovered - factors) / unit
+    for i in range(3):
+        true = np.linalg.norm(delta[:, offsets[i] : offsets[i + 1]])
+        assert dropped[i] / unit >= true * (1 - 1e-12)
+    rank = max(1, rows // 2)
+    exact = top_energy(squared_singular_values(factors / unit), rank)
+    loaded = top_energy(squared_singular_values(recovered / unit), rank)
+    slack = np.sqrt(np.sum((dropped / unit) ** 2))
+    assert max(np.sqrt(loaded) - slack, 0.0) ** 2 <= exact * (1 + ENERGY_REL_TOL)
+
+
+def test_reduction_tree_depends_only_on_the_number_of_leaves():
+    for n in (1, 2, 3, 7, 8, 33):
+        steps = reduction_tree(n)
+        assert len(steps) == n - 1
+        used = [c for _, left, right in steps for c in (left, right)]
+        assert sorted(used) == sorted(set(used))  # every node consumed once
+        assert set(range(n)) <= set(used) or n == 1
+        assert reduction_tree(n) == steps
+
+
+def test_gram_partials_sum_to_the_exact_group_grams_in_any_tree():
+    rng = np.random.default_rng(0)
+    rows = 10
+    widths = rng.integers(1, 4, size=60)
+    offsets = offsets_of(widths)
+    data = rng.standard_normal((rows, int(offsets[-1])))
+    labels = rng.integers(-1, 5, size=60)
+    cuts = [0, 17, 30, 31, 60]
+    partials = [
+        gram_partials(data[:, offsets[a] : offsets[b]], offsets[a : b + 1] - offsets[a], labels[a:b])
+        for a, b in zip(cuts[:-1], cuts[1:])
+    ]
+    total = partials[0]
+    for part in partials[1:]:
+        total = combine_partials(total, part)
+    for label in range(5):
+        members = np.flatnonzero(labels == label)
+        x = np.hstack([data[:, offsets[i] : offsets[i + 1]] for i in members])
+        np.testing.assert_allclose(partial_gram(total[label]), x @ x.T, rtol=1e-12, atol=1e-12)
+
+
+def test_group_anchor_keys_follow_the_energy_vote():
+    labels = np.array([0, 0, 0, 1, 1, -1, 2])
+    anchors = np.array([[3, 1], [3, 2], [1, 3], [0, 4], [4, 0], [9, 9], [5, 5]])
+    norms2 = np.array([1.0, 1.0, 5.0, 2.0, 1.0, 100.0, 1.0])
+    keys = group_anchor_keys(labels, anchors, norms2, 3)
+    # group 0: anchor 1 gets 0.5 + 5 = 5.5, anchor 3 gets 1 + 1 + 2.5 = 4.5
+    np.testing.assert_array_equal(keys[0], [1, 3])
+    np.testing.assert_array_equal(keys[1], [0, 4])  # 2 + 0.5 against 1 + 1: anchor 0 first
+    np.testing.assert_array_equal(keys[2], [5, 5])
+
+
+def test_merge_buckets_are_disjoint_bounded_and_share_a_key():
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 5, size=500)
+    keys[:200] = 2  # one crowded anchor
+    energies = rng.random(500)
+    buckets = merge_buckets(keys, energies, cap=16)
+    seen = np.concatenate(buckets)
+    assert len(seen) == len(set(seen.tolist()))
+    for bucket in buckets:
+        assert 2 <= len(bucket) <= 16 and len(set(keys[bucket].tolist())) == 1
+        assert np.all(np.diff(energies[bucket]) <= 0)  # strongest first
+
+
+def test_pack_shards_keeps_anchors_together_and_balances():
+    rng = np.random.default_rng(2)
+    best = rng.integers(0, 50, size=4100)
+    shards = pack_shards(best, 1000)
+    sizes = np.bincount(shards)
+    assert len(sizes) == 5 and sizes.max() <= 1000 // 1 + 1000 // 8 + 1
+    for anchor in range(50):
+        assert len(np.unique(shards[best == anchor])) == 1
+
+
+def _sketches(rng, n, rows=12, rank=3):
+    basis = np.linalg.qr(rng.standard_normal((rows, 2)))[0]
+    out = []
+    for i in range(n):
+        block = basis @ rng.standard_normal((2, 3)) + (0.05 if i % 3 else 0.6) * rng.standard_normal((rows, 3))
+        out.append(GramSketch(block, rank, oversampling=2))
+    return out
+
+
+def test_the_ky_fan_prefilter_never_changes_which_merges_happen(monkeypatch):
+    rng = np.random.default_rng(3)
+    sketches = _sketches(rng, 30)
+    groups = [[i] for i in range(30)]
+    with_filter = merge_groups(groups, sketches, rank=3, eps=0.2)
+    monkeypatch.setattr(sharding, "_merge_cannot_certify", lambda s, pairs, r, e: np.zeros(len(pairs), dtype=bool))
+    without = merge_groups(groups, sketches, rank=3, eps=0.2)
+    assert with_filter[0] == without[0] and with_filter[2] == without[2] > 0
+    for a, b in zip(with_filter[1], without[1]):
+        assert a.error_bound() == b.error_bound() <= 0.2
+
+
+def test_group_ranges_respect_budget_and_count():
+    ranges = group_ranges(np.array([5, 5, 5, 20, 1, 1, 1, 1]), budget=10, max_groups=3)
+    assert ranges.tolist() == [0, 0, 1, 2, 3, 3, 3, 4]
+    assert labels_of([[2, 0], [1]], 4).tolist() == [0, 1, 0, -1]
