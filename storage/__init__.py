@@ -51,6 +51,7 @@ from .ingest import (
     mimo_block,
     read_safetensors_header,
 )
+from .lease import RunLease, run_lease
 from .runs import Run, open_run
 from .artifact import (
     Artifact,

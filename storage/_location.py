@@ -324,14 +324,16 @@ def write_exclusive(loc: Location, data: bytes, *parts: str) -> None:
         loc.fs.pipe_file(target.path, data, mode="create")
     except FileExistsError:
         raise
-    except OSError as exc:  # s3fs maps 412 PreconditionFailed to a generic OSError
-        if "precondition" in str(exc).lower() or "412" in str(exc):
+    except Exception as exc:  # s3fs maps 412 PreconditionFailed to a generic OSError
+        if is_precondition_failure(exc):
             raise FileExistsError(target.path) from None
         raise
-    except Exception as exc:  # botocore ClientError for 412 on some versions
-        if "precondition" in str(exc).lower():
-            raise FileExistsError(target.path) from None
-        raise
+
+
+def is_precondition_failure(exc: BaseException) -> bool:
+    """Whether an object-store error is HTTP 412 / 409 (a conditional write lost)."""
+    text = str(exc).lower().replace("-", "")
+    return "precondition" in text or "412" in text or "conditionalrequestconflict" in text
 
 
 def read_pointer(final: Location, pointer: str = POINTER) -> dict | None:

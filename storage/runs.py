@@ -25,6 +25,7 @@ import numpy as np
 from ._integrity import parse_json, seal, unseal
 from ._location import Location, check_name, fingerprint_of, json_default, json_dumps, resolve
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
+from .lease import RunLease
 
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
@@ -127,6 +128,31 @@ class Run:
         self.params: dict = record["params"]
         self.params_fingerprint: str = record["params_fingerprint"]
         self.input_fingerprint: str = record["input_fingerprint"]
+        self._lease: RunLease | None = None
+
+    def lease(self, *, owner: str | None = None, ttl_s: float = 60.0, wait_s: float = 0.0, poll_s: float = 0.5) -> RunLease:
+        """The run's writer lease (acquire it with ``with run.lease(): ...``).
+
+        While it is held, :meth:`save_stage` and :meth:`delete_stage` first check that it
+        was not lost, so a writer whose lease expired and was taken over cannot commit.
+        See :mod:`storage.lease`; readers never need it.
+
+        Parameters
+        ----------
+        owner : str, optional
+            Shown to other writers; default ``host:pid:thread``.
+        ttl_s : float
+            Expiry of one renewal (a heartbeat thread renews every ``ttl_s / 3``).
+        wait_s : float
+            Wait this long for another holder before raising :class:`RunLeaseError`.
+        """
+        label = f"run {self.run_id!r} of collection {self.collection!r}"
+        self._lease = RunLease(self._loc, label, owner=owner, ttl_s=ttl_s, wait_s=wait_s, poll_s=poll_s)
+        return self._lease
+
+    def _check_lease(self) -> None:
+        if self._lease is not None and self._lease._held:
+            self._lease.check()
 
     @property
     def url(self) -> str:
@@ -211,6 +237,7 @@ class Run:
             if v.dtype.hasobject:
                 raise ValueError(f"stage {stage!r}: array {k!r} has dtype object, which cannot be checkpointed")
         meta_json = _normalise(meta or {})  # fail on unserialisable meta before touching disk
+        self._check_lease()
         loc.rm(MANIFEST)  # the old copy stops counting before any file changes
         loc.rm()
         entries = {}
@@ -226,6 +253,7 @@ class Run:
                 "shape": list(value.shape),
                 "dtype": value.dtype.str,
             }
+        self._check_lease()  # a writer that lost its lease must not commit
         manifest = {
             "stage": stage,
             "run_id": self.run_id,
@@ -313,6 +341,7 @@ class Run:
 
     def delete_stage(self, stage: str) -> None:
         """Forget a stage (manifest first)."""
+        self._check_lease()
         loc = self._stage(stage)
         loc.rm(MANIFEST)
         loc.rm()
