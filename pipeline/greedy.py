@@ -24,8 +24,9 @@ import numpy as np
 
 from ._threads import single_threaded_blas
 from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative_int, check_rank, check_tol
+from ._greedy_order import ResidualOrderer, prefix
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
-from .layout import BlockLayout, as_layout, offsets_of, segment_sums
+from .layout import BlockLayout, as_layout, segment_sums
 from .spectra import stacked_top_energy
 
 __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
@@ -70,38 +71,9 @@ def seed_split(sorted_blocks: np.ndarray, widths: np.ndarray, rank: int) -> int:
 
     The first block always; then following blocks while the total width stays <= rank.
     """
-    total = np.cumsum(widths[sorted_blocks])
+    # every block has at least one column, so the seed holds at most rank blocks
+    total = np.cumsum(widths[sorted_blocks[: rank + 1]])
     return max(1, int(np.searchsorted(total, rank, side="right")))
-
-
-class _ResidualOrderer:
-    """Residual norms of many remaining blocks against a basis, vectorised.
-
-    Keeps a compacted copy of the remaining blocks' columns; blocks removed since the last
-    compaction stay in the copy (their results are ignored) until they make up half of it,
-    so the copying cost is amortised over many groups.
-    """
-
-    def __init__(self, layout: BlockLayout):
-        self._layout = layout
-        self._reset(np.arange(layout.n_blocks))
-
-    def _reset(self, block_ids: np.ndarray) -> None:
-        self._ids = block_ids
-        widths = self._layout.widths[block_ids]
-        self._offsets = offsets_of(widths)
-        self._data = self._layout.gather(block_ids) if len(block_ids) != self._layout.n_blocks else self._layout.data
-
-    def residual_norms2(self, basis: np.ndarray, blocks: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        """||(I - basis basis^T) A_i||_F^2 for each i in ``blocks`` (all alive)."""
-        if np.count_nonzero(alive[self._ids]) * 2 < len(self._ids):
-            self._reset(self._ids[alive[self._ids]])
-        projected = basis.T @ self._data
-        inside = segment_sums(np.einsum("ij,ij->j", projected, projected), self._offsets)
-        position = np.full(self._layout.n_blocks, -1, dtype=np.int64)
-        position[self._ids] = np.arange(len(self._ids))
-        residual = self._layout.norms2[blocks] - inside[position[blocks]]
-        return np.clip(residual, 0.0, None)
 
 
 def _seed_basis(seed: np.ndarray, rank: int) -> np.ndarray:
@@ -111,14 +83,14 @@ def _seed_basis(seed: np.ndarray, rank: int) -> np.ndarray:
     return u[:, :keep]
 
 
-def _order_candidates(candidates, seed, rank, orderer, alive) -> np.ndarray:
-    """Candidates (largest norm first) in growing order: by residual, else smallest norm first."""
+def _order_candidates(candidates, seed, rank, orderer, alive):
+    """Candidates (largest norm first) in growing order: by residual, else smallest norm
+    first. An array, or a lazily materialised order (see :func:`prefix`)."""
     if orderer is None:
         return candidates[::-1]
     if not candidates.size:
         return candidates
-    residual = orderer.residual_norms2(_seed_basis(seed, rank), candidates, alive)
-    return candidates[np.argsort(residual, kind="stable")]
+    return orderer.order(_seed_basis(seed, rank), candidates, alive)
 
 
 def group_bound(
@@ -151,7 +123,7 @@ def _group_bound(layout: BlockLayout, rank: int, method: str, order: str, oversa
     seed = layout.gather(remaining[:n_seed])
     alive = np.ones(layout.n_blocks, dtype=bool)
     alive[remaining[:n_seed]] = False
-    orderer = _ResidualOrderer(layout) if order == "residual" else None
+    orderer = ResidualOrderer(layout, rank, screen=False) if order == "residual" else None
     candidates = _order_candidates(remaining[n_seed:], seed, rank, orderer, alive)
     bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol)
     for block in candidates:
@@ -167,7 +139,7 @@ def _grow_weyl(bound: WeylBound, norms2: np.ndarray, candidates: np.ndarray, eps
     the same numbers as the first entries of the full running sum."""
     seed, n, size = bound.lower_energy(), len(candidates), _FIRST_WINDOW
     while True:
-        totals = bound.total + np.cumsum(norms2[candidates[:size]])
+        totals = bound.total + np.cumsum(norms2[prefix(candidates, size)])
         feasible = seed >= (1.0 - eps * eps) * totals
         if not feasible.all():
             n = int(np.argmin(feasible))
@@ -175,20 +147,25 @@ def _grow_weyl(bound: WeylBound, norms2: np.ndarray, candidates: np.ndarray, eps
         if size >= n:
             break
         size *= 4
-    bound.add_norms(norms2[candidates[:n]])
-    return candidates[:n].tolist()
+    accepted = prefix(candidates, n)
+    bound.add_norms(norms2[accepted])
+    return accepted.tolist()
 
 
 def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float) -> list[int]:
     """Add candidates in order until one would push the bound above eps."""
     if isinstance(bound, WeylBound):
         return _grow_weyl(bound, layout.norms2, candidates, eps)
-    accepted = []
-    for block in candidates:
-        if not bound.try_add(layout.block(block), eps, layout.norms2[block]):
-            break
-        accepted.append(int(block))
-    return accepted
+    accepted, size = [], _FIRST_WINDOW
+    while True:  # in windows, so a lazy residual order is only materialised as far as needed
+        window = prefix(candidates, size)
+        for block in window[len(accepted) :].tolist():
+            if not bound.try_add(layout.block(block), eps, layout.norms2[block]):
+                return accepted
+            accepted.append(block)
+        if len(window) < size:
+            return accepted
+        size *= 4
 
 
 def cluster(
@@ -311,22 +288,24 @@ def _error_bounds(energy: np.ndarray, total: np.ndarray) -> np.ndarray:
     return np.where(total > 0.0, np.sqrt(np.maximum(0.0, 1.0 - energy / safe)), 0.0)
 
 
-def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True):
+def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True):
     """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
-    that only want the groups)."""
+    that only want the groups). ``screen=False`` orders by residual in float64 throughout
+    (the reference the screened order must reproduce)."""
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
-    orderer = _ResidualOrderer(layout) if order == "residual" else None
+    orderer = ResidualOrderer(layout, rank, screen=screen) if order == "residual" else None
     clusters, bounds, states, misses = [], [], [], 0
     # a seed of at most r columns keeps all its energy: the Weyl bound needs no SVD of it
     energies = _block_energies(layout) if method == "max_norm" else None
+    widths = layout.widths  # computed from the offsets on every access: once here
     while remaining.size:
-        n_seed = seed_split(remaining, layout.widths, rank)
+        n_seed = seed_split(remaining, widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
         alive[seed_ids] = False
         total = float(layout.norms2[seed_ids].sum())
-        if energies is not None and layout.widths[seed_ids].sum() <= rank:
+        if energies is not None and widths[seed_ids].sum() <= rank:
             seed = None
             bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
         else:
@@ -342,7 +321,7 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
         states.append(bound)
         alive[group] = False
         remaining = remaining[alive[remaining]]
-        misses = misses + 1 if not accepted and candidates.size else 0
+        misses = misses + 1 if not accepted and len(candidates) else 0
         if misses >= patience:
             energy, totals = _singleton_energies(layout, remaining, rank), layout.norms2[remaining]
             clusters.extend([block] for block in remaining.tolist())

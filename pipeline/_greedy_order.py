@@ -1,0 +1,164 @@
+"""Residual ordering of the greedy's candidates, screened in float32 and exact where it matters.
+
+The ``"residual"`` order sorts every remaining block by ||(I - QQ^T) A_i||_F^2 =
+||A_i||^2 - ||Q^T A_i||_F^2 against the seed basis Q, for every group: one product
+Q^T D over all remaining columns D per group, the dominant cost of the greedy when groups
+are many and blocks narrow. The grow loop only walks a short prefix of that order (it stops
+at the first rejection), so:
+
+1. ``Q^T D`` is computed in float32 (about 4x faster than float64 here) with a rigorous
+   bound e_i on the error of every residual it gives;
+2. the exact float64 residuals, computed exactly as the unscreened order does, are formed
+   only for blocks whose screened interval [r_i - e_i, r_i + e_i] reaches the part of the
+   order the loop asks for (:class:`CandidateOrder`), so the order handed out is the
+   exact order, ties broken by position as a stable sort does.
+
+Data whose magnitude does not fit float32 comfortably is ordered in float64 throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layout import BlockLayout, offsets_of, segment_sums
+
+__all__ = ["ResidualOrderer", "CandidateOrder"]
+
+_U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
+_TINY32 = 2.0**-149  # float32 subnormal spacing: the absolute error of underflow
+_SCREEN_MAX_ABS = 2.0**60  # larger entries: no screening (their squares near float32 range)
+
+
+class CandidateOrder:
+    """Candidates in ascending exact residual, materialised lazily from the front.
+
+    ``prefix(n)`` returns the first ``n`` entries of ``candidates[argsort(residual,
+    kind="stable")]``, computing exact residuals only for blocks that may belong there.
+    """
+
+    def __init__(self, candidates: np.ndarray, lower: np.ndarray, upper: np.ndarray, exact_of):
+        self._candidates = candidates
+        self._lower, self._upper = lower, upper
+        self._exact_of = exact_of  # positions -> exact float64 residuals
+        self._exact = np.full(len(candidates), np.nan)
+        self._order = np.zeros(0, dtype=np.int64)
+        self._settled = -np.inf  # every candidate with exact residual <= this is in _order
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def prefix(self, n: int) -> np.ndarray:
+        """The first ``n`` candidates of the exact order (fewer if there are fewer)."""
+        n = min(n, len(self._candidates))
+        while len(self._order) < n:
+            self._extend(min(len(self._candidates), max(n, 2 * len(self._order))))
+        return self._candidates[self._order[:n]]
+
+    def _extend(self, target: int) -> None:
+        # at least `target` candidates have an exact residual <= t: t bounds their upper ends
+        t = float(np.partition(self._upper, target - 1)[target - 1])
+        maybe = np.flatnonzero((self._lower <= t) & np.isnan(self._exact))
+        if maybe.size:
+            self._exact[maybe] = self._exact_of(maybe)
+        with np.errstate(invalid="ignore"):
+            new = np.flatnonzero((self._exact <= t) & (self._exact > self._settled))
+        new = new[np.lexsort((new, self._exact[new]))]  # by value, ties by position (stable)
+        self._order = np.concatenate([self._order, new])
+        self._settled = t
+
+
+class ResidualOrderer:
+    """Residual norms of many remaining blocks against a basis, vectorised.
+
+    Keeps a compacted float32 copy of the remaining blocks' columns; blocks removed since
+    the last compaction stay in it (their results are ignored) until they make up half of
+    it, so the copying cost is amortised over many groups.
+
+    Parameters
+    ----------
+    layout : BlockLayout
+    rank : int
+        Most columns a basis will have (enters the screening error bound).
+    screen : bool
+        Screen in float32 (default); False computes every residual in float64.
+    """
+
+    def __init__(self, layout: BlockLayout, rank: int, *, screen: bool = True):
+        self._layout = layout
+        self._widths = layout.widths
+        data = layout.data
+        self._screen = bool(screen) and data.size > 0 and float(np.abs(data).max()) < _SCREEN_MAX_ABS
+        if self._screen:
+            self._error = self._screen_error(rank)
+        self._reset(np.arange(layout.n_blocks))
+
+    def _screen_error(self, rank: int) -> np.ndarray:
+        """Per block, a bound on |screened - exact| residual (see the module notes).
+
+        A float32 product entry p_j = q_j . a (||q_j|| = 1) is off by at most
+        delta = (m + 4) u ||a|| + (m + 1) tiny: rounding of q and a, m-term accumulation
+        and underflow. The squares summed over r entries are then off by at most
+        2 sqrt(r) ||a|| delta + r delta^2, the float32 sum of squares by (r + 2) u (1 + .)
+        ||a||^2. Doubled for safety, plus float64 roundoff of both residuals.
+        """
+        data, rows = self._layout.data, self._layout.rows
+        column2 = np.einsum("ij,ij->j", data, data)
+        norm = np.sqrt(column2)
+        delta = (rows + 4) * _U32 * norm + (rows + 1) * _TINY32
+        product = 2.0 * np.sqrt(rank) * norm * delta + rank * delta * delta
+        summed = (rank + 2) * _U32 * (column2 + product)
+        per_block = segment_sums(2.0 * (product + summed), self._layout.offsets)
+        energy = segment_sums(column2, self._layout.offsets)
+        return per_block + 1e-12 * (energy + np.abs(self._layout.norms2))
+
+    def _reset(self, block_ids: np.ndarray) -> None:
+        self._ids = block_ids
+        self._offsets = offsets_of(self._widths[block_ids])
+        whole = len(block_ids) == self._layout.n_blocks
+        data = self._layout.data if whole else self._layout.gather(block_ids)
+        self._data = data.astype(np.float32) if self._screen else data
+
+    def _compact(self, alive: np.ndarray) -> None:
+        if np.count_nonzero(alive[self._ids]) * 2 < len(self._ids):
+            self._reset(self._ids[alive[self._ids]])
+
+    def _inside(self, basis: np.ndarray, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        projected = basis.T @ data
+        return segment_sums(np.einsum("ij,ij->j", projected, projected), offsets)
+
+    def _position(self, blocks: np.ndarray) -> np.ndarray:
+        position = np.full(self._layout.n_blocks, -1, dtype=np.int64)
+        position[self._ids] = np.arange(len(self._ids))
+        return position[blocks]
+
+    def exact_residuals(self, basis: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """||(I - basis basis^T) A_i||_F^2 of ``blocks`` in float64 (clipped at 0)."""
+        layout = self._layout
+        inside = self._inside(basis, layout.gather(blocks), offsets_of(self._widths[blocks]))
+        return np.clip(layout.norms2[blocks] - inside, 0.0, None)
+
+    def residual_norms2(self, basis: np.ndarray, blocks: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """||(I - basis basis^T) A_i||_F^2 for each i in ``blocks`` (all alive), float64."""
+        if self._screen:
+            return self.exact_residuals(basis, blocks)
+        self._compact(alive)
+        inside = self._inside(basis, self._data, self._offsets)
+        return np.clip(self._layout.norms2[blocks] - inside[self._position(blocks)], 0.0, None)
+
+    def order(self, basis: np.ndarray, candidates: np.ndarray, alive: np.ndarray):
+        """``candidates`` sorted by ascending residual (stable): an array, or a lazy
+        :class:`CandidateOrder` when screening."""
+        if not self._screen:
+            residual = self.residual_norms2(basis, candidates, alive)
+            return candidates[np.argsort(residual, kind="stable")]
+        self._compact(alive)
+        inside = self._inside(basis.astype(np.float32), self._data, self._offsets)
+        screened = self._layout.norms2[candidates] - inside[self._position(candidates)]
+        error = self._error[candidates]
+        lower, upper = screened - error, np.maximum(screened + error, 0.0)
+        return CandidateOrder(candidates, lower, upper, lambda at: self.exact_residuals(basis, candidates[at]))
+
+
+def prefix(candidates, n: int) -> np.ndarray:
+    """The first ``n`` candidates of an array or of a :class:`CandidateOrder`."""
+    return candidates[:n] if isinstance(candidates, np.ndarray) else candidates.prefix(n)
