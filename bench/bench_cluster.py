@@ -1,47 +1,243 @@
 """Sequential clustering benchmark: time, groups, compression and worst exact error.
 
-Union-of-subspaces collection (m=128, n=4, rank-3 subspaces of about 100 blocks each,
-noise near the eps floor), r=16, eps=0.05, for every method and candidate order.
+Three regimes, every method and candidate order (synthetic data from
+``pipeline.synthetic.union_of_subspaces``):
 
-    python bench/bench_cluster.py [--sizes 4000 16000] [--noise 0.05]
+* ``wide``: K = 1,000 blocks of 256 x 52, rank-8 subspaces of 50 blocks, noise 0.02; r = 20, eps = 0.05;
+* ``narrow``: K = 16,000 blocks of 128 x 4, rank-3 subspaces of 40 blocks, noise 0.05 (near eps); r = 16, eps = 0.05;
+* ``single``: K = 28,000 columns of 384, rank-8 subspaces of 200 columns, noise 0.1; r = 32, eps = 0.2.
+  With ``--safetensors PATH`` the single columns are a real model's 2-D weights cut into
+  columns of length 384 (every tensor with an axis of 384, the vocabulary table aside).
 
-Prints one table row per (K, method, order). Not a test: figures only.
+    python bench/bench_cluster.py [--regimes wide narrow single] [--scale 1.0] [--repeat 3]
+        [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH]
+    python bench/bench_cluster.py --matrix ...   # default env and OPENBLAS_NUM_THREADS=1, idle and with a burner
+
+``--reference DIR`` is a checkout of the paper's published code (M. Shamrai,
+concatenated-matrix-svd); its clustering classes are imported from ``DIR/src/clustering``
+and timed on the same blocks in the same run (a run past ``--reference-timeout`` is stopped
+and reported as a lower bound). ``--burn`` runs a CPU-burning process beside the timings.
+Prints one row per (regime, method, order). Not a test: figures only.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
 import time
+import types
+
+import numpy as np
 
 import pipeline
+from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
 COMBOS = [(m, o) for m in ("approximate", "residuals", "max_norm") for o in ("residual", "norm")]
+REGIMES = {
+    "wide": dict(gen=dict(n_blocks=1000, rows=256, width=52, blocks_per_subspace=50, subspace_rank=8, noise=0.02), rank=20, eps=0.05),
+    "narrow": dict(gen=dict(n_blocks=16000, rows=128, width=4, blocks_per_subspace=40, subspace_rank=3, noise=0.05), rank=16, eps=0.05),
+    "single": dict(gen=dict(n_blocks=28000, rows=384, width=1, blocks_per_subspace=200, subspace_rank=8, noise=0.1), rank=32, eps=0.2),
+}
+# The paper's classes, by method; its max_norm class has only the norm order.
+PAPER = {"approximate": ("approximate", "ApproximateClusterAlgorithm"), "residuals": ("residuals", "ResidualsClusterAlgorithm"),
+         "max_norm": ("max_norm", "MaxNormClusterAlgorithm")}
+PAPER_ORDERS = {"approximate": ("residual", "norm"), "residuals": ("residual", "norm"), "max_norm": ("norm",)}
+
+
+def model_columns(path: str, rows: int = 384, largest: int = 4096):
+    """A model's 2-D float weights cut into columns of length ``rows`` (a tensor of more
+    than ``largest`` such vectors, the vocabulary table, is left out)."""
+    from safetensors.numpy import load_file
+
+    columns = []
+    for name, tensor in sorted(load_file(path).items()):
+        if tensor.ndim != 2 or not np.issubdtype(tensor.dtype, np.floating):
+            continue
+        matrix = tensor if tensor.shape[0] == rows else tensor.T if tensor.shape[1] == rows else None
+        if matrix is not None and matrix.shape[1] <= largest:
+            columns.append(np.asarray(matrix, dtype=np.float64))
+    data = np.hstack(columns)
+    return as_layout(data, np.arange(data.shape[1] + 1))
+
+
+def make_layout(regime: str, scale: float, safetensors: str | None):
+    spec = REGIMES[regime]
+    if regime == "single" and safetensors:
+        return model_columns(safetensors), spec["rank"], spec["eps"], "model"
+    gen = dict(spec["gen"], n_blocks=max(2, int(spec["gen"]["n_blocks"] * scale)), seed=0)
+    return union_of_subspaces(**gen)[0], spec["rank"], spec["eps"], "synthetic"
+
+
+def _paper_module(reference: str, method: str):
+    """Import one of the paper's clustering modules without its package __init__ (which
+    pulls in sklearn and hdbscan for baselines the benchmark does not use)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if "paper_clustering" not in sys.modules:
+        package = types.ModuleType("paper_clustering")
+        package.__path__ = [os.path.join(reference, "src", "clustering")]
+        sys.modules["paper_clustering"] = package
+    return importlib.import_module("paper_clustering." + PAPER[method][0])
+
+
+def _paper_run(reference, method, order, rank, eps, blocks, queue):
+    cls = getattr(_paper_module(reference, method), PAPER[method][1])
+    algo = cls(eps=eps, r_target=rank, patience=10, sorting_strategy=order)
+    start = time.perf_counter()
+    algo.fit(blocks)
+    queue.put((time.perf_counter() - start, np.asarray(algo.labels_).tolist()))
+
+
+def time_paper(reference, method, order, rank, eps, layout, timeout):
+    """Seconds and groups of the paper's code, in a child process stopped after ``timeout``
+    (then the time is reported as a lower bound and the groups are unknown)."""
+    blocks = [np.ascontiguousarray(layout.block(i)) for i in range(layout.n_blocks)]
+    queue = mp.get_context("fork").Queue()
+    child = mp.get_context("fork").Process(target=_paper_run, args=(reference, method, order, rank, eps, blocks, queue))
+    child.start()
+    try:
+        elapsed, labels = queue.get(timeout=timeout)
+    except Exception:  # queue.Empty: past the timeout
+        child.terminate()
+        child.join()
+        return float(timeout), None
+    child.join()
+    labels = np.asarray(labels)
+    return elapsed, [np.flatnonzero(labels == g).tolist() for g in np.unique(labels)]
+
+
+def _burn() -> None:
+    x = np.random.default_rng(0).standard_normal((400, 400))
+    while True:  # BLAS and Python work, like another tenant's job
+        x = np.tanh(x @ x.T / 400.0)
+
+
+def start_burner():
+    burner = mp.get_context("fork").Process(target=_burn, daemon=True)
+    burner.start()
+    return burner
+
+
+def time_project(layout, method, order, rank, eps, repeat):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = pipeline.cluster(layout, rank=rank, eps=eps, method=method, order=order)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result.clusters
+
+
+HEADER = (f"{'regime':>7} {'K':>6} {'method':>12} {'order':>9} {'time_s':>8} {'groups':>7} {'CR':>6} {'CR_adapt':>8}"
+          f" {'max_err':>8} {'viol':>5} | {'paper_s':>8} {'p_groups':>8} {'p_CR':>6} {'p_viol':>6} {'speedup':>8}")
+
+
+def run(args) -> list[dict]:
+    burner = start_burner() if args.burn else None
+    rows = []
+    try:
+        print(f"# BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, burner: {'on' if burner else 'off'}")
+        print(HEADER, flush=True)
+        for regime in args.regimes:
+            layout, rank, eps, source = make_layout(regime, args.scale, args.safetensors)
+            for method, order in args.combos:
+                elapsed, clusters = time_project(layout, method, order, rank, eps, args.repeat)
+                s = summarize(layout, clusters, rank=rank, eps=eps)
+                row = dict(regime=regime, source=source, K=layout.n_blocks, method=method, order=order, time=elapsed,
+                           groups=s.n_groups, cr=s.compression_ratio, cr_adapt=s.compression_ratio_adaptive,
+                           max_err=s.max_error, violations=s.violations, threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+                           burn=bool(burner))
+                if args.reference and order in PAPER_ORDERS[method]:
+                    p_time, p_clusters = time_paper(args.reference, method, order, rank, eps, layout, args.reference_timeout)
+                    row.update(paper_time=p_time, paper_done=p_clusters is not None)
+                    if p_clusters is not None:
+                        p = summarize(layout, p_clusters, rank=rank, eps=eps)
+                        row.update(paper_groups=p.n_groups, paper_cr=p.compression_ratio, paper_violations=p.violations)
+                rows.append(row)
+                print(format_row(row), flush=True)
+    finally:
+        if burner is not None:
+            burner.terminate()
+            burner.join()
+    return rows
+
+
+def format_row(row: dict) -> str:
+    text = (f"{row['regime']:>7} {row['K']:>6} {row['method']:>12} {row['order']:>9} {row['time']:>8.3f} {row['groups']:>7}"
+            f" {row['cr']:>6.2f} {row['cr_adapt']:>8.2f} {row['max_err']:>8.4f} {row['violations']:>5} |")
+    if "paper_time" not in row:
+        return text + f" {'-':>8} {'-':>8} {'-':>6} {'-':>6} {'-':>8}"
+    bound = "" if row["paper_done"] else ">"
+    paper = f"{bound}{row['paper_time']:.2f}"
+    speed = f"{bound}{row['paper_time'] / row['time']:.1f}x"
+    if not row["paper_done"]:
+        return text + f" {paper:>8} {'?':>8} {'?':>6} {'?':>6} {speed:>8}"
+    return text + (f" {paper:>8} {row['paper_groups']:>8} {row['paper_cr']:>6.2f} {row['paper_violations']:>6} {speed:>8}")
+
+
+def _paper_cell(row: dict) -> str:
+    if "paper_time" not in row:
+        return "-"
+    return ("" if row["paper_done"] else ">") + f"{row['paper_time']:.2f}"
+
+
+def matrix(argv: list[str]) -> None:
+    """Rerun this script in fresh processes: default BLAS threads and one thread, each idle
+    and with a burner; then one table of project times side by side."""
+    argv = [a for a in argv if a != "--matrix"]
+    results = {}
+    for threads in ("default", "1"):
+        for burn in (False, True):
+            env = dict(os.environ)
+            env.pop("OPENBLAS_NUM_THREADS", None)
+            if threads == "1":
+                env["OPENBLAS_NUM_THREADS"] = "1"
+            out = f"/tmp/bench_cluster_{os.getpid()}_{threads}_{int(burn)}.json"
+            cmd = [sys.executable, __file__, *argv, "--json", out] + (["--burn"] if burn else [])
+            subprocess.run(cmd, env=env, check=True)
+            with open(out) as f:
+                results[(threads, burn)] = json.load(f)
+            os.remove(out)
+    keys = list(results)
+    print("\n# project time (s) and paper time (s) per environment; ratio = default / OPENBLAS_NUM_THREADS=1")
+    print(f"{'regime':>7} {'method':>12} {'order':>9} " + " ".join(f"{t + ('+burn' if b else ''):>13}" for t, b in keys)
+          + " " + " ".join(f"{'p:' + t + ('+burn' if b else ''):>15}" for t, b in keys) + f" {'ratio':>6} {'ratio_burn':>10}")
+    for i, row in enumerate(results[keys[0]]):
+        cells = [results[k][i] for k in keys]
+        times = " ".join(f"{c['time']:>13.3f}" for c in cells)
+        paper = " ".join(f"{_paper_cell(c):>15}" for c in cells)
+        ratio = results[("default", False)][i]["time"] / results[("1", False)][i]["time"]
+        ratio_burn = results[("default", True)][i]["time"] / results[("1", True)][i]["time"]
+        print(f"{row['regime']:>7} {row['method']:>12} {row['order']:>9} {times} {paper} {ratio:>6.2f} {ratio_burn:>10.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 16000])
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--eps", type=float, default=0.05)
-    parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each regime's K (synthetic data)")
     parser.add_argument("--methods", nargs="+", default=None, help="subset like approximate/residual")
+    parser.add_argument("--repeat", type=int, default=3, help="project timings per row (median reported)")
+    parser.add_argument("--reference", default=None, help="checkout of the paper's code, timed as the baseline")
+    parser.add_argument("--reference-timeout", type=float, default=300.0, help="seconds before a paper run is stopped")
+    parser.add_argument("--burn", action="store_true", help="run a CPU-burning process beside the timings")
+    parser.add_argument("--safetensors", default=None, help="single-column regime from a model's weights")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--matrix", action="store_true", help="default env and one BLAS thread, idle and burning")
     args = parser.parse_args()
-    combos = COMBOS if not args.methods else [tuple(s.split("/")) for s in args.methods]
-    print(f"{'K':>6} {'method':>12} {'order':>9} {'time_s':>8} {'groups':>7} {'CR':>6} {'CR_adapt':>8} {'max_err':>8} {'violations':>10}")
-    for k in args.sizes:
-        layout, _ = union_of_subspaces(k, rows=128, width=4, blocks_per_subspace=100, noise=args.noise, seed=0)
-        for method, order in combos:
-            start = time.perf_counter()
-            result = pipeline.cluster(layout, rank=args.rank, eps=args.eps, method=method, order=order)
-            elapsed = time.perf_counter() - start
-            s = summarize(layout, result.clusters, rank=args.rank, eps=args.eps)
-            print(
-                f"{k:>6} {method:>12} {order:>9} {elapsed:>8.2f} {s.n_groups:>7} {s.compression_ratio:>6.2f}"
-                f" {s.compression_ratio_adaptive:>8.2f} {s.max_error:>8.4f} {s.violations:>10}",
-                flush=True,
-            )
+    if args.matrix:
+        matrix(sys.argv[1:])
+        return
+    args.combos = COMBOS if not args.methods else [tuple(s.split("/")) for s in args.methods]
+    rows = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f)
 
 
 if __name__ == "__main__":
