@@ -1,14 +1,27 @@
-"""Scalable (map/merge) clustering benchmark: quality, near-linearity, memory, parallelism.
+"""Scalable (map/merge) clustering benchmark: speed against the sequential greedy, near-
+linearity, distance to the I/O floor, BLAS oversubscription, memory, strong scaling.
 
-    python bench/bench_scale.py [--parts quality linear memory parallel] [--memory-gib 3.2]
+    python bench/bench_scale.py [--parts quality singles linear io blas memory parallel scaling]
+                                [--safetensors model.safetensors] [--workers 2] [--io-gib 0.5]
 
-* quality:  K=16,000 union-of-subspaces collection (m=128, n=4, ~100 blocks per rank-3
-            subspace plus noise), r=16, eps=0.05: distributed vs sequential
-            approximate/residual compression ratio (target >= 0.98x).
-* linear:   the same generator at K=64,000: time(64k) / time(16k) (target <= 5).
-* memory:   a collection of >= 3 GiB on disk processed by a LocalCluster of 2 workers with
-            a 1 GiB memory limit each: no worker restarted, client peak RSS (target < 1 GiB).
-* parallel: the scan stage on that collection with 2 workers vs 1 (target >= 1.6x).
+* quality:  K=16,000 blocks of 128 x 4, ~40 blocks per rank-3 subspace, noise near eps
+            (r=16, eps=0.05): distributed wall time and compression ratio against
+            ``pipeline.cluster`` on the same data in the same run (targets: time <= 1x,
+            CR >= 0.98x).
+* singles:  single-column blocks, like weight matrices cut into columns of length 384
+            (r=32, eps=0.2): every 2-D encoder weight of ``--safetensors`` when given, else
+            28,000 synthetic columns (targets: time <= 1.5x sequential, CR >= 0.98x).
+* linear:   the quality generator at K=64,000: time(64k) / time(16k) (target <= 4.5).
+* io:       >= ``--io-gib`` GiB of 256 x 64 float32 blocks (r=16, eps=0.2): the whole run
+            divided by one ``dask.array`` read of the same Zarr data with the same workers
+            (target <= 4x with 2 workers).
+* blas:     the quality run in a fresh process with the default environment and with
+            OPENBLAS_NUM_THREADS=1 (target: merge and total within 20%).
+* memory:   >= 3 GiB on disk, 2 workers with a 1 GiB memory limit each: no worker
+            restarted, client peak RSS (target < 1 GiB).
+* parallel: the scan stage with 2 workers vs 1 (target >= 1.6x).
+* scaling:  the io collection with each of ``--scaling-workers`` (for a 16-core machine:
+            2 4 8 16; target >= 5x from 2 to 16).
 
 Figures are printed; nothing is asserted. Stores live in a temporary folder (or --root).
 """
@@ -16,6 +29,7 @@ Figures are printed; nothing is asserted. Stores live in a temporary folder (or 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -25,8 +39,6 @@ import tempfile
 import time
 
 import numpy as np
-
-RANK, EPS = 16, 0.05
 
 
 def _cluster(n_workers: int, memory_limit: str | None = None):
@@ -39,13 +51,41 @@ def _cluster(n_workers: int, memory_limit: str | None = None):
     return cluster, Client(cluster)
 
 
-def _subspace_collection(root: str, name: str, n_blocks: int):
+def _store(root: str, name: str, layout):
     import storage
+
+    try:
+        coll = storage.open_collection(root, name)
+        if coll.n_blocks == layout.n_blocks:
+            return coll
+    except FileNotFoundError:
+        pass
+    storage.ingest_blocks(root, name, (layout.block(i) for i in range(layout.n_blocks)), overwrite=True)
+    return storage.open_collection(root, name)
+
+
+def _narrow(k: int):
     from pipeline.synthetic import union_of_subspaces
 
-    layout, _ = union_of_subspaces(n_blocks, rows=128, width=4, blocks_per_subspace=100, noise=0.05, seed=0)
-    storage.ingest_blocks(root, name, (layout.block(i) for i in range(layout.n_blocks)), overwrite=True)
-    return layout, storage.open_collection(root, name)
+    return union_of_subspaces(k, rows=128, width=4, blocks_per_subspace=40, noise=0.065, seed=0)[0]
+
+
+def _singles(safetensors: str | None):
+    """Single-column blocks of length 384: a real model's encoder weights, or synthetic."""
+    from pipeline.layout import as_layout
+    from pipeline.synthetic import union_of_subspaces
+
+    if not safetensors:
+        layout, _ = union_of_subspaces(28000, rows=384, width=1, blocks_per_subspace=40, subspace_rank=8,
+                                       noise=0.15, seed=0)
+        return layout, "synthetic 28,000 x (384 x 1)"
+    from safetensors.numpy import load_file
+
+    tensors = load_file(safetensors)
+    columns = [np.asarray(t, dtype=np.float64).reshape(-1, 384).T for name, t in sorted(tensors.items())
+               if t.ndim == 2 and t.size % 384 == 0 and "embeddings" not in name]
+    data = np.hstack(columns)
+    return as_layout(data, np.arange(data.shape[1] + 1)), f"{os.path.basename(safetensors)}: {data.shape[1]} x (384 x 1)"
 
 
 def _guarantee_holds(result, eps: float) -> bool:
@@ -54,36 +94,60 @@ def _guarantee_holds(result, eps: float) -> bool:
     return bool(np.all(result.errors[multi] <= eps) and result.max_error <= eps)
 
 
-def quality_and_linearity(root: str, parts: set[str]) -> None:
+def _against_sequential(root, name, layout, rank, eps, n_workers, label):
+    """One distributed run and one sequential run of the same data, in this process."""
     import pipeline
+    from pipeline._threads import single_threaded_blas
     from pipeline.distributed import cluster_collection
-    from pipeline.metrics import summarize
+    from pipeline.metrics import compression_ratio
 
-    cluster, client = _cluster(2)
+    coll = _store(root, name, layout)
+    cluster, client = _cluster(n_workers)
+    try:
+        start = time.perf_counter()
+        result = cluster_collection(coll, rank=rank, eps=eps, client=client, run_id=f"bench-{time.time_ns()}")
+        distributed = time.perf_counter() - start
+    finally:
+        client.close()
+        cluster.close()
+    start = time.perf_counter()
+    with single_threaded_blas():
+        seq = pipeline.cluster(layout, rank=rank, eps=eps)
+    sequential = time.perf_counter() - start
+    seq_cr = compression_ratio(layout, seq.clusters, rank)
+    print(f"{label}, r={rank}, eps={eps}, {n_workers} workers")
+    print(f"  distributed {distributed:6.1f} s, {result.n_groups} groups, CR {result.compression_ratio:.3f}, "
+          f"guarantee holds: {_guarantee_holds(result, eps)}")
+    print(f"  sequential  {sequential:6.1f} s, {seq.n_groups} groups, CR {seq_cr:.3f}")
+    print(f"  time distributed/sequential = {distributed / sequential:.2f}, CR distributed/sequential = "
+          f"{result.compression_ratio / seq_cr:.3f}")
+    print("  stage seconds: " + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
+    return distributed, result
+
+
+def quality(root: str, args) -> None:
+    _against_sequential(root, "uos16k", _narrow(16000), 16, 0.05, args.workers, "narrow: K=16,000 of 128 x 4")
+
+
+def singles(root: str, args) -> None:
+    layout, label = _singles(args.safetensors)
+    _against_sequential(root, "singles", layout, 32, 0.2, args.workers, f"single columns: {label}")
+
+
+def linear(root: str, args) -> None:
+    from pipeline.distributed import cluster_collection
+
+    cluster, client = _cluster(args.workers)
     try:
         times = {}
         for k in (16000, 64000):
-            if k == 64000 and "linear" not in parts:
-                continue
-            layout, coll = _subspace_collection(root, f"uos{k}", k)
+            coll = _store(root, f"uos{k // 1000}k", _narrow(k))
             start = time.perf_counter()
-            result = cluster_collection(coll, rank=RANK, eps=EPS, client=client)
+            result = cluster_collection(coll, rank=16, eps=0.05, client=client, run_id=f"bench-{time.time_ns()}")
             times[k] = time.perf_counter() - start
-            print(f"distributed K={k}: {times[k]:.1f} s, {result.n_groups} groups, CR {result.compression_ratio:.3f}, "
-                  f"adaptive CR {result.compression_ratio_adaptive:.3f}, max certified error {result.errors.max():.6f}, "
-                  f"max stored error {result.max_error:.6f}, all <= eps: {_guarantee_holds(result, EPS)}")
-            print("  stage seconds: " + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()))
-            if k == 16000 and "quality" in parts:
-                start = time.perf_counter()
-                seq = pipeline.cluster(layout, rank=RANK, eps=EPS)
-                elapsed = time.perf_counter() - start
-                s = summarize(layout, seq.clusters, rank=RANK, eps=EPS)
-                print(f"sequential K={k}: {elapsed:.1f} s, {s.n_groups} groups, CR {s.compression_ratio:.3f}, "
-                      f"adaptive CR {s.compression_ratio_adaptive:.3f}")
-                print(f"quality: distributed/sequential CR = {result.compression_ratio / s.compression_ratio:.3f} "
-                      f"(adaptive {result.compression_ratio_adaptive / s.compression_ratio_adaptive:.3f}); target >= 0.98")
-        if len(times) == 2:
-            print(f"near-linear: time(64k)/time(16k) = {times[64000] / times[16000]:.2f}; target <= 5")
+            print(f"K={k}: {times[k]:.1f} s, {result.n_groups} groups, CR {result.compression_ratio:.3f}; stages "
+                  + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
+        print(f"near-linear: time(64k)/time(16k) = {times[64000] / times[16000]:.2f}; target <= 4.5")
     finally:
         client.close()
         cluster.close()
@@ -92,7 +156,7 @@ def quality_and_linearity(root: str, parts: set[str]) -> None:
 _MAKE_BIG = r"""
 import sys, numpy as np, storage
 root, name, n_blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, width, n_sub = 256, 64, 200
+rows, width, n_sub = 256, 64, 400
 rng = np.random.default_rng(0)
 bases = np.linalg.qr(rng.standard_normal((n_sub, rows, 4)))[0].astype(np.float32)
 def blocks():
@@ -104,10 +168,9 @@ storage.ingest_blocks(root, name, blocks(), dtype=np.float32, overwrite=True)
 """
 
 
-def _big_collection(root: str, gib: float):
+def _big_collection(root: str, gib: float, name: str):
     import storage
 
-    name = "big"
     n_blocks = int(gib * 2**30 / (256 * 64 * 4))
     try:
         coll = storage.open_collection(root, name)
@@ -119,21 +182,99 @@ def _big_collection(root: str, gib: float):
     # a separate process, so that the generator does not count in this client's RSS
     subprocess.run([sys.executable, "-c", _MAKE_BIG, root, name, str(n_blocks)], check=True)
     coll = storage.open_collection(root, name)
-    print(f"built {coll.n_blocks} blocks of 256x64 float32: {coll.nbytes_stored / 2**30:.2f} GiB on disk "
-          f"in {time.perf_counter() - start:.0f} s")
+    print(f"built {coll.n_blocks} blocks of 256x64 float32: {coll.nbytes / 2**30:.2f} GiB raw, "
+          f"{coll.nbytes_stored / 2**30:.2f} GiB on disk, in {time.perf_counter() - start:.0f} s", flush=True)
     return coll
 
 
-def memory_and_parallelism(root: str, gib: float, parts: set[str]) -> None:
+def _dask_read_seconds(coll, client) -> float:
+    """One plain dask.array read (and reduction) of the collection's Zarr data."""
+    import dask.array as da
+    import zarr
+
+    array = zarr.open_array(f"{coll.url.rstrip('/')}/{coll.name}/data", mode="r")
+    start = time.perf_counter()
+    da.from_zarr(array).sum(dtype=np.float64).compute()
+    return time.perf_counter() - start
+
+
+def _io_run(coll, n_workers: int) -> tuple[float, float, object]:
+    from pipeline.distributed import cluster_collection
+
+    cluster, client = _cluster(n_workers)
+    try:
+        client.run(lambda: None)
+        read = _dask_read_seconds(coll, client)
+        start = time.perf_counter()
+        result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"io-{n_workers}w-{time.time_ns()}")
+        whole = time.perf_counter() - start
+    finally:
+        client.close()
+        cluster.close()
+    return read, whole, result
+
+
+def io(root: str, args) -> None:
+    coll = _big_collection(root, args.io_gib, "io")
+    read, whole, result = _io_run(coll, args.workers)
+    print(f"I/O floor, {coll.nbytes / 2**30:.2f} GiB of 256 x 64 float32, {args.workers} workers: dask.array read "
+          f"{read:.1f} s, whole run {whole:.1f} s = {whole / read:.1f}x the read (target <= 4); "
+          f"{result.n_groups} groups, CR {result.compression_ratio:.2f}, guarantee holds: {_guarantee_holds(result, 0.2)}")
+    print("  stage seconds: " + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
+
+
+def scaling(root: str, args) -> None:
+    coll = _big_collection(root, args.io_gib, "io")
+    base = None
+    for n in args.scaling_workers:
+        read, whole, result = _io_run(coll, n)
+        base = base or (n, whole)
+        print(f"{n:3d} workers: whole run {whole:6.1f} s (read {read:5.1f} s, {whole / read:4.1f}x), speed-up over "
+              f"{base[0]} workers {base[1] / whole:4.2f}x; stages "
+              + ", ".join(f"{s} {t:.1f}" for s, t in result.timings.items()), flush=True)
+
+
+def blas(root: str, args) -> None:
+    """The quality run in fresh processes, default BLAS threads and one thread."""
+    figures = {}
+    for label, extra in (("default", {}), ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})):
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+        out = subprocess.run([sys.executable, __file__, "--parts", "_timings", "--root", root,
+                              "--workers", str(args.workers)], env={**env, **extra}, check=True,
+                             capture_output=True, text=True).stdout
+        figures[label] = json.loads(out.strip().splitlines()[-1])
+        print(f"{label:>24}: total {figures[label]['total']:.2f} s, merge {figures[label]['merge']:.2f} s, "
+              f"partition {figures[label]['partition']:.2f} s, local {figures[label]['local']:.2f} s", flush=True)
+    a, b = figures["default"], figures["OPENBLAS_NUM_THREADS=1"]
+    print(f"default / one thread: total {a['total'] / b['total']:.2f}, merge {a['merge'] / max(b['merge'], 1e-9):.2f} "
+          "(target within 1.2)")
+
+
+def _timings(root: str, args) -> None:
+    from pipeline.distributed import cluster_collection
+
+    coll = _store(root, "uos16k", _narrow(16000))
+    cluster, client = _cluster(args.workers)
+    try:
+        start = time.perf_counter()
+        result = cluster_collection(coll, rank=16, eps=0.05, client=client, run_id=f"blas-{time.time_ns()}")
+        total = time.perf_counter() - start
+    finally:
+        client.close()
+        cluster.close()
+    print(json.dumps({"total": total, **result.timings}))
+
+
+def memory_and_parallelism(root: str, args, parts: set[str]) -> None:
     from pipeline.distributed import ClusteringRun, cluster_collection
 
-    coll = _big_collection(root, gib)
+    coll = _big_collection(root, args.memory_gib, "big")
     if "parallel" in parts:
         scan = {}
         for n_workers in (1, 2):
             cluster, client = _cluster(n_workers)
             try:
-                run = ClusteringRun(coll, rank=RANK, eps=0.2, client=client, run_id=f"scan-{n_workers}w-{time.time_ns()}")
+                run = ClusteringRun(coll, rank=16, eps=0.2, client=client, run_id=f"scan-{n_workers}w-{time.time_ns()}")
                 start = time.perf_counter()
                 run.scan()
                 scan[n_workers] = time.perf_counter() - start
@@ -147,7 +288,7 @@ def memory_and_parallelism(root: str, gib: float, parts: set[str]) -> None:
         try:
             pids_before = sorted(client.run(os.getpid).values())
             start = time.perf_counter()
-            result = cluster_collection(coll, rank=RANK, eps=0.2, client=client, run_id=f"memory-{time.time_ns()}")
+            result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"memory-{time.time_ns()}")
             elapsed = time.perf_counter() - start
             pids_after = sorted(client.run(os.getpid).values())
         finally:
@@ -162,22 +303,31 @@ def memory_and_parallelism(root: str, gib: float, parts: set[str]) -> None:
         print("  stage seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in result.timings.items()))
 
 
+PARTS = {"quality": quality, "singles": singles, "linear": linear, "io": io, "blas": blas, "scaling": scaling,
+         "_timings": _timings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["quality", "linear", "memory", "parallel"])
+    parser.add_argument("--parts", nargs="+", default=["quality", "singles", "linear", "io", "blas"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--safetensors", default=None, help="a model file for the single-column regime")
+    parser.add_argument("--io-gib", type=float, default=0.5)
     parser.add_argument("--memory-gib", type=float, default=3.3)
+    parser.add_argument("--scaling-workers", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--root", default=None, help="keep the stores here (default: a temporary folder)")
     args = parser.parse_args()
     parts = set(args.parts)
     root = args.root or tempfile.mkdtemp(prefix="cmsvd-bench-")
     try:
-        if parts & {"quality", "linear"}:
-            quality_and_linearity(root, parts)
+        for name in args.parts:
+            if name in PARTS:
+                PARTS[name](root, args)
         if "parallel" in parts:
-            memory_and_parallelism(root, args.memory_gib, {"parallel"})
+            memory_and_parallelism(root, args, {"parallel"})
         if "memory" in parts:
             if parts == {"memory"}:
-                memory_and_parallelism(root, args.memory_gib, parts)
+                memory_and_parallelism(root, args, parts)
             else:  # a fresh process: the client's peak RSS must not include the other parts
                 subprocess.run([sys.executable, __file__, "--parts", "memory", "--memory-gib", str(args.memory_gib),
                                 "--root", root], check=True)

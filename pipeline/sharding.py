@@ -57,35 +57,59 @@ __all__ = [
 FLOAT32_ROUNDOFF = 2.0**-24
 
 
-def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tuple[np.ndarray, np.ndarray]:
+# relative bound on what float64 roundoff can add to a factor computed as A V with V from
+# an eigen-solve (orthonormality and product errors, both ~ width * 2^-53); carried as slack
+_FACTOR_ROUNDOFF = 1e-12
+
+
+def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-block factors of at most ``width_cap`` columns, in the column layout.
 
-    Blocks no wider than ``min(width_cap, m)`` are kept as they are (F F^T = A A^T). Wider
-    blocks become U_k S_k, their top-k singular directions, with k = min(width_cap, m)
-    (F F^T <= A A^T); blocks of equal width are decomposed together with one batched SVD.
+    Blocks no wider than ``min(width_cap, m)`` are kept as they are (F F^T = A A^T). A wider
+    block becomes F = A V_k with V_k the top-k eigenvectors of A^T A, k = min(width_cap, m):
+    F F^T = A V_k V_k^T A^T <= A A^T, and F = U_k S_k up to roundoff. Blocks of equal width
+    go through one batched product, eigen-solve and product (cheaper than an SVD each).
 
     Returns
     -------
     factors : ndarray, shape (m, sum k_i), float64
     factor_offsets : ndarray of int64, shape (K + 1,)
+    slack : ndarray of float64, shape (K,)
+        Bound on the Frobenius norm by which roundoff may have moved each factor from one
+        with F F^T <= A A^T (0 for blocks kept as they are).
     """
     data = np.asarray(data, dtype=np.float64)
+    rows = data.shape[0]
     widths = np.diff(offsets)
-    cap = min(width_cap, data.shape[0])
+    cap = min(width_cap, rows)
     k = np.minimum(widths, cap)
     factor_offsets = offsets_of(k)
-    factors = np.empty((data.shape[0], int(factor_offsets[-1])))
+    slack = np.zeros(len(widths))
+    if np.all(widths <= cap):
+        return data, factor_offsets, slack  # nothing to factor: the layout is unchanged
+    if np.all(widths == widths[0]):  # one width, all wide: views, no gather
+        top, slack[:] = _top_factors(data.reshape(rows, len(widths), int(widths[0])).transpose(1, 0, 2), cap)
+        return top.transpose(1, 0, 2).reshape(rows, -1), factor_offsets, slack
+    factors = np.empty((rows, int(factor_offsets[-1])))
     narrow = widths <= cap
     kept = np.flatnonzero(narrow)
     factors[:, column_index(factor_offsets, kept)] = data[:, column_index(offsets, kept)]
     wide = np.flatnonzero(~narrow)
     for width in np.unique(widths[wide]):
         same = wide[widths[wide] == width]
-        stack = data[:, column_index(offsets, same)].reshape(data.shape[0], len(same), width).transpose(1, 0, 2)
-        u, s, _ = np.linalg.svd(stack, full_matrices=False)
-        top = u[:, :, :cap] * s[:, None, :cap]  # (blocks, m, cap)
-        factors[:, column_index(factor_offsets, same)] = top.transpose(1, 0, 2).reshape(data.shape[0], -1)
-    return factors, factor_offsets
+        stack = data[:, column_index(offsets, same)].reshape(rows, len(same), width).transpose(1, 0, 2)
+        top, slack[same] = _top_factors(stack, cap)
+        factors[:, column_index(factor_offsets, same)] = top.transpose(1, 0, 2).reshape(rows, -1)
+    return factors, factor_offsets, slack
+
+
+def _top_factors(stack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A_b V_k for a stack of equal blocks (blocks, m, n), and each one's roundoff slack."""
+    gram = np.matmul(stack.transpose(0, 2, 1), stack)  # (blocks, n, n)
+    _, vecs = np.linalg.eigh(gram)
+    top = np.matmul(stack, vecs[:, :, ::-1][:, :, :k])  # (blocks, m, k)
+    norms = np.sqrt(np.trace(gram, axis1=1, axis2=2).clip(0.0))
+    return top, _FACTOR_ROUNDOFF * stack.shape[2] * norms
 
 
 def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

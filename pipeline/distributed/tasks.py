@@ -142,11 +142,13 @@ def scan_batch(handle: Handle, batch: int, first: int, stop: int, width_cap: int
     coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
     norms2 = check_batch(data, offsets, first, coll.norms2[first:stop], coll.names)
-    factors, factor_offsets = block_factors(data, offsets, width_cap)
+    with single_threaded_blas():
+        factors, factor_offsets, dropped = block_factors(data, offsets, width_cap)
     if float32_factors(eps):
-        scaled, exponents, dropped = round_factors(factors, factor_offsets)
+        scaled, exponents, rounded = round_factors(factors, factor_offsets)
+        dropped = dropped + rounded  # triangle inequality
     else:
-        scaled, exponents, dropped = factors, np.zeros(stop - first, dtype=np.int64), np.zeros(stop - first)
+        scaled, exponents = factors, np.zeros(stop - first, dtype=np.int64)
     run.save_stage(stage, {"factors": scaled, "exponents": exponents, "dropped": dropped,
                            "factor_offsets": factor_offsets, "norms2": norms2})
     return batch, factor_offsets

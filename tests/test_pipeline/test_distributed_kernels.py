@@ -38,12 +38,16 @@ def test_block_factors_are_below_the_blocks_for_any_shape(rows, width, cap):
     rng = np.random.default_rng(rows * 100 + width)
     data = rng.standard_normal((rows, 3 * width))
     offsets = np.arange(4) * width
-    factors, factor_offsets = block_factors(data, offsets, cap)
+    factors, factor_offsets, slack = block_factors(data, offsets, cap)
     assert np.all(np.diff(factor_offsets) <= min(cap, rows))
     for i in range(3):
         a = data[:, offsets[i] : offsets[i + 1]]
         f = factors[:, factor_offsets[i] : factor_offsets[i + 1]]
         assert _loewner_below(f @ f.T, a @ a.T)
+        assert slack[i] < 1e-9 * np.linalg.norm(a)
+        # the factor keeps the block's top singular directions: its energy is E_k(A)
+        s = np.linalg.svd(a, compute_uv=False)
+        np.testing.assert_allclose(np.sum(f * f), np.sum(s[: f.shape[1]] ** 2), rtol=1e-10)
         if width <= min(cap, rows):
             np.testing.assert_array_equal(f, a)
 
