@@ -326,6 +326,17 @@ class CollectionWriter:
             if not np.isfinite(piece).all():
                 bad = "NaN" if np.isnan(piece).any() else "Inf"
                 raise BlockValidationError(index, name, f"contains {bad} (column {a + int(np.argwhere(~np.isfinite(piece))[0][1])})")
+            if piece.dtype.kind in "iu" and piece.dtype.itemsize >= 8 and piece.size:
+                # numpy calls int64 -> float64 "safe", but integers beyond 2^53 are rounded
+                limit = piece.dtype.type(2**53)
+                big = (piece > limit) | (piece < -limit) if piece.dtype.kind == "i" else piece > limit
+                if big.any():
+                    r, c = np.argwhere(big)[0]
+                    raise BlockValidationError(
+                        index, name,
+                        f"holds integer {int(piece[r, c])} (column {a + int(c)}) beyond 2^53, which "
+                        f"{self.dtype} cannot store exactly (lossless casts only)",
+                    )
             piece = piece.astype(self.dtype, copy=False)
             p64 = piece.astype(np.float64, copy=False)
             norm2 += float(np.einsum("ij,ij->", p64, p64))

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .collection import Collection, create_collection
-from .errors import BlockValidationError, EmptyInputError
+from .errors import BlockValidationError, EmptyInputError, SourceFormatError
 
 #: Bytes of a source stack mapped at once.
 WINDOW_BYTES = 64 * 2**20
@@ -160,7 +160,10 @@ def ingest_blocks(
 
 
 def _npy_stack_stream(path: Path) -> Iterator[NamedBlock]:
-    arr = np.load(path, mmap_mode="r")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except ValueError as exc:  # e.g. a declared shape larger than the file
+        raise SourceFormatError(f"{path}: not a readable .npy file ({exc})") from None
     stem = path.stem
     if arr.ndim == 2:
         yield stem, arr, None
@@ -194,10 +197,125 @@ def ingest_npy_stack(url: str, name: str, path: str | os.PathLike, **options: An
     return _ingest(url, name, _npy_stack_stream(path), **_with_source(_common(options), "npy", path))
 
 
-def _npz_stream(path: Path) -> Iterator[NamedBlock]:
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            yield key, z[key], {"member": key}
+#: ``.npz`` members up to this many bytes are decompressed in memory; larger ones are
+#: streamed to a temporary file and read a column slice at a time.
+NPZ_MEMORY_BUDGET = 256 * 2**20
+_COPY_STEP = 16 * 2**20
+
+
+class _FileMatrix:
+    """A read-only array stored raw in a file, read a slice at a time.
+
+    Column slices ``[:, a:b]`` of a 2-D array (what the collection writer asks for) are
+    read with plain file reads into a fresh buffer, so the resident set stays at the
+    size of one slice (a memory map would fault in far more of the file around each
+    row); any other selection maps the file for the copy only.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
+        self.path, self.shape, self.dtype, self._order = path, tuple(shape), np.dtype(dtype), "F" if fortran else "C"
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if (self.ndim == 2 and isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)
+                and isinstance(key[1], slice) and key[1].step in (None, 1)):
+            return self._columns(*key[1].indices(self.shape[1])[:2])
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape, order=self._order)
+        try:
+            return np.array(mm[key])
+        finally:
+            del mm
+
+    def _columns(self, a: int, b: int) -> np.ndarray:
+        m, n = self.shape
+        b = max(a, b)
+        item = self.dtype.itemsize
+        out = np.empty((m, b - a), dtype=self.dtype, order=self._order)
+        with open(self.path, "rb", buffering=0) as f:
+            if self._order == "F":  # columns are contiguous: one read
+                f.seek(a * m * item)
+                f.readinto(memoryview(out.T).cast("B"))
+            else:
+                for r in range(m):
+                    f.seek((r * n + a) * item)
+                    f.readinto(memoryview(out[r]).cast("B"))
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _npy_member_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            shape, fortran, dtype = fmt._read_array_header(f, version)  # 3.0: utf-8 header
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise SourceFormatError(f"{where}: not a valid .npy member ({exc})") from None
+    if dtype.hasobject:
+        raise SourceFormatError(f"{where}: object arrays are not supported (they need pickle)")
+    return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
+def _npz_stream(path: Path, budget: int | None = None) -> Iterator[NamedBlock]:
+    """Members one at a time: small ones in memory, large ones spilled to a temporary file.
+
+    The declared shape is checked against the member's size before anything is
+    allocated, so a lying header is an error, never a MemoryError.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    budget = NPZ_MEMORY_BUDGET if budget is None else int(budget)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceFormatError(f"{path}: not a valid .npz archive ({exc})") from None
+    with zf, tempfile.TemporaryDirectory(prefix="cmsvd-npz-") as tmp:
+        for n, info in enumerate(zf.infolist()):
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[: -len(".npy")]
+            where = f"{path}: member {key!r}"
+            with zf.open(info) as f:
+                shape, fortran, dtype = _npy_member_header(f, where)
+                nbytes = dtype.itemsize
+                for d in shape:
+                    nbytes *= d
+                header = f.tell()
+                if header + nbytes != info.file_size:
+                    raise SourceFormatError(
+                        f"{where}: declares shape {shape} {dtype} ({nbytes} bytes) but holds "
+                        f"{info.file_size - header} bytes of data"
+                    )
+                if nbytes <= budget:
+                    data = f.read(nbytes)
+                    if len(data) != nbytes:
+                        raise SourceFormatError(f"{where}: truncated ({len(data)} of {nbytes} bytes)")
+                    block: Any = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+                else:
+                    spill = os.path.join(tmp, f"{n}.bin")
+                    with open(spill, "wb") as out:
+                        copied = 0
+                        while copied < nbytes:
+                            chunk = f.read(min(_COPY_STEP, nbytes - copied))
+                            if not chunk:
+                                raise SourceFormatError(f"{where}: truncated ({copied} of {nbytes} bytes)")
+                            out.write(chunk)
+                            copied += len(chunk)
+                    block = _FileMatrix(spill, shape, dtype, fortran)
+            yield key, block, {"member": key}
+            if isinstance(block, _FileMatrix):
+                os.unlink(block.path)
+            del block
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ingest_npz(url: str, name: str, path: str | os.PathLike, **options: Any) -> Collection:
@@ -236,8 +354,23 @@ _ST_DTYPES = {
 }
 
 
+#: Largest safetensors JSON header accepted (the format's own limit is 100 MB).
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+#: Bytes per element of every safetensors dtype (validation also covers dtypes not ingested).
+_ST_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """Parse a safetensors header.
+    """Parse and validate a safetensors header.
+
+    Every tensor must declare a known dtype, a shape of non-negative integers and
+    ``data_offsets`` that lie inside the file's data section, span exactly
+    ``prod(shape) * itemsize`` bytes and do not overlap another tensor.
 
     Returns
     -------
@@ -245,11 +378,62 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
         name -> {"dtype", "shape", "data_offsets"} in file order (``__metadata__`` removed).
     data_start : int
         Byte offset of the tensor data.
+
+    Raises
+    ------
+    SourceFormatError
+        Naming the file, the tensor and the problem (truncated file, header over
+        :data:`MAX_SAFETENSORS_HEADER` or beyond the file, not a JSON object, bad
+        dtype/shape/offsets, overlapping tensors).
     """
+    size = os.path.getsize(path)
+
+    def bad(problem: str) -> SourceFormatError:
+        return SourceFormatError(f"{path}: invalid safetensors file: {problem}")
+
+    if size < 8:
+        raise bad(f"{size} bytes, shorter than the 8-byte header length")
     with open(path, "rb") as f:
         (hlen,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(hlen))
+        if hlen > MAX_SAFETENSORS_HEADER:
+            raise bad(f"header declares {hlen} bytes, over the {MAX_SAFETENSORS_HEADER}-byte limit")
+        if hlen > size - 8:
+            raise bad(f"header declares {hlen} bytes but the file has only {size - 8} after the length")
+        raw = f.read(hlen)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
     header.pop("__metadata__", None)
+    data_size = size - 8 - hlen
+    spans = []
+    for name, info in header.items():
+        where = f"tensor {name!r}"
+        if not isinstance(info, dict):
+            raise bad(f"{where}: entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _ST_ITEMSIZE:
+            raise bad(f"{where}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise bad(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise bad(f"{where}: data_offsets {offsets!r} is not a pair of integers")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise bad(f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section")
+        nbytes = _ST_ITEMSIZE[dtype]
+        for d in shape:  # Python ints: no overflow, whatever the header claims
+            nbytes *= d
+        if end - begin != nbytes:
+            raise bad(f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {nbytes}")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise bad(f"tensors {n0!r} [{b0}, {e0}] and {n1!r} [{b1}, {e1}] overlap")
     ordered = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
     return ordered, 8 + hlen
 
