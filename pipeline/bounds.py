@@ -64,6 +64,19 @@ def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, s
 
 
+def _unit_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The SVD of one column (m x 1), without a LAPACK call: r = (r / ||r||) ||r||."""
+    s = float(np.sqrt(np.dot(column[:, 0], column[:, 0])))
+    return (column / s if s > 0.0 else np.zeros_like(column)), np.array([s])
+
+
+def _squared_singular_values(matrix: np.ndarray) -> np.ndarray:
+    """Squared singular values; a single row or column has one, its squared norm."""
+    if min(matrix.shape) == 1:
+        return np.array([float(np.einsum("ij,ij->", matrix, matrix))])
+    return _svd(matrix)[1] ** 2
+
+
 def _keep_threshold(norm: float, tol: float) -> float:
     return max(tol, _NOISE_FLOOR) * norm
 
@@ -103,7 +116,7 @@ def extend_basis(
     residual = block - q @ coords
     residual -= q @ (q.T @ residual)  # second Gram-Schmidt pass: "twice is enough"
     norm = float(np.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2))
-    u, s = _svd(residual)
+    u, s = _unit_column(residual) if residual.shape[1] == 1 else _svd(residual)
     kept = u[:, s > _keep_threshold(norm, tol)]
     if kept.shape[1]:
         # singular vectors of weak residual directions carry roundoff along q of size
@@ -232,7 +245,7 @@ class ResidualBound(_Bound):
         norm2 = self._norm2(block, norm2)
         ext = extend_basis(self.basis, block, self.tol, norm2=norm2)
         # singular values of W^T A: the energy of A inside the new orthogonal piece
-        s2 = _svd(ext.new_coords)[1] ** 2 if ext.basis.shape[1] else np.zeros(0)
+        s2 = _squared_singular_values(ext.new_coords) if ext.basis.shape[1] else np.zeros(0)
         return self.total + norm2, ext.basis, s2
 
     def _proposal_error(self, proposal) -> float:
@@ -327,15 +340,17 @@ class GramSketch(_Bound):
         lam, vecs = np.linalg.eigh(small)
         keep = min(self.capacity, lam.size)
         lam, vecs = np.clip(lam[::-1][:keep], 0.0, None), vecs[:, ::-1][:, :keep]
-        basis = np.hstack([self.basis, ext.basis]) @ vecs if lam.size else self.basis[:, :0]
-        return self.total + added, basis, lam, self.slack + ext.dropped
+        # the new basis [Q W] V is formed on commit only: a rejected proposal never needs it
+        return self.total + added, (ext.basis, vecs), lam, self.slack + ext.dropped
 
     def _proposal_error(self, proposal) -> float:
         total, _, lam, slack = proposal
         return error_from_energy(self._sketch_energy(lam, slack), total)
 
     def _commit(self, proposal) -> None:
-        self.total, self.basis, self.eigenvalues, self.slack = proposal
+        total, (extension, vecs), lam, slack = proposal
+        self.basis = np.hstack([self.basis, extension]) @ vecs if lam.size else self.basis[:, :0]
+        self.total, self.eigenvalues, self.slack = total, lam, slack
 
     def merge(self, other: "GramSketch") -> "GramSketch":
         """Sketch of the union of two *disjoint* groups, touching no data.
@@ -347,8 +362,8 @@ class GramSketch(_Bound):
             raise ValueError(f"cannot merge sketches with {self.basis.shape[0]} and {other.basis.shape[0]} rows")
         merged = self.copy()
         pseudo_block = other.basis * np.sqrt(other.eigenvalues)
-        total, basis, lam, slack = merged._propose(pseudo_block, None, extra_total=other.total)
-        merged._commit((total, basis, lam, slack + other.slack))
+        total, parts, lam, slack = merged._propose(pseudo_block, None, extra_total=other.total)
+        merged._commit((total, parts, lam, slack + other.slack))
         return merged
 
     def merged_error_bound(self, other: "GramSketch") -> float:

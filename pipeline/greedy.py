@@ -33,6 +33,8 @@ __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_g
 
 # Stacks of small blocks for batched spectra are cut to about this many numbers (memory).
 _STACK_ITEMS = 1 << 22
+# Blocks this narrow (median width) are read from a column-major copy (see _column_major).
+_NARROW_WIDTH = 8
 # First window of the Weyl bound's running sums (see _grow_weyl).
 _FIRST_WINDOW = 64
 
@@ -288,11 +290,23 @@ def _error_bounds(energy: np.ndarray, total: np.ndarray) -> np.ndarray:
     return np.where(total > 0.0, np.sqrt(np.maximum(0.0, 1.0 - energy / safe)), 0.0)
 
 
+def _column_major(layout: BlockLayout, method: str, order: str) -> BlockLayout:
+    """The layout with its data in column-major order when blocks are narrow and will be
+    read one by one: a block of a few columns is then contiguous instead of one number per
+    row of the (m x N) row-major data (a page per number when N is large)."""
+    reads_blocks = method != "max_norm" or order == "residual"
+    narrow = layout.n_blocks and np.median(layout.widths) <= _NARROW_WIDTH
+    if not (reads_blocks and narrow) or layout.data.flags.f_contiguous:
+        return layout
+    return BlockLayout(np.asfortranarray(layout.data), layout.offsets, layout.norms2)
+
+
 def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True):
     """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
     that only want the groups). ``screen=False`` orders by residual in float64 throughout
     (the reference the screened order must reproduce)."""
+    layout = _column_major(layout, method, order)
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = ResidualOrderer(layout, rank, screen=screen) if order == "residual" else None
