@@ -12,6 +12,7 @@ Three regimes, every method and candidate order (synthetic data from
     python bench/bench_cluster.py [--regimes wide narrow single] [--scale 1.0] [--repeat 3]
         [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH]
     python bench/bench_cluster.py --matrix ...   # default env and OPENBLAS_NUM_THREADS=1, idle and with a burner
+                                                 # (the paper idle only, unless --reference-burn)
 
 ``--reference DIR`` is a checkout of the paper's published code (M. Shamrai,
 concatenated-matrix-svd); its clustering classes are imported from ``DIR/src/clustering``
@@ -187,10 +188,22 @@ def _paper_cell(row: dict) -> str:
     return ("" if row["paper_done"] else ">") + f"{row['paper_time']:.2f}"
 
 
+def _without_reference(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--reference":
+            skip = True
+        elif not a.startswith("--reference="):
+            out.append(a)
+    return out
+
+
 def matrix(argv: list[str]) -> None:
     """Rerun this script in fresh processes: default BLAS threads and one thread, each idle
     and with a burner; then one table of project times side by side."""
-    argv = [a for a in argv if a != "--matrix"]
+    argv = [a for a in argv if a != "--matrix"]  # the paper is timed idle only, unless --reference-burn
     results = {}
     for threads in ("default", "1"):
         for burn in (False, True):
@@ -199,7 +212,8 @@ def matrix(argv: list[str]) -> None:
             if threads == "1":
                 env["OPENBLAS_NUM_THREADS"] = "1"
             out = f"/tmp/bench_cluster_{os.getpid()}_{threads}_{int(burn)}.json"
-            cmd = [sys.executable, __file__, *argv, "--json", out] + (["--burn"] if burn else [])
+            args = _without_reference(argv) if burn and "--reference-burn" not in argv else argv
+            cmd = [sys.executable, __file__, *args, "--json", out] + (["--burn"] if burn else [])
             subprocess.run(cmd, env=env, check=True)
             with open(out) as f:
                 results[(threads, burn)] = json.load(f)
@@ -229,6 +243,7 @@ def main() -> None:
     parser.add_argument("--safetensors", default=None, help="single-column regime from a model's weights")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--matrix", action="store_true", help="default env and one BLAS thread, idle and burning")
+    parser.add_argument("--reference-burn", action="store_true", help="with --matrix: time the paper with a burner too")
     args = parser.parse_args()
     if args.matrix:
         matrix(sys.argv[1:])
