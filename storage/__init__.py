@@ -51,7 +51,7 @@ from .ingest import (
     mimo_block,
     read_safetensors_header,
 )
-from .lease import RunLease, run_lease
+from .lease import RunLease, check_lease, run_lease
 from .runs import Run, open_run
 from .artifact import (
     Artifact,

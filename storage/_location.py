@@ -317,6 +317,12 @@ def write_exclusive(loc: Location, data: bytes, *parts: str) -> None:
             f.write(data)
         try:
             os.link(tmp, target.path)  # atomic, fails if it exists, never torn
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some FUSE/SMB mounts): plain O_EXCL
+            fd = os.open(target.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         finally:
             os.unlink(tmp)
         return

@@ -296,6 +296,22 @@ class RunLease:
         self.release()
 
 
+def check_lease(loc: Location, label: str, token: str) -> None:
+    """Raise :class:`LeaseLostError` unless the lease on the store has *token* and is live.
+
+    For processes that commit on behalf of a lease holder (Dask workers writing stages):
+    one small read per call.
+    """
+    probe = RunLease(loc, label, owner="<check>", heartbeat=False)
+    record, _ = probe._read()
+    if record is None or record.get("token") != token:
+        who = "nobody" if record is None else repr(record.get("owner"))
+        raise LeaseLostError(f"{label}: the writer lease this process works for is gone (now held by {who})")
+    expires = record.get("expires")
+    if not isinstance(expires, (int, float)) or expires <= time.time():
+        raise LeaseLostError(f"{label}: the writer lease of {record.get('owner')!r} expired")
+
+
 def run_lease(
     url: str,
     collection_name: str,

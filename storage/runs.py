@@ -25,7 +25,7 @@ import numpy as np
 from ._integrity import parse_json, seal, unseal
 from ._location import Location, check_name, fingerprint_of, json_default, json_dumps, resolve
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
-from .lease import RunLease
+from .lease import RunLease, check_lease
 
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
@@ -150,9 +150,23 @@ class Run:
         self._lease = RunLease(self._loc, label, owner=owner, ttl_s=ttl_s, wait_s=wait_s, poll_s=poll_s)
         return self._lease
 
+    def require_lease(self, token: str | None) -> "Run":
+        """Commit only while the run's lease on the store has *token* (``RunLease.token``).
+
+        For worker processes that write stages for a driver holding the lease: pass the
+        driver's ``lease.token``; each :meth:`save_stage` / :meth:`delete_stage` then reads
+        the lease first and raises :class:`LeaseLostError` if the driver lost it.
+        ``None`` turns the check off.  Returns the run.
+        """
+        self._lease_token = token
+        return self
+
     def _check_lease(self) -> None:
         if self._lease is not None and self._lease._held:
             self._lease.check()
+        token = getattr(self, "_lease_token", None)
+        if token is not None:
+            check_lease(self._loc, f"run {self.run_id!r} of collection {self.collection!r}", token)
 
     @property
     def url(self) -> str:

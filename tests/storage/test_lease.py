@@ -140,3 +140,18 @@ def test_s3_takeover_is_conditional(s3_endpoint):  # noqa: F811
             run_lease(url, "c", "r1", owner="c", storage_options=opts).acquire()
     with run_lease(url, "c", "r1", owner="c", storage_options=opts) as c:  # released by b
         assert c.held
+
+
+def test_worker_commits_only_while_the_driver_holds_the_lease(root):
+    driver = run_lease(root, "c", "r1", owner="driver", ttl_s=0.3)
+    driver._heartbeat = False
+    driver.acquire()
+    worker_run = open_run(root, "c", "r1", {"p": 1}, "fp").require_lease(driver.token)
+    worker_run.save_stage("part-0", {"x": np.ones(2)})  # the driver holds it: fine
+    time.sleep(0.4)  # the driver stopped renewing: expired
+    with pytest.raises(LeaseLostError, match="expired"):
+        worker_run.save_stage("part-1", {"x": np.ones(2)})
+    with run_lease(root, "c", "r1", owner="other"):
+        with pytest.raises(LeaseLostError, match="now held by 'other'"):
+            worker_run.save_stage("part-1", {"x": np.ones(2)})
+    assert worker_run.require_lease(None).is_complete("part-0")
