@@ -59,6 +59,7 @@ from ._location import (
     new_version_name,
     publish_local,
     resolve,
+    sweep_stale,
     switch_pointer,
 )
 from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
@@ -139,6 +140,7 @@ def create_artifact(
     groups = _check_groups(groups, coll.n_blocks)
     if not overwrite and final.exists(MANIFEST):
         raise CollectionExistsError(f"artifact {label!r} of collection {collection_name!r} already exists")
+    sweep_stale(root.child("artifacts", collection_name, ".staging"))  # killed writers (local: by age)
     staging.rm()
     record = {
         "collection": collection_name,

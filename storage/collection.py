@@ -775,8 +775,8 @@ class Collection:
 
     @property
     def nbytes_stored(self) -> int:
-        """Bytes on disk / in the bucket under the collection prefix."""
-        return self._root.child(self.name).du()
+        """Bytes on disk / in the bucket of the published version."""
+        return self._loc.du()
 
     def _index(self, i: Any) -> int:
         try:
