@@ -588,6 +588,8 @@ def open_collection(url: str, name: str, *, storage_options: dict | None = None)
     meta = doc.get("attributes", {}).get(_META_KEY) if isinstance(doc, dict) and isinstance(doc.get("attributes"), dict) else None
     if not isinstance(meta, dict) or meta.get("kind") != "collection":
         raise CorruptedFileError(f"collection {name!r}: {where} holds no cmsvd commit record (damaged, or not a cmsvd collection)", path=where)
+    sealed = "sha256" in meta
+    meta = unseal(meta, where)  # a present seal is checked before any field is trusted
     try:
         schema = int(meta.get("schema_version", -1))
     except (TypeError, ValueError):
@@ -595,8 +597,8 @@ def open_collection(url: str, name: str, *, storage_options: dict | None = None)
     if schema > SCHEMA_VERSION:
         raise ValueError(f"collection {name!r} has schema {schema}, newer than {SCHEMA_VERSION}: upgrade cmsvd")
     checked = schema >= CHECKSUMMED_SCHEMA
-    if checked:
-        meta = unseal(meta, where, required=True)
+    if checked and not sealed:
+        raise CorruptedFileError(f"collection {name!r}: {where} is corrupted (its sha256 seal is missing)", path=where)
     store = loc.zarr_store(read_only=True)
     if checked:
         store = StrictStore(store, loc.url, checksummed=True)
