@@ -172,8 +172,9 @@ class ClusteringRun:
         return len(self._batch_bounds) - 1
 
     def _submit(self, stage: str, index, func, *args, priority: int = 0):
-        """Submit one task under a key naming the store, collection, run, stage and index."""
-        key = f"{self._handle.key_prefix}-{stage}-{index}-{uuid.uuid4().hex[:8]}"
+        """Submit one task under a key naming the stage (the dashboard's task prefix), the
+        store, collection and run (:attr:`tasks.Handle.digest`) and the index."""
+        key = f"cmsvd-{stage}-{self._handle.digest}-{index}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(func, *args, key=key, pure=False, priority=priority)
 
     def _report(self, stage: str, done: int, total: int) -> None:
@@ -336,7 +337,7 @@ class ClusteringRun:
             for bucket in buckets + [None]:
                 if bucket is None or (batch and size + len(bucket) > MERGE_TASK_GROUPS):
                     if batch:
-                        futures.append(self._submit(f"merge{index:03d}", len(futures), tasks.merge_bucket_batch,
+                        futures.append(self._submit("merge", f"{index}-{len(futures)}", tasks.merge_bucket_batch,
                                                     [[sketches[g] for g in b] for b in batch], self.params["rank"],
                                                     self.params["eps"], self.merge_neighbours))
                     batch, size = [], 0

@@ -29,11 +29,14 @@ from ..sharding import (
     gram_partials,
     group_coefficients,
     group_sketch,
+    leading_columns,
     merge_groups,
     partial_gram,
     round_factors,
     unround_factors,
 )
+
+ROUTE_COLUMNS = 4  # leading factor columns per block used to route it to an anchor
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,12 @@ class Handle:
         return json.loads(self.storage_options_json)
 
     @functools.cached_property
-    def key_prefix(self) -> str:
-        """Names this store, collection and run in Dask task keys, so that runs sharing a
-        scheduler never collide, whatever their run ids."""
-        digest = hashlib.sha256(
+    def digest(self) -> str:
+        """Names this store, collection, run and parameters in Dask task keys, so that runs
+        sharing a scheduler never collide, whatever their run ids."""
+        return hashlib.sha256(
             "\0".join([self.url, self.name, self.fingerprint, self.run_id, self.params_json]).encode()
         ).hexdigest()[:16]
-        return f"cmsvd-{digest}"
 
 
 def import_storage():
@@ -188,8 +190,9 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
 def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The two anchors capturing most of each block's energy (K_batch x 2)."""
     factors, offsets, _, _ = load_factors(handle, batch)
+    columns, lead_offsets = leading_columns(offsets, ROUTE_COLUMNS)
     with single_threaded_blas():
-        return best_two_anchors(anchor_scores(anchors[0], anchors[1], factors, offsets))
+        return best_two_anchors(anchor_scores(anchors[0], anchors[1], factors[:, columns], lead_offsets))
 
 
 def split_batch(handle: Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:

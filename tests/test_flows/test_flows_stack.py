@@ -151,4 +151,4 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
     # and the work ran on the external Dask cluster, not a LocalCluster
     # (the scan tasks carry an explicit key; other task names are pipeline internals)
     prefixes = _scheduler_task_prefixes(address)
-    assert "cmsvd-scan-dashboard-run" in prefixes and len(prefixes) >= 4, prefixes
+    assert "cmsvd-scan" in prefixes and len(prefixes) >= 4, prefixes
