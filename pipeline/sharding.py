@@ -36,7 +36,7 @@ __all__ = [
     "anchor_scores",
     "pack_shards",
     "anchor_basis",
-    "leading_columns",
+    "leading_directions",
     "group_sketch",
     "affinity_pairs",
     "merge_groups",
@@ -162,10 +162,12 @@ def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.n
     -------
     ndarray, shape (n_anchors, K): ||Q_a^T A_i||_F^2.
     """
-    # one BLAS-3 product for every anchor and column; float32 is plenty for routing
+    # one BLAS-3 product for every anchor and column; float32 is plenty for routing, and
+    # summing over each anchor's rows first shrinks the array before anything else
     projected = anchors.T.astype(np.float32) @ factors.astype(np.float32)
-    per_anchor = segment_sums(segment_sums(projected * projected, offsets).T, anchor_offsets).T
-    return per_anchor
+    np.square(projected, out=projected)
+    per_anchor = np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
+    return segment_sums(per_anchor, offsets)
 
 
 def anchor_basis(basis: np.ndarray, eigenvalues: np.ndarray, rank: int, relative: float = 1e-2) -> np.ndarray:
@@ -180,14 +182,22 @@ def anchor_basis(basis: np.ndarray, eigenvalues: np.ndarray, rank: int, relative
     return basis[:, : int(np.count_nonzero(lam >= relative * lam[0]))]
 
 
-def leading_columns(offsets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first ``count`` columns of every block, and their offsets. Factors of
-    wide blocks hold their directions strongest first, so these carry most of the energy:
-    enough to route a block, at a fraction of the cost."""
-    widths = np.minimum(np.diff(offsets), count)
-    new_offsets = offsets_of(widths)
-    shift = np.repeat(offsets[:-1] - new_offsets[:-1], widths)
-    return np.arange(int(new_offsets[-1]), dtype=np.int64) + shift, new_offsets
+def leading_directions(factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each block's strongest direction scaled by its singular value, s_1 u_1 (m x K).
+
+    One column per block is enough to route it: it lies in the block's dominant subspace.
+    Blocks of equal width share one batched Gram eigen-solve."""
+    rows = factors.shape[0]
+    widths = np.diff(offsets)
+    out = np.empty((rows, len(widths)))
+    single = widths == 1
+    out[:, single] = factors[:, offsets[:-1][single]]
+    for width in np.unique(widths[~single]):
+        same = np.flatnonzero(widths == width)
+        stack = factors[:, column_index(offsets, same)].reshape(rows, len(same), width).transpose(1, 0, 2)
+        _, vecs = np.linalg.eigh(np.matmul(stack.transpose(0, 2, 1), stack))
+        out[:, same] = np.matmul(stack, vecs[:, :, -1:])[:, :, 0].T
+    return out
 
 
 def best_two_anchors(captured: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ SAMPLE_BLOCKS = 2000  # blocks in the partition sample: bounds the anchors, so r
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
 MERGE_TASK_GROUPS = 512  # groups per merge task
-WRITE_GROUPS = 64  # groups written to the artifact per task
+WRITE_GROUPS = 64  # groups per certify and per artifact-write task
 
 Progress = Callable[[str, int, int], None]
 
@@ -382,7 +382,8 @@ class ClusteringRun:
         any number of workers), then certified on a worker."""
         m = self.collection.rows
         labels = labels_of(groups, self.collection.n_blocks)
-        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES)
+        # ranges of few groups: their eigen-solves run in parallel
+        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=WRITE_GROUPS)
         n_ranges = int(ranges.max(initial=-1)) + 1
         batches = self._batches_of(labels)
         leaves: dict[int, object] = {}

@@ -29,14 +29,12 @@ from ..sharding import (
     gram_partials,
     group_coefficients,
     group_sketch,
-    leading_columns,
+    leading_directions,
     merge_groups,
     partial_gram,
     round_factors,
     unround_factors,
 )
-
-ROUTE_COLUMNS = 4  # leading factor columns per block used to route it to an anchor
 
 
 @dataclass(frozen=True)
@@ -188,11 +186,11 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
 
 
 def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The two anchors capturing most of each block's energy (K_batch x 2)."""
+    """The two anchors capturing most of each block's strongest direction (K_batch x 2)."""
     factors, offsets, _, _ = load_factors(handle, batch)
-    columns, lead_offsets = leading_columns(offsets, ROUTE_COLUMNS)
     with single_threaded_blas():
-        return best_two_anchors(anchor_scores(anchors[0], anchors[1], factors[:, columns], lead_offsets))
+        leading = leading_directions(factors, offsets)
+        return best_two_anchors(anchor_scores(anchors[0], anchors[1], leading, np.arange(leading.shape[1] + 1)))
 
 
 def split_batch(handle: Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:
