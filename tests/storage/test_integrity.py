@@ -279,3 +279,22 @@ def test_corrupted_run_json_is_exit_4_material(tmp_path):
     with pytest.raises(CorruptedFileError, match="seal mismatch"):
         open_run(root, "c", "r1", {"eps": 0.1}, "fp")
     assert issubclass(CheckpointError, IntegrityError)
+
+
+def test_memory_store_pointer_damage_is_named(mem_root, rng):
+    import fsspec
+
+    blocks = [rng.standard_normal((4, 3))]
+    ingest_blocks(mem_root, "c", blocks)
+    fs = fsspec.filesystem("memory")
+    pointer = f"{mem_root}/c/current.json"
+    good = fs.cat_file(pointer)
+    for damaged in (good[: len(good) // 2], good.replace(b"v-", b"v_", 1), good[:-3] + bytes([good[-3] ^ 1]) + good[-2:]):
+        fs.pipe_file(pointer, damaged)
+        with pytest.raises(CorruptedFileError, match="c/current.json"):
+            open_collection(mem_root, "c")
+    fs.pipe_file(pointer, good)
+    version = json.loads(good)["version"]
+    fs.rm(f"{mem_root}/c/{version}/zarr.json")
+    with pytest.raises(CorruptedFileError, match=f"{version}/zarr.json is missing"):
+        open_collection(mem_root, "c")
