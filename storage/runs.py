@@ -190,7 +190,9 @@ class Run:
         try:
             return unseal(parse_json(raw, where), where)
         except CorruptedFileError as exc:
-            raise CheckpointError(f"stage {stage!r} of run {self.run_id!r}: {exc}") from None
+            raise CheckpointError(
+                f"stage {stage!r} of run {self.run_id!r}: {exc}; delete {loc.url} to recompute the stage"
+            ) from None
 
     def is_complete(self, stage: str) -> bool:
         """True if the stage's manifest exists, says complete and belongs to this run's
