@@ -50,6 +50,6 @@ from .run import (
     DistributedResult,
     cluster_collection,
 )
-from .tasks import import_storage as _import_storage
+from .tasks import import_storage as _import_storage  # noqa: F401  (the name tests and older callers use)
 
 __all__ = ["cluster_collection", "ClusteringRun", "DistributedResult", "STAGES", "MAX_MERGE_ROUNDS", "BATCH_BYTES"]

@@ -24,14 +24,13 @@ from ..sharding import (
     anchor_scores,
     best_two_anchors,
     block_factors,
-    certify_gram,
+    certify_partial,
     combine_partials,
     gram_partials,
     group_coefficients,
     group_sketch,
     leading_directions,
     merge_groups,
-    partial_gram,
     round_factors,
     unround_factors,
 )
@@ -291,7 +290,7 @@ def certify_range(index: int, node, rank: int, eps: float) -> dict[int, tuple[fl
     out = {}
     with single_threaded_blas():
         for label, part in partials.items():
-            cert = certify_gram(partial_gram(part), rank, eps)
+            cert = certify_partial(part, rank, eps)
             out[label] = (cert.error, cert.adaptive_rank, cert.basis)
     return out
 

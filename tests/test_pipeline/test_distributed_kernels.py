@@ -167,3 +167,19 @@ def test_group_ranges_respect_budget_and_count():
     ranges = group_ranges(np.array([5, 5, 5, 20, 1, 1, 1, 1]), budget=10, max_groups=3)
     assert ranges.tolist() == [0, 0, 1, 2, 3, 3, 3, 4]
     assert labels_of([[2, 0], [1]], 4).tolist() == [0, 1, 0, -1]
+
+
+@pytest.mark.parametrize("columns", [3, 40])
+def test_certify_partial_matches_the_exact_spectrum_either_way(columns):
+    from pipeline.sharding import certify_partial
+    from pipeline.spectra import relative_error
+
+    rng = np.random.default_rng(columns)
+    x = rng.standard_normal((20, 3)) @ rng.standard_normal((3, columns)) + 0.05 * rng.standard_normal((20, columns))
+    for part in (("cols", x), ("gram", x @ x.T)):
+        cert = certify_partial(part, 4, 0.3)
+        assert abs(cert.error**2 - relative_error(x, 4) ** 2) <= 1e-12
+        basis = cert.basis
+        assert basis.shape[1] == cert.adaptive_rank <= 4
+        residual = x - basis @ (basis.T @ x)
+        assert np.linalg.norm(residual) <= 0.3 * np.linalg.norm(x)
