@@ -349,6 +349,22 @@ def _merge_cannot_certify(sketches: list[GramSketch], pairs: np.ndarray, rank: i
     return best < (1.0 - eps * eps) * total * (1.0 - 1e-12)
 
 
+def _union_cannot_certify(a: GramSketch, b: GramSketch, rank: int, eps: float) -> bool:
+    """Whether merging two sketches is certain to fail, from the exact spectrum of G_a + G_b.
+
+    Its non-zero eigenvalues are those of [[L_a, S_a C S_b], [S_b C^T S_a, L_b]] with
+    C = Q_a^T Q_b and S = L^(1/2): a (k_a + k_b)-sized eigenvalue problem with no SVD. The
+    merged sketch holds the compression P (G_a + G_b) P, whose top energy is no larger, and
+    at least both slacks, so this bound never rejects a merge that would certify."""
+    sa, sb = np.sqrt(a.eigenvalues), np.sqrt(b.eigenvalues)
+    cross = (sa[:, None] * (a.basis.T @ b.basis)) * sb[None, :]
+    small = np.block([[np.diag(a.eigenvalues), cross], [cross.T, np.diag(b.eigenvalues)]])
+    lam = np.linalg.eigvalsh(small)
+    head = float(np.sum(np.clip(lam[::-1][:rank], 0.0, None))) * (1.0 + 1e-12)
+    best = max(np.sqrt(head) - a.slack - b.slack, 0.0) ** 2
+    return best < (1.0 - eps * eps) * (a.total + b.total) * (1.0 - 1e-12)
+
+
 def merge_groups(
     groups: list[list[int]], sketches: list[GramSketch], *, rank: int, eps: float, neighbours: int = 8
 ) -> tuple[list[list[int]], list[GramSketch], int]:
@@ -377,6 +393,8 @@ def merge_groups(
         rg, rh = root(int(g)), root(int(h))
         if rg == rh:
             continue
+        if _union_cannot_certify(current[rg], current[rh], rank, eps):
+            continue  # cheap and exact-spectrum test first: most candidate pairs end here
         merged = current[rg].merge(current[rh])
         if merged.error_bound() > eps:
             continue

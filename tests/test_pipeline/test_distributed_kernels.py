@@ -151,16 +151,26 @@ def _sketches(rng, n, rows=12, rank=3):
     return out
 
 
-def test_the_ky_fan_prefilter_never_changes_which_merges_happen(monkeypatch):
+def test_the_prefilters_never_change_which_merges_happen(monkeypatch):
     rng = np.random.default_rng(3)
     sketches = _sketches(rng, 30)
     groups = [[i] for i in range(30)]
     with_filter = merge_groups(groups, sketches, rank=3, eps=0.2)
     monkeypatch.setattr(sharding, "_merge_cannot_certify", lambda s, pairs, r, e: np.zeros(len(pairs), dtype=bool))
+    monkeypatch.setattr(sharding, "_union_cannot_certify", lambda a, b, r, e: False)
     without = merge_groups(groups, sketches, rank=3, eps=0.2)
     assert with_filter[0] == without[0] and with_filter[2] == without[2] > 0
     for a, b in zip(with_filter[1], without[1]):
         assert a.error_bound() == b.error_bound() <= 0.2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.05, 0.6))
+def test_the_union_spectrum_test_only_rejects_merges_that_fail(seed, eps):
+    rng = np.random.default_rng(seed)
+    a, b = _sketches(rng, 2)
+    if sharding._union_cannot_certify(a, b, 3, eps):
+        assert a.merge(b).error_bound() > eps
 
 
 def test_group_ranges_respect_budget_and_count():
