@@ -3,6 +3,7 @@ tasks on a Dask cluster, small bookkeeping on the client (see the package docstr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -107,8 +108,15 @@ class ClusteringRun:
         :meth:`prune`).
     progress : callable(stage, done, total), optional
         Called as map tasks finish.
+    lease_wait_s : float
+        How long a stage waits for another process writing the same run (a nightly
+        deployment and a dashboard run with the same parameters derive the same run id)
+        before failing with ``storage.RunLeaseError`` naming the holder.
 
     Every stage method returns quickly, loading its checkpoint, when the stage is complete.
+    A stage is computed only under the run's writer lease (``storage.run_lease``), and
+    checked again once the lease is held: two processes on one run id never write at the
+    same time, and each stage is computed once.
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class ClusteringRun:
         batch_bytes: int = BATCH_BYTES,
         keep_intermediate: bool = False,
         progress: Progress | None = None,
+        lease_wait_s: float = 600.0,
     ):
         self.params = check_params(rank, eps, method, order, patience, oversampling, tol)
         shard_size = check_int("shard_size", shard_size, 2)
@@ -140,6 +149,8 @@ class ClusteringRun:
         self.merge_neighbours = merge_neighbours
         self.progress = progress
         self.keep_intermediate = bool(keep_intermediate)
+        self.lease_wait_s = float(lease_wait_s)
+        self._lease = None  # the writer lease while a stage is being computed
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
         run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours, batch_bytes=batch_bytes)
@@ -201,16 +212,36 @@ class ClusteringRun:
 
         The client's own numerics run with one BLAS thread: they are small, and the
         workers keep the cores busy meanwhile."""
-        if self.run.is_complete(stage):
-            arrays, meta = self.run.load_stage(stage)
-            return {**arrays, "meta": meta}
-        start = time.perf_counter()
-        with single_threaded_blas():
-            arrays, meta = compute()
-        meta["seconds"] = time.perf_counter() - start
-        self.run.save_stage(stage, arrays, meta)
-        self._report(stage, 1, 1)
+        if not self.run.is_complete(stage):
+            with self._writing():
+                if not self.run.is_complete(stage):  # another writer may have finished it meanwhile
+                    start = time.perf_counter()
+                    with single_threaded_blas():
+                        arrays, meta = compute()
+                    meta["seconds"] = time.perf_counter() - start
+                    self.run.save_stage(stage, arrays, meta)
+                    self._report(stage, 1, 1)
+                    return {**arrays, "meta": meta}
+        arrays, meta = self.run.load_stage(stage)
         return {**arrays, "meta": meta}
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the run's writer lease (re-entrant within this object)."""
+        if self._lease is not None:
+            yield self._lease
+            return
+        with self.run.lease(wait_s=self.lease_wait_s) as lease:
+            self._lease = lease
+            try:
+                yield lease
+            finally:
+                self._lease = None
+
+    @property
+    def _token(self) -> str | None:
+        """The lease token worker tasks commit under (see ``storage.Run.require_lease``)."""
+        return None if self._lease is None else self._lease.token
 
     def _batches_of(self, labels: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """(first, stop, labels of its blocks) for every batch holding a labelled block."""
@@ -229,8 +260,8 @@ class ClusteringRun:
         def compute():
             bounds = self._batch_bounds
             futures = [
-                self._submit("scan", b, tasks.scan_batch, self._handle, b, int(bounds[b]), int(bounds[b + 1]),
-                             self.width_cap, self.params["eps"])
+                self._submit("scan", b, tasks.scan_batch, self._handle, self._token, b, int(bounds[b]),
+                             int(bounds[b + 1]), self.width_cap, self.params["eps"])
                 for b in range(self.n_batches)
             ]
             results = sorted(self._gather("scan", futures))
@@ -290,7 +321,7 @@ class ClusteringRun:
         def compute():
             n_shards = int(shards.max()) + 1
             bounds = self._batch_bounds
-            splits = [self._submit("split", b, tasks.split_batch, self._handle, b, int(bounds[b]),
+            splits = [self._submit("split", b, tasks.split_batch, self._handle, self._token, b, int(bounds[b]),
                                    shards[bounds[b] : bounds[b + 1]])
                       for b in range(self.n_batches)]
             present = self._gather("split", splits)
@@ -530,6 +561,7 @@ class ClusteringRun:
                 for g, group in enumerate(groups)
             ])
             writer = storage.open_artifact_writer(coll.url, coll.name, label, storage_options=coll.storage_options)
+            self._lease.check()  # publish only while this process is still the run's writer
             artifact = writer.finalize(stored_errors.tolist(), ranks.tolist())
             arrays = {"stored_errors": stored_errors, "stored_ranks": ranks}
             return arrays, {"artifact": label, "bytes_compressed": int(artifact.nbytes_stored)}
@@ -546,8 +578,10 @@ class ClusteringRun:
         if not self.run.is_complete("certify"):
             return 0
         pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-"))]
-        for stage in pieces:
-            self.run.delete_stage(stage)
+        if pieces:
+            with self._writing():
+                for stage in pieces:
+                    self.run.delete_stage(stage)
         return len(pieces)
 
     def stage_timings(self) -> dict[str, float]:

@@ -131,11 +131,13 @@ def rounding_eps(eps: float) -> float:
     return float(np.sqrt(eps * eps - 8.0 * FLOAT32_ROUNDOFF)) if float32_factors(eps) else eps
 
 
-def scan_batch(handle: Handle, batch: int, first: int, stop: int, width_cap: int, eps: float) -> tuple[int, np.ndarray]:
+def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: int, width_cap: int,
+               eps: float) -> tuple[int, np.ndarray]:
     """Exact norms and factors of one batch, checkpointed as ``scan-<batch>`` (float32 with
-    a per-block scale and measured rounding drop, see :func:`float32_factors`)."""
+    a per-block scale and measured rounding drop, see :func:`float32_factors`); committed
+    only while the driver holds the run's lease ``token``."""
     stage = f"scan-{batch:05d}"
-    run = run_of(handle)
+    run = run_of(handle).require_lease(token)
     if run.is_complete(stage):
         return batch, np.asarray(run.load_stage(stage, ["factor_offsets"])[0]["factor_offsets"])
     coll = collection_of(handle)
@@ -192,14 +194,14 @@ def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarra
         return best_two_anchors(anchor_scores(anchors[0], anchors[1], leading, np.arange(leading.shape[1] + 1)))
 
 
-def split_batch(handle: Handle, batch: int, first: int, shards: np.ndarray) -> list[int]:
+def split_batch(handle: Handle, token: str | None, batch: int, first: int, shards: np.ndarray) -> list[int]:
     """Cut a batch's factors by shard into the stage ``split-<batch>`` (arrays suffixed by
     shard), so each local task later reads only its own blocks; returns the shards present.
 
     Going through the store keeps worker memory bounded by one batch or one shard, however
     large the collection (an in-memory all-to-all would hold every factor at once)."""
     stage = f"split-{batch:05d}"
-    run = run_of(handle)
+    run = run_of(handle).require_lease(token)
     present = [int(s) for s in np.unique(shards)]
     if run.is_complete(stage):
         return present

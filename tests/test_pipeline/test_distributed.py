@@ -182,3 +182,39 @@ def test_a_finished_run_reads_back_without_a_cluster(client, tmp_path):
     assert again.groups == done.groups and again.timings == done.timings
     with pytest.raises(ValueError, match="Dask cluster"):
         ClusteringRun(coll, rank=6, eps=0.1, run_id="unfinished").scan()
+
+
+def test_concurrent_runs_on_one_run_id_write_one_after_the_other(client, tmp_path):
+    """Three drivers on the same run id (a nightly deployment and dashboard runs): the
+    run's lease serialises them, each stage is computed once, all return the same groups
+    and the one artifact verifies against the data."""
+    blocks = _subspace_blocks(200, seed=10)
+    coll = _store(tmp_path, blocks)
+    kwargs = dict(rank=6, eps=0.1, shard_size=80, batch_bytes=SMALL_BATCH, client=client, run_id="shared")
+    results, errors, computed = [], [], []
+
+    def drive(i):
+        try:
+            progress = lambda stage, done, total: computed.append((i, stage))  # noqa: E731
+            results.append(cluster_collection(coll, progress=progress, **kwargs))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(r.groups == results[0].groups for r in results)
+    for stage in ("scan", "local", "certify", "compress"):  # each computed by one driver only
+        assert len({i for i, s in computed if s == stage}) == 1, stage
+    _check_result(coll, blocks, results[0], 6, 0.1)
+
+
+def test_a_run_held_by_another_writer_is_refused_naming_it(client, tmp_path):
+    coll = _store(tmp_path, _subspace_blocks(40, seed=11))
+    run = ClusteringRun(coll, rank=6, eps=0.1, client=client, run_id="busy", lease_wait_s=0.5)
+    with run.run.lease(owner="nightly-deployment"):
+        with pytest.raises(storage.RunLeaseError, match="nightly-deployment"):
+            ClusteringRun(coll, rank=6, eps=0.1, client=client, run_id="busy", lease_wait_s=0.5).scan()
