@@ -275,7 +275,7 @@ class ClusteringRun:
         that its factors take at most SAMPLE_BYTES."""
         blocks_per_batch = max(1, self.collection.n_blocks // max(self.n_batches, 1))
         factor_bytes = 8 * self.collection.rows * max(1.0, float(np.mean(self.scan()["factor_widths"])))
-        sample_size = max(2, min(self.shard_size, SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
+        sample_size = max(2, min(SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
         wanted = max(1, min(self.n_batches, math.ceil(sample_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, self.n_batches - 1, wanted).round().astype(int))
         stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
