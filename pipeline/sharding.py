@@ -408,47 +408,74 @@ def merge_groups(
     return [members[g] for g in order], [current[g] for g in order], merges
 
 
+def _blocks_by_label(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(label, its block positions in order) for every label >= 0, from one stable sort."""
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return [(int(labels[part[0]]), part) for part in np.split(order, cuts) if part.size]
+
+
 def gram_partials(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> dict[int, tuple[str, np.ndarray]]:
     """Per group label (>= 0) its share of the Gram matrix M_C M_C^T in one batch.
 
     A group with fewer than m/2 columns in the batch keeps them as they are (``("cols",
-    X)``, rank-deficient, smaller than m x m); others give ``("gram", X X^T)``. So a batch's
-    partials never take more than about twice its data, however many groups it touches.
-    Combine with :func:`combine_partials`, finish with :func:`partial_gram`.
+    X)`` in the data's dtype, smaller than an m x m Gram); others give ``("upper", U)``,
+    the upper triangle of X X^T in float64 (lower triangle zero). So a batch's partials
+    never take more than about twice its data, however many groups it touches. Add them
+    up with :func:`combine_partials`, finish with :func:`partial_gram`.
     """
-    data = np.asarray(data, dtype=np.float64)
     rows = data.shape[0]
     out = {}
-    for label in np.unique(labels[labels >= 0]):
-        x = data[:, column_index(offsets, np.flatnonzero(labels == label))]
-        out[int(label)] = ("cols", x) if 2 * x.shape[1] < rows else ("gram", gram(x))
+    for label, blocks in _blocks_by_label(labels):
+        x = data[:, column_index(offsets, blocks)]
+        out[label] = ("cols", x) if 2 * x.shape[1] < rows else ("upper", _syrk(x))
     return out
 
 
+def _syrk(x: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
+    """Upper triangle of X X^T in float64 through BLAS syrk (half the flops of a product),
+    added in place to ``onto`` (Fortran-ordered float64) when given."""
+    x = np.asarray(x, dtype=np.float64)
+    if onto is None:
+        return scipy.linalg.blas.dsyrk(1.0, x)
+    return scipy.linalg.blas.dsyrk(1.0, x, beta=1.0, c=onto, overwrite_c=1)
+
+
 def gram(x: np.ndarray) -> np.ndarray:
-    """X X^T in float64 through BLAS syrk (half the flops of a product), symmetric."""
-    upper = scipy.linalg.blas.dsyrk(1.0, np.asarray(x, dtype=np.float64))
+    """X X^T in float64 through BLAS syrk, symmetric."""
+    return _symmetric(_syrk(x))
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
     return np.triu(upper) + np.triu(upper, 1).T
 
 
 def partial_gram(part: tuple[str, np.ndarray]) -> np.ndarray:
+    """The symmetric Gram matrix of a partial."""
     kind, value = part
-    return gram(value) if kind == "cols" else value
+    return gram(value) if kind == "cols" else _symmetric(value)
 
 
 def combine_partials(left: dict, right: dict) -> dict:
-    """Sum two batches' partials group by group (``left`` first: the order is part of the
-    result's bits, so callers fix it)."""
+    """Sum two partials group by group, ``left`` first: the order is part of the result's
+    bits, so callers fix it (the driver adds batches in index order). Neither input is
+    modified; a group's Gram is updated in place in a fresh copy, by syrk."""
     out = dict(left)
-    for label, part in right.items():
+    for label, (kind_b, b) in right.items():
         if label not in out:
-            out[label] = part
+            out[label] = (kind_b, b)
             continue
-        (kind_a, a), (kind_b, b) = out[label], part
+        kind_a, a = out[label]
         if kind_a == kind_b == "cols" and 2 * (a.shape[1] + b.shape[1]) < a.shape[0]:
             out[label] = ("cols", np.hstack([a, b]))
+            continue
+        upper = np.array(a, dtype=np.float64, order="F") if kind_a == "upper" else np.asfortranarray(_syrk(a))
+        if kind_b == "cols":
+            upper = _syrk(b, onto=upper)
         else:
-            out[label] = ("gram", partial_gram(out[label]) + partial_gram(part))
+            upper += b
+        out[label] = ("upper", upper)
     return out
 
 
@@ -462,8 +489,7 @@ def group_coefficients(
     stored as it is). Returns, per group, (local block index, V_i, residual^2) in order.
     """
     out: dict[int, list] = {}
-    for g in np.unique(labels[labels >= 0]):
-        blocks = np.flatnonzero(labels == g)
+    for g, blocks in _blocks_by_label(labels):
         sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
         x = data[:, column_index(offsets, blocks)]
         basis = bases[int(g)]
@@ -506,8 +532,8 @@ def certify_partial(part: tuple[str, np.ndarray], rank: int, eps: float) -> Gram
     certified from the thin SVD of its columns instead (same spectrum, cheaper, and more
     accurate than the Gram route)."""
     kind, value = part
-    if kind == "gram":
-        return certify_gram(value, rank, eps)
+    if kind == "upper":
+        return certify_gram(_symmetric(value), rank, eps)
     rows = value.shape[0]
     u, s, _ = np.linalg.svd(value, full_matrices=False)
     s2 = s * s

@@ -21,9 +21,11 @@ of at most ``shard_size`` blocks, W workers:
    anchors (odd rounds), cut to at most MERGE_BUCKET groups; inside a bucket groups merge
    through their Gram sketches while the certified bound stays <= eps (no data read).
    No stage compares all pairs of groups or blocks. Client: O(K log K) per round.
-5. **certify** (map over B batches, one read): every group's exact Gram matrix, summed per
-   group range along a fixed binary tree over batch indices (the same bits for any number
-   of workers), its exact rank-r error and optimal basis; a group above eps (possible only
+5. **certify** (map over B batches, one read): every batch emits, per group, its columns
+   (few) or the upper triangle of its Gram matrix; each group range adds them up in batch
+   order (a chain of syrk updates that stays on the worker holding the sum: the same bits
+   for any number of workers, and only the data crosses the network), then every group's
+   exact rank-r error, adaptive rank and optimal basis; a group above eps (possible only
    through floating point) is split in two and certified again.
 6. **compress** (map over B batches, one read per pass of at most PASS_BYTES of
    coefficients): coefficients V_i = U_C^T A_i written as the storage artifact, with the
@@ -38,8 +40,7 @@ package is the one place in ``pipeline`` that orchestrates: it submits Dask task
 tasks reach the collection and the run checkpoints through the ``storage`` package's public
 functions (never file formats directly).
 
-Modules: :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges, the
-reduction tree), :mod:`.checkpoints` (the group-stage schema), :mod:`.run` (the driver).
+Modules: :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges), :mod:`.checkpoints` (the group-stage schema), :mod:`.run` (the driver).
 """
 
 from .run import (

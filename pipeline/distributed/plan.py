@@ -1,5 +1,5 @@
-"""The stage plan: map batches over the column layout, group ranges, packed group lists and
-the fixed reduction tree. Pure index arithmetic, no data and no Dask."""
+"""The stage plan: map batches over the column layout, group ranges and packed group lists.
+Pure index arithmetic, no data and no Dask."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from ..layout import offsets_of
 
-__all__ = ["batch_bounds", "group_ranges", "pack_groups", "unpack_groups", "labels_of", "reduction_tree", "check_int"]
+__all__ = ["batch_bounds", "group_ranges", "pack_groups", "unpack_groups", "labels_of", "check_int"]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
@@ -60,33 +60,3 @@ def labels_of(groups: list[list[int]], n_blocks: int) -> np.ndarray:
     flat, offsets = pack_groups(groups)
     labels[flat] = np.repeat(np.arange(len(groups), dtype=np.int64), np.diff(offsets))
     return labels
-
-
-def reduction_tree(n_leaves: int) -> list[tuple[int, int, int]]:
-    """A fixed binary reduction tree over leaves ``0..n_leaves-1``, in post-order.
-
-    Returns (node, left, right) triples; leaves are nodes ``0..n_leaves-1`` and each
-    internal node gets the next id; the last node is the root. Pairing depends only on
-    ``n_leaves`` (2i with 2i+1 at every level), so a floating-point sum reduced along it
-    gives the same bits however many workers compute it. Post-order lets a scheduler that
-    runs tasks in submission order reduce eagerly and free the leaves early.
-    """
-    steps: list[tuple[int, int, int]] = []
-    next_id = n_leaves
-
-    def build(lo: int, hi: int) -> int:  # subtree over leaves [lo, hi)
-        nonlocal next_id
-        if hi - lo == 1:
-            return lo
-        size = 1
-        while size * 2 < hi - lo:
-            size *= 2
-        left, right = build(lo, lo + size), build(lo + size, hi)
-        node = next_id
-        next_id += 1
-        steps.append((node, left, right))
-        return node
-
-    if n_leaves:
-        build(0, n_leaves)
-    return steps

@@ -20,7 +20,7 @@ from ..layout import offsets_of
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
-from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups, reduction_tree, unpack_groups
+from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups, unpack_groups
 
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = 32 * 2**20  # data per map task
@@ -408,37 +408,28 @@ class ClusteringRun:
     def _certify_groups(self, groups: list[list[int]]) -> dict[int, tuple]:
         """Exact (error, adaptive rank, basis) of the given groups from the stored data.
 
-        One read of the data: every batch task emits its Gram partials per group range;
-        each range is summed along a fixed binary tree over batch indices (same bits for
-        any number of workers), then certified on a worker."""
+        One read of the data: every batch task emits its Gram partials per group range
+        (:func:`pipeline.sharding.gram_partials`). Each range adds them up in batch-index
+        order, a chain of small tasks that stays on the worker holding the sum, so the
+        bits do not depend on the number of workers and only the data crosses the
+        network; ranges run in parallel and are certified on the workers."""
         m = self.collection.rows
         labels = labels_of(groups, self.collection.n_blocks)
-        # ranges of few groups: their eigen-solves run in parallel
+        # ranges of few groups: their sums and eigen-solves run in parallel
         ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=WRITE_GROUPS)
         n_ranges = int(ranges.max(initial=-1)) + 1
-        batches = self._batches_of(labels)
-        leaves: dict[int, object] = {}
-        nodes: dict[tuple[int, int], object] = {}
-
-        def leaf(i: int):
-            if i not in leaves:
-                first, stop, part = batches[i]
-                leaves[i] = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges)
-            return leaves[i]
-
-        def node(r: int, i: int):
-            return nodes[(r, i)] if i >= len(batches) else leaf(i)
-
-        steps = reduction_tree(len(batches))
-        for step, left, right in steps:  # post-order, so partial sums are formed (and freed) early
-            for r in range(n_ranges):
-                nodes[(r, step)] = self._submit("gram-sum", f"{r}-{step}", tasks.combine_range, r, node(r, left),
-                                                node(r, right), priority=1)
-        root = steps[-1][0] if steps else 0
-        certs = [self._submit("certify", r, tasks.certify_range, r, node(r, root), self.params["rank"],
+        sums: list = [None] * n_ranges
+        leaves = []
+        for i, (first, stop, part) in enumerate(self._batches_of(labels)):
+            leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges)
+            leaves.append(leaf)
+            for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
+                sums[r] = leaf if sums[r] is None else self._submit(
+                    "gram-sum", f"{r}-{i}", tasks.combine_range, r, sums[r], leaf, priority=1)
+        certs = [self._submit("certify", r, tasks.certify_range, r, sums[r], self.params["rank"],
                               self.params["eps"], priority=2)
                  for r in range(n_ranges)]
-        self._track("certify", list(leaves.values()))
+        self._track("certify", leaves)
         certified: dict[int, tuple] = {}
         for part in self._gather("certify-ranges", certs):
             certified.update(part)

@@ -280,7 +280,7 @@ def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges
 
 
 def combine_range(index: int, left, right) -> dict:
-    """Sum two nodes of a range's reduction tree; a leaf is a batch's list of ranges."""
+    """Add a batch's partials to a range's running sum (either may be a batch's list of ranges)."""
     pick = lambda node: node[index] if isinstance(node, list) else node  # noqa: E731
     with single_threaded_blas():
         return combine_partials(pick(left), pick(right))
