@@ -424,9 +424,11 @@ class ClusteringRun:
             leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges)
             leaves.append(leaf)
             for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
-                sums[r] = leaf if sums[r] is None else self._submit(
-                    "gram-sum", f"{r}-{i}", tasks.combine_range, r, sums[r], leaf, priority=1)
-        certs = [self._submit("certify", r, tasks.certify_range, r, sums[r], self.params["rank"],
+                # the range's slice as its own small result: the sum, the larger input, stays put
+                piece = self._submit("gram-piece", f"{r}-{i}", tasks.pick_range, leaf, r, priority=1)
+                sums[r] = piece if sums[r] is None else self._submit(
+                    "gram-sum", f"{r}-{i}", tasks.combine_range, sums[r], piece, priority=1)
+        certs = [self._submit("certify", r, tasks.certify_range, sums[r], self.params["rank"],
                               self.params["eps"], priority=2)
                  for r in range(n_ranges)]
         self._track("certify", leaves)

@@ -279,16 +279,19 @@ def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges
     return out
 
 
-def combine_range(index: int, left, right) -> dict:
-    """Add a batch's partials to a range's running sum (either may be a batch's list of ranges)."""
-    pick = lambda node: node[index] if isinstance(node, list) else node  # noqa: E731
+def pick_range(parts: list[dict], index: int) -> dict:
+    """One group range's partials out of a batch's list."""
+    return parts[index]
+
+
+def combine_range(left: dict, right: dict) -> dict:
+    """Add a batch's partials to a range's running sum (left first)."""
     with single_threaded_blas():
-        return combine_partials(pick(left), pick(right))
+        return combine_partials(left, right)
 
 
-def certify_range(index: int, node, rank: int, eps: float) -> dict[int, tuple[float, int, np.ndarray]]:
+def certify_range(partials: dict, rank: int, eps: float) -> dict[int, tuple[float, int, np.ndarray]]:
     """Exact (error, adaptive rank, basis) of every group of a range from its summed Gram."""
-    partials = node[index] if isinstance(node, list) else node
     out = {}
     with single_threaded_blas():
         for label, part in partials.items():
