@@ -170,7 +170,18 @@ class StageProgress:
 
 
 def run_folder_url(collection: Any, run_id: str) -> str:
-    """URL of ``runs/<collection>/<run_id>`` under the collection's store root."""
+    """URL of ``runs/<collection>/<run_id>`` under the collection's store root.
+
+    Raises
+    ------
+    storage.InvalidNameError
+        *run_id* or the collection name is not one safe path component (``../x``,
+        ``a/b``...): every run-folder path is derived here, so none leaves the store.
+    """
+    from storage._location import check_name
+
+    check_name(collection.name, "collection name")
+    check_name(run_id, "run id")
     return f"{str(collection.url).rstrip('/')}/runs/{collection.name}/{run_id}"
 
 

@@ -495,12 +495,17 @@ def _list_runs(coll) -> list[dict]:
     out = []
     for f in files:
         run_dir = f.rsplit("/", 1)[0]
+        # the folder name is the run id (run.json's copy could be edited): a folder that is
+        # not a valid run id was not written by cmsvd and is never offered as one
+        run_id = run_dir.rsplit("/", 1)[-1]
+        if not _is_safe_name(run_id):
+            continue
         try:
             record = json.loads(fs.cat_file(f))
         except Exception:  # noqa: BLE001
             continue
         out.append({
-            "run_id": record.get("run_id", run_dir.rsplit("/", 1)[-1]),
+            "run_id": run_id,
             "created": record.get("created", ""),
             "mode": record.get("params", {}).get("mode", "distributed"),
             "params": {k: record.get("params", {}).get(k) for k in ("rank", "eps", "method", "order")},
@@ -516,7 +521,7 @@ def _list_artifacts(coll) -> list[dict]:
     out = []
     for f in files:
         label = f.rsplit("/", 2)[-2]
-        if label.startswith("."):
+        if not _is_safe_name(label):  # .staging and anything cmsvd did not write
             continue
         try:
             written = json.loads(fs.cat_file(f)).get("written", "")
@@ -527,8 +532,12 @@ def _list_artifacts(coll) -> list[dict]:
 
 
 def _resolve_run_id(coll, run_id: str | None) -> str:
-    """The given run id, else the latest artifact's label, else the latest run."""
-    if run_id:
+    """The given run id, else the latest artifact's label, else the latest run.
+
+    Every id returned passes the storage name check (the listings skip unsafe folders).
+    """
+    if run_id is not None:
+        _check_names(run_id=run_id)
         return run_id
     arts = _list_artifacts(coll)
     if arts:
@@ -573,6 +582,49 @@ def _write_text(url: str, text: str, storage_options: dict | None) -> None:
 def _local_path(url: str) -> str:
     """A path to show the user (file:// stripped)."""
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _check_names(**names: str | None) -> None:
+    """Refuse an unsafe collection name or run id before any file is read or written.
+
+    Run ids and collection names become path components of the store
+    (``runs/<collection>/<run_id>/``), so ``../x`` or ``a/b`` would read and write
+    outside it.  The rule is storage's :func:`storage._location.check_name`; the keyword
+    names the field in the message (``run_id`` -> "run id").
+
+    Raises
+    ------
+    CLIError
+        Exit 2, one line naming the field and the value.
+    """
+    from storage._location import check_name
+    from storage.errors import InvalidNameError
+
+    for field, value in names.items():
+        if value is None:
+            continue
+        try:
+            check_name(value, field.replace("_", " "))
+        except InvalidNameError as exc:
+            raise CLIError(_one_line(exc), EXIT_USAGE) from None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to *limit* characters (names read back from files can be anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_safe_name(value: Any) -> bool:
+    """True when *value* passes the storage name check (names read back from files)."""
+    from storage._location import check_name
+    from storage.errors import InvalidNameError
+
+    try:
+        check_name(value)
+    except InvalidNameError:
+        return False
+    return True
 
 
 # ---- parameters ---------------------------------------------------------------------------
@@ -819,19 +871,24 @@ def _write_run_report(coll, result, extra_timings: dict | None = None) -> tuple[
     return report, urls
 
 
-def _write_html(coll, report: dict, sweep: list[dict] | None = None, verification: dict | None = None,
-                spectra_top: int = 4) -> str:
-    """report.html beside report.json; returns its URL."""
+def _write_html(coll, run_id: str, report: dict, sweep: list[dict] | None = None,
+                verification: dict | None = None, spectra_top: int = 4) -> str:
+    """report.html beside report.json in the folder of *run_id*; returns its URL.
+
+    The folder comes from the checked *run_id*, never from ``report["run_id"]``: a
+    report.json edited to name ``../../x`` must not move the output.
+    """
+    _check_names(run_id=run_id)
     from flows.html_report import group_spectra, have_matplotlib, render_html
 
     spectra = None
     if have_matplotlib() and spectra_top > 0:
         spectra = group_spectra(coll, report["groups"], top=spectra_top)
     page = render_html(report, spectra=spectra, sweep=sweep, verification=verification)
-    url = f"{_run_url(coll, report['run_id'])}/{REPORT_HTML}"
+    url = f"{_run_url(coll, run_id)}/{REPORT_HTML}"
     _write_text(url, page, coll.storage_options)
     if sweep:
-        _write_text(f"{_run_url(coll, report['run_id'])}/sweep.json", json.dumps(sweep, indent=1), coll.storage_options)
+        _write_text(f"{_run_url(coll, run_id)}/sweep.json", json.dumps(sweep, indent=1), coll.storage_options)
     return url
 
 
@@ -897,6 +954,7 @@ def ingest_cmd(
     """Load a source file or folder into a collection (streamed; atomic publish)."""
     import storage
 
+    _check_names(collection_name=name)
     from flows.ingest import collection_summary
 
     src = source.rstrip("/")
@@ -952,6 +1010,7 @@ def inspect_cmd(
     import numpy as np
     import storage
 
+    _check_names(collection_name=collection)
     from flows.html_report import fmt_bytes
     from flows.ingest import collection_summary
 
@@ -1014,11 +1073,11 @@ def inspect_cmd(
         out.print(runs)
 
 
-def _finish_compressed(coll, report: dict, urls: dict, html: bool, as_json: bool, title: str) -> None:
+def _finish_compressed(coll, run_id: str, report: dict, urls: dict, html: bool, as_json: bool, title: str) -> None:
     """Write report.html, print the summary (or its JSON) and exit 1 if a group is above eps."""
     files = {"report.json": urls["report"]}
     if html:
-        files["report.html"] = _write_html(coll, report)
+        files["report.html"] = _write_html(coll, run_id, report)
     summary = _summary_from_report(report, files)
     summary["artifact_label"] = report.get("artifact_label")
     if as_json:
@@ -1049,6 +1108,7 @@ def cluster_cmd(
 ) -> None:
     """Cluster a collection into groups with a certified error <= eps (distributed by default)."""
     _check_eps(eps)
+    _check_names(collection_name=collection, run_id=run_id)
     coll = _open_collection(store, collection)
     bars = StageBars(quiet=as_json)
     if sequential:
@@ -1090,7 +1150,7 @@ def cluster_cmd(
             _out().print(f"clustered {coll.name} into {summary['groups']} groups (run {run_id}); "
                          f"write the artifact with: cmsvd compress {coll.name} --run-id {run_id}")
         return
-    _finish_compressed(coll, report, urls, html, as_json,
+    _finish_compressed(coll, run_id, report, urls, html, as_json,
                        f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
 
 
@@ -1105,6 +1165,7 @@ def compress_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Write the compressed artifact of a run (finishing any missing stage) and its report."""
+    _check_names(collection_name=collection, run_id=run_id)
     coll = _open_collection(store, collection)
     record = _run_record(coll, run_id)
     bars = StageBars(quiet=as_json)
@@ -1121,7 +1182,7 @@ def compress_cmd(
         with bars, _DaskClient(scheduler) as client:
             result = _distributed_result(coll, run_id, client, bars)
     report, urls = _write_run_report(coll, result)
-    _finish_compressed(coll, report, urls, html, as_json, f"cmsvd compress {coll.name}")
+    _finish_compressed(coll, run_id, report, urls, html, as_json, f"cmsvd compress {coll.name}")
 
 
 def _block_index(coll, block: str) -> int:
@@ -1149,6 +1210,7 @@ def decompress_cmd(
     import numpy as np
     import storage
 
+    _check_names(collection_name=collection, run_id=run_id)
     coll = _open_collection(store, collection)
     label = _resolve_run_id(coll, run_id)
     artifact = storage.open_artifact(store, collection, label)
@@ -1287,6 +1349,7 @@ def verify_cmd(
 
     if eps is not None:
         _check_eps(eps)
+    _check_names(collection_name=collection, run_id=run_id)
     coll = _open_collection(store, collection)
     label = _resolve_run_id(coll, run_id)
     artifact = storage.open_artifact(store, collection, label)
@@ -1321,10 +1384,16 @@ def report_cmd(
 ) -> None:
     """Write report.json (if missing) and report.html of a run; --json prints report.json."""
     sweep_eps = _parse_floats(sweep, "'--sweep'")
+    _check_names(collection_name=collection, run_id=run_id)
     coll = _open_collection(store, collection)
     run_id = _resolve_run_id(coll, run_id)
     record = _run_record(coll, run_id)
     report = _read_report(coll, run_id)
+    if report is not None and report.get("run_id") != run_id:
+        # the folder names the run; an edited report.json must not redirect any output
+        _err().print(f"warning: report.json of run {run_id} names run {_short_repr(report.get('run_id'))}: "
+                     f"using {run_id}", markup=False)
+        report = {**report, "run_id": run_id}
     bars = StageBars(quiet=as_json)
     sweep_rows = None
     if report is None or (sweep_eps and record.get("params", {}).get("mode") != "sequential"):
@@ -1350,7 +1419,7 @@ def report_cmd(
                     sweep_rows = _sweep(coll, stored_run_params(coll, run_id), sweep_eps, client, bars)
     elif sweep_eps:
         raise CLIError("--sweep needs a distributed run (sequential runs keep the collection in memory)")
-    html_url = _write_html(coll, report, sweep=sweep_rows)
+    html_url = _write_html(coll, run_id, report, sweep=sweep_rows)
     json_url = f"{_run_url(coll, run_id)}/report.json"
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -1387,6 +1456,7 @@ def study_cmd(
     from pipeline.study import STUDY_COLUMNS, error_estimation_study
 
     size_list = _parse_sizes(sizes)
+    _check_names(collection_name=collection)
     coll = _open_collection(store, collection)
     if max(size_list) > coll.n_blocks:
         raise CLIError(f"group size {max(size_list)} exceeds the {coll.n_blocks} blocks of {collection!r}")
@@ -1483,6 +1553,7 @@ def run_cmd(
     """
     _check_eps(eps)
     sweep_eps = _parse_floats(sweep, "'--sweep'")
+    _check_names(collection_name=collection, run_id=run_id)
     _quiet_environment(verbose)
     result = _flow_pipeline(store, collection, source, overwrite, rank, eps, method, order, oversampling, patience,
                             shard_size, scheduler, run_id, sweep_eps, as_json)
@@ -1537,7 +1608,7 @@ def _flow_pipeline(store, collection, source, overwrite, rank, eps, method, orde
                                "compression_ratio_adaptive": here["compression_ratio_adaptive"],
                                "max_error": max((g["error"] for g in here["groups"] if len(g["blocks"]) > 1), default=0.0)})
         bars("html", 0, 1)
-        html_url = _write_html(coll, report, sweep=sweep_rows)
+        html_url = _write_html(coll, cparams.run_id, report, sweep=sweep_rows)
         bars("html", 1, 1)
     summary = _summary_from_report(report, {"report.json": f"{_run_url(coll, cparams.run_id)}/report.json",
                                             "report.html": html_url})

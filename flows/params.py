@@ -19,10 +19,10 @@ default.
 from __future__ import annotations
 
 import enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.fields import FieldInfo
 
 __all__ = [
@@ -43,6 +43,25 @@ __all__ = [
 
 #: Same rule as ``storage`` applies to collection and run names (one safe path part).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+
+
+def _storage_name(value: str | None, info: Any) -> str | None:
+    """The storage name check (``storage._location.check_name``) on top of the pattern.
+
+    The pattern is what the dashboard form can show; storage also refuses ``..`` inside a
+    name and the reserved names (``runs``, ``artifacts``...).  One rule for the CLI, the
+    flows and storage, so a run id is checked identically wherever it comes from.
+    """
+    if value is None:
+        return None
+    from storage._location import check_name  # lazy: keeps `cmsvd --help` fast
+
+    check_name(value, str(info.field_name).replace("_", " "))  # InvalidNameError is a ValueError
+    return value
+
+
+#: A collection name or run id: one safe path component of the store.
+SafeName = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_storage_name)]
 
 #: Largest seed accepted (numpy's legacy seeding range; the form needs a finite maximum).
 _MAX_SEED = 2**32 - 1
@@ -122,8 +141,7 @@ class StoreParameters(_Model):
             "(S3 endpoint from CMSVD_S3_ENDPOINT, credentials from the usual AWS variables)."
         ),
     )
-    collection: str = Field(
-        pattern=NAME_PATTERN,
+    collection: SafeName = Field(
         description=(
             "Collection name under the store root: 1 to 128 characters from letters, digits, "
             "dot, underscore and dash, starting with a letter or digit."
@@ -168,9 +186,8 @@ class ClusterParameters(StoreParameters):
         le=1_000_000,
     )
     merge_neighbours: int = _number(8, "Candidate partners per group in a merge round.", ge=1, le=1000)
-    run_id: str | None = Field(
+    run_id: SafeName | None = Field(
         default=None,
-        pattern=NAME_PATTERN,
         description=(
             "Run folder name under runs/COLLECTION/ in the store (same characters as a collection "
             "name). Re-running with the same id resumes after the last completed stage. Empty: "
@@ -197,8 +214,8 @@ class ClusterParameters(StoreParameters):
 class RunParameters(StoreParameters):
     """An existing run, for the cmsvd-compress and cmsvd-report flows; its clustering parameters are read back from the run folder."""
 
-    run_id: str = Field(
-        pattern=NAME_PATTERN, description="Run folder name under runs/COLLECTION/ in the store (the run id)."
+    run_id: SafeName = Field(
+        description="Run folder name under runs/COLLECTION/ in the store (the run id)."
     )
     scheduler_address: str | None = _scheduler_field()
 
@@ -303,6 +320,9 @@ def describe_errors(model: type[BaseModel], exc: ValidationError) -> list[str]:
             phrases.append(f"{name}: unknown field")
         elif kind == "string_pattern_mismatch":
             phrases.append(f"{name}={_short(err.get('input'))}: {_NAME_RULE}")
+        elif kind == "value_error" and "error" in (err.get("ctx") or {}):
+            # our validators' messages already name the value and the rule
+            phrases.append(f"{name}: {' '.join(str(err['ctx']['error']).split())}")
         elif kind in _RANGE_ERRORS:
             allowed = _field_range(model, loc)
             phrases.append(f"{name}={_short(err.get('input'))} is out of range ({allowed or err.get('msg')})")
