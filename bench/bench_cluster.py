@@ -11,8 +11,9 @@ Three regimes, every method and candidate order (synthetic data from
 
     python bench/bench_cluster.py [--regimes wide narrow single] [--scale 1.0] [--repeat 3]
         [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH]
-    python bench/bench_cluster.py --matrix ...   # default env and OPENBLAS_NUM_THREADS=1, idle and with a burner
-                                                 # (the paper idle only, unless --reference-burn)
+    python bench/bench_cluster.py --matrix ...   # each row in the default env and with OPENBLAS_NUM_THREADS=1,
+                                                 # idle and with a burner, back to back (the paper idle only,
+                                                 # unless --reference-burn)
 
 ``--reference DIR`` is a checkout of the paper's published code (M. Shamrai,
 concatenated-matrix-svd); its clustering classes are imported from ``DIR/src/clustering``
@@ -115,9 +116,14 @@ def time_paper(reference, method, order, rank, eps, layout, timeout):
 
 
 def _burn() -> None:
+    """One core's worth of BLAS and Python work, like another tenant's job: one BLAS
+    thread whatever the environment, so every environment meets the same competitor."""
+    from threadpoolctl import threadpool_limits
+
     x = np.random.default_rng(0).standard_normal((400, 400))
-    while True:  # BLAS and Python work, like another tenant's job
-        x = np.tanh(x @ x.T / 400.0)
+    with threadpool_limits(limits=1):
+        while True:
+            x = np.tanh(x @ x.T / 400.0)
 
 
 def start_burner():
@@ -200,35 +206,50 @@ def _without_reference(argv: list[str]) -> list[str]:
     return out
 
 
-def matrix(argv: list[str]) -> None:
-    """Rerun this script in fresh processes: default BLAS threads and one thread, each idle
-    and with a burner; then one table of project times side by side."""
+def matrix(argv: list[str], regimes: list[str], combos: list[tuple[str, str]]) -> None:
+    """Rerun this script in fresh processes, one row at a time, in four environments back
+    to back (default BLAS threads and one thread, each idle and with a burner), so that
+    the ratios compare runs minutes, not a whole table, apart; then one table."""
     argv = [a for a in argv if a != "--matrix"]  # the paper is timed idle only, unless --reference-burn
-    results = {}
-    for threads in ("default", "1"):
-        for burn in (False, True):
-            env = dict(os.environ)
-            env.pop("OPENBLAS_NUM_THREADS", None)
-            if threads == "1":
-                env["OPENBLAS_NUM_THREADS"] = "1"
-            out = f"/tmp/bench_cluster_{os.getpid()}_{threads}_{int(burn)}.json"
-            args = _without_reference(argv) if burn and "--reference-burn" not in argv else argv
-            cmd = [sys.executable, __file__, *args, "--json", out] + (["--burn"] if burn else [])
-            subprocess.run(cmd, env=env, check=True)
-            with open(out) as f:
-                results[(threads, burn)] = json.load(f)
-            os.remove(out)
-    keys = list(results)
-    print("\n# project time (s) and paper time (s) per environment; ratio = default / OPENBLAS_NUM_THREADS=1")
-    print(f"{'regime':>7} {'method':>12} {'order':>9} " + " ".join(f"{t + ('+burn' if b else ''):>13}" for t, b in keys)
-          + " " + " ".join(f"{'p:' + t + ('+burn' if b else ''):>15}" for t, b in keys) + f" {'ratio':>6} {'ratio_burn':>10}")
-    for i, row in enumerate(results[keys[0]]):
-        cells = [results[k][i] for k in keys]
-        times = " ".join(f"{c['time']:>13.3f}" for c in cells)
-        paper = " ".join(f"{_paper_cell(c):>15}" for c in cells)
-        ratio = results[("default", False)][i]["time"] / results[("1", False)][i]["time"]
-        ratio_burn = results[("default", True)][i]["time"] / results[("1", True)][i]["time"]
-        print(f"{row['regime']:>7} {row['method']:>12} {row['order']:>9} {times} {paper} {ratio:>6.2f} {ratio_burn:>10.2f}")
+    argv = _without_option(_without_option(argv, "--regimes"), "--methods")
+    envs = [(threads, burn) for threads in ("default", "1") for burn in (False, True)]
+    print(f"{'regime':>7} {'method':>12} {'order':>9} " + " ".join(f"{t + ('+burn' if b else ''):>13}" for t, b in envs)
+          + " " + " ".join(f"{'p:' + t + ('+burn' if b else ''):>15}" for t, b in envs) + f" {'ratio':>6} {'ratio_burn':>10}",
+          flush=True)
+    for regime in regimes:
+        for method, order in combos:
+            cells = {}
+            for threads, burn in envs:
+                env = dict(os.environ)
+                env.pop("OPENBLAS_NUM_THREADS", None)
+                if threads == "1":
+                    env["OPENBLAS_NUM_THREADS"] = "1"
+                out = f"/tmp/bench_cluster_{os.getpid()}.json"
+                args = _without_reference(argv) if burn and "--reference-burn" not in argv else argv
+                cmd = [sys.executable, __file__, *args, "--regimes", regime, "--methods", f"{method}/{order}", "--json", out]
+                subprocess.run(cmd + (["--burn"] if burn else []), env=env, check=True, stdout=subprocess.DEVNULL)
+                with open(out) as f:
+                    cells[(threads, burn)] = json.load(f)[0]
+                os.remove(out)
+            times = " ".join(f"{cells[e]['time']:>13.3f}" for e in envs)
+            paper = " ".join(f"{_paper_cell(cells[e]):>15}" for e in envs)
+            ratio = cells[("default", False)]["time"] / cells[("1", False)]["time"]
+            ratio_burn = cells[("default", True)]["time"] / cells[("1", True)]["time"]
+            print(f"{regime:>7} {method:>12} {order:>9} {times} {paper} {ratio:>6.2f} {ratio_burn:>10.2f}", flush=True)
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and the values that follow it."""
+    out, skipping = [], False
+    for a in argv:
+        if a == option:
+            skipping = True
+        elif skipping and a.startswith("--"):
+            skipping = False
+            out.append(a)
+        elif not skipping:
+            out.append(a)
+    return out
 
 
 def main() -> None:
@@ -245,10 +266,10 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="default env and one BLAS thread, idle and burning")
     parser.add_argument("--reference-burn", action="store_true", help="with --matrix: time the paper with a burner too")
     args = parser.parse_args()
-    if args.matrix:
-        matrix(sys.argv[1:])
-        return
     args.combos = COMBOS if not args.methods else [tuple(s.split("/")) for s in args.methods]
+    if args.matrix:
+        matrix(sys.argv[1:], args.regimes, args.combos)
+        return
     rows = run(args)
     if args.json:
         with open(args.json, "w") as f:
