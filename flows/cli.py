@@ -89,6 +89,30 @@ def _err():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _shown(value: Any) -> str:
+    """``str(value)`` with non-printable characters as Python escapes (``\\n``, ``\\x1b``).
+
+    Stored names (blocks, provenance, paths) can hold anything; an escape sequence
+    printed raw would drive the terminal.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _esc(value: Any, style: str = "") -> "rich.text.Text":  # noqa: F821
+    """*value* as a literal Rich ``Text`` for ``print``, titles and table cells.
+
+    A ``Text`` is never parsed as markup, so a name such as ``[/bold]`` or ``a\\[b``
+    prints as it is (``rich.markup.escape`` alone does not round-trip backslashes
+    before ``[``).  Combine with styled parts through ``Text.assemble``.
+    """
+    from rich.text import Text
+
+    return Text(_shown(value), style=style)
+
+
 def _jsonable(obj: Any) -> Any:
     import numpy as np
 
@@ -609,12 +633,6 @@ def _check_names(**names: str | None) -> None:
             raise CLIError(_one_line(exc), EXIT_USAGE) from None
 
 
-def _short_repr(value: Any, limit: int = 80) -> str:
-    """``repr`` cut to *limit* characters (names read back from files can be anything)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _is_safe_name(value: Any) -> bool:
     """True when *value* passes the storage name check (names read back from files)."""
     from storage._location import check_name
@@ -668,12 +686,12 @@ def _print_summary(summary: dict, title: str) -> None:
     from flows.html_report import fmt_bytes
 
     out = _out()
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=_esc(title), show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     b = summary["bytes"]
     ok = summary["guarantee_ok"]
-    table.add_row("run id", str(summary["run_id"]))
+    table.add_row("run id", _esc(summary["run_id"]))
     table.add_row("groups", f"{summary['groups']} ({summary['singletons']} single blocks) from {summary['blocks']} blocks")
     table.add_row("compression ratio", f"{summary['compression_ratio']:.3f}x at rank r")
     table.add_row("adaptive ratio", f"{summary['compression_ratio_adaptive']:.3f}x with per-group ranks")
@@ -683,7 +701,7 @@ def _print_summary(summary: dict, title: str) -> None:
     table.add_row("bytes in / out", f"{fmt_bytes(b['input'])} / {fmt_bytes(b['compressed'])} ({ratio:.2f}x smaller on disk)")
     table.add_row("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
     for key, path in (summary.get("files") or {}).items():
-        table.add_row(key, _local_path(path))
+        table.add_row(_esc(key), _esc(_local_path(path)))
     out.print(table)
 
 
@@ -993,11 +1011,14 @@ def ingest_cmd(
         return
     from flows.html_report import fmt_bytes
 
-    _out().print(
-        f"ingested [bold]{summary['blocks']}[/] blocks ({summary['rows']} x {summary['columns']} {summary['dtype']}, "
-        f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk) into collection "
-        f"[bold]{name}[/] at {_local_path(coll.url)} in {summary['seconds']:.1f} s"
-    )
+    from rich.text import Text
+
+    _out().print(Text.assemble(
+        "ingested ", _esc(summary["blocks"], "bold"),
+        f" blocks ({summary['rows']} x {summary['columns']} {summary['dtype']}, "
+        f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk) into collection ",
+        _esc(name, "bold"), _esc(f" at {_local_path(coll.url)} in {summary['seconds']:.1f} s"),
+    ))
 
 
 @_command("inspect")
@@ -1028,12 +1049,12 @@ def inspect_cmd(
             return
         from rich.table import Table
 
-        table = Table(title=f"collections in {store}", title_justify="left")
+        table = Table(title=_esc(f"collections in {store}"), title_justify="left")
         for col in ("name", "blocks", "rows", "columns", "dtype", "on disk"):
             table.add_column(col, justify="left" if col in ("name", "dtype") else "right")
         for r in rows:
-            table.add_row(r["name"], str(r["blocks"]), str(r["rows"]), str(r["columns"]), r["dtype"], fmt_bytes(r["bytes_stored"]))
-        _out().print(table if rows else f"no collections in {store}")
+            table.add_row(_esc(r["name"]), str(r["blocks"]), str(r["rows"]), str(r["columns"]), r["dtype"], fmt_bytes(r["bytes_stored"]))
+        _out().print(table if rows else _esc(f"no collections in {store}"))
         return
     coll = _open_collection(store, collection)
     summary = collection_summary(coll)
@@ -1050,25 +1071,26 @@ def inspect_cmd(
     from rich.table import Table
 
     out = _out()
-    table = Table(title=f"collection {coll.name}", show_header=False, title_justify="left")
+    table = Table(title=_esc(f"collection {coll.name}"), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("location", _local_path(coll.url))
-    table.add_row("blocks", f"{summary['blocks']} (e.g. {', '.join(summary['first_blocks'])})")
+    table.add_row("location", _esc(_local_path(coll.url)))
+    table.add_row("blocks", _esc(f"{summary['blocks']} (e.g. {', '.join(summary['first_blocks'])})"))
     table.add_row("matrix", f"{summary['rows']} rows x {summary['columns']} columns, {summary['dtype']}")
     table.add_row("block widths", "min {min}, median {median:g}, max {max}".format(**summary["widths"]))
     table.add_row("block norms", "min {min:.4g}, median {median:.4g}, max {max:.4g}".format(**summary["norms"]))
     table.add_row("size", f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk")
     if coll.provenance:
-        table.add_row("provenance", json.dumps(coll.provenance, default=str)[:300])
+        table.add_row("provenance", _esc(json.dumps(coll.provenance, default=str)[:300]))
     out.print(table)
     if summary["runs"]:
         runs = Table(title="runs", title_justify="left")
         for col in ("run id", "created", "mode", "rank", "eps", "method", "compressed", "report"):
             runs.add_column(col)
         for r in summary["runs"]:
-            runs.add_row(r["run_id"] + ("" if r["current"] else " (stale)"), r["created"], r["mode"], str(r["params"]["rank"]),
-                         str(r["params"]["eps"]), str(r["params"]["method"]), "yes" if r["compressed"] else "no",
+            runs.add_row(_esc(r["run_id"] + ("" if r["current"] else " (stale)")), _esc(r["created"]), _esc(r["mode"]),
+                         _esc(r["params"]["rank"]), _esc(r["params"]["eps"]), _esc(r["params"]["method"]),
+                         "yes" if r["compressed"] else "no",
                          "yes" if r["report"] else "no")
         out.print(runs)
 
@@ -1148,7 +1170,7 @@ def cluster_cmd(
             _print_json(summary)
         else:
             _out().print(f"clustered {coll.name} into {summary['groups']} groups (run {run_id}); "
-                         f"write the artifact with: cmsvd compress {coll.name} --run-id {run_id}")
+                         f"write the artifact with: cmsvd compress {coll.name} --run-id {run_id}", markup=False)
         return
     _finish_compressed(coll, run_id, report, urls, html, as_json,
                        f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
@@ -1228,9 +1250,9 @@ def decompress_cmd(
     if as_json:
         _print_json(info)
     else:
-        _out().print(f"block {i} ({info['name']}) {approx.shape[0]} x {approx.shape[1]} -> {output} "
-                     f"(group {g}, rank {info['group_rank']}{', stored raw' if info['stored_raw'] else ''}, "
-                     f"group error {info['group_error']:.4g})")
+        _out().print(_esc(f"block {i} ({info['name']}) {approx.shape[0]} x {approx.shape[1]} -> {output} "
+                          f"(group {g}, rank {info['group_rank']}{', stored raw' if info['stored_raw'] else ''}, "
+                          f"group error {info['group_error']:.4g})"))
 
 
 class _Reconstructor:
@@ -1359,12 +1381,14 @@ def verify_cmd(
     if as_json:
         _print_json(result)
     else:
-        status = "[green]verified[/]" if result["ok"] else "[red]FAILED[/]"
-        _out().print(
-            f"{status}: artifact {label} of {collection}: hashes match; {result['groups']} groups, "
+        from rich.text import Text
+
+        status = _esc("verified", "green") if result["ok"] else _esc("FAILED", "red")
+        _out().print(Text.assemble(status, _esc(
+            f": artifact {label} of {collection}: hashes match; {result['groups']} groups, "
             f"worst recomputed error {result['max_error']:.6g} (eps = {result['eps']}); "
             f"{len(result['violations'])} above eps, {len(result['mismatches'])} differing from the recorded errors"
-        )
+        )))
     if not result["ok"]:
         what = (f"group(s) {result['violations'][:10]} exceed eps = {result['eps']}" if result["violations"]
                 else f"group(s) {result['mismatches'][:10]} differ from their recorded errors")
@@ -1390,9 +1414,11 @@ def report_cmd(
     record = _run_record(coll, run_id)
     report = _read_report(coll, run_id)
     if report is not None and report.get("run_id") != run_id:
+        from storage._location import short_repr
+
         # the folder names the run; an edited report.json must not redirect any output
-        _err().print(f"warning: report.json of run {run_id} names run {_short_repr(report.get('run_id'))}: "
-                     f"using {run_id}", markup=False)
+        _err().print(_esc(f"warning: report.json of run {run_id} names run {short_repr(report.get('run_id'))}: "
+                          f"using {run_id}"))
         report = {**report, "run_id": run_id}
     bars = StageBars(quiet=as_json)
     sweep_rows = None
@@ -1492,14 +1518,15 @@ def study_cmd(
     else:
         from rich.table import Table
 
-        table = Table(title=f"bound - exact error, {len(rows)} random groups of {collection} (r = {rank})", title_justify="left")
+        table = Table(title=_esc(f"bound - exact error, {len(rows)} random groups of {collection} (r = {rank})"), title_justify="left")
         table.add_column("bound")
         table.add_column("mean gap", justify="right")
         table.add_column("bound < exact", justify="right")
         for c in bound_cols:
-            table.add_row(c, f"{summary['mean_gap'][c]:.4g}", str(violations[c]))
+            table.add_row(_esc(c), f"{summary['mean_gap'][c]:.4g}", str(violations[c]))
         _out().print(table)
-        _out().print(f"CSV: {output}" + (f"   plot: {plot_path}" if plot_path else "   (no plot: matplotlib is not installed)"))
+        _out().print(f"CSV: {output}" + (f"   plot: {plot_path}" if plot_path else "   (no plot: matplotlib is not installed)"),
+                     markup=False)
     if any(violations.values()):
         sys.stderr.write("error: a certified bound was below the exact error\n")
         raise typer.Exit(EXIT_FAILED)
@@ -1651,11 +1678,11 @@ def demo_cmd(
         from flows.html_report import fmt_bytes
 
         size = blocks * rows * width * 8
-        _err().print(
+        _err().print(_esc(
             f"cmsvd demo: {blocks} blocks of {rows} x {width} ({fmt_bytes(size)}) from a union of low-rank subspaces "
             f"plus noise, rank {rank}, eps {eps}; store {root}"
             + ("" if params is not None else " (collection already generated)")
-        )
+        ))
     summary = _flow_pipeline(store, DEMO_COLLECTION, None, False, rank, eps, Method.approximate, Order.residual, 5, 10,
                              4000, scheduler, None, sweep_eps, as_json, ingest_params=params)
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -1663,11 +1690,13 @@ def demo_cmd(
         _print_json(summary)
     else:
         _print_summary(summary, "cmsvd demo")
-        _out().print(
-            f"done in {summary['seconds']:.0f} s. Open [bold]{_local_path(summary['files']['report.html'])}[/]\n"
-            f"next: cmsvd verify {DEMO_COLLECTION} --store {store}   |   "
-            f"cmsvd decompress {DEMO_COLLECTION} 0 -o block0.npy --store {store}   |   cmsvd --help"
-        )
+        from rich.text import Text
+
+        _out().print(Text.assemble(
+            f"done in {summary['seconds']:.0f} s. Open ", _esc(_local_path(summary["files"]["report.html"]), "bold"),
+            "\n", _esc(f"next: cmsvd verify {DEMO_COLLECTION} --store {store}   |   "
+                        f"cmsvd decompress {DEMO_COLLECTION} 0 -o block0.npy --store {store}   |   cmsvd --help"),
+        ))
     _guarantee_exit(summary)
 
 

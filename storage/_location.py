@@ -66,6 +66,74 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+#: Longest block name accepted (names live in the collection's attributes, read whole).
+MAX_BLOCK_NAME = 1024
+# bidirectional overrides and isolates: they reorder what a terminal shows
+_BIDI_CONTROLS = frozenset(map(chr, (*range(0x202A, 0x202F), *range(0x2066, 0x206A))))
+# control (C0, DEL, C1), surrogate, line and paragraph separator characters
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to *limit* characters, for error messages about odd names."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def block_name_problem(name: Any) -> str | None:
+    """Why *name* cannot be a block name, or None if it can.
+
+    Block names are labels in the collection's attributes, never paths, so the rule is
+    wider than :func:`check_name`: the names of every supported format stay valid
+    (safetensors ``layers.0.attn.weight``, npz members and HDF5 datasets with ``/``,
+    ``stem[3]`` of a stacked .npy, any printable Unicode).  Refused: non-strings, empty
+    names, more than :data:`MAX_BLOCK_NAME` characters, control characters (NUL, newline,
+    tab, DEL, C1, U+2028/2029, bidirectional overrides), a leading ``/`` and ``.`` or
+    ``..`` segments (so a name never reads as a path out of somewhere).
+
+    Parameters
+    ----------
+    name : object
+        Candidate block name.
+
+    Returns
+    -------
+    str or None
+        A short phrase naming the problem (without the name itself), e.g.
+        ``control character U+000A at position 3``.
+    """
+    if not isinstance(name, str):
+        return f"not a string but {type(name).__name__}"
+    if not name:
+        return "empty"
+    if len(name) > MAX_BLOCK_NAME:
+        return f"{len(name)} characters, at most {MAX_BLOCK_NAME} allowed"
+    import unicodedata
+
+    for pos, ch in enumerate(name):
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in _CONTROL_CATEGORIES:
+            return f"control character U+{ord(ch):04X} at position {pos}"
+    if name.startswith("/"):
+        return "starts with '/'"
+    if any(part in (".", "..") for part in name.split("/")):
+        return "has a '.' or '..' path segment"
+    return None
+
+
+def check_block_name(name: Any) -> str:
+    """Return *name* if :func:`block_name_problem` finds nothing, else raise.
+
+    Raises
+    ------
+    InvalidNameError
+        Naming the (shortened) name and the problem.
+    """
+    problem = block_name_problem(name)
+    if problem:
+        raise InvalidNameError(f"invalid block name {short_repr(name)}: {problem}")
+    return name
+
+
 def _env_options(protocol: str) -> dict[str, Any]:
     # CMSVD_S3_ENDPOINT lets CLI users and workers point at MinIO/moto without code.
     endpoint = os.environ.get("CMSVD_S3_ENDPOINT")

@@ -57,6 +57,7 @@ from ._location import (
     POINTER,
     SCHEMA_VERSION,
     Location,
+    block_name_problem,
     check_name,
     collect_versions,
     json_dumps,
@@ -64,6 +65,7 @@ from ._location import (
     publish_local,
     read_pointer,
     resolve,
+    short_repr,
     sweep_stale,
     switch_pointer,
 )
@@ -294,8 +296,10 @@ class CollectionWriter:
         return self
 
     def _check_name(self, index: int, name: Any) -> None:
-        if not isinstance(name, str) or not name:
-            raise BlockValidationError(index, None, f"block name must be a non-empty string, got {name!r}")
+        problem = block_name_problem(name)
+        if problem:
+            # the name is shown shortened: it may be 100k characters or hold a newline
+            raise BlockValidationError(index, None, f"invalid block name {short_repr(name)}: {problem}")
         if name in self._known:
             raise BlockValidationError(index, name, "duplicate block name")
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ._location import block_name_problem, short_repr
 from .collection import Collection, create_collection
 from .errors import BlockValidationError, EmptyInputError, SourceFormatError
 
@@ -64,6 +65,9 @@ def _ingest(
     except StopIteration:
         raise EmptyInputError(f"collection {name!r}: no blocks to ingest") from None
     bname, block, _ = first
+    problem = None if bname is None else block_name_problem(bname)
+    if problem:  # before any message quotes the name in full
+        raise BlockValidationError(0, None, f"invalid block name {short_repr(bname)}: {problem}")
     shape = getattr(block, "shape", None)
     if shape is None:
         block = np.asarray(block)

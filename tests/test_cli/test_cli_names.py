@@ -129,3 +129,71 @@ def test_unsafe_folders_and_ids_in_files_are_not_offered_as_runs(capsys, store):
         record_path.write_text(json.dumps(record))
         (odd / "run.json").unlink()
         odd.rmdir()
+
+
+# ---- block names (item 10) -----------------------------------------------------------------
+
+MARKUP_NAMES = ["[/bold]", "[red]x[/red]", "a\\[b", "[link=file:///etc]y[/link]"]
+
+
+def test_unsafe_block_names_are_refused_at_ingest(capsys, tmp_path):
+    import storage
+
+    for bad, needle in (("a\x00b", "U+0000"), ("a\nb", "U+000A"), ("../x", "'..'"), ("x/../y", "'..'"),
+                        ("/abs", "starts with '/'"), ("x" * 100_000, "100000 characters"), ("", "empty"),
+                        ("ok\u202e", "U+202E"), ("tab\there", "U+0009")):
+        with pytest.raises(storage.BlockValidationError, match="invalid block name") as info:
+            storage.ingest_blocks(str(tmp_path / "s"), "c", [np.ones((3, 2))], names=[bad])
+        assert needle in str(info.value) and len(str(info.value)) < 300, str(info.value)
+    assert storage.list_collections(str(tmp_path / "s")) == []
+    # names of the supported formats stay valid
+    good = ["layers.0.attn.weight", "group/ds[3]", "stem[0]", "weird name (1)", "日本語", "...", "a/b/c", *MARKUP_NAMES]
+    coll = storage.ingest_blocks(str(tmp_path / "s"), "c", [np.ones((3, 2))] * len(good), names=good)
+    assert coll.names == good
+
+    # through the command line: a folder of .npy files, one named with a newline
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    np.save(folder / "fine.npy", np.ones((3, 2)))
+    np.save(folder / "new\nline.npy", np.ones((3, 2)))
+    message = error_line(run(capsys, "ingest", folder, "--store", tmp_path / "s2"), 2)
+    assert "invalid block name 'new\\nline': control character U+000A" in message, message
+    assert not (tmp_path / "s2" / "folder").exists()
+
+
+@pytest.fixture()
+def markup_store(tmp_path) -> Path:
+    """A collection whose block names are Rich markup, plus one stored before names were checked."""
+    import storage
+    import storage.collection as collection_module
+
+    root = tmp_path / "store"
+    names = [*MARKUP_NAMES, "esc\x1b[31mred", "new\nline"]
+    rng = np.random.default_rng(0)
+    original = collection_module.block_name_problem
+    collection_module.block_name_problem = lambda name: None  # an old store: names were not checked
+    try:
+        storage.ingest_blocks(str(root), "marks", [rng.standard_normal((6, 2)) for _ in names], names=names)
+    finally:
+        collection_module.block_name_problem = original
+    assert main(["cluster", "marks", "--store", str(root), "--rank", "2", "--eps", "0.5", "--sequential",
+                 "--run-id", "r1", "--no-html", "--json"]) == 0
+    return root
+
+
+def test_markup_block_names_print_literally(capsys, markup_store, tmp_path):
+    code, out, err = run(capsys, "inspect", "marks", "--store", markup_store)
+    assert code == 0, err
+    for name in MARKUP_NAMES:
+        assert name in out, out
+    for i, name in enumerate(MARKUP_NAMES):
+        code, out, err = run(capsys, "decompress", "marks", name, "--store", markup_store, "-o", tmp_path / f"b{i}.npy")
+        assert code == 0, err
+        assert f"block {i} ({name})" in out, out
+    # names that were stored before the check: shown escaped, never sent to the terminal raw
+    code, out, err = run(capsys, "decompress", "marks", "4", "--store", markup_store, "-o", tmp_path / "b4.npy")
+    assert code == 0, err
+    assert "esc\\x1b[31mred" in out and "\x1b" not in out, repr(out)
+    code, out, err = run(capsys, "decompress", "marks", "5", "--store", markup_store, "-o", tmp_path / "b5.npy")
+    assert code == 0, err
+    assert "new\\nline" in out, repr(out)
