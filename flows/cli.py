@@ -20,6 +20,7 @@ Heavy imports (numpy, dask, prefect, matplotlib) happen inside the commands, so
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -648,14 +649,37 @@ def _is_safe_name(value: Any) -> bool:
 # ---- parameters ---------------------------------------------------------------------------
 
 
-def _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler):
+def _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id):
+    """The cmsvd-cluster flow's parameters (the Dask scheduler is not one: see :func:`_flow_scheduler`)."""
     from flows.params import ClusterParameters
 
     return ClusterParameters(
         store_url=store, collection=collection, rank=rank, eps=eps, method=method.value, order=order.value,
         oversampling=oversampling, patience=patience, shard_size=shard_size, run_id=run_id,
-        scheduler_address=scheduler,
     )
+
+
+@contextlib.contextmanager
+def _flow_scheduler(address: str | None) -> Iterator[None]:
+    """``--scheduler`` for flows run in this process, through the worker's environment.
+
+    Flows take the scheduler only from their worker's environment (a run's parameters
+    cannot choose it); for ``cmsvd run`` and ``cmsvd demo`` this process is the worker,
+    so the user's own ``--scheduler`` is set as ``CMSVD_DASK_SCHEDULER`` for the call.
+    """
+    if not address or not address.strip():
+        yield
+        return
+    name = "CMSVD_DASK_SCHEDULER"
+    previous = os.environ.get(name)
+    os.environ[name] = address.strip()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> dict:
@@ -1148,7 +1172,7 @@ def cluster_cmd(
         if compress:
             report, urls = _write_run_report(coll, result)
     else:
-        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler)
+        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id)
         from flows._run import default_run_id
         from pipeline.distributed import ClusteringRun
 
@@ -1532,14 +1556,15 @@ def study_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_flow(coll, cparams, bars: StageBars) -> dict:
+def _run_flow(coll, cparams, bars: StageBars, scheduler: str | None = None) -> dict:
     """The cmsvd-cluster Prefect flow, followed by polling its run folder for progress."""
     from flows.cluster import cluster as cluster_flow
 
     watcher = RunFolderWatcher(_run_url(coll, cparams.run_id), coll.storage_options, bars)
     watcher.start()
     try:
-        state = cluster_flow(params=cparams, return_state=True)
+        with _flow_scheduler(scheduler):
+            state = cluster_flow(params=cparams, return_state=True)
     finally:
         watcher.stop()
     if not state.is_completed():
@@ -1613,13 +1638,13 @@ def _flow_pipeline(store, collection, source, overwrite, rank, eps, method, orde
             bars("ingest", 1, 1)
             timings_cli["ingest"] = time.perf_counter() - start
         coll = _open_collection(store, collection)
-        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id, scheduler)
+        cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id)
         if cparams.run_id is None:
             from flows._run import default_run_id
 
             cparams = cparams.model_copy(update={"run_id": default_run_id(coll, cparams.pipeline_kwargs())})
         start = time.perf_counter()
-        flow_summary = _run_flow(coll, cparams, bars)
+        flow_summary = _run_flow(coll, cparams, bars, scheduler)
         timings_cli["flow"] = time.perf_counter() - start
         report = _read_report(coll, cparams.run_id)
         if report is None:

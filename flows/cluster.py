@@ -36,13 +36,17 @@ __all__ = ["cluster", "compress"]
 _ALL_STAGES = ["scan", "partition", "local", "merge", "certify", "compress", "report"]
 
 
-def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str, scheduler_address: str | None) -> dict[str, Any]:
-    """Every stage of one run, then the report; shared by both flows."""
+def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Every stage of one run, then the report; shared by both flows.
+
+    The Dask scheduler is the worker's (``CMSVD_DASK_SCHEDULER`` / ``DASK_SCHEDULER_ADDRESS``,
+    else a LocalCluster), never a run parameter: see :mod:`flows.params`.
+    """
     key_prefix = artifact_key("cmsvd", collection.name)
     progress = StageProgress(
         f"{key_prefix}-progress", _ALL_STAGES, description=f"cmsvd run {run_id} on {collection.name}"
     )
-    with dask_client(scheduler_address) as client:
+    with dask_client() as client:
         run = clustering_run(collection, run_kwargs, run_id, client, progress)
         run_stages(run, progress)
         result = collect_result(run)
@@ -76,7 +80,7 @@ def cluster(params: ClusterParameters) -> dict[str, Any]:
     run_kwargs = params.pipeline_kwargs()
     run_id = params.run_id or default_run_id(collection, run_kwargs)
     print(f"run {run_id} of collection {collection.name} ({collection.n_blocks} blocks)")
-    summary = _execute(collection, run_kwargs, run_id, params.scheduler_address)
+    summary = _execute(collection, run_kwargs, run_id)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
@@ -95,4 +99,4 @@ def compress(params: RunParameters) -> dict[str, Any]:
     params = validate_params(RunParameters, params, "cmsvd-compress")  # before any work
     collection = open_collection(params.store_url, params.collection)
     run_kwargs = stored_run_params(collection, params.run_id)
-    return _execute(collection, run_kwargs, params.run_id, params.scheduler_address)
+    return _execute(collection, run_kwargs, params.run_id)

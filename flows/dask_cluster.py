@@ -1,6 +1,8 @@
 """The Dask client a flow run works with.
 
-Resolution order for the scheduler address: the flow parameter, then the
+Resolution order for the scheduler address: an explicit address (only the CLI's
+``--scheduler`` passes one: flows never take it from a run's parameters, so a dashboard
+user cannot send a worker to a scheduler of their choosing), then the
 ``CMSVD_DASK_SCHEDULER`` environment variable (set on the Prefect worker of the
 docker-compose stack), then ``DASK_SCHEDULER_ADDRESS`` (Dask's own convention), else
 a :class:`distributed.LocalCluster` bound to 127.0.0.1 that lives as long as the

@@ -9,7 +9,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from ._common import TASK_OPTIONS, artifact_key
-from .params import DemoParameters, IngestParameters
+from .params import DemoParameters, IngestParameters, validate_params
 
 __all__ = ["ingest", "demo_data", "collection_summary"]
 
@@ -48,7 +48,7 @@ def ingest_source(params: IngestParameters) -> dict[str, Any]:
     return collection_summary(collection)
 
 
-@flow(name="cmsvd-ingest", log_prints=True)
+@flow(name="cmsvd-ingest", log_prints=True, validate_parameters=False)
 def ingest(params: IngestParameters) -> dict[str, Any]:
     """Ingest a file or folder into a cmsvd collection.
 
@@ -57,6 +57,9 @@ def ingest(params: IngestParameters) -> dict[str, Any]:
     dict
         The collection summary (also published as a markdown artifact).
     """
+    # validated here, not by Prefect: every bad field on one line, the allowed roots
+    # (CMSVD_ALLOWED_ROOTS) checked in the worker, before the source is opened
+    params = validate_params(IngestParameters, params, "cmsvd-ingest")
     summary = ingest_source(params)
     create_markdown_artifact(
         _summary_markdown(f"Collection `{params.collection}` ingested", summary),
@@ -93,9 +96,10 @@ def generate_demo(params: DemoParameters) -> dict[str, Any]:
     return collection_summary(collection)
 
 
-@flow(name="cmsvd-demo-data", log_prints=True)
+@flow(name="cmsvd-demo-data", log_prints=True, validate_parameters=False)
 def demo_data(params: DemoParameters) -> dict[str, Any]:
     """Create a synthetic collection (blocks from a union of low-rank subspaces plus noise)."""
+    params = validate_params(DemoParameters, params, "cmsvd-demo-data")  # before any work
     summary = generate_demo(params)
     create_markdown_artifact(
         _summary_markdown(f"Demo collection `{params.collection}`", summary),

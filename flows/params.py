@@ -14,19 +14,44 @@ docstrings below are what the form shows as section descriptions).
 
 ``extra="forbid"`` everywhere: a misspelt field is an error, not a silently ignored
 default.
+
+What a run may touch is the worker's decision, not the run's:
+
+- ``store_url`` and ``source`` must lie under one of the roots listed in the worker's
+  ``CMSVD_ALLOWED_ROOTS`` (comma-separated local paths or URL prefixes such as
+  ``/data,s3://cmsvd``); unset or blank, any location is accepted (the local embedded
+  default: one user, their own files).  The check is part of the model, so it runs
+  where the parameters are validated: at flow start, in the worker.
+- The Dask scheduler comes from the worker's ``CMSVD_DASK_SCHEDULER`` /
+  ``DASK_SCHEDULER_ADDRESS``, never from a parameter: a run could otherwise send the
+  worker to a scheduler that feeds it pickled data.  A non-empty ``scheduler_address``
+  is refused by name (an empty one, from an older form, is ignored).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated, Any, TypeVar
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 __all__ = [
     "NAME_PATTERN",
+    "ALLOWED_ROOTS_ENV",
+    "allowed_roots",
+    "root_problem",
     "Method",
     "Order",
     "DType",
@@ -62,6 +87,80 @@ def _storage_name(value: str | None, info: Any) -> str | None:
 
 #: A collection name or run id: one safe path component of the store.
 SafeName = Annotated[str, StringConstraints(pattern=NAME_PATTERN), AfterValidator(_storage_name)]
+
+#: Worker environment variable: comma-separated roots that stores and sources must lie under.
+ALLOWED_ROOTS_ENV = "CMSVD_ALLOWED_ROOTS"
+
+
+def allowed_roots(environ: dict[str, str] | None = None) -> list[str] | None:
+    """The roots of ``CMSVD_ALLOWED_ROOTS``, or None when it is unset or blank (no limit).
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        Default: ``os.environ`` (the worker's environment at validation time).
+    """
+    raw = (os.environ if environ is None else environ).get(ALLOWED_ROOTS_ENV, "")
+    roots = [r.strip() for r in raw.split(",") if r.strip()]
+    return roots or None
+
+
+def _location_parts(url: str) -> tuple[str, tuple[str, ...]] | str:
+    """``(protocol, path segments)`` of a local path or URL, or a problem phrase.
+
+    Local paths (and ``file://``) are made absolute and resolved (symlinks, ``..``) as
+    the worker would open them; other URLs are compared segment by segment and may not
+    contain ``.`` or ``..`` segments (an object store would not resolve them, a
+    filesystem behind fsspec might).
+    """
+    text = url.strip()
+    protocol, sep, rest = text.partition("://")
+    if not sep or protocol.lower() in ("file", "local"):
+        path = rest if sep else text
+        return "file", tuple(p for p in os.path.realpath(os.path.expanduser(path)).split(os.sep) if p)
+    protocol = {"s3a": "s3"}.get(protocol.lower(), protocol.lower())
+    parts = tuple(p for p in rest.split("/") if p)
+    if any(p in (".", "..") for p in parts) or "\\" in rest:
+        return "has a '.', '..' or backslash path segment"
+    return protocol, parts
+
+
+def root_problem(url: str, roots: list[str] | None = None) -> str | None:
+    """Why *url* is outside the allowed roots, or None when it is inside one.
+
+    Parameters
+    ----------
+    url : str
+        A store root or ingest source, as given in the run's parameters.
+    roots : list of str, optional
+        Allowed roots; default :func:`allowed_roots` (None: everything is allowed).
+
+    Returns
+    -------
+    str or None
+        A phrase such as ``'/etc' is outside the allowed roots (CMSVD_ALLOWED_ROOTS:
+        /data, s3://cmsvd)``.
+    """
+    roots = allowed_roots() if roots is None else roots
+    if not roots:
+        return None
+    where = f"{ALLOWED_ROOTS_ENV}: {', '.join(roots)}"
+    value = _location_parts(url)
+    if isinstance(value, str):
+        return f"{_short(url, 200)} {value} ({where})"
+    for root in roots:
+        allowed = _location_parts(root)
+        if isinstance(allowed, tuple) and allowed[0] == value[0] and value[1][: len(allowed[1])] == allowed[1]:
+            return None
+    return f"{_short(url, 200)} is outside the allowed roots ({where})"
+
+
+def _within_roots(value: str) -> str:
+    problem = root_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
 
 #: Largest seed accepted (numpy's legacy seeding range; the form needs a finite maximum).
 _MAX_SEED = 2**32 - 1
@@ -131,6 +230,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
 
+_SCHEDULER_REFUSED = (
+    "not a run parameter: the worker's CMSVD_DASK_SCHEDULER (or DASK_SCHEDULER_ADDRESS) "
+    "chooses the Dask scheduler"
+)
+
+
+class _NoScheduler(_Model):
+    """Models of flows that use Dask: the scheduler is the worker's, not the run's."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_blank_scheduler(cls, data: Any) -> Any:
+        # older deployment forms submit the removed field empty: harmless, so ignored;
+        # a real address stays and fails as an unknown field (see describe_errors)
+        if isinstance(data, dict) and "scheduler_address" in data:
+            value = data["scheduler_address"]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                data = {k: v for k, v in data.items() if k != "scheduler_address"}
+        return data
+
+
 class StoreParameters(_Model):
     """Where a collection lives."""
 
@@ -138,7 +258,8 @@ class StoreParameters(_Model):
         min_length=1,
         description=(
             "Root URL of the store: a local path, file://, memory:// or s3://bucket/prefix "
-            "(S3 endpoint from CMSVD_S3_ENDPOINT, credentials from the usual AWS variables)."
+            "(S3 endpoint from CMSVD_S3_ENDPOINT, credentials from the usual AWS variables). "
+            "Must lie under one of the roots the worker allows (CMSVD_ALLOWED_ROOTS), when it sets any."
         ),
     )
     collection: SafeName = Field(
@@ -148,19 +269,13 @@ class StoreParameters(_Model):
         ),  # same words as _NAME_RULE
     )
 
-
-def _scheduler_field() -> Any:
-    return Field(
-        default=None,
-        description=(
-            "Dask scheduler, e.g. tcp://dask-scheduler:8786. Empty: the CMSVD_DASK_SCHEDULER "
-            "or DASK_SCHEDULER_ADDRESS environment variable, else a LocalCluster on 127.0.0.1. "
-            "Default: empty."
-        ),
-    )
+    @field_validator("store_url")
+    @classmethod
+    def _store_within_roots(cls, value: str) -> str:
+        return _within_roots(value)
 
 
-class ClusterParameters(StoreParameters):
+class ClusterParameters(StoreParameters, _NoScheduler):
     """Parameters of the cmsvd-cluster flow: certified clustering, compression and report of a collection."""
 
     rank: int = _number(10, "Shared basis rank r of every group.", ge=1, le=100_000)
@@ -195,8 +310,6 @@ class ClusterParameters(StoreParameters):
             "resumes when started again with the same values. Default: empty."
         ),
     )
-    scheduler_address: str | None = _scheduler_field()
-
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``pipeline.distributed.ClusteringRun`` (numerics only)."""
         return {
@@ -211,13 +324,12 @@ class ClusterParameters(StoreParameters):
         }
 
 
-class RunParameters(StoreParameters):
+class RunParameters(StoreParameters, _NoScheduler):
     """An existing run, for the cmsvd-compress and cmsvd-report flows; its clustering parameters are read back from the run folder."""
 
     run_id: SafeName = Field(
         description="Run folder name under runs/COLLECTION/ in the store (the run id)."
     )
-    scheduler_address: str | None = _scheduler_field()
 
 
 class IngestParameters(StoreParameters):
@@ -227,7 +339,8 @@ class IngestParameters(StoreParameters):
         min_length=1,
         description=(
             "File or folder to ingest: .npy stack, .npz, folder of .npy, .safetensors, .h5/.hdf5, "
-            ".mat, or a Zarr array (local path or URL)."
+            ".mat, or a Zarr array (local path or URL). Must lie under one of the roots the worker "
+            "allows (CMSVD_ALLOWED_ROOTS), when it sets any."
         ),
     )
     dtype: DType | None = Field(
@@ -242,6 +355,11 @@ class IngestParameters(StoreParameters):
     dataset: str | None = Field(default=None, description="HDF5 only: dataset path inside the file.")
     key: str | None = Field(default=None, description="MATLAB only: variable name.")
     layout: str | None = Field(default=None, description="MATLAB only: layout of the variable (see storage.ingest_mat).")
+
+    @field_validator("source")
+    @classmethod
+    def _source_within_roots(cls, value: str) -> str:
+        return _within_roots(value)
 
     def ingest_options(self) -> dict[str, Any]:
         """Options for ``storage.ingest_path``: only the ones that were given."""
@@ -316,6 +434,8 @@ def describe_errors(model: type[BaseModel], exc: ValidationError) -> list[str]:
         kind = err.get("type", "")
         if kind == "missing":
             phrases.append(f"{name}: required")
+        elif kind == "extra_forbidden" and name == "scheduler_address":
+            phrases.append(f"{name}={_short(err.get('input'))}: {_SCHEDULER_REFUSED}")
         elif kind == "extra_forbidden":
             phrases.append(f"{name}: unknown field")
         elif kind == "string_pattern_mismatch":

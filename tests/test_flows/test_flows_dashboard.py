@@ -235,7 +235,7 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     # validation on (the default): the server refuses, naming (only) the first bad field
     refused = _api("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
                    json={"parameters": {"params": params}, "enforce_parameter_schema": True})
-    assert refused.status_code == 409 and ("rank" in refused.text or "eps" in refused.text), refused.text
+    assert refused.status_code == 409 and any(f in refused.text for f in ("rank", "eps", "scheduler_address")), refused.text
 
     # validation switched off for this run: Prefect creates it...
     created = _api("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
@@ -257,14 +257,17 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     output = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert state["type"] == "FAILED", (state, output)
     message = state["message"]
-    assert "invalid parameters for cmsvd-cluster (2 fields)" in message, message
+    assert "invalid parameters for cmsvd-cluster (3 fields)" in message, message
     assert "rank=0 is out of range (1 to 100000)" in message and "eps=1.5 is out of range" in message
+    # the scheduler is the worker's: a run naming one is refused, and never connected to
+    assert "scheduler_address='tcp://127.0.0.1:1': not a run parameter" in message, message
     # no stage ran, no Dask client was made (dask_client logs before connecting)
     tasks = _api("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
     assert tasks == [], [t["name"] for t in tasks]
     logs = _api("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
     text = "\n".join(entry["message"] for entry in logs)
-    assert "Dask scheduler" not in text and "LocalCluster" not in text, text
+    # dask_client's own log lines (the refusal itself names CMSVD_DASK_SCHEDULER)
+    assert "Using the Dask scheduler" not in text and "starting a LocalCluster" not in text, text
     assert any("invalid parameters for cmsvd-cluster" in line for line in text.splitlines()), text
     assert elapsed < 120, elapsed
 
@@ -295,3 +298,59 @@ def test_in_process_flows_refuse_bad_parameters_before_the_cluster_starts(prefec
     state = report_module.report(params={**GOOD}, return_state=True)
     assert state.is_failed() and "run_id: required" in state.message, state.message
     assert calls == []
+
+
+@pytest.mark.timeout(240)
+def test_in_process_flows_keep_to_the_worker_roots_and_scheduler(prefect_api, monkeypatch, tmp_path):
+    """CMSVD_ALLOWED_ROOTS limits stores and sources; a run cannot choose the scheduler."""
+    import numpy as np
+    import storage
+
+    import flows.cluster as cluster_module
+    from flows.ingest import demo_data, ingest
+
+    calls = []
+
+    def forbidden(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("started work outside the worker's policy")
+
+    for name in ("dask_client", "open_collection", "default_run_id", "stored_run_params"):
+        monkeypatch.setattr(cluster_module, name, forbidden)
+    monkeypatch.setattr("flows._run.open_collection", forbidden)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("CMSVD_ALLOWED_ROOTS", f"{allowed},s3://cmsvd/store")
+    outside = tmp_path / "outside"
+
+    state = cluster_module.cluster(params={"store_url": str(outside), "collection": "demo",
+                                           "scheduler_address": "tcp://rogue.example:8786"}, return_state=True)
+    assert state.is_failed()
+    message = state.message
+    assert "invalid parameters for cmsvd-cluster (2 fields)" in message, message
+    assert f"store_url: '{outside}' is outside the allowed roots (CMSVD_ALLOWED_ROOTS: {allowed}, s3://cmsvd/store)" in message
+    assert "scheduler_address='tcp://rogue.example:8786': not a run parameter" in message
+    state = cluster_module.compress(params={"store_url": "s3://cmsvd/store/../../other", "collection": "demo",
+                                            "run_id": "r"}, return_state=True)
+    assert state.is_failed() and "store_url: 's3://cmsvd/store/../../other' has a '.', '..'" in state.message, state.message
+    assert calls == []
+
+    real_ingest = storage.ingest_path
+    monkeypatch.setattr(storage, "ingest_path", forbidden)
+    source = allowed / "stack.npy"
+    np.save(source, np.ones((3, 4, 2)))
+    state = ingest(params={"store_url": str(allowed / "store"), "collection": "c", "source": "/etc/passwd"},
+                   return_state=True)
+    assert state.is_failed() and "invalid parameters for cmsvd-ingest (1 field): source: '/etc/passwd' is outside" \
+        in state.message, state.message
+    state = ingest(params={"store_url": str(outside), "collection": "c", "source": f"{allowed}/../outside/x.npy"},
+                   return_state=True)
+    assert state.is_failed() and "(2 fields)" in state.message, state.message
+    state = demo_data(params={"store_url": str(outside), "collection": "c"}, return_state=True)
+    assert state.is_failed() and "invalid parameters for cmsvd-demo-data (1 field): store_url" in state.message
+    assert calls == [] and not outside.exists()
+
+    # inside the roots the same flow runs
+    monkeypatch.setattr(storage, "ingest_path", real_ingest)
+    summary = ingest(params={"store_url": str(allowed / "store"), "collection": "c", "source": str(source)})
+    assert summary["blocks"] == 3

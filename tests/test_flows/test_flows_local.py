@@ -1,8 +1,8 @@
 """The flows run in-process against a real Prefect server and a real Dask cluster.
 
-One session Prefect server (conftest), one module LocalCluster whose address is passed
-as the ``scheduler_address`` parameter (the subprocess tests cover the LocalCluster
-fallback).  Checks the report.json contract, the plots, the dashboard artifacts, the
+One session Prefect server (conftest), one module LocalCluster whose address is the
+worker's ``CMSVD_DASK_SCHEDULER`` (flows take no scheduler parameter; the subprocess
+tests cover the LocalCluster fallback).  Checks the report.json contract, the plots, the dashboard artifacts, the
 certified errors recomputed from the store, the stand-alone compress and report flows,
 and the ingest flow including its no-retry policy for permanent errors.
 """
@@ -42,11 +42,13 @@ def _artifacts(flow_run_id) -> list:
         return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
-def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, dask_address):
+def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, dask_address, monkeypatch):
     from flows.cluster import cluster
 
+    # the scheduler is the worker's (this process's) environment, not a parameter
+    monkeypatch.setenv("CMSVD_DASK_SCHEDULER", dask_address)
     params = {"store_url": store, "collection": "demo", "rank": 6, "eps": EPS, "shard_size": 40,
-              "run_id": "local-1", "scheduler_address": dask_address}
+              "run_id": "local-1"}
     state = cluster(params=params, return_state=True)
     assert state.is_completed(), state
     summary = state.result()
@@ -81,12 +83,13 @@ def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, 
     assert summary["report_url"] in arts["cmsvd-demo-report"].data
 
 
-def test_compress_and_report_flows_from_a_run_id(prefect_api, store, dask_address):
+def test_compress_and_report_flows_from_a_run_id(prefect_api, store, dask_address, monkeypatch):
     from flows.cluster import compress
     from flows.report import report
 
+    monkeypatch.setenv("CMSVD_DASK_SCHEDULER", dask_address)
     ref = json.loads(open(f"{store}/runs/demo/local-1/report.json").read())  # from the test above
-    params = {"store_url": store, "collection": "demo", "run_id": "local-1", "scheduler_address": dask_address}
+    params = {"store_url": store, "collection": "demo", "run_id": "local-1"}
     summary = compress(params=params)
     assert summary["groups"] == len(ref["groups"]) and summary["max_error"] == ref["max_error"]
     summary = report(params=params)

@@ -33,7 +33,7 @@ def test_defaults_and_pipeline_kwargs():
     assert (p.rank, p.eps, p.method, p.order, p.oversampling, p.patience) == (10, 0.1, Method.approximate, Order.residual, 5, 10)
     kwargs = p.pipeline_kwargs()
     assert kwargs["method"] == "approximate" and kwargs["order"] == "residual"
-    assert p.run_id is None and p.scheduler_address is None
+    assert p.run_id is None and "scheduler_address" not in ClusterParameters.model_fields
 
 
 @pytest.mark.parametrize(
@@ -118,3 +118,78 @@ def test_retry_policy_and_artifact_keys():
     for exc in (ValueError("eps"), CollectionNotFoundError("x"), RunMismatchError("x"), FileNotFoundError("x")):
         assert not is_transient(exc), exc
     assert artifact_key("cmsvd", "My_Collection.v2", "summary") == "cmsvd-my-collection-v2-summary"
+
+
+# ---- what a run may touch: allowed roots and the scheduler (issue 9, item 12) -------------
+
+
+def test_allowed_roots_parsing_and_matching(tmp_path, monkeypatch):
+    from flows.params import ALLOWED_ROOTS_ENV, allowed_roots, root_problem
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    assert allowed_roots() is None and root_problem("/etc") is None  # unset: no limit (local default)
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, " , ")
+    assert allowed_roots() is None
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("/etc")
+    (data / "escape").symlink_to("/etc")
+    roots = [str(data), "s3://cmsvd/store", "memory://"]
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, ",".join(roots))
+    assert allowed_roots() == roots
+    for inside in (str(data), f"{data}/sub/x.npy", f"file://{data}/sub", f"{data}/sub/../x", "s3://cmsvd/store",
+                   "s3://cmsvd/store/a/b", "s3a://cmsvd/store/a", "memory://anything/at/all"):
+        assert root_problem(inside) is None, inside
+    for outside in ("/etc", f"{data}x", f"{data}/../x", f"{data}/escape/passwd", str(tmp_path / "link"),
+                    "s3://cmsvd/storex", "s3://cmsvd", "s3://other/store", "s3://cmsvd/store/../x",
+                    "gcs://cmsvd/store", "simplecache::s3://cmsvd/store/a", "relative/path"):
+        problem = root_problem(outside)
+        assert problem and "CMSVD_ALLOWED_ROOTS" in problem, (outside, problem)
+
+
+def test_stores_sources_and_scheduler_are_checked_together(tmp_path, monkeypatch):
+    from flows.params import DemoParameters, InvalidParameters, validate_params
+
+    monkeypatch.setenv("CMSVD_ALLOWED_ROOTS", str(tmp_path))
+    ok = {"store_url": str(tmp_path / "store"), "collection": "c"}
+    assert validate_params(IngestParameters, {**ok, "source": str(tmp_path / "x.npy")}).source.endswith("x.npy")
+    assert validate_params(DemoParameters, ok).store_url == ok["store_url"]
+    # an empty scheduler field (older dashboard forms) is ignored; anything else is refused by name
+    assert validate_params(RunParameters, {**ok, "run_id": "r", "scheduler_address": ""}).run_id == "r"
+    assert validate_params(ClusterParameters, {**ok, "scheduler_address": None}).collection == "c"
+
+    with pytest.raises(InvalidParameters) as info:
+        validate_params(IngestParameters, {"store_url": "/etc", "collection": "c", "source": "/root/.ssh/id_rsa"},
+                        "cmsvd-ingest")
+    message = str(info.value)
+    assert "\n" not in message and "invalid parameters for cmsvd-ingest (2 fields)" in message, message
+    assert "store_url: '/etc' is outside the allowed roots" in message
+    assert "source: '/root/.ssh/id_rsa' is outside the allowed roots" in message
+
+    with pytest.raises(InvalidParameters) as info:
+        validate_params(ClusterParameters, {**ok, "store_url": "s3://elsewhere", "rank": 0,
+                                            "scheduler_address": "tcp://rogue:8786"}, "cmsvd-cluster")
+    message = str(info.value)
+    assert "(3 fields)" in message and "store_url: 's3://elsewhere' is outside" in message, message
+    assert "scheduler_address='tcp://rogue:8786': not a run parameter" in message and "CMSVD_DASK_SCHEDULER" in message
+    for model in (ClusterParameters, RunParameters):
+        assert "scheduler_address" not in model.model_json_schema()["properties"]
+
+
+def test_cli_scheduler_reaches_in_process_flows_through_the_environment(monkeypatch):
+    import os
+
+    from flows.cli import _flow_scheduler
+    from flows.dask_cluster import resolve_scheduler_address
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.setenv("CMSVD_DASK_SCHEDULER", "tcp://worker:1")
+    with _flow_scheduler("tcp://mine:2"):
+        assert resolve_scheduler_address() == "tcp://mine:2"
+    assert os.environ["CMSVD_DASK_SCHEDULER"] == "tcp://worker:1"
+    with _flow_scheduler("  "):
+        assert resolve_scheduler_address() == "tcp://worker:1"
+    monkeypatch.delenv("CMSVD_DASK_SCHEDULER")
+    with _flow_scheduler("tcp://mine:2"):
+        assert resolve_scheduler_address() == "tcp://mine:2"
+    assert "CMSVD_DASK_SCHEDULER" not in os.environ

@@ -96,7 +96,8 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
     assert reg.returncode == 0, reg.stdout[-3000:] + reg.stderr[-3000:]
 
     health = free_port()
-    worker_env = dict(env, CMSVD_DASK_SCHEDULER=address, PREFECT_WORKER_QUERY_SECONDS="1",
+    # as the compose stack's worker: the store is the only root a run may use
+    worker_env = dict(env, CMSVD_DASK_SCHEDULER=address, CMSVD_ALLOWED_ROOTS=store, PREFECT_WORKER_QUERY_SECONDS="1",
                       PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(health))
     worker = processes.start(
         "prefect-worker",
