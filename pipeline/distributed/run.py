@@ -368,9 +368,11 @@ class ClusteringRun:
             for bucket in buckets + [None]:
                 if bucket is None or (batch and size + len(bucket) > MERGE_TASK_GROUPS):
                     if batch:
+                        # sketches travel as data, not inside the task graph (they can be MBs)
+                        payload = self.client.scatter([[sketches[g] for g in b] for b in batch])
                         futures.append(self._submit("merge", f"{index}-{len(futures)}", tasks.merge_bucket_batch,
-                                                    [[sketches[g] for g in b] for b in batch], self.params["rank"],
-                                                    self.params["eps"], self.merge_neighbours))
+                                                    payload, self.params["rank"], self.params["eps"],
+                                                    self.merge_neighbours))
                     batch, size = [], 0
                 if bucket is not None:
                     batch.append(bucket)
