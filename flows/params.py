@@ -310,6 +310,7 @@ class ClusterParameters(StoreParameters, _NoScheduler):
             "resumes when started again with the same values. Default: empty."
         ),
     )
+
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``pipeline.distributed.ClusteringRun`` (numerics only)."""
         return {

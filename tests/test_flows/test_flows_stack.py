@@ -120,7 +120,11 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
     bad = _ui_run(api, on_demand["id"], {"params": {**defaults, "eps": 1.5}})
     assert bad.status_code == 409 and "eps" in bad.text, bad.text
 
-    params = {**defaults, "eps": 0.05, "rank": 8, "run_id": "dashboard-run", "scheduler_address": ""}
+    # the scheduler is the worker's: the form has no such field, the server refuses one
+    rogue = _ui_run(api, on_demand["id"], {"params": {**defaults, "scheduler_address": "tcp://rogue.example:8786"}})
+    assert rogue.status_code == 409 and "scheduler_address" in rogue.text, rogue.text
+
+    params = {**defaults, "eps": 0.05, "rank": 8, "run_id": "dashboard-run"}
     created = _ui_run(api, on_demand["id"], {"params": params})
     assert created.status_code == 201, created.text
     run_id = created.json()["id"]
