@@ -485,9 +485,10 @@ def group_coefficients(
     """Coefficients of every labelled block of a batch against its group's basis.
 
     Per group present, one product over all its blocks: V_i = U_g^T A_i and the squared
-    residual ||A_i - U_g V_i||_F^2 (or the block itself and 0 when ``bases[g]`` is None:
-    stored as it is). Returns, per group, (local block index, V_i, residual^2) in order.
+    residual ||A_i - U_g V_i||_F^2 with U_g and V_i rounded to the data's dtype, as stored
+    (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per group, (local block index, V_i, residual^2) in order.
     """
+    stored = data.dtype if np.issubdtype(data.dtype, np.floating) else np.dtype(np.float64)
     out: dict[int, list] = {}
     for g, blocks in _blocks_by_label(labels):
         sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
@@ -496,9 +497,12 @@ def group_coefficients(
         if basis is None:
             coef, residual2 = x, np.zeros(len(blocks))
         else:
+            # basis and coefficients as the artifact stores them (the data's dtype), so the
+            # residual is that of the stored reconstruction, not of a float64 ideal
+            basis = np.asarray(basis).astype(stored).astype(np.float64)
             x = x.astype(np.float64)
-            coef = basis.T @ x
-            residual = x - basis @ coef
+            coef = (basis.T @ x).astype(stored)
+            residual = x - basis @ coef.astype(np.float64)
             residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
         out[int(g)] = [
             (int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j])) for j, b in enumerate(blocks)

@@ -25,7 +25,7 @@ from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups,
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = 32 * 2**20  # data per map task
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
-PASS_BYTES = 512 * 2**20  # coefficients held by the cluster in one compress pass
+PASS_BYTES = 256 * 2**20  # coefficients held by the cluster in one compress pass
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
 SAMPLE_BLOCKS = 4000  # most blocks in the partition sample: bounds the anchors, so routing is O(K)
 MAX_MERGE_ROUNDS = 12
@@ -293,15 +293,16 @@ class ClusteringRun:
                           "block_anchors": np.zeros((n_blocks, 2), dtype=np.int64)}
                 return arrays, {"n_shards": 1, "anchors": 0}
             # the sample's greedy runs on a worker: the client stays free of dense numerics
+            # a computed future, not scattered data: a restarted worker recomputes it
             anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
-                                   self._sample_picks()).result()
-            shared = self.client.scatter(anchors, broadcast=True)
-            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, shared)
+                                   self._sample_picks())
+            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
                        for b in range(self.n_batches)]
             best_two = np.concatenate(self._gather("partition", futures))
             shards = pack_shards(best_two[:, 0], self.shard_size)
-            meta = {"n_shards": int(shards.max()) + 1, "anchors": len(anchors[1]) - 1,
-                    "anchor_columns": int(anchors[1][-1])}
+            anchor_offsets = anchors.result()[1]
+            meta = {"n_shards": int(shards.max()) + 1, "anchors": len(anchor_offsets) - 1,
+                    "anchor_columns": int(anchor_offsets[-1])}
             return {"shards": shards, "block_anchors": best_two}, meta
 
         return self._timed("partition", compute)
@@ -357,6 +358,7 @@ class ClusteringRun:
         is ever compared, and the result does not depend on the number of workers.
         """
         previous = self.local() if index == 0 else self._merge_stage(index - 1)
+        previous_stage = "local" if index == 0 else f"merge-{index - 1:03d}"
         if index > 0 and previous["meta"].get("idle_rounds", 0) >= 2:
             return False
         groups, sketches = self._load_groups(previous)
@@ -368,11 +370,8 @@ class ClusteringRun:
             for bucket in buckets + [None]:
                 if bucket is None or (batch and size + len(bucket) > MERGE_TASK_GROUPS):
                     if batch:
-                        # sketches travel as data, not inside the task graph (they can be MBs)
-                        payload = self.client.scatter([[sketches[g] for g in b] for b in batch])
                         futures.append(self._submit("merge", f"{index}-{len(futures)}", tasks.merge_bucket_batch,
-                                                    payload, self.params["rank"], self.params["eps"],
-                                                    self.merge_neighbours))
+                                                    self._handle, previous_stage, batch, self.merge_neighbours))
                     batch, size = [], 0
                 if bucket is not None:
                     batch.append(bucket)
@@ -511,7 +510,8 @@ class ClusteringRun:
         pass; a pass holds at most about PASS_BYTES of coefficients on the cluster."""
         coll = self.collection
         widths = coll.widths
-        per_group = np.array([8 * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
+        itemsize = np.dtype(coll.dtype).itemsize  # coefficients travel in the data's dtype
+        per_group = np.array([itemsize * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
                               for g, group in enumerate(groups)])
         # ranges of few groups: each is one write task, and they run in parallel
         ranges = group_ranges(per_group, GRAM_BYTES, max_groups=WRITE_GROUPS)
@@ -524,15 +524,15 @@ class ClusteringRun:
             in_pass = np.flatnonzero(passes == p)
             pass_groups = np.flatnonzero(np.isin(ranges, in_pass))
             pass_labels = np.where(np.isin(labels, pass_groups), labels, -1)
-            pass_bases = self.client.scatter({int(g): bases[int(g)] for g in pass_groups}, broadcast=True)
+            # workers read the bases from the certify checkpoint (they survive a restart)
             parts = [self._submit("coef", first, tasks.coefficient_batch, self._handle, first, stop, part, ranges,
-                                  len(range_bytes), pass_bases)
+                                  len(range_bytes), ranks)
                      for first, stop, part in self._batches_of(pass_labels)]
             writes = []
             for r in in_pass:
                 members = {int(g): groups[g] for g in np.flatnonzero(ranges == r)}
-                writes.append(self._submit("write", int(r), tasks.write_range, artifact, int(r), members,
-                                           {g: bases[g] for g in members}, *parts, priority=1))
+                writes.append(self._submit("write", int(r), tasks.write_range, self._handle, artifact, int(r),
+                                           members, ranks, *parts, priority=1))
             self._track("compress", parts)
             for part in self._gather("compress-write", writes):
                 residual2.update(part)

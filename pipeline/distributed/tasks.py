@@ -252,14 +252,26 @@ def local_shard(handle: Handle, params: dict, shard: int, batches: list[int]) ->
 # -- merge ----------------------------------------------------------------------------
 
 
-def merge_bucket_batch(buckets: list[list[GramSketch]], rank: int, eps: float, neighbours: int) -> list:
-    """Merge inside each bucket of a batch of buckets; per bucket the new groups as lists
-    of positions in the bucket, and their sketches."""
+@functools.lru_cache(maxsize=2)
+def _stage_sketches(handle: Handle, stage: str) -> list[GramSketch]:
+    """The group sketches of a group stage, read once per worker from the run."""
+    from .checkpoints import groups_from_arrays
+
+    arrays, _ = run_of(handle).load_stage(stage)
+    return groups_from_arrays(arrays, json.loads(handle.params_json))[1]
+
+
+def merge_bucket_batch(handle: Handle, stage: str, buckets: list[np.ndarray], neighbours: int) -> list:
+    """Merge inside each bucket (group indices of ``stage``) of a batch of buckets; per
+    bucket the new groups as lists of positions in the bucket, and their sketches. The
+    sketches come from the run, not the task graph: a restarted worker reads them again."""
+    sketches = _stage_sketches(handle, stage)
+    params = json.loads(handle.params_json)
     out = []
     with single_threaded_blas():
-        for sketches in buckets:
-            groups, merged, _ = merge_groups([[i] for i in range(len(sketches))], sketches, rank=rank, eps=eps,
-                                             neighbours=neighbours)
+        for bucket in buckets:
+            groups, merged, _ = merge_groups([[i] for i in range(len(bucket))], [sketches[g] for g in bucket],
+                                             rank=params["rank"], eps=params["eps"], neighbours=neighbours)
             out.append((groups, merged))
     return out
 
@@ -300,10 +312,26 @@ def certify_range(partials: dict, rank: int, eps: float) -> dict[int, tuple[floa
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _certified_bases(handle: Handle) -> tuple[np.ndarray, np.ndarray]:
+    """The certify stage's optimal bases side by side, and their column offsets: read from
+    the run on each worker, so a restarted worker finds them again (unlike scattered data)."""
+    arrays, _ = run_of(handle).load_stage("certify", ["bases", "adaptive_ranks"])
+    return arrays["bases"], offsets_of(arrays["adaptive_ranks"])
+
+
+def stored_bases(handle: Handle, groups, ranks: np.ndarray) -> dict[int, np.ndarray | None]:
+    """Basis each of ``groups`` is stored with (its ``ranks[g]`` leading optimal directions),
+    or None for a group stored as it is (rank 0)."""
+    bases, starts = _certified_bases(handle)
+    return {int(g): bases[:, starts[g] : starts[g] + ranks[g]] if ranks[g] else None for g in groups}
+
+
 def coefficient_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
-                      n_ranges: int, bases: dict) -> list[dict]:
+                      n_ranges: int, ranks: np.ndarray) -> list[dict]:
     """One read of a batch: per group range, the coefficients and residuals of its blocks."""
     data, offsets = read_batch(handle, first, stop)
+    bases = stored_bases(handle, np.unique(labels[labels >= 0]), ranks)
     with single_threaded_blas():
         parts = group_coefficients(data, offsets, labels, bases)
     out: list[dict] = [{} for _ in range(n_ranges)]
@@ -312,9 +340,11 @@ def coefficient_batch(handle: Handle, first: int, stop: int, labels: np.ndarray,
     return out
 
 
-def write_range(artifact: tuple, index: int, groups: dict[int, list[int]], bases: dict, *batches: list) -> dict[int, float]:
+def write_range(handle: Handle, artifact: tuple, index: int, groups: dict[int, list[int]], ranks: np.ndarray,
+                *batches: list) -> dict[int, float]:
     """Write the groups of one range into the artifact; returns their residual energies."""
     url, name, label, storage_options_json = artifact
+    bases = stored_bases(handle, list(groups), ranks)
     writer = import_storage().open_artifact_writer(url, name, label, storage_options=json.loads(storage_options_json))
     collected: dict[int, dict[int, tuple]] = {g: {} for g in groups}
     for batch in batches:
