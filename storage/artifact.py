@@ -66,6 +66,7 @@ from .collection import _ColumnSink, default_chunks, default_codecs, open_collec
 from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError, IntegrityError
 
 MANIFEST = "manifest.json"
+_PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _KIND_SVD, _KIND_RAW = 0, 1
 
@@ -391,26 +392,38 @@ class ArtifactWriter:
         sink.close()
 
     def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+        """Coefficients in block order, written through a buffer of at most _PACK_BYTES.
+
+        Groups interleave in block order, so packing block by block would keep nearly every
+        group's part in memory. Instead, for each run of consecutive blocks whose
+        coefficients fit the buffer, every group touching it is read once and its blocks'
+        slices are copied into place: memory is the buffer plus one part, at the price of
+        reading a part once per run it touches."""
         arr = grp.create_array("coefficients", shape=(0,), chunks=(_FLAT_CHUNK,), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
         sink = _ColumnSink(arr, 0)
-        block_group, _, _ = self._block_layout(kinds, widths_r)
+        block_group, _, coef_offsets = self._block_layout(kinds, widths_r)
         # position of each block inside its group's concatenated coefficients
         local = np.zeros(self.widths.size, dtype=np.int64)
-        remaining = np.zeros(self.n_groups, dtype=np.int64)
-        for g, members in enumerate(self.groups):
+        for members in self.groups:
             w = self.widths[members]
             local[members] = np.concatenate([[0], np.cumsum(w)[:-1]])
-            remaining[g] = len(members)
-        cache: dict[int, np.ndarray] = {}
-        for i in range(self.widths.size):
-            g = int(block_group[i])
-            if g not in cache:
-                cache[g] = self._part(parts, f"g{g:08d}.coef.npy")
-            v = cache[g][:, local[i] : local[i] + self.widths[i]]
-            sink.write(np.ascontiguousarray(v).reshape(-1))
-            remaining[g] -= 1
-            if remaining[g] == 0:
-                del cache[g]  # evict as soon as the group's last block is packed
+        per_item = max(1, self.dtype.itemsize)
+        start = 0
+        while start < self.widths.size:
+            # the longest run of blocks from ``start`` within the buffer (at least one block)
+            limit = coef_offsets[start] + max(_PACK_BYTES // per_item, 1)
+            stop = max(start + 1, int(np.searchsorted(coef_offsets, limit, side="right")) - 1)
+            stop = min(stop, self.widths.size)
+            buffer = np.empty(int(coef_offsets[stop] - coef_offsets[start]), dtype=self.dtype)
+            blocks = np.arange(start, stop)
+            for g in np.unique(block_group[blocks]):
+                part = self._part(parts, f"g{int(g):08d}.coef.npy")
+                for i in blocks[block_group[blocks] == g]:
+                    v = part[:, local[i] : local[i] + self.widths[i]]
+                    buffer[coef_offsets[i] - coef_offsets[start] : coef_offsets[i + 1] - coef_offsets[start]] = (
+                        np.ascontiguousarray(v).reshape(-1))
+            sink.write(buffer)
+            start = stop
         sink.close()
 
     def abort(self) -> None:

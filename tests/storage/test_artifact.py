@@ -67,6 +67,20 @@ def test_write_open_decompress(root, setup):
         art.decompress(6)
 
 
+def test_packing_through_a_small_buffer_keeps_every_block(root, setup, monkeypatch):
+    """Finalize packs coefficients in runs of blocks that fit its buffer (bounded client
+    memory); a buffer smaller than one block's coefficients still packs every block."""
+    import storage.artifact
+
+    coll, blocks, groups = setup
+    bases, coefs, errors, ranks = factorise(blocks, groups, 3)
+    monkeypatch.setattr(storage.artifact, "_PACK_BYTES", 3 * 8 * 4)  # about one narrow block
+    write_artifact(root, "c", "small-buffer", groups=groups, bases=bases, coefficients=coefs, errors=errors, ranks=ranks)
+    art = open_artifact(root, "c", "small-buffer", verify=True)
+    for i in range(len(blocks)):
+        np.testing.assert_array_equal(art.coefficients(i), coefs[i])
+
+
 def test_streaming_writer_from_reopened_handles(root, setup, rng):
     _, blocks, groups = setup
     bases, coefs, errors, ranks = factorise(blocks, groups, 2)
