@@ -39,6 +39,7 @@ __all__ = [
     "anchor_basis",
     "leading_directions",
     "group_sketch",
+    "group_sketches",
     "affinity_pairs",
     "merge_groups",
     "best_two_anchors",
@@ -185,21 +186,10 @@ def anchor_basis(basis: np.ndarray, eigenvalues: np.ndarray, rank: int, relative
 
 
 def leading_directions(factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Each block's strongest direction scaled by its singular value, s_1 u_1 (m x K).
-
-    One column per block is enough to route it: it lies in the block's dominant subspace.
-    Blocks of equal width share one batched Gram eigen-solve."""
-    rows = factors.shape[0]
-    widths = np.diff(offsets)
-    out = np.empty((rows, len(widths)))
-    single = widths == 1
-    out[:, single] = factors[:, offsets[:-1][single]]
-    for width in np.unique(widths[~single]):
-        same = np.flatnonzero(widths == width)
-        stack = factors[:, column_index(offsets, same)].reshape(rows, len(same), width).transpose(1, 0, 2)
-        _, vecs = np.linalg.eigh(np.matmul(stack.transpose(0, 2, 1), stack))
-        out[:, same] = np.matmul(stack, vecs[:, :, -1:])[:, :, 0].T
-    return out
+    """Each block's strongest direction scaled by its singular value, s_1 u_1 (m x K): its
+    one-column factor. One column per block is enough to route it: it lies in the block's
+    dominant subspace."""
+    return block_factors(factors, offsets, 1)[0]
 
 
 def best_two_anchors(captured: np.ndarray) -> np.ndarray:
@@ -247,6 +237,13 @@ def group_sketch(layout: BlockLayout, members, rank: int, oversampling: int, tol
     for i in members[1:]:
         sketch.add(layout.block(i), layout.norms2[i])
     return sketch
+
+
+def group_sketches(layout: BlockLayout, groups, states, rank: int, oversampling: int, tol: float) -> list[GramSketch]:
+    """A Gram sketch per group from the greedy's final states: the state itself when it is
+    one, else (Weyl or residual bounds, patience singletons) built from the members."""
+    return [state if isinstance(state, GramSketch) else group_sketch(layout, group, rank, oversampling, tol)
+            for group, state in zip(groups, states)]
 
 
 def affinity_pairs(sketches: list[GramSketch], rank: int, neighbours: int, batch: int = 256) -> np.ndarray:
@@ -344,9 +341,13 @@ def _merge_cannot_certify(sketches: list[GramSketch], pairs: np.ndarray, rank: i
     totals = np.array([s.total for s in sketches])
     slacks = np.array([s.slack for s in sketches])
     g, h = pairs[:, 0], pairs[:, 1]
-    best = np.maximum(np.sqrt(heads[g] + heads[h]) - slacks[g] - slacks[h], 0.0) ** 2
-    total = totals[g] + totals[h]
-    return best < (1.0 - eps * eps) * total * (1.0 - 1e-12)
+    return _below_eps(heads[g] + heads[h], slacks[g] + slacks[h], totals[g] + totals[h], eps)
+
+
+def _below_eps(head, slack, total, eps: float):
+    """Whether at most (sqrt(head) - slack)^2 of ``total`` can never certify eps (with a
+    relative margin, so rounding never rejects a merge that would certify)."""
+    return np.maximum(np.sqrt(head) - slack, 0.0) ** 2 < (1.0 - eps * eps) * total * (1.0 - 1e-12)
 
 
 def _union_cannot_certify(a: GramSketch, b: GramSketch, rank: int, eps: float) -> bool:
@@ -361,8 +362,7 @@ def _union_cannot_certify(a: GramSketch, b: GramSketch, rank: int, eps: float) -
     small = np.block([[np.diag(a.eigenvalues), cross], [cross.T, np.diag(b.eigenvalues)]])
     lam = np.linalg.eigvalsh(small)
     head = float(np.sum(np.clip(lam[::-1][:rank], 0.0, None))) * (1.0 + 1e-12)
-    best = max(np.sqrt(head) - a.slack - b.slack, 0.0) ** 2
-    return best < (1.0 - eps * eps) * (a.total + b.total) * (1.0 - 1e-12)
+    return bool(_below_eps(head, a.slack + b.slack, a.total + b.total, eps))
 
 
 def merge_groups(
@@ -486,7 +486,8 @@ def group_coefficients(
 
     Per group present, one product over all its blocks: V_i = U_g^T A_i and the squared
     residual ||A_i - U_g V_i||_F^2 with U_g and V_i rounded to the data's dtype, as stored
-    (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per group, (local block index, V_i, residual^2) in order.
+    (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per
+    group, (local block index, V_i, residual^2) in order.
     """
     stored = data.dtype if np.issubdtype(data.dtype, np.floating) else np.dtype(np.float64)
     out: dict[int, list] = {}
@@ -574,6 +575,6 @@ def certify_gram(gram: np.ndarray, rank: int, eps: float) -> GramCertificate:
     # tails[j] = energy left out at rank j, with a 1e-9 relative margin on the energy so
     # that the basis computed from this same Gram meets eps when used
     tails = np.concatenate([[total], total - head])
-    r_c = int(np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)[0]) if np.any(
-        tails <= eps * eps * (1.0 - 1e-9) * total) else k
+    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
+    r_c = int(meets[0]) if meets.size else k
     return GramCertificate(error, r_c, np.ascontiguousarray(vecs[:, :r_c]))

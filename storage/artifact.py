@@ -63,7 +63,7 @@ from ._location import (
     switch_pointer,
 )
 from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
-from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError, IntegrityError
+from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError
 
 MANIFEST = "manifest.json"
 _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)

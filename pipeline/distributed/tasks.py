@@ -28,12 +28,13 @@ from ..sharding import (
     combine_partials,
     gram_partials,
     group_coefficients,
-    group_sketch,
+    group_sketches,
     leading_directions,
     merge_groups,
     round_factors,
     unround_factors,
 )
+from .checkpoints import groups_from_arrays
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,10 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
     layout = BlockLayout(np.hstack(data), offsets_of(np.concatenate(widths)), np.concatenate(norms2))
     heads = []
     with single_threaded_blas():
-        _, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
-        for state in states:
-            head = anchor_basis(state.basis, state.eigenvalues, params["rank"])
+        clusters, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
+        # patience singletons come back as Weyl states: sketch those from their blocks
+        for sketch in group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"]):
+            head = anchor_basis(sketch.basis, sketch.eigenvalues, params["rank"])
             if head.shape[1]:
                 heads.append(head)
     if not heads:
@@ -239,13 +241,10 @@ def local_shard(handle: Handle, params: dict, shard: int, batches: list[int]) ->
     ids, layout, dropped = _load_shard(handle, shard, batches)
     with single_threaded_blas():
         clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
-        sketches = []
-        for group, state in zip(clusters, states):
-            sketch = state if isinstance(state, GramSketch) else group_sketch(
-                layout, group, params["rank"], params["oversampling"], params["tol"])
+        sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
+        for group, sketch in zip(clusters, sketches):
             # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
             sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
-            sketches.append(sketch)
     return {"groups": [ids[g].tolist() for g in clusters], "sketches": sketches}
 
 
@@ -255,8 +254,6 @@ def local_shard(handle: Handle, params: dict, shard: int, batches: list[int]) ->
 @functools.lru_cache(maxsize=2)
 def _stage_sketches(handle: Handle, stage: str) -> list[GramSketch]:
     """The group sketches of a group stage, read once per worker from the run."""
-    from .checkpoints import groups_from_arrays
-
     arrays, _ = run_of(handle).load_stage(stage)
     return groups_from_arrays(arrays, json.loads(handle.params_json))[1]
 

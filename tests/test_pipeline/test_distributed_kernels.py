@@ -186,3 +186,33 @@ def test_certify_partial_matches_the_exact_spectrum_either_way(columns):
         assert basis.shape[1] == cert.adaptive_rank <= 4
         residual = x - basis @ (basis.T @ x)
         assert np.linalg.norm(residual) <= 0.3 * np.linalg.norm(x)
+
+
+def test_group_sketches_cover_patience_singletons():
+    """After ``patience`` groups without a merge the greedy returns Weyl states for the
+    leftover blocks; anchors and merges still need a sketch of every group."""
+    from pipeline.greedy import check_params, greedy_groups
+    from pipeline.layout import as_layout
+    from pipeline.sharding import group_sketches
+
+    rng = np.random.default_rng(7)
+    layout = as_layout([rng.standard_normal((10, 3)) for _ in range(30)])  # pure noise: nothing merges
+    params = check_params(2, 0.05, "approximate", "residual", 1, 2, 1e-12)
+    clusters, bounds, states = greedy_groups(layout, **params)
+    assert any(not isinstance(s, GramSketch) for s in states)
+    sketches = group_sketches(layout, clusters, states, 2, 2, 1e-12)
+    assert len(sketches) == len(clusters) and all(isinstance(s, GramSketch) for s in sketches)
+    for group, sketch in zip(clusters, sketches):
+        assert sketch.total == pytest.approx(float(layout.norms2[group].sum()))
+
+
+def test_leading_directions_are_each_blocks_top_singular_direction():
+    from pipeline.sharding import leading_directions
+
+    rng = np.random.default_rng(8)
+    factors = rng.standard_normal((10, 12))
+    offsets = np.array([0, 1, 5, 9, 12])
+    lead = leading_directions(factors, offsets)
+    for i in range(4):
+        u, s, _ = np.linalg.svd(factors[:, offsets[i] : offsets[i + 1]], full_matrices=False)
+        assert abs(abs(lead[:, i] @ u[:, 0]) - s[0]) <= 1e-10 * s[0]
