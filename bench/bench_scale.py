@@ -29,6 +29,7 @@ Figures are printed; nothing is asserted. Stores live in a temporary folder (or 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -41,14 +42,16 @@ import time
 import numpy as np
 
 
+@contextlib.contextmanager
 def _cluster(n_workers: int, memory_limit: str | None = None):
+    """A client on a LocalCluster of single-threaded worker processes, closed on exit."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
+    with LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0", memory_limit=memory_limit or "auto",
-    )
-    return cluster, Client(cluster)
+    ) as cluster, Client(cluster) as client:
+        yield client
 
 
 def _store(root: str, name: str, layout):
@@ -102,14 +105,10 @@ def _against_sequential(root, name, layout, rank, eps, n_workers, label):
     from pipeline.metrics import compression_ratio
 
     coll = _store(root, name, layout)
-    cluster, client = _cluster(n_workers)
-    try:
+    with _cluster(n_workers) as client:
         start = time.perf_counter()
         result = cluster_collection(coll, rank=rank, eps=eps, client=client, run_id=f"bench-{time.time_ns()}")
         distributed = time.perf_counter() - start
-    finally:
-        client.close()
-        cluster.close()
     start = time.perf_counter()
     with single_threaded_blas():
         seq = pipeline.cluster(layout, rank=rank, eps=eps)
@@ -137,8 +136,7 @@ def singles(root: str, args) -> None:
 def linear(root: str, args) -> None:
     from pipeline.distributed import cluster_collection
 
-    cluster, client = _cluster(args.workers)
-    try:
+    with _cluster(args.workers) as client:
         times = {}
         for k in (16000, 64000):
             coll = _store(root, f"uos{k // 1000}k", _narrow(k))
@@ -148,9 +146,6 @@ def linear(root: str, args) -> None:
             print(f"K={k}: {times[k]:.1f} s, {result.n_groups} groups, CR {result.compression_ratio:.3f}; stages "
                   + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
         print(f"near-linear: time(64k)/time(16k) = {times[64000] / times[16000]:.2f}; target <= 4.5")
-    finally:
-        client.close()
-        cluster.close()
 
 
 _MAKE_BIG = r"""
@@ -201,16 +196,12 @@ def _dask_read_seconds(coll, client) -> float:
 def _io_run(coll, n_workers: int) -> tuple[float, float, object]:
     from pipeline.distributed import cluster_collection
 
-    cluster, client = _cluster(n_workers)
-    try:
+    with _cluster(n_workers) as client:
         client.run(lambda: None)
         read = _dask_read_seconds(coll, client)
         start = time.perf_counter()
         result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"io-{n_workers}w-{time.time_ns()}")
         whole = time.perf_counter() - start
-    finally:
-        client.close()
-        cluster.close()
     return read, whole, result
 
 
@@ -254,14 +245,10 @@ def _timings(root: str, args) -> None:
     from pipeline.distributed import cluster_collection
 
     coll = _store(root, "uos16k", _narrow(16000))
-    cluster, client = _cluster(args.workers)
-    try:
+    with _cluster(args.workers) as client:
         start = time.perf_counter()
         result = cluster_collection(coll, rank=16, eps=0.05, client=client, run_id=f"blas-{time.time_ns()}")
         total = time.perf_counter() - start
-    finally:
-        client.close()
-        cluster.close()
     print(json.dumps({"total": total, **result.timings}))
 
 
@@ -272,28 +259,20 @@ def memory_and_parallelism(root: str, args, parts: set[str]) -> None:
     if "parallel" in parts:
         scan = {}
         for n_workers in (1, 2):
-            cluster, client = _cluster(n_workers)
-            try:
+            with _cluster(n_workers) as client:
                 run = ClusteringRun(coll, rank=16, eps=0.2, client=client, run_id=f"scan-{n_workers}w-{time.time_ns()}")
                 start = time.perf_counter()
                 run.scan()
                 scan[n_workers] = time.perf_counter() - start
-            finally:
-                client.close()
-                cluster.close()
             print(f"scan with {n_workers} worker(s): {scan[n_workers]:.1f} s")
         print(f"parallelism: scan speed-up 2 vs 1 workers = {scan[1] / scan[2]:.2f}; target >= 1.6")
     if "memory" in parts:
-        cluster, client = _cluster(2, memory_limit="1GiB")
-        try:
+        with _cluster(2, memory_limit="1GiB") as client:
             pids_before = sorted(client.run(os.getpid).values())
             start = time.perf_counter()
             result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"memory-{time.time_ns()}")
             elapsed = time.perf_counter() - start
             pids_after = sorted(client.run(os.getpid).values())
-        finally:
-            client.close()
-            cluster.close()
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"memory: {coll.nbytes_stored / 2**30:.2f} GiB collection, {elapsed:.0f} s, {result.n_groups} groups, "
               f"CR {result.compression_ratio:.2f}, max stored error {result.max_error:.6f} (eps 0.2), "
