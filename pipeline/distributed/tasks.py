@@ -143,6 +143,7 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
         return batch, np.asarray(run.load_stage(stage, ["factor_offsets"])[0]["factor_offsets"])
     coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
+    data = np.asarray(data, dtype=np.float64)  # once, for the norms and the factors
     norms2 = check_batch(data, offsets, first, coll.norms2[first:stop], coll.names)
     with single_threaded_blas():
         factors, factor_offsets, dropped = block_factors(data, offsets, width_cap)
