@@ -62,13 +62,14 @@ from ._location import (
     sweep_stale,
     switch_pointer,
 )
-from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
+from .collection import _ColumnSink, default_chunks, default_codecs, open_collection, read_passthrough
 from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError
 
 MANIFEST = "manifest.json"
 _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _KIND_SVD, _KIND_RAW = 0, 1
+_PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
 
 
 def _now() -> str:
@@ -156,8 +157,34 @@ def create_artifact(
         "input_raw_nbytes": coll.nbytes,
         "overwrite": bool(overwrite),
     }
+    layout = source_layout(coll)
+    if layout is not None:
+        record["source_layout"] = layout
     staging.write_json(record, "writer.json")
     return ArtifactWriter(root, final, staging, record)
+
+
+def source_layout(coll: Any) -> dict | None:
+    """What an artifact needs to give its collection's source back (None: nothing to add).
+
+    ``{"format", "file_name", "metadata", "column_length", "per", "tensors": [...],
+    "passthrough": [...]}``: the per-tensor layout recorded at ingest
+    (:func:`storage.ingest_safetensors`) and the passthrough items, which the artifact
+    copies so that it is self-contained.
+    """
+    prov = coll.provenance or {}
+    tensors = prov.get("tensors")
+    if not tensors and not coll.passthrough_entries:
+        return None
+    return {
+        "format": prov.get("format"),
+        "file_name": prov.get("file_name"),
+        "metadata": prov.get("metadata") or {},
+        "column_length": prov.get("column_length"),
+        "per": prov.get("per"),
+        "tensors": tensors or [],
+        "passthrough": [dict(e) for e in coll.passthrough_entries],
+    }
 
 
 def open_artifact_writer(url: str, collection_name: str, label: str, *, storage_options: dict | None = None) -> "ArtifactWriter":
@@ -296,6 +323,7 @@ class ArtifactWriter:
         self._pack_small(grp, kinds, widths_r, ranks, errors)
         self._pack_bases(grp, parts, kinds, widths_r)
         self._pack_coefficients(grp, parts, kinds, widths_r)
+        self._pack_passthrough(grp)
         grp.attrs.update({"cmsvd": self._attrs()})
         files = [r for r in packed.files() if r != MANIFEST]
         manifest = {
@@ -321,6 +349,23 @@ class ArtifactWriter:
         self._staging.rm()
         return open_artifact(self._root.url, self.record["collection"], self.record["label"], storage_options=self._root.storage_options)
 
+    def _pack_passthrough(self, grp: zarr.Group) -> None:
+        """Copy the collection's passthrough items (checked by sha256) into the artifact."""
+        layout = self.record.get("source_layout")
+        if not layout or not layout.get("passthrough"):
+            return
+        coll = open_collection(self._root.url, self.record["collection"], storage_options=self._root.storage_options)
+        if coll.fingerprint() != self.record["collection_fingerprint"]:
+            raise ValueError(f"collection {self.record['collection']!r} changed while its artifact was written")
+        arr = grp.create_array("passthrough", shape=(0,), chunks=(_PT_CHUNK,), dtype=np.uint8,
+                               compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
+        sink = _ColumnSink(arr, 0)
+        for entry in layout["passthrough"]:
+            data = coll.passthrough(entry["name"])
+            entry["offset"] = int(sink.pos)  # the artifact's own byte range
+            sink.write(np.frombuffer(data, dtype=np.uint8))
+        sink.close()
+
     def _attrs(self) -> dict:
         r = self.record
         return {
@@ -336,6 +381,7 @@ class ArtifactWriter:
             "params": r["params"],
             "input_nbytes": r["input_nbytes"],
             "input_raw_nbytes": r["input_raw_nbytes"],
+            **({"source_layout": r["source_layout"]} if r.get("source_layout") else {}),
             "created": _now(),
         }
 
@@ -567,6 +613,16 @@ class Artifact:
         self.widths = small["block_widths"]
         self._check_layout()
         self._bases_cache: dict[int, np.ndarray] = {}
+        #: The source's layout recorded at ingest (safetensors: every tensor's dtype, shape
+        #: and block range or passthrough reason), or None.
+        self.source_layout: dict | None = meta.get("source_layout") or None
+        self._tensors = {t["name"]: t for t in (self.source_layout or {}).get("tensors", [])}
+        self._tensor_of_block: dict[int, dict] = {}
+        for t in self._tensors.values():
+            if t.get("kind") == "columns":
+                first, count = (int(x) for x in t["blocks"])
+                for b in range(first, first + count):
+                    self._tensor_of_block[b] = t
 
     def _check_file(self, rel: str) -> bytes:
         entry = self.manifest["files"][rel]
@@ -650,14 +706,120 @@ class Artifact:
         flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
 
-    def decompress(self, i: int) -> np.ndarray:
-        """U_C V_i: the approximation of block i, in the artifact dtype."""
+    def decompress(self, i: int, form: str = "columns") -> np.ndarray:
+        """U_C V_i: the approximation of block i.
+
+        Parameters
+        ----------
+        form : {"columns", "original"}
+            ``"columns"``: the (rows, n_i) column form in the artifact dtype (what the
+            error is measured on).  ``"original"``: the block as it was in its source
+            when the ingest recorded a layout (safetensors): a block that is a whole
+            tensor comes back in the tensor's shape and dtype; a block that is one column
+            of a tensor (``--per column``) as its ``column_length`` values, 1-D, in the
+            tensor's dtype.  Without a recorded layout both forms are the same.  For
+            whole tensors see :meth:`tensor`.
+        """
+        if form not in ("columns", "original"):
+            raise ValueError(f"form must be 'columns' or 'original', got {form!r}")
         i = self._block(i)
         g = int(self.labels[i])
         v = self.coefficients(i)
-        if self.kinds[g] == _KIND_RAW:
-            return v
-        return (self.basis(g) @ v).astype(self.dtype, copy=False)
+        cols = v if self.kinds[g] == _KIND_RAW else (self.basis(g) @ v).astype(self.dtype, copy=False)
+        t = self._tensor_of_block.get(i) if form == "original" else None
+        if t is None:
+            return cols
+        from .ingest import safetensors_values, to_safetensors_dtype
+
+        first, count = (int(x) for x in t["blocks"])
+        shape = t["shape"] if count == 1 else [cols.shape[0]]
+        raw = to_safetensors_dtype(np.ascontiguousarray(cols.T).reshape(-1), t["dtype"]).tobytes()
+        return safetensors_values(raw, t["dtype"], shape)
+
+    # ---- source tensors (a safetensors layout recorded at ingest) ---------------------
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """Every source tensor in file order: those cut into blocks and those kept as they
+        are (passthrough); [] when the ingest recorded no layout."""
+        return list(self._tensors)
+
+    def tensor_info(self, name: str) -> dict:
+        """The layout record of a source tensor: ``name``, ``dtype`` (safetensors code),
+        ``shape``, ``kind`` ("columns" with ``blocks`` = [first, count], or
+        "passthrough" with ``reason``)."""
+        try:
+            return dict(self._tensors[name])
+        except KeyError:
+            raise KeyError(f"artifact {self.label!r}: no source tensor {name!r}"
+                           + ("" if self._tensors else " (the ingest recorded no tensor layout)")) from None
+
+    def passthrough(self, name: str) -> bytes:
+        """Raw bytes of a passthrough item (copied from the collection, sha256-checked)."""
+        entries = (self.source_layout or {}).get("passthrough") or []
+        return read_passthrough(lambda sel, what: self._read("passthrough", sel, what), entries, name, f"artifact {self.label!r}")
+
+    def tensor_bytes(self, name: str) -> bytes:
+        """A source tensor's little-endian bytes in its source dtype: exact for passthrough
+        tensors and for tensors whose groups are stored raw, the reconstruction otherwise."""
+        t = self.tensor_info(name)
+        if t["kind"] == "passthrough":
+            return self.passthrough(name)
+        from .ingest import to_safetensors_dtype
+
+        first, count = (int(x) for x in t["blocks"])
+        cols = np.concatenate([self.decompress(b) for b in range(first, first + count)], axis=1)
+        return to_safetensors_dtype(np.ascontiguousarray(cols.T).reshape(-1), t["dtype"]).tobytes()
+
+    def tensor(self, name: str, form: str = "original") -> np.ndarray:
+        """A source tensor back from the artifact.
+
+        Parameters
+        ----------
+        form : {"original", "columns"}
+            ``"original"`` (default): the tensor's shape and dtype (bfloat16, which numpy
+            lacks, as float32 holding the bfloat16 values exactly).  ``"columns"``: the
+            (column_length, n) column form in the artifact dtype (not for passthrough
+            tensors, which have no column form).
+        """
+        if form not in ("columns", "original"):
+            raise ValueError(f"form must be 'columns' or 'original', got {form!r}")
+        t = self.tensor_info(name)
+        if form == "columns":
+            if t["kind"] == "passthrough":
+                raise ValueError(f"tensor {name!r} is kept as it is ({t.get('reason')}): it has no column form")
+            first, count = (int(x) for x in t["blocks"])
+            return np.concatenate([self.decompress(b) for b in range(first, first + count)], axis=1)
+        from .ingest import safetensors_values
+
+        return safetensors_values(self.tensor_bytes(name), t["dtype"], t["shape"])
+
+    def export_safetensors(self, path: Any) -> dict:
+        """Write every source tensor back as a safetensors file (names, order, shapes,
+        dtypes and ``__metadata__`` of the source; passthrough tensors byte for byte).
+
+        Returns
+        -------
+        dict
+            ``{"path", "tensors", "passthrough", "bytes"}``.
+
+        Raises
+        ------
+        ValueError
+            The artifact's collection was not ingested from a safetensors file.
+        """
+        import os
+
+        from .ingest import write_safetensors
+
+        layout = self.source_layout or {}
+        if layout.get("format") != "safetensors" or not self._tensors:
+            raise ValueError(f"artifact {self.label!r}: its collection was not ingested from a safetensors file "
+                             "(no tensor layout recorded): decompress its blocks instead")
+        entries = list(self._tensors.values())
+        write_safetensors(path, entries, lambda e: self.tensor_bytes(e["name"]), layout.get("metadata"))
+        return {"path": str(path), "tensors": len(entries),
+                "passthrough": sum(e["kind"] == "passthrough" for e in entries), "bytes": os.path.getsize(path)}
 
     def verify(self) -> None:
         """Re-hash every file against the manifest.

@@ -4,7 +4,10 @@ Layout of one collection (a Zarr v3 group at ``<root>/<name>``)::
 
     data      (m, N) float32|float64, chunks (chunk_rows, chunk_columns), Blosc-zstd
     offsets   (K+1,) int64   block i is data[:, offsets[i]:offsets[i+1]]
-    norms2    (K,)   float64 squared Frobenius norm of each block (computed in float64)
+    norms2    (K,)   float64 squared Frobenius norm of each block, computed in float64 on
+                     2^-s A at the block's magnitude shift s (pipeline.magnitude; s = 0,
+                     the plain norm, unless the block's largest entry is below 2^-401
+                     or at least 2^399), so that it never under- or overflows
     attrs["cmsvd"] = {schema_version, kind, rows, dtype, n_blocks, n_columns, names,
                       block_provenance, provenance}
 
@@ -43,6 +46,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
+
+from pipeline.magnitude import add_scaled_norm2, scaled_norm2  # the norms2 convention, shared with the numerics
 
 from ._integrity import (
     ARRAY_CONFIG,
@@ -87,6 +92,9 @@ MAX_READ_BYTES = 64 * 2**20
 _META_KEY = "cmsvd"
 _VECTOR_CHUNK = 65536
 _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Bytes per chunk of the ``passthrough`` array (items kept as they are, see
+#: :meth:`CollectionWriter.add_passthrough`).
+_PASSTHROUGH_CHUNK = 4 * 2**20
 
 
 def default_codecs() -> list:
@@ -240,6 +248,8 @@ class CollectionWriter:
         self._prov: list[Any] = []
         self._known = set(meta["names"])
         self._state = "open"
+        self._pt_sink: _ColumnSink | None = None
+        self._pt_entries: list[dict] = []
 
     # ---- properties -------------------------------------------------------
     @property
@@ -321,7 +331,7 @@ class CollectionWriter:
         width = int(shape[1])
         if width == 0:
             raise BlockValidationError(index, name, "has no columns")
-        norm2 = 0.0
+        norm2: tuple[int | None, float] = (None, 0.0)  # (magnitude shift, squared norm at it)
         step = self._sink.cc
         for a in range(0, width, step):
             piece = np.asarray(block[:, a : a + step])
@@ -342,10 +352,66 @@ class CollectionWriter:
                         f"{self.dtype} cannot store exactly (lossless casts only)",
                     )
             piece = piece.astype(self.dtype, copy=False)
-            p64 = piece.astype(np.float64, copy=False)
-            norm2 += float(np.einsum("ij,ij->", p64, p64))
+            norm2 = add_scaled_norm2(norm2, scaled_norm2(piece))
             self._sink.write(piece)
-        return width, norm2
+        return width, norm2[1]
+
+    def add_passthrough(self, name: str, data: Any, info: dict | None = None) -> None:
+        """Keep a source item that is not a block (a 1-D bias, an integer tensor...) as raw bytes.
+
+        Passthrough items are not part of ``data``: clustering never sees them, and
+        they come back byte for byte (:meth:`Collection.passthrough`), so a round trip
+        restores the whole source file.  They live in the ``passthrough`` array (uint8,
+        crc32c-checked chunks) with their name, byte range, sha256 and *info* (for
+        instance the source dtype, shape and why the item is not a block) in the
+        commit record.
+
+        Parameters
+        ----------
+        name : str
+            Unique among the passthrough items (source names, e.g. tensor names).
+        data : array-like or bytes
+            Read as its raw bytes (C order); pass little-endian data for portability.
+        info : dict, optional
+            JSON-serialisable description stored with the item.
+
+        Raises
+        ------
+        ValueError
+            An append (passthrough items belong to a new collection), a duplicate or
+            invalid name.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"collection writer for {self.name!r} is {self._state}")
+        if self.appending:
+            raise ValueError(f"collection {self.name!r}: passthrough item {short_repr(name)} can only be added to a new collection")
+        problem = block_name_problem(name)
+        if problem:
+            raise ValueError(f"collection {self.name!r}: invalid passthrough name {short_repr(name)}: {problem}")
+        if any(e["name"] == name for e in self._pt_entries):
+            raise ValueError(f"collection {self.name!r}: duplicate passthrough item {name!r}")
+        try:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                raw = np.frombuffer(data, dtype=np.uint8)
+            else:
+                raw = np.ascontiguousarray(np.asarray(data)).reshape(-1).view(np.uint8)
+            if self._pt_sink is None:
+                arr = self._group.create_array(
+                    "passthrough", shape=(0,), chunks=(_PASSTHROUGH_CHUNK,), dtype=np.uint8,
+                    compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
+                self._pt_signature = _array_signature(arr)
+                self._pt_sink = _ColumnSink(arr.with_config(ARRAY_CONFIG), 0)
+            start = self._pt_sink.pos
+            digest = hashlib.sha256()
+            for a in range(0, raw.size, _PASSTHROUGH_CHUNK):
+                piece = np.array(raw[a : a + _PASSTHROUGH_CHUNK])  # one copy: memmaps page in here
+                digest.update(piece.tobytes())
+                self._pt_sink.write(piece)
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._pt_entries.append({**(info or {}), "name": name, "offset": int(start), "nbytes": int(raw.size),
+                                 "sha256": digest.hexdigest()})
 
     # ---- finishing --------------------------------------------------------
     def _commit_record(self) -> dict:
@@ -357,6 +423,9 @@ class CollectionWriter:
         if prov is not None or any(p is not None for p in self._prov):
             prov = list(prov) if prov is not None else [None] * self._base_blocks
             meta["block_provenance"] = prov + self._prov
+        if self._pt_entries:
+            meta["passthrough"] = list(self._meta.get("passthrough") or []) + self._pt_entries
+            meta["array_sha256"] = {**(self._meta.get("array_sha256") or {}), "passthrough": self._pt_signature}
         meta["modified"] = _now()
         return meta  # sealed by publish, once complete
 
@@ -392,6 +461,8 @@ class CollectionWriter:
             raise EmptyInputError(f"collection {self.name!r}: no blocks to ingest")
         try:
             self._sink.close()
+            if self._pt_sink is not None:
+                self._pt_sink.close()
             self._write_vectors()
             meta = self._commit_record()
             if not self.appending:
@@ -652,6 +723,8 @@ class Collection:
             raise CorruptedFileError(f"collection {name!r}: {record} is corrupted (bad field {exc})", path=record) from None
         self.provenance: dict = dict(meta.get("provenance") or {})
         self.block_provenance = meta.get("block_provenance")
+        #: Items kept as they are, outside ``data`` (see :meth:`passthrough`).
+        self.passthrough_entries: list[dict] = [dict(e) for e in (meta.get("passthrough") or [])]
         self._data = self._array("data")
         offsets_arr, norms_arr = self._array("offsets"), self._array("norms2")
         self._check_arrays(self._data, offsets_arr, norms_arr)
@@ -763,6 +836,31 @@ class Collection:
 
     def __len__(self) -> int:
         return self.n_blocks
+
+    @property
+    def passthrough_names(self) -> list[str]:
+        """Names of the items kept as they are (not blocks), in source order."""
+        return [e["name"] for e in self.passthrough_entries]
+
+    def passthrough(self, name: str) -> bytes:
+        """The raw bytes of a passthrough item, checked against the sha256 recorded at ingest.
+
+        Raises
+        ------
+        KeyError
+            No passthrough item of that name.
+        CorruptedFileError
+            The bytes differ from those ingested (or a chunk is damaged or missing).
+        """
+        def read(selection: Any, what: str) -> np.ndarray:
+            try:
+                arr = self._group["passthrough"]
+            except KeyError:
+                where = self._loc.child("passthrough").url
+                raise CorruptedFileError(f"collection {self.name!r}: array {where} is missing", path=where) from None
+            return self._read(arr, selection, what)
+
+        return read_passthrough(read, self.passthrough_entries, name, f"collection {self.name!r}")
 
     def __repr__(self) -> str:
         return (
@@ -893,8 +991,7 @@ class Collection:
             s0 = int(self.offsets[first])
             data = self.column_range(s0, int(self.offsets[stop]))
             for i in range(first, stop):
-                piece = data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0].astype(np.float64, copy=False)
-                n2 = float(np.einsum("ij,ij->", piece, piece))
+                n2 = scaled_norm2(data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0])[1]
                 if not np.isclose(n2, self.norms2[i], rtol=1e-9, atol=0.0):
                     raise CorruptedFileError(
                         f"collection {self.name!r}, block {i} ({self.names[i]!r}): squared norm {n2!r} differs from "
@@ -902,7 +999,12 @@ class Collection:
                         path=f"{self._loc.url}/data",
                     )
             first = stop
-        return {"blocks": self.n_blocks, "columns": self.n_columns, "checksummed": self.checksummed}
+        for name in self.passthrough_names:  # raw items: their sha256 from ingest
+            self.passthrough(name)
+        out = {"blocks": self.n_blocks, "columns": self.n_columns, "checksummed": self.checksummed}
+        if self.passthrough_entries:
+            out["passthrough"] = len(self.passthrough_entries)
+        return out
 
     def fingerprint(self) -> str:
         """Cheap content fingerprint (shape, dtype, names, offsets, norms2)."""
@@ -933,6 +1035,24 @@ class Collection:
         with self.appender(stack_complex=stack_complex) as w:
             w.extend(blocks, names)
         return open_collection(self.url, self.name, storage_options=self.storage_options)
+
+
+def read_passthrough(read: Any, entries: list[dict], name: str, what: str) -> bytes:
+    """Bytes of passthrough item *name*, sha256-checked; ``read(selection, what)`` reads the
+    ``passthrough`` array.  Shared by collections and artifacts (which copy the items of
+    their collection).
+    """
+    entry = next((e for e in entries if e.get("name") == name), None)
+    if entry is None:
+        raise KeyError(f"{what}: no passthrough item {name!r}")
+    start, nbytes = int(entry["offset"]), int(entry["nbytes"])
+    if nbytes == 0:
+        data = b""
+    else:
+        data = np.asarray(read(slice(start, start + nbytes), f"passthrough item {name!r}")).tobytes()
+    if len(data) != nbytes or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise CorruptedFileError(f"{what}: passthrough item {name!r} is corrupted (sha256 differs from the one recorded at ingest)", path=what)
+    return data
 
 
 def delete_collection(url: str, name: str, *, storage_options: dict | None = None) -> None:

@@ -37,6 +37,19 @@ WINDOW_BYTES = 64 * 2**20
 NamedBlock = tuple[str | None, Any, Any]
 
 
+class Passthrough:
+    """A source item kept as raw bytes beside the blocks (not clustered, restored as is).
+
+    Adapters yield ``(name, Passthrough(data, info), None)`` in their stream for items
+    that cannot be cut into blocks; see :meth:`storage.CollectionWriter.add_passthrough`.
+    """
+
+    __slots__ = ("data", "info")
+
+    def __init__(self, data: Any, info: dict | None = None) -> None:
+        self.data, self.info = data, info or {}
+
+
 def _default_dtype(dtype: np.dtype) -> np.dtype:
     """float32 stays float32 (complex64 too), everything else numeric goes to float64."""
     dtype = np.dtype(dtype)
@@ -58,12 +71,22 @@ def _ingest(
     chunk_rows: int | None = None,
     storage_options: dict | None = None,
 ) -> Collection:
-    """Write a stream of (name, block, provenance) into a new collection and publish it."""
+    """Write a stream of (name, block, provenance) into a new collection and publish it.
+
+    Items whose block is a :class:`Passthrough` are kept as raw bytes; those met before
+    the first block (which fixes the row count) wait in a list (they are lazy views).
+    """
     it = iter(stream)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise EmptyInputError(f"collection {name!r}: no blocks to ingest") from None
+    pending: list[tuple[str, Passthrough]] = []
+    while True:
+        try:
+            first = next(it)
+        except StopIteration:
+            what = f" ({len(pending)} item(s) that are not blocks)" if pending else ""
+            raise EmptyInputError(f"collection {name!r}: no blocks to ingest{what}") from None
+        if not isinstance(first[1], Passthrough):
+            break
+        pending.append((first[0], first[1]))
     bname, block, _ = first
     problem = None if bname is None else block_name_problem(bname)
     if problem:  # before any message quotes the name in full
@@ -91,10 +114,16 @@ def _ingest(
         storage_options=storage_options,
     )
     try:
+        for pname, item in pending:
+            writer.add_passthrough(pname, item.data, item.info)
+        del pending
         writer.append(first[1], first[0], first[2])
         del first, block  # keep only one source block alive
         for bname, block, prov in it:
-            writer.append(block, bname, prov)
+            if isinstance(block, Passthrough):
+                writer.add_passthrough(bname, block.data, block.info)
+            else:
+                writer.append(block, bname, prov)
     except BaseException:
         writer.discard()  # nothing was published: drop the staging group
         raise
@@ -442,6 +471,32 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
     return ordered, 8 + hlen
 
 
+#: safetensors dtypes that are cut into column blocks; any other is kept as it is.
+ST_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def safetensors_block_problem(info: dict, column_length: int) -> str | None:
+    """Why a safetensors tensor cannot be cut into columns of *column_length* (None: it can).
+
+    The reasons are short phrases shown at ingest and kept in the layout record.
+    """
+    dtype, shape = info["dtype"], list(info["shape"])
+    size = 1
+    for d in shape:
+        size *= int(d)
+    if dtype not in ST_FLOAT_DTYPES:
+        return f"non-float dtype {dtype}"
+    if len(shape) == 0:
+        return "scalar"
+    if len(shape) == 1:
+        return "1-D (bias or norm)"
+    if size == 0:
+        return "empty"
+    if size % column_length:
+        return f"size not a multiple of the column length {column_length}"
+    return None
+
+
 def _load_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
     dtype = _ST_DTYPES.get(info["dtype"])
     if dtype is None:
@@ -457,23 +512,59 @@ def _load_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
     return arr
 
 
-def _safetensors_stream(path: Path, column_length: int, per: str, skipped: list[str]) -> Iterator[NamedBlock]:
+def _raw_tensor_bytes(path: Path, info: dict, data_start: int) -> Any:
+    begin, end = info["data_offsets"]
+    if end == begin:
+        return b""
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
+
+
+def _safetensors_stream(path: Path, column_length: int, per: str, skipped: list[str], layout: list[dict]) -> Iterator[NamedBlock]:
+    """Blocks of the tensors that can be cut into columns, passthrough items for the rest.
+
+    *layout* receives, in file order, one record per tensor: its name, safetensors
+    dtype and shape, and either ``{"kind": "columns", "column_length", "blocks": [first,
+    count]}`` (block indices in the collection) or ``{"kind": "passthrough", "reason"}``.
+    """
     tensors, data_start = read_safetensors_header(path)
+    n_blocks = 0
     for key, info in tensors.items():
-        shape = info["shape"]
-        size = int(np.prod(shape)) if shape else 1
-        if len(shape) < 2 or size % column_length:
+        shape = list(info["shape"])
+        record = {"name": key, "dtype": info["dtype"], "shape": shape}
+        problem = safetensors_block_problem(info, column_length)
+        if problem:
             skipped.append(key)
+            layout.append({**record, "kind": "passthrough", "reason": problem})
+            yield key, Passthrough(_raw_tensor_bytes(path, info, data_start), {"tensor": key, "dtype": info["dtype"], "shape": shape, "reason": problem}), None
             continue
         t = _load_tensor(path, info, data_start)
         # consecutive column_length elements (C order) become one column
         cols = t.reshape(-1, column_length).T
+        count = 1 if per == "tensor" else int(cols.shape[1])
+        layout.append({**record, "kind": "columns", "column_length": column_length, "blocks": [n_blocks, count]})
+        n_blocks += count
         if per == "tensor":
-            yield key, cols, {"tensor": key, "shape": list(shape)}
+            yield key, cols, {"tensor": key, "shape": shape, "dtype": info["dtype"]}
         else:
             for j in range(cols.shape[1]):
                 yield f"{key}:{j}", cols[:, j : j + 1], None
         del t, cols
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict:
+    """The ``__metadata__`` object of a safetensors header ({} if absent or not string-valued)."""
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        if hlen > MAX_SAFETENSORS_HEADER:
+            return {}
+        try:
+            header = json.loads(f.read(hlen))
+        except ValueError:
+            return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        return {}
+    return meta
 
 
 def ingest_safetensors(
@@ -484,13 +575,24 @@ def ingest_safetensors(
     per: str = "tensor",
     **options: Any,
 ) -> Collection:
-    """Ingest the weight tensors of a safetensors file as columns of a given length.
+    """Ingest a safetensors file: weights as columns of a given length, the rest kept as is.
 
-    Every tensor with at least 2 dimensions whose size is a multiple of
-    *column_length* is flattened (C order) and cut into consecutive pieces of
-    *column_length* values, each becoming one column (so a (n_out, n_in) weight with
-    n_in == column_length contributes its rows).  Other tensors (biases, norms,
-    incompatible sizes) are skipped and listed in ``provenance["skipped"]``.
+    Every floating-point tensor (F64, F32, F16, BF16) with at least 2 dimensions whose
+    size is a multiple of *column_length* is flattened (C order) and cut into
+    consecutive pieces of *column_length* values, each becoming one column (so a
+    (n_out, n_in) weight with n_in == column_length contributes its rows).  Every other
+    tensor (1-D biases and norms, integer tensors, incompatible sizes) is kept as a
+    *passthrough* item: its bytes are stored as they are, beside the blocks, and never
+    clustered (``Collection.passthrough``).  Their names are listed in
+    ``provenance["skipped"]``.
+
+    ``provenance["tensors"]`` records every tensor's layout in file order (name,
+    safetensors dtype, shape, and its block range or the reason it is kept as is), and
+    ``provenance["metadata"]`` the header's ``__metadata__``: with them an artifact
+    writes the file back (:meth:`storage.Artifact.export_safetensors`).
+
+    The collection dtype comes only from the tensors cut into blocks: float64 if one of
+    them is F64, else float32 (F32, F16 and BF16 convert exactly).
 
     Parameters
     ----------
@@ -499,6 +601,11 @@ def ingest_safetensors(
     per : {"tensor", "column"}
         One block per tensor (named after it) or one block per column (named
         ``<tensor>:<j>``).
+
+    Raises
+    ------
+    EmptyInputError
+        No tensor can be cut into columns of that length (the message counts why).
     """
     if per not in ("tensor", "column"):
         raise ValueError(f"per must be 'tensor' or 'column', got {per!r}")
@@ -507,14 +614,98 @@ def ingest_safetensors(
         raise ValueError("column_length must be positive")
     path = Path(path)
     options = _common(options)
+    tensors, _ = read_safetensors_header(path)
+    problems = {k: safetensors_block_problem(t, column_length) for k, t in tensors.items()}
+    if all(problems.values()):
+        counts: dict[str, int] = {}
+        for p in problems.values():
+            counts[p] = counts.get(p, 0) + 1
+        why = "; ".join(f"{n} {p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "the file has no tensors"
+        raise EmptyInputError(f"{path}: no tensor can be cut into columns of length {column_length} ({why})")
     if options.get("dtype") is None:
-        tensors, _ = read_safetensors_header(path)
-        wide = any(t["dtype"] in ("F64", "I64", "I32") and len(t["shape"]) >= 2 for t in tensors.values())
+        wide = any(tensors[k]["dtype"] == "F64" for k, p in problems.items() if p is None)
         options["dtype"] = np.float64 if wide else np.float32
     skipped: list[str] = []
-    opts = _with_source(options, "safetensors", path, column_length=column_length, per=per, skipped=skipped)
-    # `skipped` is filled while streaming; the same list object lands in the attrs at publish
-    return _ingest(url, name, _safetensors_stream(path, column_length, per, skipped), **opts)
+    layout: list[dict] = []
+    opts = _with_source(options, "safetensors", path, column_length=column_length, per=per, skipped=skipped,
+                        tensors=layout, metadata=safetensors_metadata(path), file_name=path.name)
+    # `skipped` and `layout` are filled while streaming; the same list objects land in the attrs at publish
+    return _ingest(url, name, _safetensors_stream(path, column_length, per, skipped, layout), **opts)
+
+
+def safetensors_values(raw: bytes, dtype: str, shape: Sequence[int]) -> np.ndarray:
+    """A tensor's little-endian bytes as a numpy array (BF16 widened exactly to float32)."""
+    if dtype not in _ST_DTYPES:
+        raise ValueError(f"safetensors dtype {dtype} has no numpy equivalent")
+    arr = np.frombuffer(raw, dtype=np.dtype(_ST_DTYPES[dtype]).newbyteorder("<")).reshape(tuple(shape))
+    if dtype == "BF16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.dtype(_ST_DTYPES[dtype]), copy=False)
+
+
+def to_safetensors_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Float values cast to a floating safetensors dtype, little-endian.
+
+    BF16 gives the uint16 bit patterns, rounded to nearest even; values that came from
+    a bfloat16/float16 tensor (stored exactly in a float32 collection) come back bit for bit.
+    """
+    if dtype == "BF16":
+        bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+    if dtype not in ST_FLOAT_DTYPES:
+        raise ValueError(f"cannot cast reconstructed values to non-float dtype {dtype}")
+    return np.asarray(values).astype(np.dtype(_ST_DTYPES[dtype]).newbyteorder("<"))
+
+
+def write_safetensors(path: str | os.PathLike, entries: Sequence[dict], data_of: Any, metadata: dict | None = None) -> None:
+    """Write a safetensors file, streaming one tensor at a time (atomically: temp file + rename).
+
+    Parameters
+    ----------
+    entries : sequence of dict
+        ``{"name", "dtype" (safetensors code, e.g. "F32"), "shape"}`` in file order.
+    data_of : callable
+        ``data_of(entry) -> bytes`` (or a uint8 array): the tensor's little-endian bytes,
+        exactly ``prod(shape) * itemsize`` of them.
+    metadata : dict of str, optional
+        The ``__metadata__`` object.
+
+    Raises
+    ------
+    ValueError
+        An unknown dtype, or bytes of the wrong length for a tensor (named).
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for e in entries:
+        if e["dtype"] not in _ST_ITEMSIZE:
+            raise ValueError(f"tensor {e['name']!r}: unknown safetensors dtype {e['dtype']!r}")
+        nbytes = _ST_ITEMSIZE[e["dtype"]]
+        for d in e["shape"]:
+            nbytes *= int(d)
+        header[e["name"]] = {"dtype": e["dtype"], "shape": [int(d) for d in e["shape"]], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for e in entries:
+                data = data_of(e)
+                data = memoryview(data if isinstance(data, (bytes, bytearray)) else np.ascontiguousarray(data).view(np.uint8)).cast("B")
+                begin, end = header[e["name"]]["data_offsets"]
+                if len(data) != end - begin:
+                    raise ValueError(f"tensor {e['name']!r}: {len(data)} bytes of data, shape {e['shape']} x {e['dtype']} needs {end - begin}")
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---- HDF5 --------------------------------------------------------------------
