@@ -683,25 +683,47 @@ def _flow_scheduler(address: str | None) -> Iterator[None]:
 
 
 def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> dict:
+    from flows.html_report import honest_numbers
+
     groups = report["groups"]
     multi = [g for g in groups if len(g["blocks"]) > 1]
     eps = report["params"].get("eps")
+    honest = honest_numbers(report)
     return {
         "run_id": report.get("run_id"),
         "collection": report["collection"]["name"],
         "blocks": report["collection"]["blocks"],
         "groups": len(groups),
         "singletons": len(groups) - len(multi),
+        "rank": report["params"].get("rank"),
         "compression_ratio": report["compression_ratio"],
         "compression_ratio_adaptive": report["compression_ratio_adaptive"],
-        "max_certified_error": max((g["error"] for g in groups), default=0.0),
+        # worst exact rank-r error over the groups stored compressed (raw ones store no approximation)
+        "max_certified_error": honest["max_certified_error_compressed"],
         "max_error": report["max_error"],
+        "raw_blocks": honest["raw_blocks"],
+        "raw_groups": honest["raw_groups"],
+        "raw_block_errors": honest["raw_block_errors"],
         "eps": eps,
         "guarantee_ok": all(g["error"] <= eps for g in multi),
         "bytes": report["bytes"],
         "timings": report["timings"],
+        **({"baseline": report["baseline"]} if report.get("baseline") else {}),
+        **({"passthrough": report["passthrough"]} if report.get("passthrough") else {}),
         **({"files": urls} if urls else {}),
     }
+
+
+def _guidance(summary: dict) -> str | None:
+    """One line saying why little compressed and what would help (None when most did)."""
+    raw, blocks = summary.get("raw_blocks", 0), summary["blocks"]
+    errs = summary.get("raw_block_errors")
+    if not blocks or raw * 2 < blocks or not errs:
+        return None
+    r, eps = summary.get("rank"), summary.get("eps")
+    return (f"{raw} of {blocks} blocks are stored as they are: their own rank-{r} errors are {errs[0]:.3g} to {errs[1]:.3g}, "
+            f"above eps = {eps}, and no group fits them. A larger --rank, a larger --eps, or ingest with --per column "
+            "(one block per column, so similar columns can share a basis) would help.")
 
 
 def _print_summary(summary: dict, title: str) -> None:
@@ -715,18 +737,33 @@ def _print_summary(summary: dict, title: str) -> None:
     table.add_column(overflow="fold")
     b = summary["bytes"]
     ok = summary["guarantee_ok"]
+    r = summary.get("rank")
     table.add_row("run id", _esc(summary["run_id"]))
     table.add_row("groups", f"{summary['groups']} ({summary['singletons']} single blocks) from {summary['blocks']} blocks")
-    table.add_row("compression ratio", f"{summary['compression_ratio']:.3f}x at rank r")
+    table.add_row("compression ratio", f"{summary['compression_ratio']:.3f}x at rank {r}")
     table.add_row("adaptive ratio", f"{summary['compression_ratio_adaptive']:.3f}x with per-group ranks")
-    table.add_row("worst certified error", f"[{'green' if ok else 'red'}]{summary['max_certified_error']:.4g}[/] (eps = {summary['eps']})")
-    table.add_row("worst stored error", f"{summary['max_error']:.4g}")
+    base = summary.get("baseline") or {}
+    if "compression_ratio" in base:
+        table.add_row("per-block SVD", f"{base['compression_ratio']:.3f}x (baseline: each block alone at its own "
+                                       f"smallest rank meeting eps; {base['raw_blocks']} blocks raw)")
+    table.add_row("worst certified error", f"[{'green' if ok else 'red'}]{summary['max_certified_error']:.4g}[/] "
+                                           f"(eps = {summary['eps']}; exact rank-{r} error, groups stored compressed)")
+    raw = summary.get("raw_blocks", 0)
+    table.add_row("blocks stored raw", f"{raw} of {summary['blocks']} ({summary.get('raw_groups', 0)} groups; as they "
+                                       "are, error 0: no rank-r form is smaller or fits eps)")
+    table.add_row("worst stored error", f"{summary['max_error']:.4g} (realised error of what the artifact stores)")
     ratio = b["input"] / max(1, b["compressed"])
     table.add_row("bytes in / out", f"{fmt_bytes(b['input'])} / {fmt_bytes(b['compressed'])} ({ratio:.2f}x smaller on disk)")
+    pt = summary.get("passthrough")
+    if pt:
+        table.add_row("kept as is", f"{pt['items']} source items ({fmt_bytes(pt['bytes'])}) not cut into blocks, in both")
     table.add_row("time per stage", ", ".join(f"{k} {v:.2f}s" for k, v in summary["timings"].items()))
     for key, path in (summary.get("files") or {}).items():
         table.add_row(_esc(key), _esc(_local_path(path)))
     out.print(table)
+    hint = _guidance(summary)
+    if hint:
+        out.print(_esc(hint))
 
 
 def _guarantee_exit(summary: dict) -> None:
@@ -944,38 +981,85 @@ def _distributed_result(coll, run_id: str, client, bars: StageBars):
     return run.result()
 
 
-def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars) -> list[dict]:
-    """Certified clusterings at other eps values (scan..certify, no artifact): CR against eps."""
+def sweep_point(coll, run) -> dict:
+    """The figures a run reports, computed the way its result computes them.
+
+    A run whose artifact is written gives its result's own figures; otherwise the
+    certified groups go through the run's own storage plan (the one ``compress`` writes:
+    per group the adaptive rank or raw), so the point equals what finishing that run
+    reports, without writing an artifact.
+    """
     import numpy as np
-    from flows._run import default_run_id
-    from pipeline.distributed import ClusteringRun
+    import storage
+    from pipeline.distributed.plan import unpack_groups
     from pipeline.metrics import adaptive_compression_ratio, compression_ratio
 
+    certified = run.certify()
+    groups = unpack_groups(certified["members"], certified["group_offsets"])
+    errors = np.asarray(certified["errors"], dtype=np.float64)
+    if run.run.is_complete("compress"):
+        result = run.result()
+        groups, errors = result.groups, np.asarray(result.errors)
+        art = storage.open_artifact(coll.url, coll.name, result.artifact_label, storage_options=coll.storage_options)
+        raw = np.asarray(art.kinds) == 1
+        ratio, adaptive = result.compression_ratio, result.compression_ratio_adaptive
+    else:
+        groups, bases, ranks = run._storage_plan(certified)  # the plan compress would write
+        raw = np.array([bases[g] is None for g in range(len(groups))], dtype=bool)
+        stored = np.where(raw, 0, np.asarray(ranks))
+        ratio = compression_ratio(coll, groups, int(run.params["rank"]))
+        adaptive = adaptive_compression_ratio(coll, groups, stored + np.where(stored == 0, coll.rows, 0))
+    return {
+        "eps": float(run.params["eps"]),
+        "run_id": run.run_id,
+        "groups": len(groups),
+        "compression_ratio": float(ratio),
+        "compression_ratio_adaptive": float(adaptive),
+        "raw_blocks": int(sum(len(groups[g]) for g in np.flatnonzero(raw))),
+        "max_certified_error_compressed": float(errors[~raw].max(initial=0.0)) if len(groups) else 0.0,
+        # kept for older readers: worst exact error over groups of two or more blocks
+        "max_error": float(max((errors[g] for g in range(len(groups)) if len(groups[g]) > 1), default=0.0)),
+    }
+
+
+def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars) -> list[dict]:
+    """The run at every other eps (same parameters otherwise, the run id ``cmsvd cluster``
+    would derive): one :func:`sweep_point` each (scan..certify, no artifact)."""
+    from flows._run import default_run_id
+    from pipeline.distributed import ClusteringRun
+
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(ClusteringRun.__init__).parameters.items()}
+    # the run id `cmsvd cluster --eps E` derives: from the values it passes (its
+    # pipeline_kwargs), plus any stored value it cannot pass that differs from the default
+    cli_keys = ("rank", "eps", "method", "order", "oversampling", "patience", "shard_size", "merge_neighbours")
     rows = []
     for eps in eps_values:
         kwargs = {**params, "eps": float(eps)}
-        run_id = default_run_id(coll, kwargs)
+        id_kwargs = {k: v for k, v in kwargs.items() if k in cli_keys or v != defaults.get(k, object())}
+        run_id = default_run_id(coll, id_kwargs)
         run = ClusteringRun(coll, **kwargs, client=client, run_id=run_id,
                             progress=lambda stage, done, total, e=eps: bars(f"eps={e:g} {stage}"[:24], done, total))
-        certified = run.certify()
+        rows.append(sweep_point(coll, run))
         run.prune()
-        members, offsets = certified["members"], certified["group_offsets"]
-        groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
-        ranks = np.asarray(certified["adaptive_ranks"])
-        sizes = np.array([len(g) for g in groups])
-        errors = np.asarray(certified["errors"])
-        rows.append({
-            "eps": float(eps),
-            "run_id": run_id,
-            "groups": len(groups),
-            "compression_ratio": compression_ratio(coll, groups, int(params["rank"])),
-            "compression_ratio_adaptive": adaptive_compression_ratio(coll, groups, np.where(ranks == 0, coll.rows, ranks)),
-            "max_error": float(errors[sizes > 1].max(initial=0.0)),
-        })
     return rows
 
 
 # ---- commands -----------------------------------------------------------------------------
+
+
+class _Per(str, enum.Enum):
+    """Block granularity of a safetensors ingest."""
+
+    tensor = "tensor"
+    column = "column"
+
+
+class _Layout(str, enum.Enum):
+    """Layout of MATLAB variables."""
+
+    mimo = "mimo"
 
 
 @_command("ingest")
@@ -987,10 +1071,10 @@ def ingest_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing collection of that name."),
     stack_complex: bool = typer.Option(False, "--stack-complex", help="Complex blocks: store real rows over imaginary rows."),
     column_length: Optional[int] = typer.Option(None, "--column-length", min=1, help="safetensors: rows m of every column (768 in the paper)."),
-    per: Optional[str] = typer.Option(None, "--per", help="safetensors: 'tensor' (one block per tensor) or 'column'."),
+    per: Optional[_Per] = typer.Option(None, "--per", help="safetensors: one block per tensor (default) or per column."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="HDF5: dataset or group path inside the file."),
     key: Optional[str] = typer.Option(None, "--key", help="MATLAB: variable name."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="MATLAB: 'mimo' for (NRB, Nr, Nt, Nc) channels."),
+    layout: Optional[_Layout] = typer.Option(None, "--layout", help="MATLAB: mimo for (NRB, Nr, Nt, Nc) channels."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Load a source file or folder into a collection (streamed; atomic publish)."""
@@ -1015,9 +1099,11 @@ def ingest_cmd(
         options["dtype"] = dtype.value
     if stack_complex:
         options["stack_complex"] = True
-    for opt, value, formats in (("column_length", column_length, {".safetensors"}), ("per", per, {".safetensors"}),
+    per_value = per.value if per is not None else None
+    layout_value = layout.value if layout is not None else None
+    for opt, value, formats in (("column_length", column_length, {".safetensors"}), ("per", per_value, {".safetensors"}),
                                 ("dataset", dataset, {".h5", ".hdf5", ".he5"}), ("key", key, {".mat"}),
-                                ("layout", layout, {".mat"})):
+                                ("layout", layout_value, {".mat"})):
         if value is not None:
             if suffix not in formats:
                 raise CLIError(f"--{opt.replace('_', '-')} applies to {'/'.join(sorted(formats))} sources, not {suffix or 'a folder'}")
@@ -1030,6 +1116,9 @@ def ingest_cmd(
         bars("ingest", 1, 1)
     summary = collection_summary(coll)
     summary["seconds"] = round(time.perf_counter() - start, 3)
+    passthrough = _passthrough_summary(coll)
+    if passthrough is not None:
+        summary["passthrough"] = passthrough
     if as_json:
         _print_json(summary)
         return
@@ -1043,6 +1132,35 @@ def ingest_cmd(
         f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk) into collection ",
         _esc(name, "bold"), _esc(f" at {_local_path(coll.url)} in {summary['seconds']:.1f} s"),
     ))
+    if passthrough and passthrough["count"]:
+        _out().print(_esc(_passthrough_line(passthrough)))
+
+
+def _passthrough_summary(coll) -> dict | None:
+    """Counts of the source items kept as they are (not blocks), by reason; None when the
+    source format records none (only safetensors does)."""
+    tensors = (coll.provenance or {}).get("tensors")
+    if not tensors and not coll.passthrough_entries:
+        return None
+    reasons: dict[str, int] = {}
+    for e in coll.passthrough_entries:
+        reason = str(e.get("reason") or "kept as is")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "count": len(coll.passthrough_entries),
+        "tensors": len(tensors or []),
+        "bytes": int(sum(int(e.get("nbytes", 0)) for e in coll.passthrough_entries)),
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "names": coll.passthrough_names,
+    }
+
+
+def _passthrough_line(p: dict) -> str:
+    from flows.html_report import fmt_bytes
+
+    why = ", ".join(f"{n} {reason}" for reason, n in p["reasons"].items())
+    return (f"kept {p['count']} of {p['tensors']} tensors as they are ({fmt_bytes(p['bytes'])}; not cut into "
+            f"blocks, not compressed, restored byte for byte): {why}")
 
 
 @_command("inspect")
@@ -1232,6 +1350,8 @@ def compress_cmd(
 
 
 def _block_index(coll, block: str) -> int:
+    """Index of a block given by index (out of range: a usage error, exit 2) or name (a
+    missing name exits 3, as documented for anything missing)."""
     if block.lstrip("-").isdigit():
         i = int(block)
         if not 0 <= i < coll.n_blocks:
@@ -1240,42 +1360,124 @@ def _block_index(coll, block: str) -> int:
     try:
         return coll.names.index(block)
     except ValueError:
-        raise CLIError(f"no block named {block!r} in collection {coll.name!r}") from None
+        raise CLIError(f"no block named {block!r} in collection {coll.name!r}", EXIT_MISSING) from None
+
+
+def _safe_file_name(name: str) -> str:
+    """A block or tensor name as one file name (names are labels, not paths)."""
+    out = "".join(ch if ch.isalnum() or ch in "._-[]:" else "_" for ch in name).replace(":", "_").lstrip(".")
+    return out[:200] or "block"
+
+
+def _save_npy(path: Path, array) -> Path:
+    import numpy as np
+
+    if path.suffix != ".npy":
+        path = path.with_name(path.name + ".npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    return path
+
+
+def _decompress_all(coll, artifact, output: Optional[Path], columns: bool, as_json: bool) -> dict:
+    """The whole collection back: a safetensors source as a safetensors file (passthrough
+    tensors byte for byte), anything else (or --columns) as one .npy per block."""
+    layout = artifact.source_layout or {}
+    is_st = layout.get("format") == "safetensors" and artifact.tensor_names and not columns
+    output = output or Path(f"{coll.name}-decompressed")
+    if output.suffix == ".safetensors":
+        if not is_st:
+            raise CLIError(f"collection {coll.name!r} was not ingested from a safetensors file (or --columns was "
+                           "given): -o must be a folder for one .npy per block")
+        target = output
+    elif output.suffix:
+        raise CLIError(f"--all writes a folder or a .safetensors file, not {output.suffix!r}: -o DIR or -o FILE.safetensors")
+    else:
+        target = output / (layout.get("file_name") or f"{coll.name}.safetensors") if is_st else None
+    bars = StageBars(quiet=as_json)
+    info: dict[str, Any] = {"collection": coll.name, "artifact": artifact.label}
+    with bars:
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            bars("decompress", 0, 1)
+            info.update(artifact.export_safetensors(target))
+            bars("decompress", 1, 1)
+            info["format"] = "safetensors"
+        else:
+            output.mkdir(parents=True, exist_ok=True)
+            files = []
+            for i in range(artifact.n_blocks):
+                bars("decompress", i, artifact.n_blocks)
+                files.append(str(_save_npy(output / f"{i:06d}-{_safe_file_name(coll.names[i])}.npy", artifact.decompress(i))))
+            bars("decompress", artifact.n_blocks, artifact.n_blocks)
+            info.update({"format": "npy", "path": str(output), "blocks": len(files)})
+    return info
 
 
 @_command("decompress")
 def decompress_cmd(
     collection: str = typer.Argument(..., help="Collection name."),
-    block: str = typer.Argument(..., help="Block index or block name."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .npy file (default: <collection>-<index>.npy)."),
+    block: Optional[str] = typer.Argument(None, help="Block index, block name, or (safetensors) source tensor name."),
+    all_blocks: bool = typer.Option(False, "--all", help="Write the whole collection back: a safetensors source as one .safetensors file (every tensor, passthrough ones byte for byte), else one .npy per block."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="One block: .npy file (default <collection>-<index>.npy). --all: a folder or FILE.safetensors (default ./<collection>-decompressed/)."),
+    columns: bool = typer.Option(False, "--columns", help="The column form (rows x n, collection dtype) instead of the source tensor's shape and dtype."),
     run_id: Optional[str] = RunIdOpt,
     store: str = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write the reconstruction U_C V_i of one block from the compressed artifact to .npy."""
-    import numpy as np
+    """Reconstruct a block or tensor (U_C V_i) from the compressed artifact, in its source
+    shape and dtype by default; --all writes the whole collection back."""
     import storage
 
     _check_names(collection_name=collection, run_id=run_id)
+    if (block is None) == (not all_blocks):
+        raise CLIError("give a BLOCK (index or name) or --all, not both" if block is not None else
+                       "give a BLOCK (index, block name or tensor name) or --all")
     coll = _open_collection(store, collection)
     label = _resolve_run_id(coll, run_id)
-    artifact = storage.open_artifact(store, collection, label)
+    artifact = storage.open_artifact(store, collection, label, storage_options=coll.storage_options)
+    if all_blocks:
+        info = _decompress_all(coll, artifact, output, columns, as_json)
+        if as_json:
+            _print_json(info)
+        else:
+            what = (f"{info['tensors']} tensors ({info['passthrough']} kept as they are)" if info["format"] == "safetensors"
+                    else f"{info['blocks']} blocks as .npy")
+            _out().print(_esc(f"{collection}: {what} -> {info['path']}"))
+        return
+    tensor = None
+    if block not in coll.names and block in artifact.tensor_names:
+        tensor = block  # a source tensor: a --per column one spans many blocks, a passthrough one none
+    if tensor is not None:
+        t = artifact.tensor_info(tensor)
+        approx = artifact.tensor(tensor, form="columns" if columns else "original")
+        output = _save_npy(output or Path(f"{collection}-{_safe_file_name(tensor)}.npy"), approx)
+        info = {"collection": collection, "artifact": label, "tensor": tensor, "source_dtype": t["dtype"],
+                "source_shape": t["shape"], "shape": list(approx.shape), "dtype": str(approx.dtype),
+                "form": "columns" if columns else "original", "stored_raw": t["kind"] == "passthrough",
+                "passthrough": t["kind"] == "passthrough", "output": str(output)}
+        if t["kind"] != "passthrough":
+            first, count = t["blocks"]
+            info["blocks"] = list(range(first, first + count))
+        if as_json:
+            _print_json(info)
+        else:
+            kept = f", kept as it is: {t.get('reason')}" if t["kind"] == "passthrough" else ""
+            _out().print(_esc(f"tensor {tensor} {tuple(approx.shape)} {approx.dtype} -> {output}{kept}"))
+        return
     i = _block_index(coll, block)
-    approx = artifact.decompress(i)
-    output = output or Path(f"{collection}-{i}.npy")
-    if output.suffix != ".npy":
-        output = output.with_name(output.name + ".npy")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, approx)
+    approx = artifact.decompress(i, form="columns" if columns else "original")
+    output = _save_npy(output or Path(f"{collection}-{i}.npy"), approx)
     g = int(artifact.labels[i])
     info = {"collection": collection, "artifact": label, "block": i, "name": coll.names[i], "shape": list(approx.shape),
-            "dtype": str(approx.dtype), "group": g, "group_rank": int(artifact.ranks[g]),
-            "stored_raw": bool(artifact.kinds[g] == 1), "group_error": float(artifact.errors[g]), "output": str(output)}
+            "dtype": str(approx.dtype), "form": "columns" if columns else "original", "group": g,
+            "group_rank": int(artifact.ranks[g]), "stored_raw": bool(artifact.kinds[g] == 1),
+            "group_error": float(artifact.errors[g]), "output": str(output)}
     if as_json:
         _print_json(info)
     else:
-        _out().print(_esc(f"block {i} ({info['name']}) {approx.shape[0]} x {approx.shape[1]} -> {output} "
-                          f"(group {g}, rank {info['group_rank']}{', stored raw' if info['stored_raw'] else ''}, "
+        _out().print(_esc(f"block {i} ({info['name']}) {tuple(approx.shape)} {approx.dtype} -> {output} "
+                          f"(group {g}, {'stored raw' if info['stored_raw'] else 'rank ' + str(info['group_rank'])}, "
                           f"group error {info['group_error']:.4g})"))
 
 
@@ -1444,6 +1646,8 @@ def report_cmd(
         _err().print(_esc(f"warning: report.json of run {run_id} names run {short_repr(report.get('run_id'))}: "
                           f"using {run_id}"))
         report = {**report, "run_id": run_id}
+    if report is not None and "max_certified_error_compressed" not in report:
+        report = None  # written by an older cmsvd (rank of raw groups, unlabelled errors): rebuild it
     bars = StageBars(quiet=as_json)
     sweep_rows = None
     if report is None or (sweep_eps and record.get("params", {}).get("mode") != "sequential"):
@@ -1467,6 +1671,7 @@ def report_cmd(
                     report, _ = _write_run_report(coll, run.result())
                 if sweep_eps:
                     sweep_rows = _sweep(coll, stored_run_params(coll, run_id), sweep_eps, client, bars)
+                    sweep_rows = _with_run_point(sweep_rows, report)
     elif sweep_eps:
         raise CLIError("--sweep needs a distributed run (sequential runs keep the collection in memory)")
     html_url = _write_html(coll, run_id, report, sweep=sweep_rows)
@@ -1484,6 +1689,23 @@ def report_cmd(
         return
     summary = _summary_from_report(report, {"report.json": json_url, "report.html": html_url})
     _print_summary(summary, f"cmsvd report {collection}")
+
+
+def _with_run_point(rows: list[dict], report: dict) -> list[dict]:
+    """The sweep rows plus the run's own point (from its report.json) when no row has its eps."""
+    from flows.html_report import honest_numbers
+
+    eps = report["params"].get("eps")
+    if eps is None or any(abs(r["eps"] - eps) <= 1e-12 for r in rows):
+        return rows
+    honest = honest_numbers(report)
+    multi = [g["error"] for g in report["groups"] if len(g["blocks"]) > 1]
+    return rows + [{"eps": float(eps), "run_id": report.get("run_id"), "groups": len(report["groups"]),
+                    "compression_ratio": report["compression_ratio"],
+                    "compression_ratio_adaptive": report["compression_ratio_adaptive"],
+                    "raw_blocks": honest["raw_blocks"],
+                    "max_certified_error_compressed": honest["max_certified_error_compressed"],
+                    "max_error": max(multi, default=0.0)}]
 
 
 @_command("study")

@@ -45,6 +45,8 @@ __all__ = [
     "render_html",
     "fmt_bytes",
     "data_uri",
+    "honest_numbers",
+    "first_blocks",
 ]
 
 #: Gram matrices up to this many rows are formed (m x m); larger m gathers the group.
@@ -87,6 +89,37 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def honest_numbers(report: dict) -> dict[str, Any]:
+    """The labelled figures every summary shows, from a report.json dict (also old ones).
+
+    ``max_certified_error_compressed``: worst exact rank-r error over groups stored
+    compressed (what the guarantee is about); ``raw_blocks`` / ``raw_groups``: blocks and
+    groups stored as they are; ``max_error``: the realised error of what is stored (0 for
+    raw groups); ``raw_block_errors``: [min, max] of the rank-r errors of single blocks
+    stored raw (why they were not compressed).
+    """
+    groups = report["groups"]
+    is_raw = [g.get("stored", "raw" if g.get("rank") == 0 else "compressed") == "raw" for g in groups]
+    raw = [g for g, r in zip(groups, is_raw) if r]
+    packed = [g for g, r in zip(groups, is_raw) if not r]
+    raw_errors = [g["error"] for g in raw if len(g["blocks"]) == 1]
+    return {
+        "max_certified_error_compressed": max((g["error"] for g in packed), default=0.0),
+        "raw_groups": len(raw),
+        "raw_blocks": sum(len(g["blocks"]) for g in raw),
+        "compressed_groups": len(packed),
+        "compressed_blocks": sum(len(g["blocks"]) for g in packed),
+        "max_error": report["max_error"],
+        "raw_block_errors": [min(raw_errors), max(raw_errors)] if raw_errors else None,
+    }
+
+
+def first_blocks(group: dict, limit: int) -> str:
+    """The group's first block names (indices for reports without names), then '...'."""
+    shown = group.get("names") or [str(b) for b in group["blocks"]]
+    return ", ".join(map(str, shown[:limit])) + (" ..." if len(group["blocks"]) > limit else "")
 
 
 # ---- data for the plots ------------------------------------------------------------
@@ -234,15 +267,25 @@ def spectra_png(spectra: list[dict], rank: int | None, eps: float | None) -> byt
     return _png(fig)
 
 
-def sweep_png(rows: Sequence[dict], current_eps: float | None = None) -> bytes:
-    """Compression ratio (fixed rank and adaptive) against eps."""
+def sweep_png(rows: Sequence[dict], current_eps: float | None = None, run_point: dict | None = None) -> bytes:
+    """Compression ratio (fixed rank and adaptive) against eps; *run_point* (the run's own
+    report.json) is drawn as its own marked point, and joins the lines when the sweep lacks it."""
     plt = _pyplot()
+    rows = list(rows)
+    if run_point is not None and current_eps is not None and not any(abs(r["eps"] - current_eps) <= 1e-12 for r in rows):
+        rows.append({"eps": current_eps, "groups": len(run_point["groups"]),
+                     "compression_ratio": run_point["compression_ratio"],
+                     "compression_ratio_adaptive": run_point["compression_ratio_adaptive"]})
     rows = sorted(rows, key=lambda r: r["eps"])
     eps = [r["eps"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(eps, [r["compression_ratio"] for r in rows], marker="o", label="rank r (paper)")
     ax.plot(eps, [r["compression_ratio_adaptive"] for r in rows], marker="s", label="adaptive ranks r_C")
-    if current_eps is not None:
+    if run_point is not None and current_eps is not None:
+        ax.scatter([current_eps] * 2, [run_point["compression_ratio"], run_point["compression_ratio_adaptive"]],
+                   s=110, facecolors="none", edgecolors="red", linewidths=1.6, zorder=5,
+                   label=f"this run (eps = {current_eps:g})")
+    elif current_eps is not None:
         ax.axvline(current_eps, color="red", lw=0.8, ls=":", label=f"this run (eps = {current_eps:g})")
     for r in rows:
         ax.annotate(f"{r['groups']} groups", (r["eps"], r["compression_ratio"]), textcoords="offset points",
@@ -344,10 +387,14 @@ def render_html(
     c, p, b = report["collection"], report["params"], report["bytes"]
     groups = report["groups"]
     eps = p.get("eps")
-    worst = max((g["error"] for g in groups), default=0.0)
+    honest = honest_numbers(report)
+    worst = honest["max_certified_error_compressed"]
     multi = [g for g in groups if len(g["blocks"]) > 1]
     ok = all(g["error"] <= eps for g in multi) if eps is not None else True
+    base = report.get("baseline") or {}
     title = title or f"cmsvd report: {c['name']}"
+    r = p.get("rank")
+    raw_errs = honest["raw_block_errors"]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
@@ -359,17 +406,34 @@ def render_html(
         f" {html.escape(str(report.get('created') or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')))}</p>",
         "<div class='cards'>",
         _card("groups", f"{len(groups)}"),
-        _card("compression ratio (rank r)", f"{report['compression_ratio']:.2f}x"),
+        _card(f"compression ratio (rank {r})", f"{report['compression_ratio']:.2f}x"),
         _card("compression ratio (adaptive ranks)", f"{report['compression_ratio_adaptive']:.2f}x"),
-        _card("worst certified error", f"{worst:.4g}", "ok" if ok else "bad"),
+        *([_card("baseline: per-block truncated SVD at eps", f"{base['compression_ratio']:.2f}x")] if "compression_ratio" in base else []),
+        _card(f"worst certified error, groups stored compressed (exact rank-{r})", f"{worst:.4g}", "ok" if ok else "bad"),
+        _card("blocks stored raw (as they are, error 0)", f"{honest['raw_blocks']} of {c['blocks']}"),
+        _card("worst realised error of what is stored", f"{report['max_error']:.4g}"),
         _card("bytes on disk", f"{fmt_bytes(b['input'])} → {fmt_bytes(b['compressed'])}"),
         _card("total seconds", f"{sum(report['timings'].values()):.1f}"),
         "</div>",
         f"<p>Every group of two or more blocks has an exact rank-{p.get('rank')} relative error "
         f"{'<b class=ok>at or below</b>' if ok else '<b class=bad>ABOVE</b>'} eps = {eps}. "
         f"Largest realised error of what the artifact stores: {report['max_error']:.4g}. "
-        f"{len(groups) - len(multi)} single blocks.</p>",
+        f"{len(groups) - len(multi)} single blocks; {honest['raw_blocks']} blocks in {honest['raw_groups']} groups are "
+        "stored as they are (a raw group stores no approximation: its error is 0)"
+        + (f"; the single blocks stored raw have rank-{r} errors {raw_errs[0]:.3g} to {raw_errs[1]:.3g}, which is "
+           "why no rank-r form was used for them" if raw_errs else "") + ".</p>",
     ]
+    if "compression_ratio" in base:
+        parts.append(f"<p class='note'>Baseline: each block compressed on its own by a truncated SVD at its own "
+                     f"smallest rank meeting eps = {base.get('eps')} (raw when that is not smaller; "
+                     f"{base['raw_blocks']} blocks raw, median rank {base['median_rank']:g}): "
+                     f"{base['compression_ratio']:.3f}x, against cmsvd's {report['compression_ratio_adaptive']:.3f}x "
+                     "with per-group ranks.</p>")
+    if report.get("passthrough"):
+        pt = report["passthrough"]
+        parts.append(f"<p class='note'>{pt['items']} source items ({fmt_bytes(pt['bytes'])}) were not cut into blocks "
+                     "at ingest (1-D biases and norms, integer tensors...): they are kept as they are, in the "
+                     "collection and in the artifact, and counted in both byte totals.</p>")
     if verification is not None:
         v_ok = verification.get("ok")
         parts += [
@@ -411,18 +475,22 @@ def render_html(
     if sweep:
         parts.append("<h2>Compression ratio against eps</h2>")
         if plots_ok:
-            parts.append(_img(sweep_png(sweep, eps), "compression ratio against eps"))
+                parts.append(_img(sweep_png(sweep, eps, run_point=report), "compression ratio against eps"))
         parts.append(_table(
-            ["eps", "groups", "CR (rank r)", "CR (adaptive)", "worst exact error"],
-            [(f"{r['eps']:g}", r["groups"], f"{r['compression_ratio']:.3f}", f"{r['compression_ratio_adaptive']:.3f}",
-              f"{r['max_error']:.4g}") for r in sorted(sweep, key=lambda r: r["eps"])],
+            ["eps", "groups", f"CR (rank {r})", "CR (adaptive)", "blocks stored raw", "worst certified error (compressed groups)", ""],
+            [(f"{row['eps']:g}", row["groups"], f"{row['compression_ratio']:.3f}", f"{row['compression_ratio_adaptive']:.3f}",
+              row.get("raw_blocks", ""), f"{row.get('max_certified_error_compressed', row.get('max_error', 0.0)):.4g}",
+              "this run" if eps is not None and abs(row["eps"] - eps) <= 1e-12 else "")
+             for row in sorted(sweep, key=lambda row: row["eps"])],
         ))
+        parts.append("<p class='note'>Each row is what a run at that eps stores: the same run id, groups and "
+                     "storage plan as <code>cmsvd cluster --eps E</code> with this run's other parameters.</p>")
     parts.append("<h2>Largest groups</h2>")
     biggest = sorted(groups, key=lambda g: (-g["columns"], g["id"]))[:25]
     parts.append(_table(
-        ["group", "blocks", "columns", "rank r_C", "bound", "exact error", "first blocks"],
+        ["group", "blocks", "columns", "stored rank (0: raw)", "bound", f"exact rank-{r} error", "stored error", "first blocks"],
         [(g["id"], len(g["blocks"]), g["columns"], g["rank"], f"{g['bound']:.4g}", f"{g['error']:.4g}",
-          ", ".join(map(str, g["blocks"][:10])) + (" ..." if len(g["blocks"]) > 10 else "")) for g in biggest],
+          f"{g.get('stored_error', float('nan')):.4g}", first_blocks(g, 10)) for g in biggest],
     ))
     parts.append("<h2>Time per stage</h2>")
     total = sum(report["timings"].values()) or 1.0

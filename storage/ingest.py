@@ -19,6 +19,7 @@ leaves no collection behind (see :mod:`storage.collection`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -195,8 +196,10 @@ def ingest_blocks(
 def _npy_stack_stream(path: Path) -> Iterator[NamedBlock]:
     try:
         arr = np.load(path, mmap_mode="r")
-    except ValueError as exc:  # e.g. a declared shape larger than the file
-        raise SourceFormatError(f"{path}: not a readable .npy file ({exc})") from None
+    except (ValueError, EOFError, OSError) as exc:  # a declared shape larger than the file, an empty file...
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.errno is not None:
+            raise
+        raise SourceFormatError(f"{path}: not a readable .npy file ({exc or type(exc).__name__})") from None
     stem = path.stem
     if arr.ndim == 2:
         yield stem, arr, None
@@ -879,7 +882,7 @@ def ingest_path(url: str, name: str, source: str | os.PathLike, **options: Any) 
     if src.is_dir():
         return ingest_npy_folder(url, name, src, **options)
     if not src.exists():
-        raise FileNotFoundError(str(src))
+        raise FileNotFoundError(errno.ENOENT, "no such file or folder", str(src))
     adapters = {
         ".npy": ingest_npy_stack,
         ".npz": ingest_npz,
