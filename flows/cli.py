@@ -381,6 +381,10 @@ class StageBars:
         self.started: dict[str, float] = {}
         self.finished: set[str] = set()
         self._lock = threading.Lock()
+        # a stage first heard of when it is already done started when the one before ended
+        self._last_end = time.monotonic()
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
         self.progress = None
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -390,27 +394,53 @@ class StageBars:
                 TimeElapsedColumn(), console=self.console, transient=False,
             )
 
+    #: Seconds between "still working" lines when stderr is not a terminal.
+    HEARTBEAT_S = 30.0
+
     def __enter__(self) -> "StageBars":
+        self._last_end = time.monotonic()
         if self.progress is not None:
             self.progress.start()
+        elif not self.quiet:
+            self._stop.clear()
+            self._heartbeat = threading.Thread(target=self._beat, name="cmsvd-heartbeat", daemon=True)
+            self._heartbeat.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=1.0)
+            self._heartbeat = None
         if self.progress is not None:
             self.progress.stop()
+
+    def _beat(self) -> None:
+        """Non-terminal output: a line every HEARTBEAT_S while a stage runs, so a long
+        stage (or one that reports only at its end) never looks hung."""
+        while not self._stop.wait(self.HEARTBEAT_S):
+            with self._lock:
+                now = time.monotonic()
+                running = [st for st in self.started if st not in self.finished]
+                if running:
+                    st = running[-1]
+                    self.console.print(f"  {st:<12} running ({now - self.started[st]:.0f} s)")
+                else:
+                    self.console.print(f"  working ({now - self._last_end:.0f} s since the last stage finished)")
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         with self._lock:
             now = time.monotonic()
-            self.started.setdefault(stage, now)
+            self.started.setdefault(stage, self._last_end if done >= total else now)
             if self.progress is not None:
                 if stage not in self.tasks:
                     self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
                 self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
             elif not self.quiet and done >= total and stage not in self.finished:
                 self.console.print(f"  {stage:<12} done ({now - self.started[stage]:.1f} s)")
-            if done >= total:
+            if done >= total and stage not in self.finished:
                 self.finished.add(stage)
+                self._last_end = now
 
     def finish(self, stage: str, seconds: float | None = None) -> None:
         """A stage finished elsewhere (seen in the run folder), taking ``seconds``."""
@@ -421,6 +451,7 @@ class StageBars:
             elif not self.quiet:
                 self.console.print(f"  {stage:<12} done" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
             self.finished.add(stage)
+            self._last_end = time.monotonic()
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -1950,10 +1981,22 @@ def demo_cmd(
 # ---- entry point --------------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("cmsvd")
+    except Exception:  # noqa: BLE001 - not installed (a source checkout)
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the exit code."""
-    command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        sys.stdout.write(f"cmsvd {_version()}\n")
+        return EXIT_OK
+    command = typer.main.get_command(app)
     try:
         rv = command.main(args=args, prog_name="cmsvd", standalone_mode=False)
         code = rv if isinstance(rv, int) else EXIT_OK

@@ -181,3 +181,23 @@ def test_round_trip_report_and_sweep(capsys, store, model, dask_address, tmp_pat
     assert row["max_certified_error_compressed"] == pytest.approx(real_report["max_certified_error_compressed"], rel=1e-12)
     own = next(r for r in sweep if r["eps"] == EPS)
     assert own["compression_ratio_adaptive"] == pytest.approx(report["compression_ratio_adaptive"], rel=1e-12)
+
+
+def test_decompress_all_of_other_formats_writes_one_npy_per_block(capsys, tmp_path):
+    import storage
+
+    rng = np.random.default_rng(3)
+    basis = rng.standard_normal((10, 2))
+    np.save(tmp_path / "stack.npy", np.stack([basis @ rng.standard_normal((2, 3)) for _ in range(6)]))
+    store = str(tmp_path / "store")
+    cli_json(capsys, "ingest", tmp_path / "stack.npy", "--store", store)
+    cli_json(capsys, "cluster", "stack", "--rank", 2, "--eps", 0.1, "--sequential", "--store", store)
+    code, _, err = cli(capsys, "decompress", "stack", "--all", "-o", tmp_path / "x.safetensors", "--store", store)
+    assert code == 2 and "not ingested from a safetensors file" in err
+    info = cli_json(capsys, "decompress", "stack", "--all", "-o", tmp_path / "out", "--store", store)
+    files = sorted((tmp_path / "out").glob("*.npy"))
+    assert info["blocks"] == 6 and len(files) == 6 and files[0].name == "000000-stack[0].npy"
+    art = storage.open_artifact(store, "stack", info["artifact"])
+    assert np.array_equal(np.load(files[3]), art.decompress(3))
+    code, _, err = cli(capsys, "decompress", "stack", "--store", store)
+    assert code == 2 and "give a BLOCK" in err
