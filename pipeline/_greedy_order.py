@@ -62,6 +62,13 @@ class CandidateOrder:
             self._exact[maybe] = self._exact_of(maybe)
         with np.errstate(invalid="ignore"):
             new = np.flatnonzero((self._exact <= t) & (self._exact > self._settled))
+        if not new.size:
+            # a screened interval missed its exact value (it must not; this keeps the
+            # order exact and the loop finite whatever the data): order the rest exactly
+            rest = np.flatnonzero(np.isnan(self._exact))
+            if rest.size:
+                self._exact[rest] = self._exact_of(rest)
+            new, t = np.flatnonzero(self._exact > self._settled), np.inf
         new = new[np.lexsort((new, self._exact[new]))]  # by value, ties by position (stable)
         self._order = np.concatenate([self._order, new])
         self._settled = t
@@ -107,7 +114,8 @@ class ResidualOrderer:
         delta = (rows + 4) * _U32 * norm + (rows + 1) * _TINY32
         product = 2.0 * np.sqrt(rank) * norm * delta + rank * delta * delta
         summed = (rank + 2) * _U32 * (column2 + product)
-        per_block = segment_sums(2.0 * (product + summed), self._layout.offsets)
+        underflow = 2 * (rank + 2) * _TINY32  # squares and sums of tiny entries in float32
+        per_block = segment_sums(2.0 * (product + summed + underflow), self._layout.offsets)
         energy = segment_sums(column2, self._layout.offsets)
         return per_block + 1e-12 * (energy + np.abs(self._layout.norms2))
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .magnitude import block_shifts, column_shifts, common_shift, rescale, scale_blocks
+
 __all__ = ["BlockLayout", "as_layout", "segment_sums", "column_index"]
 
 
@@ -61,12 +63,16 @@ class BlockLayout:
     offsets : ndarray of int64, shape (K + 1,)
         Column boundaries; block ``i`` is ``data[:, offsets[i]:offsets[i + 1]]``.
     norms2 : ndarray of float64, shape (K,)
-        Squared Frobenius norm of every block.
+        Squared Frobenius norm of every block (of the scaled block, see ``shifts``).
+    shifts : ndarray of int64, shape (K,), or None
+        Magnitude shift of every block (:mod:`pipeline.magnitude`): the columns of block
+        ``i`` hold ``2^-shifts[i] A_i``. None means all 0: the data as given.
     """
 
     data: np.ndarray
     offsets: np.ndarray
     norms2: np.ndarray
+    shifts: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -80,8 +86,17 @@ class BlockLayout:
     def widths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @property
+    def scaled(self) -> bool:
+        """Whether any block is held scaled (a nonzero shift)."""
+        return self.shifts is not None and bool(np.any(self.shifts))
+
+    def block_shifts(self) -> np.ndarray:
+        """Every block's shift (zeros when the layout holds the data as given)."""
+        return np.zeros(self.n_blocks, dtype=np.int64) if self.shifts is None else self.shifts
+
     def block(self, i: int) -> np.ndarray:
-        """Block ``i`` as a view of ``data``."""
+        """Block ``i`` as a view of ``data`` (scaled by ``2^-shifts[i]``)."""
         return self.data[:, self.offsets[i] : self.offsets[i + 1]]
 
     def column_index(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -89,14 +104,39 @@ class BlockLayout:
         return column_index(self.offsets, blocks)
 
     def gather(self, blocks: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The concatenation ``[A_i for i in blocks]`` (a copy), shape (m, sum of widths)."""
-        return self.data[:, self.column_index(blocks)]
+        """The concatenation ``[A_i for i in blocks]`` (a copy), shape (m, sum of widths),
+        under one common scale ``2^-S``, S the largest shift among ``blocks`` (see
+        :func:`group_shift`): relative quantities of the result are those of the group."""
+        columns = self.data[:, self.column_index(blocks)]
+        if not self.scaled:
+            return columns
+        shifts = self.shifts[np.asarray(blocks, dtype=np.int64)]
+        relative = shifts - common_shift(shifts)
+        if not relative.any():
+            return columns
+        widths = self.offsets[np.asarray(blocks) + 1] - self.offsets[np.asarray(blocks)]
+        return rescale(columns, column_shifts(relative, offsets_of(widths))[None, :])
+
+    def group_shift(self, blocks: Sequence[int] | np.ndarray) -> int:
+        """The shift S of :meth:`gather`'s result: the group is ``2^S`` times it."""
+        return common_shift(self.block_shifts()[np.asarray(blocks, dtype=np.int64)])
+
+    def common_scale(self) -> "BlockLayout":
+        """This layout with every block at the largest shift (one group's common scale),
+        so that a bound built over all of its blocks is a bound of the group."""
+        if not self.scaled or np.all(self.shifts == self.shifts[0]):
+            return self
+        data = self.gather(np.arange(self.n_blocks))
+        norms2 = segment_sums(np.einsum("ij,ij->j", data, data), self.offsets)
+        return BlockLayout(data, self.offsets, norms2, np.full(self.n_blocks, common_shift(self.shifts)))
 
     def subset(self, blocks: Sequence[int] | np.ndarray) -> "BlockLayout":
-        """A new layout holding only ``blocks``, in the order given."""
+        """A new layout holding only ``blocks``, in the order given (each at its own shift)."""
         blocks = np.asarray(blocks, dtype=np.int64)
         widths = self.offsets[blocks + 1] - self.offsets[blocks]
-        return BlockLayout(self.gather(blocks), offsets_of(widths), self.norms2[blocks].copy())
+        shifts = None if self.shifts is None else self.shifts[blocks].copy()
+        return BlockLayout(self.data[:, self.column_index(blocks)], offsets_of(widths), self.norms2[blocks].copy(),
+                           shifts)
 
 
 def _check_offsets(offsets: np.ndarray, n_columns: int) -> np.ndarray:
@@ -136,6 +176,10 @@ def _check_finite(data: np.ndarray, offsets: np.ndarray) -> None:
 
 def as_layout(blocks: object, offsets: object | None = None) -> BlockLayout:
     """Validate a collection and return it as a float64 :class:`BlockLayout`.
+
+    Blocks of extreme magnitude (largest entry outside [2^-401, 2^399)) are held scaled
+    by an exact power of two, recorded in ``shifts`` (:mod:`pipeline.magnitude`), so that
+    their squared norms neither underflow nor overflow.
 
     Parameters
     ----------
@@ -180,5 +224,7 @@ def as_layout(blocks: object, offsets: object | None = None) -> BlockLayout:
         offsets = offsets_of(widths)
         data = np.concatenate([a.astype(np.float64, copy=False) for a in checked], axis=1)
     _check_finite(data, offsets)
+    shifts = block_shifts(data, offsets)
+    data = scale_blocks(data, offsets, shifts)  # a no-op unless magnitudes are extreme
     norms2 = segment_sums(np.einsum("ij,ij->j", data, data), offsets)
-    return BlockLayout(data, offsets, norms2)
+    return BlockLayout(data, offsets, norms2, shifts if shifts.any() else None)

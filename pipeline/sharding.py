@@ -30,6 +30,7 @@ import scipy.linalg.blas
 
 from .bounds import GramSketch
 from .layout import BlockLayout, column_index, offsets_of, segment_sums
+from .magnitude import rescale
 from .spectra import adaptive_rank
 
 __all__ = [
@@ -131,19 +132,25 @@ def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
     dropped : ndarray of float64, shape (K,)
         An upper bound on ||F_i - recovered F_i||_F, to be carried as sketch slack.
     """
-    widths = np.diff(offsets)
-    peak = np.zeros(len(widths))
-    nonempty = widths > 0
-    if factors.size:
-        peak[nonempty] = np.maximum.reduceat(np.abs(factors).max(axis=0), offsets[:-1][nonempty])
-    exponents = np.where(peak > 0, np.frexp(peak)[1], 0).astype(np.int64)
-    column_exponents = np.repeat(exponents, widths)
+    exponents, column_exponents = _peak_exponents(factors, offsets)
     scaled = np.ldexp(factors, -column_exponents[None, :]).astype(np.float32)
     # measured in the scaled space, where squares neither underflow nor overflow; the
     # float64 evaluation is itself rounded, which a relative margin covers
     error = scaled.astype(np.float64) - np.ldexp(factors, -column_exponents[None, :])
     dropped = np.ldexp(np.sqrt(segment_sums(np.einsum("ij,ij->j", error, error), offsets)) * (1.0 + 1e-6), exponents)
     return scaled, exponents, dropped
+
+
+def _peak_exponents(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per block, and repeated per column, the binary exponent of its largest entry (0 if
+    none): ``2^-e F_i`` has entries below 1 in magnitude, in float32's range."""
+    widths = np.diff(offsets)
+    peak = np.zeros(len(widths))
+    nonempty = widths > 0
+    if factors.size:
+        peak[nonempty] = np.maximum.reduceat(np.abs(factors).max(axis=0), offsets[:-1][nonempty])
+    exponents = np.where(peak > 0, np.frexp(peak)[1], 0).astype(np.int64)
+    return exponents, np.repeat(exponents, widths)
 
 
 def unround_factors(scaled: np.ndarray, exponents: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -163,11 +170,15 @@ def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.n
 
     Returns
     -------
-    ndarray, shape (n_anchors, K): ||Q_a^T A_i||_F^2.
+    ndarray, shape (n_anchors, K): ||Q_a^T A_i||_F^2 up to a power of two per block
+    (``4^-e_i``, e_i the exponent of its largest entry), which ranks anchors alike.
     """
-    # one BLAS-3 product for every anchor and column; float32 is plenty for routing, and
-    # summing over each anchor's rows first shrinks the array before anything else
-    projected = anchors.T.astype(np.float32) @ factors.astype(np.float32)
+    # one BLAS-3 product for every anchor and column; float32 is plenty for routing once
+    # each block is scaled into its range, and summing over each anchor's rows first
+    # shrinks the array before anything else
+    column_exponents = _peak_exponents(factors, offsets)[1]
+    scaled = np.ldexp(factors, -column_exponents[None, :]).astype(np.float32)
+    projected = anchors.T.astype(np.float32) @ scaled
     np.square(projected, out=projected)
     per_anchor = np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
     return segment_sums(per_anchor, offsets)
@@ -416,8 +427,23 @@ def _blocks_by_label(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(labels[part[0]]), part) for part in np.split(order, cuts) if part.size]
 
 
-def gram_partials(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> dict[int, tuple[str, np.ndarray]]:
+def _at_shift(x: np.ndarray, shift: int) -> np.ndarray:
+    """``2^-shift x``: a group's columns at its magnitude shift (``x`` itself when 0)."""
+    return x if shift == 0 else rescale(x, -shift)
+
+
+def _shift_of(group_shifts: np.ndarray | None, label: int) -> int:
+    return 0 if group_shifts is None else int(group_shifts[label])
+
+
+def gram_partials(
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, group_shifts: np.ndarray | None = None
+) -> dict[int, tuple[str, np.ndarray]]:
     """Per group label (>= 0) its share of the Gram matrix M_C M_C^T in one batch.
+
+    With ``group_shifts`` (per label, :mod:`pipeline.magnitude`) a group's columns are
+    taken at its shift, ``2^-S M_C``, in every batch alike, so the sums never under- or
+    overflow and the certified relative error is that of the group.
 
     A group with fewer than m/2 columns in the batch keeps them as they are (``("cols",
     X)`` in the data's dtype, smaller than an m x m Gram); others give ``("upper", U)``,
@@ -428,7 +454,7 @@ def gram_partials(data: np.ndarray, offsets: np.ndarray, labels: np.ndarray) -> 
     rows = data.shape[0]
     out = {}
     for label, blocks in _blocks_by_label(labels):
-        x = data[:, column_index(offsets, blocks)]
+        x = _at_shift(data[:, column_index(offsets, blocks)], _shift_of(group_shifts, label))
         out[label] = ("cols", x) if 2 * x.shape[1] < rows else ("upper", _syrk(x))
     return out
 
@@ -480,7 +506,7 @@ def combine_partials(left: dict, right: dict) -> dict:
 
 
 def group_coefficients(
-    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict, group_shifts: np.ndarray | None = None
 ) -> dict[int, list[tuple[int, np.ndarray, float]]]:
     """Coefficients of every labelled block of a batch against its group's basis.
 
@@ -488,6 +514,9 @@ def group_coefficients(
     residual ||A_i - U_g V_i||_F^2 with U_g and V_i rounded to the data's dtype, as stored
     (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per
     group, (local block index, V_i, residual^2) in order.
+
+    With ``group_shifts`` (per label) the residual is computed on ``2^-S A_i`` and is
+    that of the scaled group (relative errors are unchanged); V_i is returned unscaled.
     """
     stored = data.dtype if np.issubdtype(data.dtype, np.floating) else np.dtype(np.float64)
     out: dict[int, list] = {}
@@ -500,11 +529,13 @@ def group_coefficients(
         else:
             # basis and coefficients as the artifact stores them (the data's dtype), so the
             # residual is that of the stored reconstruction, not of a float64 ideal
+            shift = _shift_of(group_shifts, int(g))
             basis = np.asarray(basis).astype(stored).astype(np.float64)
-            x = x.astype(np.float64)
+            x = _at_shift(x.astype(np.float64), shift)
             coef = (basis.T @ x).astype(stored)
             residual = x - basis @ coef.astype(np.float64)
             residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
+            coef = _at_shift(coef, -shift).astype(stored, copy=False)
         out[int(g)] = [
             (int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j])) for j, b in enumerate(blocks)
         ]

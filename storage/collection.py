@@ -4,7 +4,10 @@ Layout of one collection (a Zarr v3 group at ``<root>/<name>``)::
 
     data      (m, N) float32|float64, chunks (chunk_rows, chunk_columns), Blosc-zstd
     offsets   (K+1,) int64   block i is data[:, offsets[i]:offsets[i+1]]
-    norms2    (K,)   float64 squared Frobenius norm of each block (computed in float64)
+    norms2    (K,)   float64 squared Frobenius norm of each block, computed in float64 on
+                     2^-s A at the block's magnitude shift s (pipeline.magnitude; s = 0,
+                     the plain norm, unless the block's largest entry is below 2^-401
+                     or at least 2^399), so that it never under- or overflows
     attrs["cmsvd"] = {schema_version, kind, rows, dtype, n_blocks, n_columns, names,
                       block_provenance, provenance}
 
@@ -43,6 +46,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
+
+from pipeline.magnitude import add_scaled_norm2, scaled_norm2  # the norms2 convention, shared with the numerics
 
 from ._integrity import (
     ARRAY_CONFIG,
@@ -326,7 +331,7 @@ class CollectionWriter:
         width = int(shape[1])
         if width == 0:
             raise BlockValidationError(index, name, "has no columns")
-        norm2 = 0.0
+        norm2: tuple[int | None, float] = (None, 0.0)  # (magnitude shift, squared norm at it)
         step = self._sink.cc
         for a in range(0, width, step):
             piece = np.asarray(block[:, a : a + step])
@@ -347,10 +352,9 @@ class CollectionWriter:
                         f"{self.dtype} cannot store exactly (lossless casts only)",
                     )
             piece = piece.astype(self.dtype, copy=False)
-            p64 = piece.astype(np.float64, copy=False)
-            norm2 += float(np.einsum("ij,ij->", p64, p64))
+            norm2 = add_scaled_norm2(norm2, scaled_norm2(piece))
             self._sink.write(piece)
-        return width, norm2
+        return width, norm2[1]
 
     def add_passthrough(self, name: str, data: Any, info: dict | None = None) -> None:
         """Keep a source item that is not a block (a 1-D bias, an integer tensor...) as raw bytes.
@@ -987,8 +991,7 @@ class Collection:
             s0 = int(self.offsets[first])
             data = self.column_range(s0, int(self.offsets[stop]))
             for i in range(first, stop):
-                piece = data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0].astype(np.float64, copy=False)
-                n2 = float(np.einsum("ij,ij->", piece, piece))
+                n2 = scaled_norm2(data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0])[1]
                 if not np.isclose(n2, self.norms2[i], rtol=1e-9, atol=0.0):
                     raise CorruptedFileError(
                         f"collection {self.name!r}, block {i} ({self.names[i]!r}): squared norm {n2!r} differs from "

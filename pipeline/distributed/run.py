@@ -17,6 +17,7 @@ from .._threads import single_threaded_blas
 from ..bounds import DEFAULT_TOL, GramSketch
 from ..greedy import check_params
 from ..layout import offsets_of
+from ..magnitude import band_pure, common_shift, group_norms2
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
@@ -264,9 +265,11 @@ class ClusteringRun:
                              int(bounds[b + 1]), self.width_cap, self.params["eps"])
                 for b in range(self.n_batches)
             ]
-            results = sorted(self._gather("scan", futures))
-            factor_widths = np.concatenate([np.diff(offs) for _, offs in results])
-            return {"batch_bounds": bounds, "factor_widths": factor_widths}, {"batches": self.n_batches}
+            results = sorted(self._gather("scan", futures), key=lambda r: r[0])
+            factor_widths = np.concatenate([np.diff(offs) for _, offs, _ in results])
+            shifts = np.concatenate([s for _, _, s in results]).astype(np.int64)
+            meta = {"batches": self.n_batches, "magnitude_bands": int(np.unique(shifts).size)}
+            return {"batch_bounds": bounds, "factor_widths": factor_widths, "shifts": shifts}, meta
 
         return self._timed("scan", compute)
 
@@ -282,6 +285,17 @@ class ClusteringRun:
         sizes = np.diff(self._batch_bounds)
         return [(int(b), np.arange(0, int(sizes[b]), stride)) for b in chosen]
 
+    def _shifts(self) -> np.ndarray:
+        """Every block's magnitude shift (:mod:`pipeline.magnitude`), from the scan."""
+        shifts = self.scan().get("shifts")
+        return np.zeros(self.collection.n_blocks, dtype=np.int64) if shifts is None else np.asarray(shifts)
+
+    def _group_shifts(self, groups: list[list[int]]) -> np.ndarray:
+        """Each group's common shift: the largest of its blocks' (one value in practice:
+        shards and merge buckets never mix shifts)."""
+        shifts = self._shifts()
+        return np.array([common_shift(shifts[g]) for g in groups], dtype=np.int64)
+
     def partition(self) -> dict:
         """Route blocks to anchor subspaces (their best two) and pack them into shards."""
         self.scan()
@@ -289,9 +303,9 @@ class ClusteringRun:
         def compute():
             n_blocks = self.collection.n_blocks
             if n_blocks <= self.shard_size:
-                arrays = {"shards": np.zeros(n_blocks, dtype=np.int64),
+                arrays = {"shards": band_pure(np.zeros(n_blocks, dtype=np.int64), self._shifts()),
                           "block_anchors": np.zeros((n_blocks, 2), dtype=np.int64)}
-                return arrays, {"n_shards": 1, "anchors": 0}
+                return arrays, {"n_shards": int(arrays["shards"].max(initial=0)) + 1, "anchors": 0}
             # the sample's greedy runs on a worker: the client stays free of dense numerics
             # a computed future, not scattered data: a restarted worker recomputes it
             anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
@@ -299,7 +313,7 @@ class ClusteringRun:
             futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
                        for b in range(self.n_batches)]
             best_two = np.concatenate(self._gather("partition", futures))
-            shards = pack_shards(best_two[:, 0], self.shard_size)
+            shards = band_pure(pack_shards(best_two[:, 0], self.shard_size), self._shifts())
             anchor_offsets = anchors.result()[1]
             meta = {"n_shards": int(shards.max()) + 1, "anchors": len(anchor_offsets) - 1,
                     "anchor_columns": int(anchor_offsets[-1])}
@@ -345,9 +359,11 @@ class ClusteringRun:
         labels = labels_of(groups, self.collection.n_blocks)
         keys = group_anchor_keys(labels, block_anchors, np.asarray(self.collection.norms2), len(groups))
         if index % 2 == 0:
-            return keys[:, 0]
-        low, high = keys.min(axis=1), keys.max(axis=1)
-        return low * (int(block_anchors.max(initial=0)) + 1) + high
+            keys = keys[:, 0]
+        else:
+            low, high = keys.min(axis=1), keys.max(axis=1)
+            keys = low * (int(block_anchors.max(initial=0)) + 1) + high
+        return band_pure(keys, self._group_shifts(groups))
 
     def merge_round(self, index: int) -> bool:
         """Merge round ``index`` (stage ``merge-<index>``); returns whether a later round
@@ -416,13 +432,15 @@ class ClusteringRun:
         network; ranges run in parallel and are certified on the workers."""
         m = self.collection.rows
         labels = labels_of(groups, self.collection.n_blocks)
+        group_shifts = self._group_shifts(groups)
         # ranges of few groups: their sums and eigen-solves run in parallel
         ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=WRITE_GROUPS)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
         leaves = []
         for i, (first, stop, part) in enumerate(self._batches_of(labels)):
-            leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges)
+            leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges,
+                                group_shifts)
             leaves.append(leaf)
             for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
                 # the range's slice as its own small result: the sum, the larger input, stays put
@@ -518,6 +536,7 @@ class ClusteringRun:
         range_bytes = np.bincount(ranges, weights=per_group) if len(groups) else np.zeros(0)
         passes = group_ranges(range_bytes, PASS_BYTES)
         labels = labels_of(groups, coll.n_blocks)
+        group_shifts = self._group_shifts(groups)
         artifact = (coll.url, coll.name, label, json.dumps(coll.storage_options, sort_keys=True))
         residual2: dict[int, float] = {}
         for p in np.unique(passes):
@@ -526,7 +545,7 @@ class ClusteringRun:
             pass_labels = np.where(np.isin(labels, pass_groups), labels, -1)
             # workers read the bases from the certify checkpoint (they survive a restart)
             parts = [self._submit("coef", first, tasks.coefficient_batch, self._handle, first, stop, part, ranges,
-                                  len(range_bytes), ranks)
+                                  len(range_bytes), ranks, group_shifts)
                      for first, stop, part in self._batches_of(pass_labels)]
             writes = []
             for r in in_pass:
@@ -550,10 +569,9 @@ class ClusteringRun:
             storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
                                     overwrite=True, storage_options=coll.storage_options)
             residual2 = self._write_coefficients(groups, bases, ranks, label)
-            norms2 = coll.norms2
+            totals = group_norms2(coll.norms2, self._shifts(), groups)  # at each group's shift, as residual2
             stored_errors = np.array([
-                math.sqrt(residual2[g] / norms2[group].sum()) if norms2[group].sum() > 0 else 0.0
-                for g, group in enumerate(groups)
+                math.sqrt(residual2[g] / totals[g]) if totals[g] > 0 else 0.0 for g in range(len(groups))
             ])
             writer = storage.open_artifact_writer(coll.url, coll.name, label, storage_options=coll.storage_options)
             self._lease.check()  # publish only while this process is still the run's writer

@@ -18,6 +18,7 @@ from .._threads import single_threaded_blas
 from ..bounds import GramSketch
 from ..greedy import greedy_groups
 from ..layout import BlockLayout, column_index, offsets_of, segment_sums
+from ..magnitude import block_shifts, scale_blocks
 from ..sharding import (
     FLOAT32_ROUNDOFF,
     anchor_basis,
@@ -133,17 +134,21 @@ def rounding_eps(eps: float) -> float:
 
 
 def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: int, width_cap: int,
-               eps: float) -> tuple[int, np.ndarray]:
+               eps: float) -> tuple[int, np.ndarray, np.ndarray]:
     """Exact norms and factors of one batch, checkpointed as ``scan-<batch>`` (float32 with
     a per-block scale and measured rounding drop, see :func:`float32_factors`); committed
-    only while the driver holds the run's lease ``token``."""
+    only while the driver holds the run's lease ``token``. Returns the batch, its factor
+    offsets and its blocks' magnitude shifts: norms and factors are those of the blocks
+    at their shifts (:mod:`pipeline.magnitude`), as the stored norms are."""
     stage = f"scan-{batch:05d}"
     run = run_of(handle).require_lease(token)
     if run.is_complete(stage):
-        return batch, np.asarray(run.load_stage(stage, ["factor_offsets"])[0]["factor_offsets"])
+        arrays = run.load_stage(stage, ["factor_offsets", "shifts"])[0]
+        return batch, np.asarray(arrays["factor_offsets"]), np.asarray(arrays["shifts"])
     coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
-    data = np.asarray(data, dtype=np.float64)  # once, for the norms and the factors
+    shifts = block_shifts(data, offsets)
+    data = scale_blocks(data, offsets, shifts)  # float64 once, for the norms and the factors
     norms2 = check_batch(data, offsets, first, coll.norms2[first:stop], coll.names)
     with single_threaded_blas():
         factors, factor_offsets, dropped = block_factors(data, offsets, width_cap)
@@ -153,8 +158,8 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
     else:
         scaled, exponents = factors, np.zeros(stop - first, dtype=np.int64)
     run.save_stage(stage, {"factors": scaled, "exponents": exponents, "dropped": dropped,
-                           "factor_offsets": factor_offsets, "norms2": norms2})
-    return batch, factor_offsets
+                           "factor_offsets": factor_offsets, "norms2": norms2, "shifts": shifts})
+    return batch, factor_offsets, shifts
 
 
 def load_factors(handle: Handle, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -278,11 +283,12 @@ def merge_bucket_batch(handle: Handle, stage: str, buckets: list[np.ndarray], ne
 
 
 def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
-               n_ranges: int) -> list[dict]:
-    """One read of a batch: per group range, the Gram partials of its groups present."""
+               n_ranges: int, group_shifts: np.ndarray) -> list[dict]:
+    """One read of a batch: per group range, the Gram partials of its groups present
+    (each group at its magnitude shift ``group_shifts[g]``)."""
     data, offsets = read_batch(handle, first, stop)
     with single_threaded_blas():
-        parts = gram_partials(data, offsets, labels)
+        parts = gram_partials(data, offsets, labels, group_shifts)
     out: list[dict] = [{} for _ in range(n_ranges)]
     for label, part in parts.items():
         out[int(ranges[label])][label] = part
@@ -326,12 +332,13 @@ def stored_bases(handle: Handle, groups, ranks: np.ndarray) -> dict[int, np.ndar
 
 
 def coefficient_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
-                      n_ranges: int, ranks: np.ndarray) -> list[dict]:
-    """One read of a batch: per group range, the coefficients and residuals of its blocks."""
+                      n_ranges: int, ranks: np.ndarray, group_shifts: np.ndarray) -> list[dict]:
+    """One read of a batch: per group range, the coefficients and residuals (at the
+    group's magnitude shift) of its blocks."""
     data, offsets = read_batch(handle, first, stop)
     bases = stored_bases(handle, np.unique(labels[labels >= 0]), ranks)
     with single_threaded_blas():
-        parts = group_coefficients(data, offsets, labels, bases)
+        parts = group_coefficients(data, offsets, labels, bases, group_shifts)
     out: list[dict] = [{} for _ in range(n_ranges)]
     for g, entries in parts.items():
         out[int(ranges[g])][g] = [(first + b, coef, residual2) for b, coef, residual2 in entries]

@@ -6,6 +6,9 @@ import numpy as np
 def exact_error(blocks, members, rank):
     """Exact relative rank-r error from a full SVD (the reference every bound is held to)."""
     matrix = np.hstack([np.asarray(blocks[i], dtype=np.float64) for i in members])
+    largest = float(np.max(np.abs(matrix), initial=0.0))
+    if largest > 0:  # by a power of two (exact), so s^2 neither under- nor overflows
+        matrix = np.ldexp(matrix, -int(np.frexp(largest)[1]))
     s = np.linalg.svd(matrix, compute_uv=False)
     total = float(np.sum(s * s))
     return 0.0 if total == 0 else float(np.sqrt(np.sum(s[rank:] ** 2) / total))

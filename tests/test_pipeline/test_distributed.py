@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+import pipeline
 import storage
 from pipeline.distributed import ClusteringRun, cluster_collection
 from pipeline.synthetic import union_of_subspaces
@@ -218,3 +219,37 @@ def test_a_run_held_by_another_writer_is_refused_naming_it(client, tmp_path):
     with run.run.lease(owner="nightly-deployment"):
         with pytest.raises(storage.RunLeaseError, match="nightly-deployment"):
             ClusteringRun(coll, rank=6, eps=0.1, client=client, run_id="busy", lease_wait_s=0.5).scan()
+
+
+@pytest.mark.parametrize("dtype,scales,bands", [
+    (np.float64, [1e-200, 1.0, 1e300, 2.0**-1040], 3),  # 1e-200 and 2^-1040 share a band
+    (np.float32, [1e-30, 1.0, 1e30, 1e-35], 1),
+])
+def test_guarantee_at_extreme_magnitudes(client, tmp_path, dtype, scales, bands):
+    """Blocks near 1e-200, 1e300 and in the subnormal range beside ordinary ones (float32:
+    1e-30 .. 1e30): squared norms used to under- or overflow, so different subspaces
+    certified at error 0."""
+    from pipeline.magnitude import add_scaled_norm2, residual_norm2, scaled_ratio
+
+    plain = _subspace_blocks(240, seed=8)
+    blocks = [(b * scales[(i // 7) % 4]).astype(dtype) for i, b in enumerate(plain)]
+    coll = _store(tmp_path, blocks, dtype=dtype)
+    assert np.all(np.isfinite(coll.norms2)) and np.all(coll.norms2 > 0)
+    coll.verify()
+    result = cluster_collection(coll, rank=6, eps=0.1, client=client, shard_size=80, batch_bytes=SMALL_BATCH)
+    reference = cluster_collection(_store(tmp_path, plain, name="plain"), rank=6, eps=0.1, client=client,
+                                   shard_size=80, batch_bytes=SMALL_BATCH)
+    artifact = storage.open_artifact(coll.url, coll.name, result.artifact_label)
+    shifts = pipeline.as_layout(blocks).block_shifts()
+    assert len(set(shifts.tolist())) == bands
+    for group in result.groups:
+        assert len(set(shifts[group].tolist())) == 1  # one magnitude band per group
+        assert exact_error(blocks, group, 6) <= 0.1 * (1 + 1e-9)
+        residual2, norm2 = (None, 0.0), (None, 0.0)
+        for i in group:
+            r, n = residual_norm2(blocks[i], artifact.decompress(i))
+            residual2, norm2 = add_scaled_norm2(residual2, r), add_scaled_norm2(norm2, n)
+        assert np.sqrt(scaled_ratio(residual2, norm2)) <= 0.1 * (1 + 1e-6) + (1e-6 if dtype == np.float64 else 1e-3)
+    assert result.max_error <= 0.1
+    # four bands cannot merge what one band merges, but nothing collapses either
+    assert reference.n_groups <= result.n_groups <= 4 * reference.n_groups
