@@ -11,6 +11,7 @@ Three regimes, every method and candidate order (synthetic data from
 
     python bench/bench_cluster.py [--regimes wide narrow single] [--scale 1.0] [--repeat 3]
         [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH]
+    python bench/bench_cluster.py --profile ...  # seconds per step of every row (cProfile, cumulative)
     python bench/bench_cluster.py --matrix ...   # each row in the default env and with OPENBLAS_NUM_THREADS=1,
                                                  # idle and with a burner, back to back (the paper idle only,
                                                  # unless --reference-burn)
@@ -25,6 +26,8 @@ Prints one row per (regime, method, order). Not a test: figures only.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import importlib
 import json
 import multiprocessing as mp
@@ -188,6 +191,63 @@ def format_row(row: dict) -> str:
     return text + (f" {paper:>8} {row['paper_groups']:>8} {row['paper_cr']:>6.2f} {row['paper_violations']:>6} {speed:>8}")
 
 
+# Steps of the greedy: each the cumulative time of the functions named ("module:qualname";
+# a "|" lists alternatives, the first that exists counts, so older versions profile too).
+STEPS = {
+    "seed": ["greedy:_seed_state|bounds:make_bound"],
+    "order": ["greedy:_order_candidates", "_greedy_order:CandidateOrder.prefix"],
+    "extension": ["bounds:extend_basis"],
+    "eigen": ["bounds:_eigh|numpy.linalg._linalg:eigh"],
+    "bound": ["bounds:ResidualBound._proposal_error", "bounds:GramSketch._proposal_error", "greedy:_grow_weyl"],
+    "commit": ["bounds:ResidualBound._commit", "bounds:GramSketch._commit"],
+    "singletons": ["greedy:_singleton_energies"],
+}
+
+
+def _resolve(name: str):
+    """The function named "module:qualname" (module relative to pipeline), or None."""
+    for option in name.split("|"):
+        module, qualname = option.split(":")
+        obj = importlib.import_module(module if "." in module else "pipeline." + module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            return obj
+    return None
+
+
+def _code_key(func) -> tuple:
+    code = getattr(func, "__func__", func).__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def profile_steps(layout, method, order, rank, eps) -> dict[str, float]:
+    """CPU seconds per step of one clustering under cProfile: cumulative times, so a step
+    includes what it calls (``order`` includes the exact residuals the grow loop asks
+    for; ``extension`` includes its SVD). CPU time, not wall time, so that other jobs on a
+    shared machine move the figures less; profiling inflates the Python-heavy steps."""
+    profiler = cProfile.Profile(time.process_time)
+    start = time.process_time()
+    profiler.runcall(pipeline.cluster, layout, rank=rank, eps=eps, method=method, order=order)
+    wall = time.process_time() - start
+    stats = pstats.Stats(profiler).stats
+    steps = {"total": wall}
+    for step, names in STEPS.items():
+        keys = [_code_key(f) for f in map(_resolve, names) if f is not None]
+        steps[step] = sum(stats[k][3] for k in keys if k in stats)
+    return steps
+
+
+def run_profile(args) -> None:
+    print(f"{'regime':>7} {'method':>12} {'order':>9} " + " ".join(f"{k:>10}" for k in ["total", *STEPS]), flush=True)
+    for regime in args.regimes:
+        layout, rank, eps, _ = make_layout(regime, args.scale, args.safetensors)
+        for method, order in args.combos:
+            pipeline.cluster(layout, rank=rank, eps=eps, method=method, order=order)  # warm caches
+            steps = profile_steps(layout, method, order, rank, eps)
+            print(f"{regime:>7} {method:>12} {order:>9} " + " ".join(f"{v:>10.3f}" for v in steps.values()), flush=True)
+
+
 def _paper_cell(row: dict) -> str:
     if "paper_time" not in row:
         return "-"
@@ -264,11 +324,15 @@ def main() -> None:
     parser.add_argument("--safetensors", default=None, help="single-column regime from a model's weights")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--matrix", action="store_true", help="default env and one BLAS thread, idle and burning")
+    parser.add_argument("--profile", action="store_true", help="CPU seconds per step of every row instead of the table")
     parser.add_argument("--reference-burn", action="store_true", help="with --matrix: time the paper with a burner too")
     args = parser.parse_args()
     args.combos = COMBOS if not args.methods else [tuple(s.split("/")) for s in args.methods]
     if args.matrix:
         matrix(sys.argv[1:], args.regimes, args.combos)
+        return
+    if args.profile:
+        run_profile(args)
         return
     rows = run(args)
     if args.json:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd and _eigh
 
 from ._checks import check_nonnegative_int, check_rank, check_tol
 from .spectra import error_from_energy, top_energy
@@ -55,13 +56,33 @@ def _as_float64(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def _quiet() -> np.errstate:
+    """The floating-point state numpy's own linalg wrappers run LAPACK under."""
+    return np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore")
+
+
 def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left singular vectors and singular values (economy), robust driver fallback."""
-    try:
-        u, s, _ = np.linalg.svd(matrix, full_matrices=False)  # gesdd, least call overhead
-    except np.linalg.LinAlgError:  # gesdd occasionally fails to converge; gesvd is slower but robust
+    """Left singular vectors and singular values (economy) of a float64 matrix.
+
+    The same gesdd call as ``np.linalg.svd(matrix, full_matrices=False)``, bit for bit,
+    without its wrapper: the greedy makes tens of thousands of these calls on matrices of
+    a few columns, where the wrapper's checks cost about a third of the solve. A failure
+    to converge fills the result with NaN; gesvd is then used (slower but robust)."""
+    with _quiet():
+        u, s, _ = _umath_linalg.svd_s(matrix, signature="d->ddd")
+    if s.size and s[0] != s[0]:  # NaN: gesdd did not converge
         u, s, _ = scipy.linalg.svd(matrix, full_matrices=False, check_finite=False, lapack_driver="gesvd")
     return u, s
+
+
+def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.linalg.eigh(matrix)`` (ascending, lower triangle) bit for bit, without its
+    wrapper's overhead (see :func:`_svd`); raises LinAlgError like it on failure."""
+    with _quiet():
+        lam, vecs = _umath_linalg.eigh_lo(matrix, signature="d->dd")
+    if lam.size and lam[0] != lam[0]:  # NaN: no convergence; let numpy raise its error
+        return np.linalg.eigh(matrix)
+    return lam, vecs
 
 
 def _unit_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +138,7 @@ def extend_basis(
     residual -= q @ (q.T @ residual)  # second Gram-Schmidt pass: "twice is enough"
     norm = float(np.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2))
     u, s = _unit_column(residual) if residual.shape[1] == 1 else _svd(residual)
-    kept = u[:, s > _keep_threshold(norm, tol)]
+    kept = u[:, s > _keep_threshold(norm, tol)]  # (a column-major copy: products below depend on it bit for bit)
     if kept.shape[1]:
         # singular vectors of weak residual directions carry roundoff along q of size
         # ~eps*||A||/s_j: project it out, and re-orthonormalise if it was not negligible
@@ -128,7 +149,8 @@ def extend_basis(
     new_coords = kept.T @ block
     dropped = 0.0
     if with_dropped:
-        dropped = float(np.linalg.norm(residual - kept @ (kept.T @ residual)))
+        outside = (residual - kept @ (kept.T @ residual)).ravel(order="K")
+        dropped = float(np.sqrt(outside.dot(outside)))  # np.linalg.norm's arithmetic, without its wrapper
     return Extension(coords, kept, new_coords, dropped)
 
 
@@ -181,12 +203,15 @@ class WeylBound(_Bound):
     rank : int
     """
 
-    def __init__(self, seed: np.ndarray, rank: int, *, total: float | None = None):
+    def __init__(self, seed: np.ndarray, rank: int, *, total: float | None = None, svd=None):
         self.rank = check_rank(rank)
         seed = _as_float64(seed)
         # E_r of a seed of at most r columns is all its energy; a wider one needs its SVD
         wide = seed.shape[1] > self.rank
-        self._seed_energy = top_energy(_svd(seed)[1] ** 2, self.rank) if wide else float(np.einsum("ij,ij->", seed, seed))
+        if wide:
+            self._seed_energy = top_energy((_svd(seed) if svd is None else svd)[1] ** 2, self.rank)
+        else:
+            self._seed_energy = float(np.einsum("ij,ij->", seed, seed))
         self.total = _seed_total(seed, total)
 
     @classmethod
@@ -210,7 +235,7 @@ class WeylBound(_Bound):
 
     def add_norms(self, norms2: np.ndarray) -> None:
         """Add blocks known only by their squared norms (all this bound needs)."""
-        self.total += float(np.sum(norms2))
+        self.total += float(np.asarray(norms2, dtype=np.float64).sum())  # np.sum without its dispatch
 
 
 class ResidualBound(_Bound):
@@ -228,18 +253,21 @@ class ResidualBound(_Bound):
         Relative threshold below which residual directions are dropped (and not credited).
     """
 
-    def __init__(self, seed: np.ndarray, rank: int, *, tol: float = DEFAULT_TOL, total: float | None = None):
+    def __init__(
+        self, seed: np.ndarray, rank: int, *, tol: float = DEFAULT_TOL, total: float | None = None, svd=None
+    ):
         self.rank = check_rank(rank)
         self.tol = check_tol(tol)
         seed = _as_float64(seed)
         self.total = _seed_total(seed, total)
-        u, s = _svd(seed)
+        u, s = _svd(seed) if svd is None else svd
         kept = s > _keep_threshold(np.sqrt(self.total), self.tol)
         self.basis = np.ascontiguousarray(u[:, kept])
-        self.credited = list(s * s)
+        self._room = None  # row-major (m, capacity) buffer whose first columns are the basis
+        self.credited = s * s  # an array: every proposal concatenates it (a list was converted each time)
 
     def lower_energy(self) -> float:
-        return top_energy(np.asarray(self.credited), self.rank)
+        return top_energy(self.credited, self.rank)
 
     def _propose(self, block: np.ndarray, norm2: float | None):
         norm2 = self._norm2(block, norm2)
@@ -250,14 +278,29 @@ class ResidualBound(_Bound):
 
     def _proposal_error(self, proposal) -> float:
         total, _, s2 = proposal
-        return error_from_energy(top_energy(np.concatenate([self.credited, s2]), self.rank), total)
+        return error_from_energy(top_energy(np.concatenate((self.credited, s2)), self.rank), total)
 
     def _commit(self, proposal) -> None:
         total, basis, s2 = proposal
         self.total = total
         if basis.shape[1]:
-            self.basis = np.hstack([self.basis, basis])
-            self.credited.extend(s2)
+            self.basis = self._appended(basis)
+            self.credited = np.concatenate((self.credited, s2))
+
+    def _appended(self, columns: np.ndarray) -> np.ndarray:
+        """The basis with ``columns`` appended, as a view of a buffer with room to grow.
+
+        Copying the whole basis for every added block made growing a group of k blocks
+        cost O(m k^2). The view is row-major like a fresh array, so the products taken
+        with it give the same bits."""
+        rows, k = self.basis.shape
+        n = columns.shape[1]
+        if self._room is None or self._room.shape[1] < k + n:
+            room = np.empty((rows, max(2 * (k + n), 16)))
+            room[:, :k] = self.basis
+            self._room = room
+        self._room[:, k : k + n] = columns
+        return self._room[:, : k + n]
 
 
 class GramSketch(_Bound):
@@ -293,6 +336,7 @@ class GramSketch(_Bound):
         tol: float = DEFAULT_TOL,
         rows: int | None = None,
         total: float | None = None,
+        svd=None,
     ):
         self.rank = check_rank(rank)
         self.oversampling = check_nonnegative_int("oversampling", oversampling)
@@ -305,7 +349,7 @@ class GramSketch(_Bound):
             return
         seed = _as_float64(seed)
         self.total = _seed_total(seed, total)
-        u, s = _svd(seed)
+        u, s = _svd(seed) if svd is None else svd
         k = min(int(np.count_nonzero(s > _keep_threshold(np.sqrt(self.total), self.tol))), self.capacity)
         self.basis = np.ascontiguousarray(u[:, :k])
         self.eigenvalues = s[:k] ** 2
@@ -334,12 +378,12 @@ class GramSketch(_Bound):
         added = self._norm2(block, norm2) if extra_total is None else extra_total
         ext = extend_basis(self.basis, block, self.tol, with_dropped=True, norm2=added if extra_total is None else None)
         k = self.basis.shape[1]
-        coords = np.vstack([ext.coords, ext.new_coords])  # [Y; B], coordinates of the kept part
+        coords = np.concatenate((ext.coords, ext.new_coords))  # [Y; B], coordinates of the kept part
         small = coords @ coords.T
         small.flat[: k * (small.shape[0] + 1) : small.shape[0] + 1] += self.eigenvalues
-        lam, vecs = np.linalg.eigh(small)
+        lam, vecs = _eigh(small)
         keep = min(self.capacity, lam.size)
-        lam, vecs = np.clip(lam[::-1][:keep], 0.0, None), vecs[:, ::-1][:, :keep]
+        lam, vecs = np.maximum(lam[::-1][:keep], 0.0), vecs[:, ::-1][:, :keep]
         # the new basis [Q W] V is formed on commit only: a rejected proposal never needs it
         return self.total + added, (ext.basis, vecs), lam, self.slack + ext.dropped
 
@@ -349,7 +393,7 @@ class GramSketch(_Bound):
 
     def _commit(self, proposal) -> None:
         total, (extension, vecs), lam, slack = proposal
-        self.basis = np.hstack([self.basis, extension]) @ vecs if lam.size else self.basis[:, :0]
+        self.basis = np.concatenate((self.basis, extension), axis=1) @ vecs if lam.size else self.basis[:, :0]
         self.total, self.eigenvalues, self.slack = total, lam, slack
 
     def merge(self, other: "GramSketch") -> "GramSketch":
@@ -385,15 +429,18 @@ def make_bound(
     oversampling: int = 5,
     tol: float = DEFAULT_TOL,
     total: float | None = None,
+    svd: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Build the bound state named by ``method`` ("max_norm", "residuals", "approximate").
 
     ``total`` overrides ||seed||_F^2 when the seed columns are a sketch of the real blocks.
+    ``svd`` is the seed's (left singular vectors, singular values) from ``_svd`` when the
+    caller already has them (the residual order needs them too).
     """
     if method == "max_norm":
-        return WeylBound(seed, rank, total=total)
+        return WeylBound(seed, rank, total=total, svd=svd)
     if method == "residuals":
-        return ResidualBound(seed, rank, tol=tol, total=total)
+        return ResidualBound(seed, rank, tol=tol, total=total, svd=svd)
     if method == "approximate":
-        return GramSketch(seed, rank, oversampling=oversampling, tol=tol, total=total)
+        return GramSketch(seed, rank, oversampling=oversampling, tol=tol, total=total, svd=svd)
     raise ValueError(f"unknown method {method!r}; expected one of 'max_norm', 'residuals', 'approximate'")

@@ -78,21 +78,22 @@ def seed_split(sorted_blocks: np.ndarray, widths: np.ndarray, rank: int) -> int:
     return max(1, int(np.searchsorted(total, rank, side="right")))
 
 
-def _seed_basis(seed: np.ndarray, rank: int) -> np.ndarray:
-    """Top-r left singular vectors of the seed (its whole range when it has <= r columns)."""
-    u, s = _svd(seed)
+def _seed_basis(seed: np.ndarray, rank: int, svd=None) -> np.ndarray:
+    """Top-r left singular vectors of the seed (its whole range when it has <= r columns);
+    ``svd`` is the seed's ``_svd`` when the caller already has it."""
+    u, s = _svd(seed) if svd is None else svd
     keep = min(rank, int(np.count_nonzero(s > s[0] * 1e-12))) if s.size and s[0] > 0 else 0
     return u[:, :keep]
 
 
-def _order_candidates(candidates, seed, rank, orderer, alive):
+def _order_candidates(candidates, seed, rank, orderer, alive, svd=None):
     """Candidates (largest norm first) in growing order: by residual, else smallest norm
     first. An array, or a lazily materialised order (see :func:`prefix`)."""
     if orderer is None:
         return candidates[::-1]
     if not candidates.size:
         return candidates
-    return orderer.order(_seed_basis(seed, rank), candidates, alive)
+    return orderer.order(_seed_basis(seed, rank, svd), candidates, alive)
 
 
 def group_bound(
@@ -266,16 +267,17 @@ def _block_energies(layout: BlockLayout) -> np.ndarray:
     return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
 
 
-def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int) -> np.ndarray:
+def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int, energies=None) -> np.ndarray:
     """Top-r energies of blocks that stay alone, their spectra batched by block width.
 
     A block of at most r columns keeps all its energy: the sum of its columns' squares,
-    taken from one pass over the data instead of a copy of every block."""
+    taken from one pass over the data instead of a copy of every block (or from
+    ``energies``, :func:`_block_energies` when the caller already has them)."""
     energy = np.empty(len(blocks))
     widths = layout.widths[blocks]
     narrow = widths <= rank
     if narrow.any():
-        energy[narrow] = _block_energies(layout)[blocks[narrow]]
+        energy[narrow] = (_block_energies(layout) if energies is None else energies)[blocks[narrow]]
     for width in np.unique(widths[~narrow]):
         picked = np.flatnonzero(widths == width)
         for chunk in np.array_split(picked, -(-len(picked) * layout.rows * int(width) // _STACK_ITEMS)):
@@ -301,6 +303,31 @@ def _column_major(layout: BlockLayout, method: str, order: str) -> BlockLayout:
     return BlockLayout(np.asfortranarray(layout.data), layout.offsets, layout.norms2)
 
 
+def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered: bool):
+    """The seed's columns (None when nothing needs them), their ``_svd`` (None unless
+    ``ordered``: the residual order needs it too, and one decomposition serves both) and
+    the seed's bound state."""
+    total = float(layout.norms2[seed_ids].sum())
+    if energies is not None and widths[seed_ids].sum() <= rank:
+        bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
+        return (layout.gather(seed_ids) if ordered else None), None, bound
+    seed = layout.gather(seed_ids)
+    svd = _svd(seed) if ordered else None
+    return seed, svd, make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total, svd=svd)
+
+
+def _without_group(remaining: np.ndarray, alive: np.ndarray, n_seed: int, n_accepted: int, tail: bool) -> np.ndarray:
+    """``remaining`` without the group just formed (its blocks already dead in ``alive``).
+
+    The seed is the front of ``remaining``. In norm order (``tail``) the accepted blocks
+    are its back: the grow loop accepts a prefix of ``remaining[n_seed:][::-1]``. Then a
+    slice does, instead of a pass over every remaining block per group (thousands of
+    groups of a few blocks each)."""
+    if tail or not n_accepted:
+        return remaining[n_seed : len(remaining) - n_accepted]
+    return remaining[alive[remaining]]
+
+
 def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True):
     """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
@@ -318,26 +345,19 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
         n_seed = seed_split(remaining, widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
         alive[seed_ids] = False
-        total = float(layout.norms2[seed_ids].sum())
-        if energies is not None and widths[seed_ids].sum() <= rank:
-            seed = None
-            bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
-        else:
-            seed = layout.gather(seed_ids)
-            bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total)
-        if orderer is not None and seed is None:
-            seed = layout.gather(seed_ids)
-        candidates = _order_candidates(candidates, seed, rank, orderer, alive)
+        ordered = orderer is not None and candidates.size > 0
+        seed, svd, bound = _seed_state(layout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered)
+        candidates = _order_candidates(candidates, seed, rank, orderer, alive, svd)
         accepted = _grow(bound, layout, candidates, eps)
         group = [int(b) for b in seed_ids] + accepted
         clusters.append(group)
         bounds.append(bound.error_bound())
         states.append(bound)
         alive[group] = False
-        remaining = remaining[alive[remaining]]
+        remaining = _without_group(remaining, alive, n_seed, len(accepted), orderer is None)
         misses = misses + 1 if not accepted and len(candidates) else 0
         if misses >= patience:
-            energy, totals = _singleton_energies(layout, remaining, rank), layout.norms2[remaining]
+            energy, totals = _singleton_energies(layout, remaining, rank, energies), layout.norms2[remaining]
             clusters.extend([block] for block in remaining.tolist())
             bounds.extend(_error_bounds(energy, totals).tolist())
             if with_states:
