@@ -217,7 +217,8 @@ def _resolve(name: str):
 
 
 def _code_key(func) -> tuple:
-    code = getattr(func, "__func__", func).__code__
+    func = getattr(func, "__func__", func)  # a method
+    code = getattr(func, "_implementation", func).__code__  # numpy's array-function dispatchers wrap one
     return code.co_filename, code.co_firstlineno, code.co_name
 
 

@@ -94,7 +94,8 @@ class ResidualOrderer:
         self._layout = layout
         self._widths = layout.widths
         data = layout.data
-        self._screen = bool(screen) and data.size > 0 and float(np.abs(data).max()) < _SCREEN_MAX_ABS
+        # the largest magnitude from max and min: np.abs would copy the whole collection
+        self._screen = bool(screen) and data.size > 0 and max(float(data.max()), -float(data.min())) < _SCREEN_MAX_ABS
         if self._screen:
             self._error = self._screen_error(rank)
         self._reset(np.arange(layout.n_blocks))

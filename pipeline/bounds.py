@@ -368,7 +368,7 @@ class GramSketch(_Bound):
         return sketch
 
     def _sketch_energy(self, eigenvalues: np.ndarray, slack: float) -> float:
-        head = float(np.sum(eigenvalues[: self.rank]))  # eigenvalues are kept descending
+        head = float(eigenvalues[: self.rank].sum())  # kept descending; np.sum minus its dispatch
         return max(0.0, np.sqrt(head) - slack) ** 2
 
     def lower_energy(self) -> float:
