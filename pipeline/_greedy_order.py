@@ -135,6 +135,20 @@ class ResidualOrderer:
         projected = basis.T @ data
         return segment_sums(np.einsum("ij,ij->j", projected, projected), offsets)
 
+    def _screened_inside(self, basis: np.ndarray) -> np.ndarray:
+        """||basis^T A_i||_F^2 of every block of the float32 copy, in float32.
+
+        The product runs in whichever orientation reads the copy contiguously: about a
+        third faster on column-major data (narrow blocks, see ``greedy._column_major``).
+        The screening error bound holds for any summation order, so the exact order the
+        loop is handed does not change."""
+        data, basis = self._data, basis.astype(np.float32)
+        if data.flags.f_contiguous and not data.flags.c_contiguous:
+            projected = data.T @ basis
+            return segment_sums(np.einsum("ij,ij->i", projected, projected), self._offsets)
+        projected = basis.T @ data
+        return segment_sums(np.einsum("ij,ij->j", projected, projected), self._offsets)
+
     def _position(self, blocks: np.ndarray) -> np.ndarray:
         position = np.full(self._layout.n_blocks, -1, dtype=np.int64)
         position[self._ids] = np.arange(len(self._ids))
@@ -161,7 +175,7 @@ class ResidualOrderer:
             residual = self.residual_norms2(basis, candidates, alive)
             return candidates[np.argsort(residual, kind="stable")]
         self._compact(alive)
-        inside = self._inside(basis.astype(np.float32), self._data, self._offsets)
+        inside = self._screened_inside(basis)
         screened = self._layout.norms2[candidates] - inside[self._position(candidates)]
         error = self._error[candidates]
         lower, upper = screened - error, np.maximum(screened + error, 0.0)
