@@ -24,7 +24,6 @@ import contextlib
 import enum
 import functools
 import json
-import math
 import os
 import sys
 import threading
@@ -735,6 +734,7 @@ def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> di
         "raw_blocks": honest["raw_blocks"],
         "raw_groups": honest["raw_groups"],
         "raw_block_errors": honest["raw_block_errors"],
+        "raw_unfit_blocks": honest["raw_unfit_blocks"],
         "eps": eps,
         "guarantee_ok": all(g["error"] <= eps for g in multi),
         "bytes": report["bytes"],
@@ -752,9 +752,10 @@ def _guidance(summary: dict) -> str | None:
     if not blocks or raw * 2 < blocks or not errs:
         return None
     r, eps = summary.get("rank"), summary.get("eps")
-    return (f"{raw} of {blocks} blocks are stored as they are: their own rank-{r} errors are {errs[0]:.3g} to {errs[1]:.3g}, "
-            f"above eps = {eps}, and no group fits them. A larger --rank, a larger --eps, or ingest with --per column "
-            "(one block per column, so similar columns can share a basis) would help.")
+    unfit = summary.get("raw_unfit_blocks", raw)
+    return (f"{raw} of {blocks} blocks are stored as they are; {unfit} of them because their own rank-{r} errors, "
+            f"{errs[0]:.3g} to {errs[1]:.3g}, are above eps = {eps} and no group fits them. A larger --rank, a larger "
+            "--eps, or ingest with --per column (one block per column, so similar columns can share a basis) would help.")
 
 
 def _print_summary(summary: dict, title: str) -> None:
@@ -818,16 +819,19 @@ def _load_in_memory(coll, max_memory_gib: float, what: str):
             f"--max-memory-gib budget of {max_memory_gib:g} GiB; use the distributed mode or raise the budget",
             EXIT_USAGE,
         )
-    data = coll.column_range(0, coll.n_columns).astype(np.float64)
-    from pipeline import as_layout, segment_sums
+    from pipeline import as_layout
 
-    norms2 = segment_sums(np.einsum("ij,ij->j", data, data), coll.offsets)
-    bad = np.flatnonzero(~np.isfinite(norms2) | (np.abs(norms2 - coll.norms2) > 1e-6 * np.maximum(coll.norms2, 1e-300)))
+    try:  # blocks of extreme magnitude come back scaled, norms as stored (pipeline.magnitude)
+        layout = as_layout(coll.column_range(0, coll.n_columns), coll.offsets)
+    except ValueError as exc:  # NaN or Inf in stored data
+        raise CLIError(f"collection {coll.name!r}: {exc}; the stored data is corrupted", EXIT_CORRUPT) from None
+    norms2 = layout.norms2
+    bad = np.flatnonzero(np.abs(norms2 - coll.norms2) > 1e-6 * np.maximum(coll.norms2, 1e-300))
     if bad.size:
         i = int(bad[0])
         raise CLIError(f"block {i} ({coll.names[i]!r}): squared norm {norms2[i]:.6g} differs from the {coll.norms2[i]:.6g} "
                        "recorded at ingest; the stored data is corrupted", EXIT_CORRUPT)
-    return as_layout(data, coll.offsets)
+    return layout
 
 
 def _sequential_params(rank, eps, method, order, oversampling, patience) -> dict:
@@ -871,70 +875,31 @@ def _sequential_cluster(coll, params: dict, run_id: str, max_memory_gib: float, 
     return run
 
 
-def _group_svd(data):
-    import numpy as np
-
-    m, n = data.shape
-    if n > 2 * m:  # wide: eigendecomposition of the m x m Gram matrix
-        w, u = np.linalg.eigh(data @ data.T)
-        order = np.argsort(w)[::-1]
-        return u[:, order], np.clip(w[order], 0.0, None)
-    u, s, _ = np.linalg.svd(data, full_matrices=False)
-    return u, s * s
-
-
 def _sequential_compress(coll, run, max_memory_gib: float, bars: StageBars):
-    """Exact errors, adaptive ranks and the artifact (label = run id) of a sequential run."""
+    """Exact errors, adaptive ranks and the artifact (label = run id) of a sequential run:
+    the library's in-memory compressor, with the distributed stages' kernels and rules."""
     import numpy as np
-    import storage
-    from pipeline.spectra import adaptive_rank
+    from pipeline.distributed.compress import compress_in_memory
+    from pipeline.distributed.plan import pack_groups, unpack_groups
 
     params = dict(run.params)
-    rank, eps = int(params["rank"]), float(params["eps"])
-    if run.is_complete("compressed"):
+    if run.is_complete("compress"):
         bars("compress", 1, 1)
         return
-    arrays, meta = run.load_stage("sequential")
-    members, offsets = arrays["members"], arrays["group_offsets"]
-    groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
+    arrays, _ = run.load_stage("sequential")
+    groups = unpack_groups(arrays["members"], arrays["group_offsets"])
     layout = _load_in_memory(coll, max_memory_gib, "compressing a sequential run")
-    start = time.perf_counter()
-    m = coll.rows
-    writer = storage.create_artifact(coll.url, coll.name, run.run_id, groups=groups, params=params, overwrite=True,
-                                     storage_options=coll.storage_options)
-    errors, adaptive, stored_errors, stored_ranks = [], [], [], []
-    try:
-        for g, group in enumerate(groups):
-            data = layout.gather(group)
-            u, s2 = _group_svd(data)
-            total = float(s2.sum())
-            err = math.sqrt(max(0.0, float(s2[rank:].sum())) / total) if total > 0 else 0.0
-            r_c = min(adaptive_rank(s2, eps), rank) if (err <= eps or len(group) > 1) else 0
-            columns = data.shape[1]
-            if (err <= eps or len(group) > 1) and r_c * (m + columns) < m * columns:
-                basis = u[:, :r_c]
-                coef = basis.T @ data
-                residual2 = float(np.sum((data - basis @ coef) ** 2))
-                writer.write_group(g, basis, coef)
-                stored_ranks.append(r_c)
-            else:
-                writer.write_group(g, None, data)
-                residual2 = 0.0
-                stored_ranks.append(0)
-            errors.append(err)
-            adaptive.append(r_c if stored_ranks[-1] else 0)
-            stored_errors.append(math.sqrt(residual2 / total) if total > 0 else 0.0)
-            bars("compress", g + 1, len(groups))
-        artifact = writer.finalize(stored_errors, stored_ranks)
-    except BaseException:
-        writer.abort()
-        raise
-    seconds = time.perf_counter() - start
+    done = compress_in_memory(coll, layout, groups, rank=int(params["rank"]), eps=float(params["eps"]),
+                              label=run.run_id, params=params, progress=bars)
+    members, offsets = pack_groups(done.groups)
     run.save_stage(
-        "compressed",
-        {"errors": np.array(errors), "adaptive_ranks": np.array(adaptive, dtype=np.int64),
-         "stored_errors": np.array(stored_errors), "stored_ranks": np.array(stored_ranks, dtype=np.int64)},
-        {"seconds": seconds, "artifact": run.run_id, "bytes_compressed": int(artifact.nbytes_stored)},
+        "compress",
+        {"members": members, "group_offsets": offsets, "errors": done.errors, "adaptive_ranks": done.adaptive_ranks,
+         "stored_errors": done.stored_errors, "stored_ranks": done.stored_ranks,
+         # a half of a split group has no bound of its own (0, as the distributed certify records)
+         "bounds": np.array([0.0 if half else arrays["bounds"][g] for g, half in enumerate(done.split)])},
+        {"seconds": done.seconds, "artifact": run.run_id, "bytes_compressed": int(done.artifact.nbytes_stored),
+         "splits": done.splits},
     )
 
 
@@ -945,15 +910,15 @@ def _sequential_result(coll, run):
     from pipeline.metrics import adaptive_compression_ratio, compression_ratio
 
     seq, seq_meta = run.load_stage("sequential")
-    comp, comp_meta = run.load_stage("compressed")
-    members, offsets = seq["members"], seq["group_offsets"]
+    comp, comp_meta = run.load_stage("compress")
+    members, offsets = comp["members"], comp["group_offsets"]  # as stored: split groups are two
     groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
     params = {k: v for k, v in run.params.items() if k != "mode"}
     stored_ranks = np.asarray(comp["stored_ranks"])
     return DistributedResult(
         groups=groups,
         errors=np.asarray(comp["errors"]),
-        bounds=np.asarray(seq["bounds"]),
+        bounds=np.asarray(comp["bounds"]),
         ranks=np.asarray(comp["adaptive_ranks"]),
         stored_errors=np.asarray(comp["stored_errors"]),
         compression_ratio=compression_ratio(coll, groups, int(params["rank"])),
@@ -1512,105 +1477,6 @@ def decompress_cmd(
                           f"group error {info['group_error']:.4g})"))
 
 
-class _Reconstructor:
-    """Reconstructions U_C V_i of consecutive blocks of an artifact, read in bulk.
-
-    ``Artifact.coefficients(i)`` costs one Zarr read per block (tens of milliseconds), so
-    the coefficients of a whole batch are read with one slice of the flat array, and every
-    group's basis once.  Falls back to ``Artifact.decompress`` if the layout is not there.
-    """
-
-    def __init__(self, artifact) -> None:
-        self.artifact = artifact
-        self.bases: dict[int, Any] = {}
-        self._flat = getattr(artifact, "_group", None)
-        try:
-            self._flat = self._flat["coefficients"] if self._flat is not None else None
-        except Exception:  # noqa: BLE001
-            self._flat = None
-
-    def _basis(self, g: int):
-        if g not in self.bases:
-            self.bases[g] = self.artifact.basis(g).astype("float64")
-        return self.bases[g]
-
-    def batch(self, first: int, stop: int):
-        """Yield (block, reconstruction as float64) for blocks first..stop-1."""
-        import numpy as np
-
-        art = self.artifact
-        if self._flat is None:
-            for i in range(first, stop):
-                yield i, art.decompress(i).astype(np.float64)
-            return
-        co = art.coef_offsets
-        flat = np.asarray(self._flat[int(co[first]): int(co[stop])], dtype=np.float64)
-        for i in range(first, stop):
-            v = flat[int(co[i] - co[first]): int(co[i + 1] - co[first])].reshape(int(art.block_ranks[i]), int(art.widths[i]))
-            g = int(art.labels[i])
-            yield i, (v if art.kinds[g] == 1 else self._basis(g) @ v)
-
-
-def verify_artifact(coll, artifact, eps: float | None = None, bars: StageBars | None = None) -> dict:
-    """Recompute every group's relative error from the collection and the artifact.
-
-    Returns a dict with ``ok``, ``hashes_ok``, ``eps``, ``max_error``, ``violations``
-    (groups above eps), ``mismatches`` (groups whose recorded error differs from the
-    recomputed one) and per-group ``errors``.
-    """
-    import numpy as np
-
-    artifact.verify()  # IntegrityError (exit 4) on any hash mismatch
-    if artifact.meta.get("collection_fingerprint") != coll.fingerprint():
-        raise CLIError(f"artifact {artifact.label!r} was written for other contents of collection {coll.name!r} "
-                       "(the collection changed since); recompress it", EXIT_CORRUPT)
-    eps = float(eps if eps is not None else artifact.params.get("eps"))
-    dtype = np.dtype(artifact.dtype)
-    residual2 = np.zeros(artifact.n_groups)
-    norm2 = np.zeros(artifact.n_groups)
-    budget = 32 * 2**20
-    per_column = coll.rows * coll.dtype.itemsize
-    first = 0
-    done_blocks = 0
-    reconstruct = _Reconstructor(artifact)
-    while first < coll.n_blocks:
-        stop = first + 1
-        while stop < coll.n_blocks and (coll.offsets[stop + 1] - coll.offsets[first]) * per_column <= budget:
-            stop += 1
-        data = coll.column_range(int(coll.offsets[first]), int(coll.offsets[stop])).astype(np.float64)
-        base = int(coll.offsets[first])
-        for i, approx in reconstruct.batch(first, stop):
-            a = data[:, coll.offsets[i] - base: coll.offsets[i + 1] - base]
-            if approx.shape != a.shape:
-                raise CLIError(f"artifact {artifact.label!r}: block {i} decompresses to {approx.shape}, expected {a.shape}", EXIT_CORRUPT)
-            g = int(artifact.labels[i])
-            residual2[g] += float(np.sum((a - approx) ** 2))
-            norm2[g] += float(np.sum(a * a))
-        done_blocks += stop - first
-        if bars is not None:
-            bars("verify", done_blocks, coll.n_blocks)
-        first = stop
-    errors = np.sqrt(np.divide(residual2, norm2, out=np.zeros_like(residual2), where=norm2 > 0))
-    slack = 10 * float(np.finfo(dtype).eps) ** 0.5 if dtype == np.float32 else 1e-9
-    violations = [int(g) for g in np.flatnonzero(errors > eps * (1 + 1e-9) + slack)]
-    recorded = np.asarray(artifact.errors, dtype=np.float64)
-    tol = 1e-3 if dtype == np.float32 else 1e-6
-    mismatches = [int(g) for g in np.flatnonzero(np.abs(errors - recorded) > tol * np.maximum(recorded, 1e-3))]
-    return {
-        "collection": coll.name,
-        "artifact": artifact.label,
-        "ok": not violations and not mismatches,
-        "hashes_ok": True,
-        "eps": eps,
-        "groups": int(artifact.n_groups),
-        "blocks": int(artifact.n_blocks),
-        "max_error": float(errors.max(initial=0.0)),
-        "violations": violations,
-        "mismatches": mismatches,
-        "errors": errors.tolist(),
-    }
-
-
 @_command("verify")
 def verify_cmd(
     collection: str = typer.Argument(..., help="Collection name."),
@@ -1625,6 +1491,7 @@ def verify_cmd(
     artifact's hashes do not match (corrupted files).
     """
     import storage
+    from pipeline.distributed.verify import verify_artifact
 
     if eps is not None:
         _check_eps(eps)
@@ -1686,7 +1553,7 @@ def report_cmd(
             import storage
 
             run = storage.open_run(coll.url, coll.name, run_id, record["params"], coll.fingerprint(), storage_options=coll.storage_options)
-            if not run.is_complete("compressed"):
+            if not run.is_complete("compress"):
                 raise CLIError(f"run {run_id!r} is not compressed yet: cmsvd compress {collection} --run-id {run_id}", EXIT_MISSING)
             report, _ = _write_run_report(coll, _sequential_result(coll, run))
         else:

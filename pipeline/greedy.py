@@ -114,7 +114,7 @@ def group_bound(
     rank = check_rank(rank)
     method = check_choice("method", method, METHODS)
     order = check_choice("order", order, ORDERS)
-    layout = as_layout(blocks).subset(np.asarray(members, dtype=np.int64))
+    layout = as_layout(blocks).subset(np.asarray(members, dtype=np.int64)).common_scale()
     with single_threaded_blas():  # many small LAPACK calls: threads only cost
         return _group_bound(layout, rank, method, order, oversampling, tol)
 
@@ -218,13 +218,31 @@ def cluster(
     """
     params = check_params(rank, eps, method, order, patience, oversampling, tol)
     layout = as_layout(blocks, offsets)
+    clusters, bounds = [], []
     with single_threaded_blas():
-        clusters, bounds, _ = _greedy(layout, **params, with_states=False)
+        # blocks of different magnitude bands never share a group (pipeline.magnitude)
+        for members in _magnitude_bands(layout):
+            part = layout if members is None else layout.subset(members)
+            found, found_bounds, _ = _greedy(part, **params, with_states=False)
+            clusters += found if members is None else [members[g].tolist() for g in found]
+            bounds += list(found_bounds)
     labels = np.empty(layout.n_blocks, dtype=np.int64)
     labels[np.concatenate([np.asarray(g, dtype=np.int64) for g in clusters])] = np.repeat(
         np.arange(len(clusters)), [len(g) for g in clusters]
     )
     return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
+
+
+def _magnitude_bands(layout: BlockLayout) -> list[np.ndarray | None]:
+    """Block indices of each magnitude band, largest shift first; ``[None]`` (the whole
+    layout) when there is one band."""
+    if not layout.scaled:
+        return [None]
+    shifts = layout.shifts
+    bands = np.unique(shifts)[::-1]
+    if len(bands) == 1:
+        return [None]
+    return [np.flatnonzero(shifts == s) for s in bands]
 
 
 def check_params(rank, eps, method, order, patience, oversampling, tol) -> dict:

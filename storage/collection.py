@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import uuid
 from typing import Any, Iterable, Sequence
 
 import numpy as np

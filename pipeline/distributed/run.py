@@ -21,6 +21,7 @@ from ..magnitude import band_pure, common_shift, group_norms2
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
+from .compress import certify_with_splits, storage_plan
 from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups, unpack_groups
 
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
@@ -422,7 +423,7 @@ class ClusteringRun:
 
     # -- certify ---------------------------------------------------------------------------
 
-    def _certify_groups(self, groups: list[list[int]]) -> dict[int, tuple]:
+    def _certify_groups(self, groups: list[list[int]]) -> list[tuple]:
         """Exact (error, adaptive rank, basis) of the given groups from the stored data.
 
         One read of the data: every batch task emits its Gram partials per group range
@@ -454,7 +455,7 @@ class ClusteringRun:
         certified: dict[int, tuple] = {}
         for part in self._gather("certify-ranges", certs):
             certified.update(part)
-        return certified
+        return [certified[g] for g in range(len(groups))]
 
     def certify(self) -> dict:
         """Exact rank-r error of every group; groups above eps are split and re-certified."""
@@ -463,30 +464,12 @@ class ClusteringRun:
         def compute():
             groups, sketches = self._final_groups()
             bounds = [s.error_bound() for s in sketches]
-            eps = self.params["eps"]
-            pending = list(range(len(groups)))
-            results: dict[int, tuple] = {}
-            splits = 0
-            while pending:
-                certified = self._certify_groups([groups[g] for g in pending])
-                retry = []
-                for local, g in enumerate(pending):
-                    error, r_c, basis = certified[local]
-                    if error > eps and len(groups[g]) > 1:  # only through floating point
-                        half = len(groups[g]) // 2
-                        groups.append(groups[g][half:])
-                        groups[g] = groups[g][:half]
-                        bounds[g] = 0.0
-                        bounds.append(0.0)
-                        retry += [g, len(groups) - 1]
-                        splits += 1
-                    else:
-                        results[g] = (error, r_c, basis)
-                pending = retry
-            errors = np.array([results[g][0] for g in range(len(groups))])
-            ranks = np.array([results[g][1] for g in range(len(groups))], dtype=np.int64)
+            groups, certified, split, splits = certify_with_splits(groups, self._certify_groups, self.params["eps"])
+            bounds = [0.0 if was_split else bounds[g] for g, was_split in enumerate(split)]  # a half has no sketch
+            errors = np.array([c[0] for c in certified])
+            ranks = np.array([c[1] for c in certified], dtype=np.int64)
             flat, offsets = pack_groups(groups)
-            bases = [results[g][2] for g in range(len(groups))]
+            bases = [c[2] for c in certified]
             arrays = {
                 "members": flat,
                 "group_offsets": offsets,
@@ -508,20 +491,13 @@ class ClusteringRun:
     def _storage_plan(self, certified: dict) -> tuple[list[list[int]], dict[int, np.ndarray | None], np.ndarray]:
         """Per group the basis to store (None: stored as it is) and the stored rank."""
         groups = unpack_groups(certified["members"], certified["group_offsets"])
-        m, eps = self.collection.rows, self.params["eps"]
-        widths = self.collection.widths
-        starts = offsets_of(certified["adaptive_ranks"])
-        bases, ranks = {}, np.zeros(len(groups), dtype=np.int64)
-        for g, group in enumerate(groups):
-            r_c = int(certified["adaptive_ranks"][g])
-            columns = int(widths[group].sum())
-            fits = certified["errors"][g] <= eps or len(group) > 1
-            if fits and r_c * (m + columns) < m * columns:
-                bases[g] = certified["bases"][:, starts[g] : starts[g] + r_c]
-                ranks[g] = r_c
-            else:
-                bases[g] = None  # raw is smaller, or a single block no rank-r form fits
-        return groups, bases, ranks
+        adaptive = np.asarray(certified["adaptive_ranks"])
+        compressed = storage_plan(groups, certified["errors"], adaptive, self.collection.widths, self.collection.rows,
+                                  self.params["eps"])
+        starts = offsets_of(adaptive)
+        bases = {g: certified["bases"][:, starts[g] : starts[g] + adaptive[g]] if compressed[g] else None
+                 for g in range(len(groups))}
+        return groups, bases, np.where(compressed, adaptive, 0).astype(np.int64)
 
     def _write_coefficients(self, groups, bases, ranks, label: str) -> dict[int, float]:
         """Coefficients of every block written into the artifact, one read of the data per

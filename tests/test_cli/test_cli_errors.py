@@ -171,7 +171,7 @@ def test_corrupted_collection_data_exit_4(capsys, tmp_path, compressed, dask_add
 def test_corrupted_checkpoint_exit_4(capsys, tmp_path, compressed):
     store = tmp_path / "copy"
     shutil.copytree(compressed, store)
-    stage = store / "runs" / "small" / "ok" / "compressed"
+    stage = store / "runs" / "small" / "ok" / "compress"
     victim = next(p for p in stage.iterdir() if p.suffix == ".npy")
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
