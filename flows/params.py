@@ -47,6 +47,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from pipeline.params import ClusteringParams
+
 __all__ = [
     "NAME_PATTERN",
     "ALLOWED_ROOTS_ENV",
@@ -167,7 +169,8 @@ _MAX_SEED = 2**32 - 1
 
 
 class Method(str, enum.Enum):
-    """Lower bound used to certify a group's error while it grows (DESIGN.md section 2)."""
+    """Lower bound used to certify a group's error while it grows (M. Shamrai,
+    arXiv 2601.11626; the README's table of bounds)."""
 
     approximate = "approximate"
     residuals = "residuals"
@@ -203,6 +206,12 @@ def range_text(ge: float | None = None, gt: float | None = None, le: float | Non
     if ge is not None and le is not None:
         return f"{_fmt(ge)} to {_fmt(le)}"
     return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+def _spec(name: str, description: str) -> Any:
+    """A Field whose default and bounds come from ``pipeline.params.ClusteringParams``: the
+    one constraint table the library, the CLI and these forms share."""
+    return _number(ClusteringParams.default(name), description, **ClusteringParams.constraints[name].bounds())
 
 
 def _number(default: Any, description: str, *, ge: float | None = None, gt: float | None = None,
@@ -278,29 +287,23 @@ class StoreParameters(_Model):
 class ClusterParameters(StoreParameters, _NoScheduler):
     """Parameters of the cmsvd-cluster flow: certified clustering, compression and report of a collection."""
 
-    rank: int = _number(10, "Shared basis rank r of every group.", ge=1, le=100_000)
-    eps: float = _number(
-        0.1, "Certified bound on every group's relative rank-r error (both ends excluded).", gt=0.0, lt=1.0
-    )
+    rank: int = _spec("rank", "Shared basis rank r of every group.")
+    eps: float = _spec("eps", "Certified bound on every group's relative rank-r error (both ends excluded).")
     method: Method = Field(
-        default=Method.approximate,
+        default=Method(ClusteringParams.default("method")),
         description="Certified lower bound used while groups grow. Default: approximate.",
     )
     order: Order = Field(
-        default=Order.residual,
+        default=Order(ClusteringParams.default("order")),
         description="Candidate order: residual against the seed basis, or norm. Default: residual.",
     )
-    oversampling: int = _number(5, "Extra sketch directions p for method approximate (sketch rank r + p).", ge=0, le=1000)
-    patience: int = _number(
-        10, "Groups in a row without any accepted candidate before the rest become singletons.", ge=0, le=1_000_000
-    )
-    shard_size: int = _number(
-        4000,
+    oversampling: int = _spec("oversampling", "Extra sketch directions p for method approximate (sketch rank r + p).")
+    patience: int = _spec("patience", "Groups in a row without any accepted candidate before the rest become singletons.")
+    shard_size: int = _spec(
+        "shard_size",
         "Most blocks per shard of the local stage (the local greedy costs about shard_size squared per shard).",
-        ge=2,
-        le=1_000_000,
     )
-    merge_neighbours: int = _number(8, "Candidate partners per group in a merge round.", ge=1, le=1000)
+    merge_neighbours: int = _spec("merge_neighbours", "Candidate partners per group in a merge round.")
     run_id: SafeName | None = Field(
         default=None,
         description=(
@@ -312,17 +315,14 @@ class ClusterParameters(StoreParameters, _NoScheduler):
     )
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``pipeline.distributed.ClusteringRun`` (numerics only)."""
-        return {
-            "rank": self.rank,
-            "eps": self.eps,
-            "method": self.method.value,
-            "order": self.order.value,
-            "oversampling": self.oversampling,
-            "patience": self.patience,
-            "shard_size": self.shard_size,
-            "merge_neighbours": self.merge_neighbours,
-        }
+        """Keyword arguments of ``pipeline.distributed.ClusteringRun`` (numerics only): every
+        field of ``pipeline.params.ClusteringParams``, the ones no flow parameter sets
+        (tol, batch_bytes) at their defaults."""
+        return ClusteringParams(
+            rank=self.rank, eps=self.eps, method=self.method.value, order=self.order.value,
+            oversampling=self.oversampling, patience=self.patience, shard_size=self.shard_size,
+            merge_neighbours=self.merge_neighbours,
+        ).as_dict()
 
 
 class RunParameters(StoreParameters, _NoScheduler):

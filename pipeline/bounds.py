@@ -38,12 +38,11 @@ import numpy as np
 import scipy.linalg
 from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd and _eigh
 
-from ._checks import check_nonnegative_int, check_rank, check_tol
+from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
 from .spectra import error_from_energy, top_energy
 
 __all__ = ["WeylBound", "ResidualBound", "GramSketch", "make_bound", "DEFAULT_TOL"]
 
-DEFAULT_TOL = 1e-12
 # Residual directions weaker than this (relative to the block's norm) are below the
 # accuracy of a twice-orthogonalised residual and are dropped whatever tol says.
 _NOISE_FLOOR = 1e3 * np.finfo(np.float64).eps
@@ -409,10 +408,6 @@ class GramSketch(_Bound):
         total, parts, lam, slack = merged._propose(pseudo_block, None, extra_total=other.total)
         merged._commit((total, parts, lam, slack + other.slack))
         return merged
-
-    def merged_error_bound(self, other: "GramSketch") -> float:
-        """Certified error of the union with ``other``, without modifying either."""
-        return self.merge(other).error_bound()
 
     def copy(self) -> "GramSketch":
         return GramSketch.from_parts(

@@ -1,4 +1,5 @@
-"""Exact per-group metrics (DESIGN section 4).
+"""Exact per-group metrics (M. Shamrai, arXiv 2601.11626; README, "Metrics" under
+"The algorithms and their guarantee, in short").
 
 * exact relative rank-r error of each group, from its full spectrum;
 * the paper's effective compression ratio at fixed rank r:
@@ -113,16 +114,6 @@ class ClusteringSummary:
     compression_ratio_adaptive: float
     max_error: float
     violations: int
-
-    def as_dict(self) -> dict:
-        return {
-            "n_groups": self.n_groups,
-            "n_singletons": self.n_singletons,
-            "compression_ratio": self.compression_ratio,
-            "compression_ratio_adaptive": self.compression_ratio_adaptive,
-            "max_error": self.max_error,
-            "violations": self.violations,
-        }
 
 
 def summarize(blocks, clusters, *, rank: int, eps: float) -> ClusteringSummary:

@@ -62,6 +62,53 @@ from .artifact import (
     write_artifact,
 )
 
-import types as _types
-
-__all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))
+__all__ = [
+    # collections
+    "Collection",
+    "CollectionWriter",
+    "create_collection",
+    "default_chunks",
+    "delete_collection",
+    "list_collections",
+    "open_collection",
+    # ingest
+    "ingest_blocks",
+    "ingest_hdf5",
+    "ingest_mat",
+    "ingest_npy_folder",
+    "ingest_npy_stack",
+    "ingest_npz",
+    "ingest_path",
+    "ingest_safetensors",
+    "ingest_zarr_array",
+    "mimo_block",
+    "read_safetensors_header",
+    # runs and their leases
+    "Run",
+    "open_run",
+    "RunLease",
+    "check_lease",
+    "run_lease",
+    # artifacts
+    "Artifact",
+    "ArtifactWriter",
+    "create_artifact",
+    "open_artifact",
+    "open_artifact_writer",
+    "write_artifact",
+    # errors
+    "BlockValidationError",
+    "CheckpointError",
+    "CollectionExistsError",
+    "CollectionNotFoundError",
+    "CorruptedFileError",
+    "EmptyInputError",
+    "IntegrityError",
+    "InvalidNameError",
+    "LeaseLostError",
+    "MissingChunkError",
+    "RunLeaseError",
+    "RunMismatchError",
+    "SourceFormatError",
+    "StorageError",
+]

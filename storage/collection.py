@@ -478,8 +478,6 @@ class CollectionWriter:
         self._state = "published"
         return open_collection(self._root.url, self.name, storage_options=self._root.storage_options)
 
-    commit = publish
-
     def _publish_new(self) -> None:
         final = self._root.child(self.name)
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._integrity import parse_json, seal, unseal
-from ._location import Location, check_name, fingerprint_of, json_default, json_dumps, resolve
+from ._location import Location, check_name, fingerprint_of, json_dumps, resolve
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
 from .lease import RunLease, check_lease
 
@@ -171,8 +171,6 @@ class Run:
     @property
     def url(self) -> str:
         return self._loc.url
-
-    path = url
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, collection={self.collection!r}, url={self.url!r})"
@@ -363,4 +361,4 @@ class Run:
         loc.rm()
 
 
-__all__ = ["Run", "open_run", "json_default"]
+__all__ = ["Run", "open_run"]
