@@ -3,6 +3,7 @@
 import types
 
 import storage
+import storage.runs
 
 
 def test_all_lists_every_public_name_once():
@@ -17,6 +18,4 @@ def test_removed_aliases_stay_removed():
     # one name per concept: publish (not commit), url (not path); json_default is private
     assert not hasattr(storage.CollectionWriter, "commit")
     assert not hasattr(storage.Run, "path")
-    import storage.runs
-
     assert "json_default" not in storage.runs.__all__
