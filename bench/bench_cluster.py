@@ -10,7 +10,7 @@ Three regimes, every method and candidate order (synthetic data from
   columns of length 384 (every tensor with an axis of 384, the vocabulary table aside).
 
     python bench/bench_cluster.py [--regimes wide narrow single] [--scale 1.0] [--repeat 3]
-        [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH]
+        [--reference DIR] [--reference-timeout 300] [--burn] [--safetensors PATH] [--cpu-time]
     python bench/bench_cluster.py --profile ...  # seconds per step of every row (cProfile, cumulative)
     python bench/bench_cluster.py --matrix ...   # each row in the default env and with OPENBLAS_NUM_THREADS=1,
                                                  # idle and with a burner, back to back (the paper idle only,
@@ -92,12 +92,17 @@ def _paper_module(reference: str, method: str):
     return importlib.import_module("paper_clustering." + PAPER[method][0])
 
 
+# The clock both codes are timed with: wall time, or CPU time with --cpu-time (with one BLAS
+# thread, the time the run itself used, so that other jobs on a shared machine move it less).
+CLOCK = time.perf_counter
+
+
 def _paper_run(reference, method, order, rank, eps, blocks, queue):
     cls = getattr(_paper_module(reference, method), PAPER[method][1])
     algo = cls(eps=eps, r_target=rank, patience=10, sorting_strategy=order)
-    start = time.perf_counter()
+    start = CLOCK()
     algo.fit(blocks)
-    queue.put((time.perf_counter() - start, np.asarray(algo.labels_).tolist()))
+    queue.put((CLOCK() - start, np.asarray(algo.labels_).tolist()))
 
 
 def time_paper(reference, method, order, rank, eps, layout, timeout):
@@ -138,9 +143,9 @@ def start_burner():
 def time_project(layout, method, order, rank, eps, repeat):
     times, result = [], None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         result = pipeline.cluster(layout, rank=rank, eps=eps, method=method, order=order)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times), result.clusters
 
 
@@ -152,7 +157,8 @@ def run(args) -> list[dict]:
     burner = start_burner() if args.burn else None
     rows = []
     try:
-        print(f"# BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, burner: {'on' if burner else 'off'}")
+        clock = "CPU" if CLOCK is time.process_time else "wall"
+        print(f"# BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, burner: {'on' if burner else 'off'}, {clock} seconds")
         print(HEADER, flush=True)
         for regime in args.regimes:
             layout, rank, eps, source = make_layout(regime, args.scale, args.safetensors)
@@ -325,10 +331,14 @@ def main() -> None:
     parser.add_argument("--safetensors", default=None, help="single-column regime from a model's weights")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--matrix", action="store_true", help="default env and one BLAS thread, idle and burning")
+    parser.add_argument("--cpu-time", action="store_true", help="time both codes in CPU seconds (with one BLAS thread)")
     parser.add_argument("--profile", action="store_true", help="CPU seconds per step of every row instead of the table")
     parser.add_argument("--reference-burn", action="store_true", help="with --matrix: time the paper with a burner too")
     args = parser.parse_args()
     args.combos = COMBOS if not args.methods else [tuple(s.split("/")) for s in args.methods]
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     if args.matrix:
         matrix(sys.argv[1:], args.regimes, args.combos)
         return
