@@ -97,21 +97,28 @@ def honest_numbers(report: dict) -> dict[str, Any]:
     ``max_certified_error_compressed``: worst exact rank-r error over groups stored
     compressed (what the guarantee is about); ``raw_blocks`` / ``raw_groups``: blocks and
     groups stored as they are; ``max_error``: the realised error of what is stored (0 for
-    raw groups); ``raw_block_errors``: [min, max] of the rank-r errors of single blocks
-    stored raw (why they were not compressed).
+    raw groups); ``raw_unfit_blocks`` / ``raw_block_errors``: how many single blocks are raw
+    because their rank-r error is above eps, and [min, max] of those errors (the other raw
+    blocks are raw because that is smaller).
     """
     groups = report["groups"]
     is_raw = [g.get("stored", "raw" if g.get("rank") == 0 else "compressed") == "raw" for g in groups]
     raw = [g for g, r in zip(groups, is_raw) if r]
     packed = [g for g, r in zip(groups, is_raw) if not r]
-    raw_errors = [g["error"] for g in raw if len(g["blocks"]) == 1]
+    eps = report["params"].get("eps")
+    # single blocks raw because no rank-r form meets eps (others are raw because that is smaller)
+    def size(g: dict) -> int:
+        return len(g.get("blocks", ()))
+
+    raw_errors = [g["error"] for g in raw if size(g) == 1 and (eps is None or g["error"] > eps)]
     return {
         "max_certified_error_compressed": max((g["error"] for g in packed), default=0.0),
         "raw_groups": len(raw),
-        "raw_blocks": sum(len(g["blocks"]) for g in raw),
+        "raw_blocks": sum(size(g) for g in raw),
         "compressed_groups": len(packed),
-        "compressed_blocks": sum(len(g["blocks"]) for g in packed),
-        "max_error": report["max_error"],
+        "compressed_blocks": sum(size(g) for g in packed),
+        "max_error": report.get("max_error", 0.0),
+        "raw_unfit_blocks": len(raw_errors),
         "raw_block_errors": [min(raw_errors), max(raw_errors)] if raw_errors else None,
     }
 
@@ -420,8 +427,9 @@ def render_html(
         f"Largest realised error of what the artifact stores: {report['max_error']:.4g}. "
         f"{len(groups) - len(multi)} single blocks; {honest['raw_blocks']} blocks in {honest['raw_groups']} groups are "
         "stored as they are (a raw group stores no approximation: its error is 0)"
-        + (f"; the single blocks stored raw have rank-{r} errors {raw_errs[0]:.3g} to {raw_errs[1]:.3g}, which is "
-           "why no rank-r form was used for them" if raw_errs else "") + ".</p>",
+        + (f"; {honest['raw_unfit_blocks']} of them are single blocks whose own rank-{r} errors, {raw_errs[0]:.3g} to "
+           f"{raw_errs[1]:.3g}, are above eps (no rank-{r} form fits them); the others are raw because that is smaller"
+           if raw_errs else "") + ".</p>",
     ]
     if "compression_ratio" in base:
         parts.append(f"<p class='note'>Baseline: each block compressed on its own by a truncated SVD at its own "

@@ -18,7 +18,8 @@ groups).  Added keys: per group ``adaptive_rank`` (r_C from the exact spectrum, 
 raw groups), ``stored`` ("compressed" or "raw"), ``stored_error``, ``names`` (the first
 block names); ``max_certified_error_compressed`` (worst ``error`` over groups stored
 compressed), ``raw_blocks``/``raw_groups``/``compressed_blocks``/``compressed_groups``,
-``raw_block_errors`` ([min, max] rank-r error of single blocks stored raw),
+``raw_unfit_blocks``/``raw_block_errors`` (single blocks raw because their rank-r error
+is above eps, and [min, max] of those errors),
 ``baseline`` (per-block truncated SVD at eps, :func:`per_block_baseline`),
 ``passthrough`` (source items kept as they are: count and bytes).
 """
