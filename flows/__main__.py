@@ -2,7 +2,8 @@
 
 Flows: cluster, compress, report, ingest, demo-data.  Parameters are the fields of the
 flow's pydantic model (see ``flows/params.py``), as JSON or ``@file.json``.  Without
-``PREFECT_API_URL`` Prefect runs the flow against a temporary local API.
+``PREFECT_API_URL`` Prefect runs the flow against a temporary local API (its start-up
+timeout is raised as for the ``cmsvd`` command line, see ``flows/_prefect_env.py``).
 
 Example::
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from ._prefect_env import configure_prefect_env
 
 
 def _flows() -> dict:
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     name, raw = argv
+    configure_prefect_env()  # before the flows import Prefect, which reads its settings once
     flows = _flows()
     if name not in flows:
         print(f"unknown flow {name!r}; one of {names}", file=sys.stderr)

@@ -1,5 +1,40 @@
+"""Fixtures and settings shared by the whole suite.
+
+- Prefect's settings are those of every entry point (``flows._prefect_env``): set here,
+  before any test imports Prefect, which reads them once.
+- ``dask_cluster`` (session): one ``distributed.LocalCluster`` of 2 worker processes with
+  1 thread each on 127.0.0.1, no dashboard, shared by every test that needs a cluster and
+  does not need one of its own (tests that kill workers, or compare one worker with two,
+  start their own and say why).  ``dask_address`` is its scheduler address.
+- The ``slow`` marker: subprocess, Prefect-server, S3 and stack tests.  ``pytest -m "not
+  slow"`` is the fast loop; the README's test command and CI run everything.
+"""
+
 import os
+
+import pytest
+
+from flows._prefect_env import configure_prefect_env
 
 # Keep BLAS single-threaded in tests: the suite runs beside Dask workers on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The temporary Prefect API of in-process flows (the CLI tests) starts slowly on a loaded
+# machine: the same timeout as ``cmsvd`` and ``python -m flows``.
+configure_prefect_env()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """The suite's shared LocalCluster: 2 worker processes, 1 thread each, 127.0.0.1."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def dask_address(dask_cluster) -> str:
+    """Scheduler address of :func:`dask_cluster`, for ``--scheduler`` and ``CMSVD_DASK_SCHEDULER``."""
+    return dask_cluster.scheduler_address

@@ -1,6 +1,7 @@
 """``cmsvd`` end to end on small collections, in-process (``flows.cli.main``) against a real
-Dask LocalCluster and a real Zarr store: ingest -> cluster -> verify -> decompress, the
-sequential path with a separate compress, report.json / report.html, the study.
+Dask LocalCluster (the suite's ``dask_address``) and a real Zarr store: ingest -> cluster ->
+verify -> decompress, the sequential path with a separate compress, report.json /
+report.html, the study.
 
 The Prefect flow commands (``run``, ``demo``) run in subprocesses, see
 test_cli_flow_commands.py.
@@ -19,14 +20,6 @@ from flows.cli import main
 
 RANK, EPS = 6, 0.1
 N_BLOCKS, ROWS, WIDTH = 150, 24, 3
-
-
-@pytest.fixture(scope="module")
-def dask_address():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")

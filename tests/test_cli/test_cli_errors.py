@@ -19,14 +19,6 @@ RANK, EPS = 4, 0.1
 
 
 @pytest.fixture(scope="module")
-def dask_address():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     from pipeline.synthetic import union_of_subspaces
 
@@ -130,11 +122,18 @@ def test_json_mode_keeps_stdout_clean_on_errors(capsys, tmp_path):
 
 def test_verify_fails_with_exit_1_when_a_group_exceeds_eps(capsys, compressed):
     code, out, err = run(capsys, "verify", "small", "--store", compressed, "--json")
-    assert code == 0 and json.loads(out)["ok"]
+    passed = json.loads(out)
+    assert code == 0 and passed["ok"] and not passed["violations"] and passed["max_error"] <= EPS
     code, out, err = run(capsys, "verify", "small", "--store", compressed, "--eps", "0.001", "--json")
     assert code == 1
     result = json.loads(out)  # the JSON still describes what was found
-    assert not result["ok"] and result["violations"] and result["hashes_ok"]
+    assert not result["ok"] and result["eps"] == 0.001
+    # the violations are exactly the groups whose recomputed error exceeds the asked eps,
+    # and the errors are the same ones the passing check recomputed
+    errors = result["errors"]
+    assert errors == passed["errors"] and result["max_error"] == max(errors)
+    assert result["violations"] == [g for g, e in enumerate(errors) if e > 0.001 * (1 + 1e-9) + 1e-9]
+    assert result["violations"]
     assert "verification failed" in err and "exceed eps = 0.001" in err
 
 

@@ -1,16 +1,17 @@
 """The flows run in-process against a real Prefect server and a real Dask cluster.
 
-One session Prefect server (conftest), one module LocalCluster whose address is the
-worker's ``CMSVD_DASK_SCHEDULER`` (flows take no scheduler parameter; the subprocess
-tests cover the LocalCluster fallback).  Checks the report.json contract, the plots, the dashboard artifacts, the
-certified errors recomputed from the store, the stand-alone compress and report flows,
-and the ingest flow including its no-retry policy for permanent errors.
+One session Prefect server (conftest) and the suite's shared LocalCluster, whose address
+is the worker's ``CMSVD_DASK_SCHEDULER`` (flows take no scheduler parameter; the
+subprocess tests cover the LocalCluster fallback).  One module fixture runs the cluster
+flow; the tests check the report.json contract, the plots, the dashboard artifacts, the
+certified errors recomputed from the store, the stand-alone compress and report flows on
+that run, and the ingest flow including its retry policy (permanent errors are not
+retried, transient ones are).
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -20,18 +21,28 @@ EPS = 0.1
 
 
 @pytest.fixture(scope="module")
-def dask_address():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     url = str(tmp_path_factory.mktemp("store"))
     make_collection(url, "demo")
     return url
+
+
+@pytest.fixture(scope="module")
+def clustered(prefect_server, store, dask_address):
+    """The cluster flow run once on ``store`` (run id ``local-1``): its final state and summary."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.cluster import cluster
+
+    params = {"store_url": store, "collection": "demo", "rank": 6, "eps": EPS, "shard_size": 40,
+              "run_id": "local-1"}
+    settings = {PREFECT_API_URL: prefect_server["url"], PREFECT_HOME: prefect_server["env"]["PREFECT_HOME"]}
+    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates=settings):
+        # the scheduler is the worker's (this process's) environment, not a parameter
+        mp.setenv("CMSVD_DASK_SCHEDULER", dask_address)
+        state = cluster(params=params, return_state=True)
+    assert state.is_completed(), state
+    return state, state.result()
 
 
 def _artifacts(flow_run_id) -> list:
@@ -42,16 +53,8 @@ def _artifacts(flow_run_id) -> list:
         return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
-def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, dask_address, monkeypatch):
-    from flows.cluster import cluster
-
-    # the scheduler is the worker's (this process's) environment, not a parameter
-    monkeypatch.setenv("CMSVD_DASK_SCHEDULER", dask_address)
-    params = {"store_url": store, "collection": "demo", "rank": 6, "eps": EPS, "shard_size": 40,
-              "run_id": "local-1"}
-    state = cluster(params=params, return_state=True)
-    assert state.is_completed(), state
-    summary = state.result()
+def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, clustered):
+    state, summary = clustered
     assert summary["run_id"] == "local-1" and summary["max_error"] <= EPS
 
     report = json.loads(open(summary["report_url"]).read())
@@ -83,12 +86,13 @@ def test_cluster_flow_report_artifacts_and_certified_result(prefect_api, store, 
     assert summary["report_url"] in arts["cmsvd-demo-report"].data
 
 
-def test_compress_and_report_flows_from_a_run_id(prefect_api, store, dask_address, monkeypatch):
+def test_compress_and_report_flows_from_a_run_id(prefect_api, store, dask_address, clustered, monkeypatch):
     from flows.cluster import compress
     from flows.report import report
 
     monkeypatch.setenv("CMSVD_DASK_SCHEDULER", dask_address)
-    ref = json.loads(open(f"{store}/runs/demo/local-1/report.json").read())  # from the test above
+    _, clustered_summary = clustered
+    ref = json.loads(open(clustered_summary["report_url"]).read())
     params = {"store_url": store, "collection": "demo", "run_id": "local-1"}
     summary = compress(params=params)
     assert summary["groups"] == len(ref["groups"]) and summary["max_error"] == ref["max_error"]
@@ -100,7 +104,24 @@ def test_compress_and_report_flows_from_a_run_id(prefect_api, store, dask_addres
     assert state.is_failed() and "no run 'no-such-run'" in str(state.message)
 
 
-def test_ingest_flow_and_permanent_errors_are_not_retried(prefect_api, tmp_path):
+def _counting(monkeypatch, fail_first_with: BaseException | None = None) -> list:
+    """Count the calls of ``storage.ingest_path`` (what the ingest task runs); the first
+    call raises ``fail_first_with`` when given."""
+    import storage
+
+    calls, real = [], storage.ingest_path
+
+    def ingest_path(*args, **kwargs):
+        calls.append(args)
+        if fail_first_with is not None and len(calls) == 1:
+            raise fail_first_with
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "ingest_path", ingest_path)
+    return calls
+
+
+def test_ingest_flow_and_permanent_errors_are_not_retried(prefect_api, tmp_path, monkeypatch):
     from flows.ingest import ingest
 
     rng = np.random.default_rng(0)
@@ -109,7 +130,17 @@ def test_ingest_flow_and_permanent_errors_are_not_retried(prefect_api, tmp_path)
     summary = ingest(params=params)
     assert (summary["blocks"], summary["rows"], summary["columns"], summary["dtype"]) == (5, 16, 15, "float32")
 
-    start = time.monotonic()
+    calls = _counting(monkeypatch)
     state = ingest(params=params, return_state=True)  # exists already, no overwrite
     assert state.is_failed() and "already exists" in str(state.message)
-    assert time.monotonic() - start < 2.0, "a permanent error must not wait for retries"
+    assert len(calls) == 1, "a permanent error must not be retried"
+
+
+def test_ingest_flow_retries_a_transient_error(prefect_api, tmp_path, monkeypatch):
+    from flows.ingest import ingest
+
+    np.save(tmp_path / "stack.npy", np.ones((3, 8, 2)))
+    params = {"store_url": str(tmp_path / "store"), "collection": "stack", "source": str(tmp_path / "stack.npy")}
+    calls = _counting(monkeypatch, fail_first_with=ConnectionError("the store went away"))
+    summary = ingest(params=params)  # the first attempt fails, the retry (after 2 s) ingests
+    assert len(calls) == 2 and summary["blocks"] == 3

@@ -19,10 +19,10 @@ SMALL_BATCH = 16 * 1024  # bytes: many map tasks even on small collections
 
 
 @pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
-        with Client(cluster) as c:
-            yield c
+def client(dask_cluster):
+    """A client of the suite's shared LocalCluster (tests/conftest.py)."""
+    with Client(dask_cluster) as c:
+        yield c
 
 
 def _store(tmp_path, blocks, name="c", dtype=None):
@@ -86,7 +86,9 @@ def test_guarantee_on_awkward_collections(client, tmp_path, seed, rows, width, r
 def test_float32_collection_and_own_local_cluster(tmp_path):
     blocks = [b.astype(np.float32) for b in _subspace_blocks(120, seed=4)]
     coll = _store(tmp_path, blocks, dtype=np.float32)
-    result = cluster_collection(coll, rank=6, eps=0.1)  # starts and stops its own LocalCluster
+    # no client on purpose: the property tested is that cluster_collection starts and
+    # stops a LocalCluster of its own
+    result = cluster_collection(coll, rank=6, eps=0.1)
     _check_result(coll, blocks, result, 6, 0.1)
 
 
@@ -94,6 +96,7 @@ def test_same_groups_whatever_the_number_of_workers(client, tmp_path):
     coll = _store(tmp_path, _subspace_blocks(seed=5))
     kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
     two = cluster_collection(coll, client=client, run_id="two", **kwargs)
+    # a cluster of its own on purpose: one worker against the shared cluster's two
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as one_cluster:
         with Client(one_cluster) as one_client:
             one = cluster_collection(coll, client=one_client, run_id="one", **kwargs)
@@ -122,6 +125,8 @@ def test_rerun_with_same_run_id_skips_completed_stages(client, tmp_path):
 def test_killed_worker_does_not_change_the_result(tmp_path, stage):
     coll = _store(tmp_path, _subspace_blocks(seed=7))
     kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
+    # a cluster of its own on purpose: this test kills one of its workers, which must not
+    # take a worker away from the shared cluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as c:
             reference = cluster_collection(coll, client=c, run_id="reference", **kwargs)
