@@ -178,11 +178,9 @@ def run_folder_url(collection: Any, run_id: str) -> str:
         *run_id* or the collection name is not one safe path component (``../x``,
         ``a/b``...): every run-folder path is derived here, so none leaves the store.
     """
-    from storage._location import check_name
+    import storage
 
-    check_name(collection.name, "collection name")
-    check_name(run_id, "run id")
-    return f"{str(collection.url).rstrip('/')}/runs/{collection.name}/{run_id}"
+    return storage.run_url(collection, run_id)
 
 
 def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:

@@ -7,13 +7,14 @@ whole new flow run with the same run id resumes after the last completed stage.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import time
 from typing import Any, Callable
 
 from prefect import task
+
+from pipeline.params import ClusteringParams
 
 from ._common import TASK_OPTIONS, StageProgress, read_json, run_folder_url, run_logger, stage_hook
 
@@ -27,9 +28,10 @@ __all__ = [
     "collect_result",
 ]
 
-#: ClusteringRun keyword arguments recorded in the run's run.json (everything but tol
-#: is a flow parameter; tol keeps the pipeline default unless a stored run says otherwise).
-RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours")
+#: ClusteringRun keyword arguments recorded in the run's run.json: every field of
+#: pipeline.params.ClusteringParams (tol and batch_bytes are not flow parameters and keep
+#: the defaults unless a stored run says otherwise).
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(ClusteringParams))
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -45,14 +47,15 @@ def open_collection(store_url: str, name: str) -> Any:
 
 
 def default_run_id(collection: Any, run_kwargs: dict[str, Any]) -> str:
-    """A run id determined by the collection contents and the parameters.
+    """A run id determined by the collection contents and the parameters, normalised
+    (:meth:`pipeline.params.ClusteringParams.run_id`: defaults filled in, so equal
+    clusterings get one id whichever keywords were spelt out).
 
     Starting the same clustering again (same collection, same values) therefore lands
     in the same run folder and resumes it, while a changed collection (an append) or
     other parameters get a fresh run.
     """
-    payload = json.dumps({"input": collection.fingerprint(), "params": run_kwargs}, sort_keys=True, default=str)
-    return "auto-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return ClusteringParams(**run_kwargs).run_id(collection.fingerprint())
 
 
 def stored_run_params(collection: Any, run_id: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from flows.params import DType, Method, Order
+from pipeline.params import ClusteringParams
 
 try:  # recent typer vendors click: its exceptions are not the ones of the click package
     from typer import _click as click
@@ -255,9 +256,18 @@ RunIdOpt = typer.Option(None, "--run-id", help="Run id (the folder runs/<collect
 
 
 def _check_eps(eps: float) -> float:
-    if not (isinstance(eps, float) and 0.0 < eps < 1.0):
-        raise typer.BadParameter(f"{eps} is not in (0, 1)", param_hint="'--eps'")
-    return eps
+    try:
+        return ClusteringParams.constraints["eps"].check("eps", eps)
+    except ValueError:
+        raise typer.BadParameter(f"{eps} is not in (0, 1)", param_hint="'--eps'") from None
+
+
+def _spec_option(name: str, *decls: str, default: Any = None, **kwargs: Any) -> Any:
+    """A typer option whose default and bounds come from pipeline.params.ClusteringParams
+    (the constraint table the library and the Prefect forms share)."""
+    bounds = ClusteringParams.constraints[name].bounds()
+    return typer.Option(ClusteringParams.default(name) if default is None else default, *decls,
+                        min=bounds.get("ge"), max=bounds.get("le"), **kwargs)
 
 
 def _parse_floats(text: str | None, what: str) -> list[float]:
@@ -527,63 +537,16 @@ def _open_collection(store: str, name: str):
     return storage.open_collection(store, name)
 
 
-def _root_fs(url: str, storage_options: dict | None = None):
-    from storage._location import resolve
-
-    loc = resolve(url, storage_options)
-    return loc.fs, loc.path.rstrip("/")
-
-
-def _glob_store(coll, pattern: str):
-    """(filesystem, matching paths) for ``pattern`` below the collection's store root."""
-    fs, root = _root_fs(coll.url, coll.storage_options)
-    fs.invalidate_cache()
-    try:
-        return fs, fs.glob(f"{root}/{pattern}")
-    except FileNotFoundError:
-        return fs, []
-
-
 def _list_runs(coll) -> list[dict]:
-    """Runs of a collection: id, created, params, whether compressed and reported."""
-    fs, files = _glob_store(coll, f"runs/{coll.name}/*/run.json")
-    out = []
-    for f in files:
-        run_dir = f.rsplit("/", 1)[0]
-        # the folder name is the run id (run.json's copy could be edited): a folder that is
-        # not a valid run id was not written by cmsvd and is never offered as one
-        run_id = run_dir.rsplit("/", 1)[-1]
-        if not _is_safe_name(run_id):
-            continue
-        try:
-            record = json.loads(fs.cat_file(f))
-        except Exception:  # noqa: BLE001
-            continue
-        out.append({
-            "run_id": run_id,
-            "created": record.get("created", ""),
-            "mode": record.get("params", {}).get("mode", "distributed"),
-            "params": {k: record.get("params", {}).get(k) for k in ("rank", "eps", "method", "order")},
-            "compressed": fs.exists(f"{run_dir}/compress/manifest.json") or fs.exists(f"{run_dir}/compressed/manifest.json"),
-            "report": fs.exists(f"{run_dir}/report.json"),
-            "current": record.get("input_fingerprint") == coll.fingerprint(),
-        })
-    return sorted(out, key=lambda r: (r["created"], r["run_id"]))
+    import storage
+
+    return storage.list_runs(coll)
 
 
 def _list_artifacts(coll) -> list[dict]:
-    fs, files = _glob_store(coll, f"artifacts/{coll.name}/*/manifest.json")
-    out = []
-    for f in files:
-        label = f.rsplit("/", 2)[-2]
-        if not _is_safe_name(label):  # .staging and anything cmsvd did not write
-            continue
-        try:
-            written = json.loads(fs.cat_file(f)).get("written", "")
-        except Exception:  # noqa: BLE001
-            written = ""
-        out.append({"label": label, "written": written})
-    return sorted(out, key=lambda a: (a["written"], a["label"]))
+    import storage
+
+    return storage.list_artifacts(coll)
 
 
 def _resolve_run_id(coll, run_id: str | None) -> str:
@@ -604,28 +567,24 @@ def _resolve_run_id(coll, run_id: str | None) -> str:
 
 
 def _run_url(coll, run_id: str) -> str:
-    from flows._common import run_folder_url
+    import storage
 
-    return run_folder_url(coll, run_id)
+    return storage.run_url(coll, run_id)
 
 
 def _run_record(coll, run_id: str) -> dict:
-    from flows._common import read_json
+    import storage
 
-    url = f"{_run_url(coll, run_id)}/run.json"
     try:
-        return read_json(url, coll.storage_options)
-    except FileNotFoundError:
-        raise CLIError(f"no run {run_id!r} for collection {coll.name!r} (looked for {url})", EXIT_MISSING) from None
+        return storage.read_run_record(coll, run_id)
+    except storage.RunNotFoundError as exc:
+        raise CLIError(str(exc), EXIT_MISSING) from None
 
 
 def _read_report(coll, run_id: str) -> dict | None:
-    from flows._common import read_json
+    import storage
 
-    try:
-        return read_json(f"{_run_url(coll, run_id)}/report.json", coll.storage_options)
-    except FileNotFoundError:
-        return None
+    return storage.read_run_json(coll, run_id, "report.json")
 
 
 def _write_text(url: str, text: str, storage_options: dict | None) -> None:
@@ -644,7 +603,7 @@ def _check_names(**names: str | None) -> None:
 
     Run ids and collection names become path components of the store
     (``runs/<collection>/<run_id>/``), so ``../x`` or ``a/b`` would read and write
-    outside it.  The rule is storage's :func:`storage._location.check_name`; the keyword
+    outside it.  The rule is :func:`storage.check_name`; the keyword
     names the field in the message (``run_id`` -> "run id").
 
     Raises
@@ -652,7 +611,7 @@ def _check_names(**names: str | None) -> None:
     CLIError
         Exit 2, one line naming the field and the value.
     """
-    from storage._location import check_name
+    from storage import check_name
     from storage.errors import InvalidNameError
 
     for field, value in names.items():
@@ -662,18 +621,6 @@ def _check_names(**names: str | None) -> None:
             check_name(value, field.replace("_", " "))
         except InvalidNameError as exc:
             raise CLIError(_one_line(exc), EXIT_USAGE) from None
-
-
-def _is_safe_name(value: Any) -> bool:
-    """True when *value* passes the storage name check (names read back from files)."""
-    from storage._location import check_name
-    from storage.errors import InvalidNameError
-
-    try:
-        check_name(value)
-    except InvalidNameError:
-        return False
-    return True
 
 
 # ---- parameters ---------------------------------------------------------------------------
@@ -835,18 +782,13 @@ def _load_in_memory(coll, max_memory_gib: float, what: str):
 
 
 def _sequential_params(rank, eps, method, order, oversampling, patience) -> dict:
-    from pipeline.greedy import check_params
-    from pipeline.bounds import DEFAULT_TOL
-
-    params = check_params(rank, eps, method, order, patience, oversampling, DEFAULT_TOL)
-    return {"mode": "sequential", **params}
+    spec = ClusteringParams(rank=rank, eps=eps, method=method, order=order, oversampling=oversampling, patience=patience)
+    return {"mode": "sequential", **spec.greedy_kwargs()}
 
 
 def _sequential_run_id(coll, params: dict) -> str:
-    import hashlib
-
-    payload = json.dumps({"input": coll.fingerprint(), "params": params}, sort_keys=True)
-    return "seq-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+    spec = ClusteringParams(**{k: v for k, v in params.items() if k != "mode"})
+    return spec.run_id(coll.fingerprint(), "sequential")
 
 
 def _sequential_cluster(coll, params: dict, run_id: str, max_memory_gib: float, bars: StageBars):
@@ -1024,17 +966,10 @@ def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars)
     from flows._run import default_run_id
     from pipeline.distributed import ClusteringRun
 
-    import inspect
-
-    defaults = {k: p.default for k, p in inspect.signature(ClusteringRun.__init__).parameters.items()}
-    # the run id `cmsvd cluster --eps E` derives: from the values it passes (its
-    # pipeline_kwargs), plus any stored value it cannot pass that differs from the default
-    cli_keys = ("rank", "eps", "method", "order", "oversampling", "patience", "shard_size", "merge_neighbours")
     rows = []
     for eps in eps_values:
         kwargs = {**params, "eps": float(eps)}
-        id_kwargs = {k: v for k, v in kwargs.items() if k in cli_keys or v != defaults.get(k, object())}
-        run_id = default_run_id(coll, id_kwargs)
+        run_id = default_run_id(coll, kwargs)  # normalised: the id `cmsvd cluster --eps E` derives
         run = ClusteringRun(coll, **kwargs, client=client, run_id=run_id,
                             progress=lambda stage, done, total, e=eps: bars(f"eps={e:g} {stage}"[:24], done, total))
         rows.append(sweep_point(coll, run))
@@ -1251,13 +1186,13 @@ def _finish_compressed(coll, run_id: str, report: dict, urls: dict, html: bool, 
 def cluster_cmd(
     collection: str = typer.Argument(..., help="Collection name."),
     store: str = StoreOpt,
-    rank: int = typer.Option(10, "--rank", "-r", min=1, help="Shared basis rank r of every group."),
-    eps: float = typer.Option(0.1, "--eps", "-e", help="Certified bound on every group's relative rank-r error, in (0, 1)."),
-    method: Method = typer.Option(Method.approximate, help="Certified lower bound used while groups grow."),
-    order: Order = typer.Option(Order.residual, help="Candidate order: residual against the seed basis, or norm."),
-    oversampling: int = typer.Option(5, min=0, help="Extra sketch directions p (method approximate)."),
-    patience: int = typer.Option(10, min=1, help="Groups in a row without an accepted candidate before the rest become single blocks."),
-    shard_size: int = typer.Option(4000, "--shard-size", min=2, help="Distributed: most blocks per shard of the local stage."),
+    rank: int = _spec_option("rank", "--rank", "-r", help="Shared basis rank r of every group."),
+    eps: float = _spec_option("eps", "--eps", "-e", help="Certified bound on every group's relative rank-r error, in (0, 1)."),
+    method: Method = typer.Option(Method(ClusteringParams.default("method")), help="Certified lower bound used while groups grow."),
+    order: Order = typer.Option(Order(ClusteringParams.default("order")), help="Candidate order: residual against the seed basis, or norm."),
+    oversampling: int = _spec_option("oversampling", "--oversampling", help="Extra sketch directions p (method approximate)."),
+    patience: int = _spec_option("patience", "--patience", help="Groups in a row without an accepted candidate before the rest become single blocks."),
+    shard_size: int = _spec_option("shard_size", "--shard-size", help="Distributed: most blocks per shard of the local stage."),
     sequential: bool = typer.Option(False, "--sequential", help="The paper's sequential greedy on the collection loaded in memory."),
     max_memory_gib: float = typer.Option(2.0, "--max-memory-gib", help="--sequential: refuse collections needing more memory than this."),
     scheduler: Optional[str] = SchedulerOpt,
@@ -1536,9 +1471,12 @@ def report_cmd(
     coll = _open_collection(store, collection)
     run_id = _resolve_run_id(coll, run_id)
     record = _run_record(coll, run_id)
+    sequential = record.get("params", {}).get("mode") == "sequential"
+    if sweep_eps and sequential:  # refused up front, whether or not report.json exists yet
+        raise CLIError("--sweep needs a distributed run (sequential runs keep the collection in memory)")
     report = _read_report(coll, run_id)
     if report is not None and report.get("run_id") != run_id:
-        from storage._location import short_repr
+        from storage import short_repr
 
         # the folder names the run; an edited report.json must not redirect any output
         _err().print(_esc(f"warning: report.json of run {run_id} names run {short_repr(report.get('run_id'))}: "
@@ -1548,8 +1486,8 @@ def report_cmd(
         report = None  # written by an older cmsvd (rank of raw groups, unlabelled errors): rebuild it
     bars = StageBars(quiet=as_json)
     sweep_rows = None
-    if report is None or (sweep_eps and record.get("params", {}).get("mode") != "sequential"):
-        if record.get("params", {}).get("mode") == "sequential":
+    if report is None or sweep_eps:
+        if sequential:
             import storage
 
             run = storage.open_run(coll.url, coll.name, run_id, record["params"], coll.fingerprint(), storage_options=coll.storage_options)
@@ -1570,17 +1508,14 @@ def report_cmd(
                 if sweep_eps:
                     sweep_rows = _sweep(coll, stored_run_params(coll, run_id), sweep_eps, client, bars)
                     sweep_rows = _with_run_point(sweep_rows, report)
-    elif sweep_eps:
-        raise CLIError("--sweep needs a distributed run (sequential runs keep the collection in memory)")
     html_url = _write_html(coll, run_id, report, sweep=sweep_rows)
     json_url = f"{_run_url(coll, run_id)}/report.json"
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "report.json").write_text(json.dumps(report, indent=1))
-        from flows._common import _fs
+        import storage
 
-        fs, path = _fs(html_url, coll.storage_options)
-        (output / REPORT_HTML).write_bytes(fs.cat_file(path))
+        (output / REPORT_HTML).write_bytes(storage.read_run_bytes(coll, run_id, REPORT_HTML))
         json_url, html_url = str(output / "report.json"), str(output / REPORT_HTML)
     if as_json:
         _print_json(report)
@@ -1610,10 +1545,10 @@ def _with_run_point(rows: list[dict], report: dict) -> list[dict]:
 def study_cmd(
     collection: str = typer.Argument(..., help="Collection name."),
     store: str = StoreOpt,
-    rank: int = typer.Option(10, "--rank", "-r", min=1),
+    rank: int = _spec_option("rank", "--rank", "-r"),
     sizes: str = typer.Option("2:20:3", "--sizes", help="Group sizes: start:stop[:step] (stop included) or a comma list."),
     trials: int = typer.Option(5, "--trials", min=1, help="Random groups per size."),
-    oversampling: int = typer.Option(5, min=0),
+    oversampling: int = _spec_option("oversampling", "--oversampling"),
     seed: int = typer.Option(0, "--seed", min=0),
     output: Path = typer.Option(Path("study.csv"), "--output", "-o", help="CSV file (one row per random group)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG plot (default: the CSV path with .png)."),
@@ -1705,13 +1640,13 @@ def run_cmd(
     store: str = StoreOpt,
     source: Optional[str] = typer.Option(None, "--source", help="Ingest this file or folder first (cmsvd-ingest flow)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="With --source: replace an existing collection."),
-    rank: int = typer.Option(10, "--rank", "-r", min=1),
-    eps: float = typer.Option(0.1, "--eps", "-e", help="Certified error bound in (0, 1)."),
-    method: Method = typer.Option(Method.approximate),
-    order: Order = typer.Option(Order.residual),
-    oversampling: int = typer.Option(5, min=0),
-    patience: int = typer.Option(10, min=1),
-    shard_size: int = typer.Option(4000, "--shard-size", min=2),
+    rank: int = _spec_option("rank", "--rank", "-r"),
+    eps: float = _spec_option("eps", "--eps", "-e", help="Certified error bound in (0, 1)."),
+    method: Method = typer.Option(Method(ClusteringParams.default("method"))),
+    order: Order = typer.Option(Order(ClusteringParams.default("order"))),
+    oversampling: int = _spec_option("oversampling", "--oversampling"),
+    patience: int = _spec_option("patience", "--patience"),
+    shard_size: int = _spec_option("shard_size", "--shard-size"),
     scheduler: Optional[str] = SchedulerOpt,
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes the run."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated eps values for the compression-vs-eps plot."),
@@ -1798,8 +1733,8 @@ def demo_cmd(
     blocks: int = typer.Option(20000, "--blocks", min=10, help="Blocks in the generated collection."),
     rows: int = typer.Option(256, "--rows", min=4, help="Rows m of every block."),
     width: int = typer.Option(4, "--width", min=1, help="Columns of every block."),
-    rank: int = typer.Option(16, "--rank", "-r", min=1),
-    eps: float = typer.Option(0.05, "--eps", "-e"),
+    rank: int = _spec_option("rank", "--rank", "-r", default=16),  # the demo's data: rank-3 subspaces, noise 0.02
+    eps: float = _spec_option("eps", "--eps", "-e", default=0.05),
     sweep: Optional[str] = typer.Option("0.02,0.1,0.2", "--sweep", help="Other eps values for the compression-vs-eps plot ('' to skip)."),
     scheduler: Optional[str] = SchedulerOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Regenerate the collection and recompute every stage."),
@@ -1828,8 +1763,10 @@ def demo_cmd(
             f"plus noise, rank {rank}, eps {eps}; store {root}"
             + ("" if params is not None else " (collection already generated)")
         ))
-    summary = _flow_pipeline(store, DEMO_COLLECTION, None, False, rank, eps, Method.approximate, Order.residual, 5, 10,
-                             4000, scheduler, None, sweep_eps, as_json, ingest_params=params)
+    spec = ClusteringParams(rank=rank, eps=eps)  # the library's defaults for everything else
+    summary = _flow_pipeline(store, DEMO_COLLECTION, None, False, rank, eps, Method(spec.method), Order(spec.order),
+                             spec.oversampling, spec.patience, spec.shard_size, scheduler, None, sweep_eps, as_json,
+                             ingest_params=params)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         _print_json(summary)

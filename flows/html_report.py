@@ -34,6 +34,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.magnitude import add_scaled_norm2, at_own_shift, own_shift, rescale
+
 __all__ = [
     "have_matplotlib",
     "group_spectra",
@@ -159,19 +161,21 @@ def group_spectra(collection: Any, groups: Sequence[dict], top: int = 4, max_col
         if g["columns"] > max_columns or g["columns"] == 0:
             continue
         members = sorted(int(b) for b in g["blocks"])
+        # spectra up to a power of two (magnitude shifts): the plots show relative values
         if m <= _GRAM_MAX_ROWS:
-            gram = np.zeros((m, m))
+            gram: tuple = (None, 0.0)
             per = max(1, _BATCH_BYTES // max(1, m * itemsize * max(1, g["columns"] // max(1, len(members)))))
             for k in range(0, len(members), per):
                 data, _ = collection.blocks(members[k : k + per])
-                data = data.astype(np.float64, copy=False)
-                gram += data @ data.T
-            s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+                shift = own_shift(data)
+                data = rescale(data, -shift)
+                gram = add_scaled_norm2(gram, (shift, data @ data.T))
+            s2 = np.clip(np.linalg.eigvalsh(np.zeros((m, m)) + gram[1])[::-1], 0.0, None)
         else:
             if m * g["columns"] * 8 > 512 * 2**20:
                 continue
             data, _ = collection.blocks(members)
-            s2 = np.linalg.svd(data.astype(np.float64, copy=False), compute_uv=False) ** 2
+            s2 = np.linalg.svd(at_own_shift(data), compute_uv=False) ** 2
         out.append({"id": int(g["id"]), "blocks": len(members), "columns": int(g["columns"]), "s2": s2})
     return out
 

@@ -73,7 +73,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 
 
 def _storage_name(value: str | None, info: Any) -> str | None:
-    """The storage name check (``storage._location.check_name``) on top of the pattern.
+    """The storage name check (``storage.check_name``) on top of the pattern.
 
     The pattern is what the dashboard form can show; storage also refuses ``..`` inside a
     name and the reserved names (``runs``, ``artifacts``...).  One rule for the CLI, the
@@ -81,7 +81,7 @@ def _storage_name(value: str | None, info: Any) -> str | None:
     """
     if value is None:
         return None
-    from storage._location import check_name  # lazy: keeps `cmsvd --help` fast
+    from storage import check_name  # lazy: keeps `cmsvd --help` fast
 
     check_name(value, str(info.field_name).replace("_", " "))  # InvalidNameError is a ValueError
     return value

@@ -91,6 +91,7 @@ def per_block_baseline(collection: Any, eps: float, max_bytes: int | None = None
         ``{"method", "eps", "skipped": reason}`` for a collection above *max_bytes*.
     """
     from pipeline.metrics import adaptive_compression_ratio
+    from pipeline.magnitude import at_own_shift
     from pipeline.spectra import adaptive_rank, squared_singular_values
 
     limit = BASELINE_MAX_BYTES if max_bytes is None else int(max_bytes)
@@ -109,7 +110,8 @@ def per_block_baseline(collection: Any, eps: float, max_bytes: int | None = None
         s0 = int(offsets[first])
         data = collection.column_range(s0, int(offsets[stop]))
         for i in range(first, stop):
-            s2 = squared_singular_values(data[:, int(offsets[i]) - s0 : int(offsets[i + 1]) - s0])
+            # at the block's own magnitude shift: s^2 of 1e-200 or 1e300 entries would under-/overflow
+            s2 = squared_singular_values(at_own_shift(data[:, int(offsets[i]) - s0 : int(offsets[i + 1]) - s0]))
             ranks[i] = adaptive_rank(s2, eps)
         first = stop
     raw = ranks * (m + widths) >= m * widths

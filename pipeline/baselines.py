@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.cluster.vq
 
-from ._checks import check_rank
+from ._checks import check_positive_int
 from .greedy import ClusteringResult
 from .layout import as_layout
 
@@ -13,7 +13,7 @@ __all__ = ["random_clustering", "kmeans_clustering"]
 
 
 def _check_n_clusters(n_clusters: object, n_blocks: int) -> int:
-    n = check_rank(n_clusters) if not isinstance(n_clusters, bool) else 0
+    n = check_positive_int("n_clusters", n_clusters)
     if not 1 <= n <= n_blocks:
         raise ValueError(f"n_clusters must be between 1 and the number of blocks ({n_blocks}), got {n_clusters!r}")
     return n

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._threads import single_threaded_blas
-from ._checks import METHODS, ORDERS, check_choice, check_eps, check_nonnegative_int, check_rank, check_tol
+from ._checks import METHODS, ORDERS, check_choice, check_rank
 from ._greedy_order import ResidualOrderer, prefix
+from ._threads import single_threaded_blas
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound
 from .layout import BlockLayout, as_layout, segment_sums
+from .params import ClusteringParams
 from .spectra import stacked_top_energy
 
 __all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
@@ -246,19 +247,10 @@ def _magnitude_bands(layout: BlockLayout) -> list[np.ndarray | None]:
 
 
 def check_params(rank, eps, method, order, patience, oversampling, tol) -> dict:
-    """Validate the clustering parameters up front; returns them normalised."""
-    patience = check_nonnegative_int("patience", patience)
-    if patience < 1:
-        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-    return dict(
-        rank=check_rank(rank),
-        eps=check_eps(eps),
-        method=check_choice("method", method, METHODS),
-        order=check_choice("order", order, ORDERS),
-        patience=patience,
-        oversampling=check_nonnegative_int("oversampling", oversampling),
-        tol=check_tol(tol),
-    )
+    """Validate the greedy's parameters up front (:class:`pipeline.params.ClusteringParams`);
+    returns them normalised."""
+    return ClusteringParams(rank=rank, eps=eps, method=method, order=order, patience=patience,
+                            oversampling=oversampling, tol=tol).greedy_kwargs()
 
 
 def greedy_groups(

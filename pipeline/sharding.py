@@ -110,12 +110,27 @@ def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tupl
 
 
 def _top_factors(stack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """A_b V_k for a stack of equal blocks (blocks, m, n), and each one's roundoff slack."""
-    gram = np.matmul(stack.transpose(0, 2, 1), stack)  # (blocks, n, n)
-    _, vecs = np.linalg.eigh(gram)
-    top = np.matmul(stack, vecs[:, :, ::-1][:, :, :k])  # (blocks, m, k)
+    """A_b Q_b for a stack of equal blocks (blocks, m, n), Q_b (n x k) orthonormal and
+    spanning A_b's top right singular vectors, and each one's roundoff slack.
+
+    F = A Q with orthonormal Q keeps F F^T <= A A^T whatever Q is. Q comes from the
+    smaller Gram matrix: the n x n one (its top eigenvectors) when n <= m, else the
+    m x m one (Q = orth(A^T U_k)): a block as wide as a whole embedding (m = 384,
+    n = 30,522) never forms an n x n matrix."""
+    blocks, m, n = stack.shape
+    if n <= m:
+        gram = np.matmul(stack.transpose(0, 2, 1), stack)  # (blocks, n, n)
+        _, vecs = np.linalg.eigh(gram)
+        top = np.matmul(stack, vecs[:, :, ::-1][:, :, :k])  # (blocks, m, k)
+    else:
+        gram = np.matmul(stack, stack.transpose(0, 2, 1))  # (blocks, m, m)
+        _, vecs = np.linalg.eigh(gram)
+        spanned = np.matmul(stack.transpose(0, 2, 1), vecs[:, :, ::-1][:, :, : min(k, m)])  # (blocks, n, k')
+        q, _ = np.linalg.qr(spanned)
+        top = np.zeros((blocks, m, k))
+        top[:, :, : q.shape[2]] = np.matmul(stack, q)  # rank <= m: any further columns stay 0
     norms = np.sqrt(np.trace(gram, axis1=1, axis2=2).clip(0.0))
-    return top, _FACTOR_ROUNDOFF * stack.shape[2] * norms
+    return top, _FACTOR_ROUNDOFF * n * norms
 
 
 def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ from .errors import (
     MissingChunkError,
     RunLeaseError,
     RunMismatchError,
+    RunNotFoundError,
     SourceFormatError,
     StorageError,
 )
@@ -53,6 +54,16 @@ from .ingest import (
 )
 from .lease import RunLease, check_lease, run_lease
 from .runs import Run, open_run
+from ._location import check_name, is_safe_name, short_repr
+from .catalog import (
+    list_artifacts,
+    list_runs,
+    read_run_bytes,
+    read_run_json,
+    read_run_record,
+    run_url,
+    write_run_file,
+)
 from .artifact import (
     Artifact,
     ArtifactWriter,
@@ -109,6 +120,19 @@ __all__ = [
     "MissingChunkError",
     "RunLeaseError",
     "RunMismatchError",
+    "RunNotFoundError",
     "SourceFormatError",
     "StorageError",
+    # what a store holds for a collection
+    "list_runs",
+    "list_artifacts",
+    "read_run_record",
+    "read_run_json",
+    "read_run_bytes",
+    "run_url",
+    # names
+    "check_name",
+    "is_safe_name",
+    "short_repr",
+    "write_run_file",
 ]

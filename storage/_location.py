@@ -36,7 +36,7 @@ import zarr
 from .errors import InvalidNameError
 
 SCHEMA_VERSION = 2  # 2: crc32c-checksummed chunks, every chunk written, sealed records
-RESERVED_NAMES = frozenset({"runs", "artifacts", "zarr.json"})
+RESERVED_NAMES = frozenset({"runs", "artifacts", "zarr.json"})  # RUNS_DIR, ARTIFACTS_DIR below
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
@@ -245,6 +245,42 @@ class Location:
             return int(self.fs.du(self.path, total=True))
         except FileNotFoundError:
             return 0
+
+
+def is_safe_name(value: Any) -> bool:
+    """Whether ``value`` passes :func:`check_name` (for names read back from a store)."""
+    try:
+        check_name(value)
+    except InvalidNameError:
+        return False
+    return True
+
+
+# ---- the store layout: every path below a root is spelt here --------------------------
+
+RUNS_DIR, ARTIFACTS_DIR, STAGING_DIR = "runs", "artifacts", ".staging"
+
+
+def run_location(root: "Location", collection_name: str, run_id: str | None = None) -> "Location":
+    """``<root>/runs/<collection>[/<run_id>]`` (names checked: one safe path part each)."""
+    check_name(collection_name, "collection name")
+    if run_id is None:
+        return root.child(RUNS_DIR, collection_name)
+    check_name(run_id, "run id")
+    return root.child(RUNS_DIR, collection_name, run_id)
+
+
+def artifact_location(root: "Location", collection_name: str, label: str | None = None,
+                      staging: bool = False) -> "Location":
+    """``<root>/artifacts/<collection>[/.staging][/<label>]`` (names checked)."""
+    check_name(collection_name, "collection name")
+    base = root.child(ARTIFACTS_DIR, collection_name)
+    if staging:
+        base = base.child(STAGING_DIR)
+    if label is None:
+        return base
+    check_name(label, "artifact label")
+    return base.child(label)
 
 
 def resolve(url: str | os.PathLike, storage_options: dict | None = None) -> Location:

@@ -52,8 +52,8 @@ import zarr
 from ._integrity import ARRAY_CONFIG, CHECKSUMMED_SCHEMA, StrictStore, parse_json, seal, unseal
 from ._location import (
     SCHEMA_VERSION,
+    artifact_location,
     Location,
-    check_name,
     collect_versions,
     json_dumps,
     new_version_name,
@@ -88,11 +88,9 @@ def _npy_load(data: bytes) -> np.ndarray:
 
 
 def _locations(url: str, collection_name: str, label: str, storage_options: dict | None) -> tuple[Location, Location, Location]:
-    check_name(collection_name, "collection name")
-    check_name(label, "artifact label")
     root = resolve(url, storage_options)
-    base = root.child("artifacts", collection_name)
-    return root, base.child(label), base.child(".staging", label)
+    return (root, artifact_location(root, collection_name, label),
+            artifact_location(root, collection_name, label, staging=True))
 
 
 def _check_groups(groups: Sequence[Sequence[int]], n_blocks: int) -> list[list[int]]:
@@ -143,7 +141,7 @@ def create_artifact(
     groups = _check_groups(groups, coll.n_blocks)
     if not overwrite and final.exists(MANIFEST):
         raise CollectionExistsError(f"artifact {label!r} of collection {collection_name!r} already exists")
-    sweep_stale(root.child("artifacts", collection_name, ".staging"))  # killed writers (local: by age)
+    sweep_stale(artifact_location(root, collection_name, staging=True))  # killed writers (local: by age)
     staging.rm()
     record = {
         "collection": collection_name,

@@ -50,6 +50,10 @@ class CollectionNotFoundError(StorageError, FileNotFoundError):
     """No published collection (or artifact) at the given URL and name."""
 
 
+class RunNotFoundError(StorageError, FileNotFoundError):
+    """No run of that id for the collection."""
+
+
 class RunMismatchError(StorageError, ValueError):
     """A run id was reopened with different parameters or a different input."""
 

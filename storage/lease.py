@@ -30,7 +30,7 @@ import uuid
 from typing import Any, Iterator
 
 from ._integrity import parse_json
-from ._location import Location, check_name, is_precondition_failure, json_dumps, resolve, write_exclusive
+from ._location import Location, is_precondition_failure, json_dumps, resolve, run_location, write_exclusive
 from .errors import CorruptedFileError, LeaseLostError, RunLeaseError
 
 LEASE_FILE = "lease.json"
@@ -342,8 +342,6 @@ def run_lease(
     ...     run = open_run(store, "c", "r1", params, fp)
     ...     run.save_stage("scan", arrays)    # or call lease.check() before each commit
     """
-    check_name(collection_name, "collection name")
-    check_name(run_id, "run id")
-    loc = resolve(url, storage_options).child("runs", collection_name, run_id)
+    loc = run_location(resolve(url, storage_options), collection_name, run_id)
     label = f"run {run_id!r} of collection {collection_name!r}"
     return RunLease(loc, label, owner=owner, ttl_s=ttl_s, wait_s=wait_s, poll_s=poll_s)

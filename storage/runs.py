@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._integrity import parse_json, seal, unseal
-from ._location import Location, check_name, fingerprint_of, json_dumps, resolve
+from ._location import Location, check_name, fingerprint_of, json_dumps, resolve, run_location
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
 from .lease import RunLease, check_lease
 
@@ -70,9 +70,7 @@ def open_run(
     RunMismatchError
         The run exists with other parameters or another input fingerprint.
     """
-    check_name(collection_name, "collection name")
-    check_name(run_id, "run id")
-    loc = resolve(url, storage_options).child("runs", collection_name, run_id)
+    loc = run_location(resolve(url, storage_options), collection_name, run_id)
     params = _normalise(params)
     record = {
         "run_id": run_id,

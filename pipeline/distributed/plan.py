@@ -3,19 +3,11 @@ Pure index arithmetic, no data and no Dask."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from ..layout import offsets_of
 
-__all__ = ["batch_bounds", "group_ranges", "pack_groups", "unpack_groups", "labels_of", "check_int"]
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+__all__ = ["batch_bounds", "group_ranges", "pack_groups", "unpack_groups", "labels_of"]
 
 
 def batch_bounds(offsets: np.ndarray, chunk_columns: int, bytes_per_column: int, batch_bytes: int) -> np.ndarray:

@@ -15,17 +15,17 @@ import numpy as np
 
 from .._threads import single_threaded_blas
 from ..bounds import DEFAULT_TOL, GramSketch
-from ..greedy import check_params
 from ..layout import offsets_of
 from ..magnitude import band_pure, common_shift, group_norms2
+from ..params import DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
 from .compress import certify_with_splits, storage_plan
-from .plan import batch_bounds, check_int, group_ranges, labels_of, pack_groups, unpack_groups
+from .plan import batch_bounds, group_ranges, labels_of, pack_groups, unpack_groups
 
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
-BATCH_BYTES = 32 * 2**20  # data per map task
+BATCH_BYTES = DEFAULT_BATCH_BYTES  # data per map task
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
 PASS_BYTES = 256 * 2**20  # coefficients held by the cluster in one compress pass
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
@@ -55,7 +55,8 @@ class DistributedResult:
     stored_errors : ndarray
         Realised relative error of what the artifact stores, per group.
     compression_ratio, compression_ratio_adaptive : float
-        The paper's ratio at fixed rank r, and with per-group ranks (DESIGN section 4).
+        The paper's ratio at fixed rank r, and with per-group ranks (arXiv 2601.11626;
+        README, "Metrics").
     max_error : float
         Largest realised error of the stored artifact.
     timings : dict
@@ -141,10 +142,11 @@ class ClusteringRun:
         progress: Progress | None = None,
         lease_wait_s: float = 600.0,
     ):
-        self.params = check_params(rank, eps, method, order, patience, oversampling, tol)
-        shard_size = check_int("shard_size", shard_size, 2)
-        merge_neighbours = check_int("merge_neighbours", merge_neighbours, 1)
-        batch_bytes = check_int("batch_bytes", batch_bytes, 1)
+        spec = ClusteringParams(rank=rank, eps=eps, method=method, order=order, oversampling=oversampling,
+                                patience=patience, tol=tol, shard_size=shard_size, merge_neighbours=merge_neighbours,
+                                batch_bytes=batch_bytes)
+        self.params = spec.greedy_kwargs()
+        shard_size, merge_neighbours, batch_bytes = spec.shard_size, spec.merge_neighbours, spec.batch_bytes
         self.collection = collection
         self._client = client
         self.shard_size = shard_size
@@ -155,7 +157,7 @@ class ClusteringRun:
         self._lease = None  # the writer lease while a stage is being computed
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
-        run_params = dict(self.params, shard_size=shard_size, merge_neighbours=merge_neighbours, batch_bytes=batch_bytes)
+        run_params = spec.as_dict()
         self._handle = tasks.Handle(
             collection.url, collection.name, self.run_id, json.dumps(run_params, sort_keys=True),
             collection.fingerprint(), json.dumps(collection.storage_options, sort_keys=True),
