@@ -192,6 +192,8 @@ def format_row(row: dict) -> str:
     bound = "" if row["paper_done"] else ">"
     paper = f"{bound}{row['paper_time']:.2f}"
     speed = f"{bound}{row['paper_time'] / row['time']:.1f}x"
+    if not row["paper_done"] and CLOCK is time.process_time:  # the timeout is wall time: no CPU bound
+        paper, speed = f">{row['paper_time']:.0f}wall", "?"
     if not row["paper_done"]:
         return text + f" {paper:>8} {'?':>8} {'?':>6} {'?':>6} {speed:>8}"
     return text + (f" {paper:>8} {row['paper_groups']:>8} {row['paper_cr']:>6.2f} {row['paper_violations']:>6} {speed:>8}")
