@@ -78,6 +78,7 @@ def check_report_contract(report: dict, *, n_blocks: int, rows: int, eps: float)
     assert report["timings"] and all(isinstance(k, str) and isinstance(v, float) for k, v in report["timings"].items())
 
 
+@pytest.mark.slow  # the whole distributed CLI path
 def test_ingest_cluster_verify_decompress(capsys, store, stack_file, dask_address, tmp_path):
     info = cli_json(capsys, "inspect", "blocks", "--store", store)
     assert (info["blocks"], info["rows"], info["columns"], info["dtype"]) == (N_BLOCKS, ROWS, N_BLOCKS * WIDTH, "float64")
@@ -144,6 +145,7 @@ def test_sequential_cluster_then_compress_report_and_inspect(capsys, store, dask
     assert code == 0 and "report.html" in out and "compression ratio" in out
 
 
+@pytest.mark.slow  # a distributed run and a 3-value eps sweep
 def test_report_sweep_adds_the_eps_plot(capsys, store, dask_address, tmp_path):
     summary = cli_json(capsys, "cluster", "blocks", "--store", store, "--rank", RANK, "--eps", EPS,
                        "--scheduler", dask_address, "--run-id", "sweep", "--no-html", "--shard-size", 60)

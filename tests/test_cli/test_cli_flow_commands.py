@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # console-script subprocesses, each with a temporary Prefect API
+
 CMSVD = str(Path(sys.executable).parent / "cmsvd")
 
 

@@ -85,6 +85,7 @@ def test_bad_collection_names_are_refused_before_any_file_is_touched(capsys, tmp
     assert not absent.exists()
 
 
+@pytest.mark.slow  # renders the HTML report with its plots and baselines
 def test_tampered_report_run_id_does_not_redirect_the_html(capsys, tmp_path, store):
     assert main(["report", "small", "--run-id", "ok", "--store", str(store), "--json"]) == 0
     run_dir = store / "runs" / "small" / "ok"

@@ -191,6 +191,7 @@ def _help_command(cmd: list[str]) -> list[str]:
     return [str(Path(sys.executable).with_name(words[0])), *words[1:], "--help"]
 
 
+@pytest.mark.slow  # a --help subprocess per service command
 def test_commands_are_real_entry_points(services):
     scripts = {ep.name for ep in importlib.metadata.entry_points(group="console_scripts")}
     helps = {}

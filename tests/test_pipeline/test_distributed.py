@@ -54,6 +54,7 @@ def _check_result(collection, blocks, result, rank, eps):
     assert result.max_error <= eps
 
 
+@pytest.mark.slow  # 600 blocks through every stage with many small map tasks
 def test_guarantee_on_structured_collection_with_sharding_and_merges(client, tmp_path):
     blocks = _subspace_blocks()
     coll = _store(tmp_path, blocks)
@@ -73,7 +74,10 @@ def test_guarantee_on_structured_collection_with_sharding_and_merges(client, tmp
 @pytest.mark.parametrize(
     "seed,rows,width,rank,eps",
     # the last two: blocks wider than m but within r + p, and single-row blocks
-    [(1, 9, 7, 3, 0.3), (2, 5, 12, 2, 0.5), (3, 16, 4, 6, 0.05), (4, 4, 6, 3, 0.3), (5, 1, 3, 1, 0.5)],
+    # (the fast loop keeps those two; the others run with the slow tests)
+    [pytest.param(1, 9, 7, 3, 0.3, marks=pytest.mark.slow), (2, 5, 12, 2, 0.5),
+     pytest.param(3, 16, 4, 6, 0.05, marks=pytest.mark.slow), pytest.param(4, 4, 6, 3, 0.3, marks=pytest.mark.slow),
+     (5, 1, 3, 1, 0.5)],
 )
 def test_guarantee_on_awkward_collections(client, tmp_path, seed, rows, width, rank, eps):
     blocks = awkward_collection(seed, rows, 40, width)
@@ -83,6 +87,7 @@ def test_guarantee_on_awkward_collections(client, tmp_path, seed, rows, width, r
     _check_result(coll, blocks, result, rank, eps)
 
 
+@pytest.mark.slow  # starts a LocalCluster of its own
 def test_float32_collection_and_own_local_cluster(tmp_path):
     blocks = [b.astype(np.float32) for b in _subspace_blocks(120, seed=4)]
     coll = _store(tmp_path, blocks, dtype=np.float32)
@@ -92,6 +97,7 @@ def test_float32_collection_and_own_local_cluster(tmp_path):
     _check_result(coll, blocks, result, 6, 0.1)
 
 
+@pytest.mark.slow  # starts a one-worker LocalCluster of its own
 def test_same_groups_whatever_the_number_of_workers(client, tmp_path):
     coll = _store(tmp_path, _subspace_blocks(seed=5))
     kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
@@ -121,6 +127,7 @@ def test_rerun_with_same_run_id_skips_completed_stages(client, tmp_path):
         cluster_collection(coll, **{**kwargs, "eps": 0.2})
 
 
+@pytest.mark.slow  # a LocalCluster per stage, and a worker killed and replaced
 @pytest.mark.parametrize("stage", ["scan", "partition", "merge", "certify", "compress"])
 def test_killed_worker_does_not_change_the_result(tmp_path, stage):
     coll = _store(tmp_path, _subspace_blocks(seed=7))
@@ -190,6 +197,7 @@ def test_a_finished_run_reads_back_without_a_cluster(client, tmp_path):
         ClusteringRun(coll, rank=6, eps=0.1, run_id="unfinished").scan()
 
 
+@pytest.mark.slow  # three drivers, one after the other
 def test_concurrent_runs_on_one_run_id_write_one_after_the_other(client, tmp_path):
     """Three drivers on the same run id (a nightly deployment and dashboard runs): the
     run's lease serialises them, each stage is computed once, all return the same groups
@@ -226,6 +234,7 @@ def test_a_run_held_by_another_writer_is_refused_naming_it(client, tmp_path):
             ClusteringRun(coll, rank=6, eps=0.1, client=client, run_id="busy", lease_wait_s=0.5).scan()
 
 
+@pytest.mark.slow  # 240 blocks in up to three magnitude bands, every stage
 @pytest.mark.parametrize("dtype,scales,bands", [
     (np.float64, [1e-200, 1.0, 1e300, 2.0**-1040], 3),  # 1e-200 and 2^-1040 share a band
     (np.float32, [1e-30, 1.0, 1e30, 1e-35], 1),

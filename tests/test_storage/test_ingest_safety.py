@@ -100,6 +100,7 @@ def test_npz_large_member_is_streamed_not_loaded(tmp_path, root, monkeypatch):
         np.testing.assert_array_equal(coll.block(i), arrays[k])
 
 
+@pytest.mark.slow  # measures peak memory in a subprocess
 def test_npz_bomb_peak_memory(tmp_path):
     """A ~1 MiB npz expanding to 256 MiB: peak RSS stays far below the expanded size."""
     zeros = tmp_path / "bomb.npz"

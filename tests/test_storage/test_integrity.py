@@ -213,6 +213,7 @@ def _read_all_artifact(root: str) -> list[np.ndarray]:
     return [art.decompress(i) for i in range(art.n_blocks)] + [art.errors, np.asarray(art.groups, dtype=object)]
 
 
+@pytest.mark.slow  # flips bytes in every file of a whole artifact, one at a time
 def test_every_artifact_file_corruption_is_detected(tmp_path, artifact_store):
     pristine, expected = artifact_store
     art_dir = os.path.join("artifacts", "c", "a")

@@ -40,6 +40,7 @@ def _assert_exclusive(log: str, writers: int, rounds: int) -> None:
             inside = None
 
 
+@pytest.mark.slow  # spawns writer processes
 def test_concurrent_processes_local(tmp_path):
     url, log = str(tmp_path / "store"), str(tmp_path / "log")
     ctx = mp.get_context("spawn")

@@ -140,6 +140,7 @@ def _artifact_inputs(rng, m=6, widths=(3, 2, 4)):
     return blocks, dict(groups=[[0, 1, 2]], bases=[u], coefficients=[u.T @ b for b in blocks], errors=[0.5])
 
 
+@pytest.mark.slow  # one overwrite per mutating call (hundreds)
 def test_artifact_overwrite_survives_a_kill_anywhere_memory(mem_root, memory_injector, rng):
     blocks, first = _artifact_inputs(rng)
     u2 = np.linalg.qr(rng.standard_normal((6, 3)))[0]
