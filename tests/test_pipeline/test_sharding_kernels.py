@@ -9,7 +9,7 @@ to a small matrix with simple entries.
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -27,7 +27,8 @@ from pipeline.sharding import (
 
 from .helpers import bound_is_valid
 
-FAST = settings(max_examples=60, deadline=None)
+# no deadline and no too_slow check: the suite shares two cores with Dask workers
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # entries: moderate magnitudes (the magnitude tests cover the float64 range), exact zeros
 # included so that zero and rank-deficient blocks appear and shrinking ends at 0 or 1
 # the kernels take blocks at their magnitude shift (pipeline.magnitude): entries of order 1
