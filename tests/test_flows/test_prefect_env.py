@@ -23,7 +23,7 @@ def test_the_setting_is_spelled_in_one_module():
     product = [p for d in ("flows", "pipeline", "storage") for p in (ROOT / d).rglob("*.py")]
     spelled = sorted(str(p.relative_to(ROOT)) for p in product if NAME in p.read_text())
     assert spelled == ["flows/_prefect_env.py"]
-    for entry_point in ("flows/__main__.py", "flows/cli.py"):
+    for entry_point in ("flows/__main__.py", "flows/cli/flows_cmds.py"):
         assert "configure_prefect_env" in (ROOT / entry_point).read_text(), entry_point
 
 
