@@ -131,6 +131,24 @@ def _passthrough_line(p: dict) -> str:
             f"blocks, not compressed, restored byte for byte): {why}")
 
 
+def _provenance_lines(provenance: dict, width: int = 100) -> list[str]:
+    """One line per entry: scalars in full (long ones shortened in the middle, never cut
+    at the end), lists and mappings by their size; ``--json`` has everything."""
+    lines = []
+    for key, value in provenance.items():
+        if isinstance(value, (list, tuple)):
+            names = [str(v) for v in value[:3] if isinstance(v, str)]
+            text = f"{len(value)} entries" + (f" ({', '.join(names)}, ...)" if names else "")
+        elif isinstance(value, dict):
+            text = f"{len(value)} keys"
+        else:
+            text = str(value)
+        if len(text) > width:
+            text = f"{text[: width // 2 - 2]} ... {text[-(width // 2 - 3):]}"
+        lines.append(f"{key}: {text}")
+    return lines + ["(all of it: cmsvd inspect --json)"]
+
+
 @_command("inspect")
 def inspect_cmd(
     collection: Optional[str] = typer.Argument(None, help="Collection name; without it, list the store's collections."),
@@ -191,7 +209,8 @@ def inspect_cmd(
     table.add_row("block norms", "min {min:.4g}, median {median:.4g}, max {max:.4g}".format(**summary["norms"]))
     table.add_row("size", f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk")
     if coll.provenance:
-        table.add_row("provenance", _esc(json.dumps(coll.provenance, default=str)[:300]))
+        for k, line in enumerate(_provenance_lines(coll.provenance)):
+            table.add_row("provenance" if k == 0 else "", _esc(line))
     out.print(table)
     if summary["runs"]:
         runs = Table(title="runs", title_justify="left")
