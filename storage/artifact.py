@@ -706,19 +706,20 @@ class Artifact:
         flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
 
-    def decompress(self, i: int, form: str = "columns") -> np.ndarray:
+    def decompress(self, i: int, form: str = "original") -> np.ndarray:
         """U_C V_i: the approximation of block i.
 
         Parameters
         ----------
-        form : {"columns", "original"}
-            ``"columns"``: the (rows, n_i) column form in the artifact dtype (what the
-            error is measured on).  ``"original"``: the block as it was in its source
+        form : {"original", "columns"}
+            ``"original"`` (default): the block as it was in its source
             when the ingest recorded a layout (safetensors): a block that is a whole
             tensor comes back in the tensor's shape and dtype; a block that is one column
             of a tensor (``--per column``) as its ``column_length`` values, 1-D, in the
-            tensor's dtype.  Without a recorded layout both forms are the same.  For
-            whole tensors see :meth:`tensor`.
+            tensor's dtype.  ``"columns"``: the (rows, n_i) column form in the
+            artifact dtype (what the error is measured on).  Without a recorded layout
+            (every format but safetensors) both forms are the same.  For whole tensors
+            see :meth:`tensor`.
         """
         if form not in ("columns", "original"):
             raise ValueError(f"form must be 'columns' or 'original', got {form!r}")

@@ -165,7 +165,7 @@ def test_artifact_writes_the_whole_file_back(tmp_path, root, rng, per):
     if per == "tensor":
         i = coll.names.index("layer.2.weight")
         assert art.decompress(i, form="original").shape == (3, 1, L) and art.decompress(i, form="original").dtype == np.float16
-        assert art.decompress(i).shape == (L, 3)  # the column form stays the default of decompress(i)
+        assert art.decompress(i, form="columns").shape == (L, 3)  # the column form on request
     st = pytest.importorskip("safetensors")
     with st.safe_open(str(out), "np") as f:  # the reference reader accepts the file
         assert set(f.keys()) == set(model) and f.metadata() == {"format": "pt"}
@@ -203,7 +203,7 @@ def test_decompress_range_equals_block_by_block(root, rng):
         errors.append(0.5)
     art = write_artifact(root, "r", "a", groups=groups, bases=bases, coefficients=coefs, errors=errors)
     for first, stop in ((0, 40), (3, 17), (5, 6), (9, 9)):
-        expected = np.concatenate([art.decompress(i) for i in range(first, stop)] or [np.zeros((6, 0))], axis=1)
+        expected = np.concatenate([art.decompress(i, form="columns") for i in range(first, stop)] or [np.zeros((6, 0))], axis=1)
         np.testing.assert_allclose(art.decompress_range(first, stop), expected, rtol=1e-12, atol=1e-12)
     raw = [i for g, members in enumerate(groups) if bases[g] is None for i in members]
     for i in raw:  # raw blocks are copies: bit for bit
