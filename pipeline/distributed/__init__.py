@@ -35,10 +35,11 @@ Memory per task is bounded by the batch size, the Gram matrices of one group ran
 one merge task's sketches. The client runs its small dense numerics with one BLAS thread
 (:mod:`pipeline._threads`), and builds no O(G^2) or O(K G) structure.
 
-Layer rule: the kernels in :mod:`pipeline.sharding` know nothing of Dask or storage. This
-package is the one place in ``pipeline`` that orchestrates: it submits Dask tasks, and its
-tasks reach the collection and the run checkpoints through the ``storage`` package's public
-functions (never file formats directly).
+Layer rule: the kernels in :mod:`pipeline.sharding` and :mod:`pipeline.certify` know
+nothing of Dask or storage. This package is the one place in ``pipeline`` that
+orchestrates: it submits Dask tasks, and its tasks reach the collection and the run
+checkpoints through the ``storage`` package's public functions (never file formats
+directly).
 
 Modules: :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges), :mod:`.checkpoints` (the group-stage schema), :mod:`.run` (the driver).
 """

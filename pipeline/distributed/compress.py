@@ -3,9 +3,9 @@
 The distributed driver (:class:`~pipeline.distributed.run.ClusteringRun`) certifies and
 compresses on Dask workers, batch by batch. The sequential mode, which already holds the
 whole collection in memory as a :class:`~pipeline.layout.BlockLayout`, calls
-:func:`compress_in_memory`. Both use the same kernels of :mod:`pipeline.sharding`
-(:func:`~pipeline.sharding.gram_partials` and :func:`~pipeline.sharding.certify_partial`
-for the exact error, adaptive rank and basis; :func:`~pipeline.sharding.group_coefficients`
+:func:`compress_in_memory`. Both use the same kernels of :mod:`pipeline.certify`
+(:func:`~pipeline.certify.gram_partials` and :func:`~pipeline.certify.certify_partial`
+for the exact error, adaptive rank and basis; :func:`~pipeline.certify.group_coefficients`
 for coefficients rounded as stored) and the same two rules here:
 
 * :func:`certify_with_splits`: a group whose exact error is above eps (possible only
@@ -27,7 +27,7 @@ import numpy as np
 from .._threads import single_threaded_blas
 from ..layout import BlockLayout, offsets_of
 from ..magnitude import group_norms2, rescale
-from ..sharding import certify_partial, gram_partials, group_coefficients
+from ..certify import certify_partial, gram_partials, group_coefficients
 
 __all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory"]
 

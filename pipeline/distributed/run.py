@@ -429,7 +429,7 @@ class ClusteringRun:
         """Exact (error, adaptive rank, basis) of the given groups from the stored data.
 
         One read of the data: every batch task emits its Gram partials per group range
-        (:func:`pipeline.sharding.gram_partials`). Each range adds them up in batch-index
+        (:func:`pipeline.certify.gram_partials`). Each range adds them up in batch-index
         order, a chain of small tasks that stays on the worker holding the sum, so the
         bits do not depend on the number of workers and only the data crosses the
         network; ranges run in parallel and are certified on the workers."""

@@ -19,16 +19,13 @@ from ..bounds import GramSketch
 from ..greedy import greedy_groups
 from ..layout import BlockLayout, column_index, offsets_of, segment_sums
 from ..magnitude import block_shifts, scale_blocks
+from ..certify import certify_partial, combine_partials, gram_partials, group_coefficients
 from ..sharding import (
     FLOAT32_ROUNDOFF,
     anchor_basis,
     anchor_scores,
     best_two_anchors,
     block_factors,
-    certify_partial,
-    combine_partials,
-    gram_partials,
-    group_coefficients,
     group_sketches,
     leading_directions,
     merge_groups,

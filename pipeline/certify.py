@@ -1,0 +1,229 @@
+"""Exact certification and compression kernels, free of Dask and storage.
+
+Both modes end with these: the distributed stages (:mod:`pipeline.distributed`) on
+workers, batch by batch, and the in-memory compressor of the sequential mode
+(:mod:`pipeline.distributed.compress`).
+
+* :func:`gram_partials` / :func:`combine_partials` / :func:`certify_partial` /
+  :func:`certify_gram` - exact per-group spectra from Gram matrices (or, for groups of few
+  columns, the columns themselves) summed over batches in a fixed order;
+* :func:`group_coefficients` - the compressed coefficients of a batch against group
+  bases, with the residual of what is stored (rounded to the data's dtype).
+
+Groups are taken at their magnitude shift (:mod:`pipeline.magnitude`) when one is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
+
+from .layout import column_index, offsets_of, segment_sums
+from .magnitude import rescale
+from .spectra import adaptive_rank
+
+__all__ = [
+    "gram_partials",
+    "combine_partials",
+    "partial_gram",
+    "gram",
+    "certify_partial",
+    "certify_gram",
+    "group_coefficients",
+    "GramCertificate",
+]
+
+
+def _blocks_by_label(labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(label, its block positions in order) for every label >= 0, from one stable sort."""
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return [(int(labels[part[0]]), part) for part in np.split(order, cuts) if part.size]
+
+
+def _at_shift(x: np.ndarray, shift: int) -> np.ndarray:
+    """``2^-shift x``: a group's columns at its magnitude shift (``x`` itself when 0)."""
+    return x if shift == 0 else rescale(x, -shift)
+
+
+def _shift_of(group_shifts: np.ndarray | None, label: int) -> int:
+    return 0 if group_shifts is None else int(group_shifts[label])
+
+
+def gram_partials(
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, group_shifts: np.ndarray | None = None
+) -> dict[int, tuple[str, np.ndarray]]:
+    """Per group label (>= 0) its share of the Gram matrix M_C M_C^T in one batch.
+
+    With ``group_shifts`` (per label, :mod:`pipeline.magnitude`) a group's columns are
+    taken at its shift, ``2^-S M_C``, in every batch alike, so the sums never under- or
+    overflow and the certified relative error is that of the group.
+
+    A group with fewer than m/2 columns in the batch keeps them as they are (``("cols",
+    X)`` in the data's dtype, smaller than an m x m Gram); others give ``("upper", U)``,
+    the upper triangle of X X^T in float64 (lower triangle zero). So a batch's partials
+    never take more than about twice its data, however many groups it touches. Add them
+    up with :func:`combine_partials`, finish with :func:`partial_gram`.
+    """
+    rows = data.shape[0]
+    out = {}
+    for label, blocks in _blocks_by_label(labels):
+        x = _at_shift(data[:, column_index(offsets, blocks)], _shift_of(group_shifts, label))
+        out[label] = ("cols", x) if 2 * x.shape[1] < rows else ("upper", _syrk(x))
+    return out
+
+
+def _syrk(x: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
+    """Upper triangle of X X^T in float64 through BLAS syrk (half the flops of a product),
+    added in place to ``onto`` (Fortran-ordered float64) when given."""
+    x = np.asarray(x, dtype=np.float64)
+    if onto is None:
+        return scipy.linalg.blas.dsyrk(1.0, x)
+    return scipy.linalg.blas.dsyrk(1.0, x, beta=1.0, c=onto, overwrite_c=1)
+
+
+def gram(x: np.ndarray) -> np.ndarray:
+    """X X^T in float64 through BLAS syrk, symmetric."""
+    return _symmetric(_syrk(x))
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+def partial_gram(part: tuple[str, np.ndarray]) -> np.ndarray:
+    """The symmetric Gram matrix of a partial."""
+    kind, value = part
+    return gram(value) if kind == "cols" else _symmetric(value)
+
+
+def combine_partials(left: dict, right: dict) -> dict:
+    """Sum two partials group by group, ``left`` first: the order is part of the result's
+    bits, so callers fix it (the driver adds batches in index order). Neither input is
+    modified; a group's Gram is updated in place in a fresh copy, by syrk."""
+    out = dict(left)
+    for label, (kind_b, b) in right.items():
+        if label not in out:
+            out[label] = (kind_b, b)
+            continue
+        kind_a, a = out[label]
+        if kind_a == kind_b == "cols" and 2 * (a.shape[1] + b.shape[1]) < a.shape[0]:
+            out[label] = ("cols", np.hstack([a, b]))
+            continue
+        upper = np.array(a, dtype=np.float64, order="F") if kind_a == "upper" else np.asfortranarray(_syrk(a))
+        if kind_b == "cols":
+            upper = _syrk(b, onto=upper)
+        else:
+            upper += b
+        out[label] = ("upper", upper)
+    return out
+
+
+def group_coefficients(
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict, group_shifts: np.ndarray | None = None
+) -> dict[int, list[tuple[int, np.ndarray, float]]]:
+    """Coefficients of every labelled block of a batch against its group's basis.
+
+    Per group present, one product over all its blocks: V_i = U_g^T A_i and the squared
+    residual ||A_i - U_g V_i||_F^2 with U_g and V_i rounded to the data's dtype, as stored
+    (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per
+    group, (local block index, V_i, residual^2) in order.
+
+    With ``group_shifts`` (per label) the residual is computed on ``2^-S A_i`` and is
+    that of the scaled group (relative errors are unchanged); V_i is returned unscaled.
+    """
+    stored = data.dtype if np.issubdtype(data.dtype, np.floating) else np.dtype(np.float64)
+    out: dict[int, list] = {}
+    for g, blocks in _blocks_by_label(labels):
+        sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
+        x = data[:, column_index(offsets, blocks)]
+        basis = bases[int(g)]
+        if basis is None:
+            coef, residual2 = x, np.zeros(len(blocks))
+        else:
+            # basis and coefficients as the artifact stores them (the data's dtype), so the
+            # residual is that of the stored reconstruction, not of a float64 ideal
+            shift = _shift_of(group_shifts, int(g))
+            basis = np.asarray(basis).astype(stored).astype(np.float64)
+            x = _at_shift(x.astype(np.float64), shift)
+            coef = (basis.T @ x).astype(stored)
+            residual = x - basis @ coef.astype(np.float64)
+            residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
+            coef = _at_shift(coef, -shift).astype(stored, copy=False)
+        out[int(g)] = [
+            (int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j])) for j, b in enumerate(blocks)
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class GramCertificate:
+    """Exact spectrum-based facts of one group.
+
+    Attributes
+    ----------
+    error : float
+        Exact relative rank-r error.
+    adaptive_rank : int
+        Smallest rank whose exact error is <= eps (with a 1e-9 relative safety margin on
+        the energy, so that the basis computed from the same Gram meets eps when used);
+        0 when even rank r does not meet eps.
+    basis : ndarray, shape (m, adaptive_rank)
+        Top eigenvectors of the Gram matrix: the optimal shared basis.
+    """
+
+    error: float
+    adaptive_rank: int
+    basis: np.ndarray
+
+
+def certify_partial(part: tuple[str, np.ndarray], rank: int, eps: float) -> GramCertificate:
+    """:func:`certify_gram` of a summed partial; a group with fewer columns than m/2 is
+    certified from the thin SVD of its columns instead (same spectrum, cheaper, and more
+    accurate than the Gram route)."""
+    kind, value = part
+    if kind == "upper":
+        return certify_gram(_symmetric(value), rank, eps)
+    rows = value.shape[0]
+    u, s, _ = np.linalg.svd(value, full_matrices=False)
+    s2 = s * s
+    total = float(s2.sum())
+    if total <= 0.0:
+        return GramCertificate(0.0, 0, np.zeros((rows, 0)))
+    error = float(np.sqrt(float(s2[rank:].sum()) / total))  # tail summed directly: no cancellation
+    if error > eps:
+        return GramCertificate(error, 0, np.zeros((rows, 0)))
+    r_c = min(adaptive_rank(s2, eps * np.sqrt(1.0 - 1e-9)), rank)
+    return GramCertificate(error, r_c, np.ascontiguousarray(u[:, :r_c]))
+
+
+def certify_gram(gram: np.ndarray, rank: int, eps: float) -> GramCertificate:
+    """Exact rank-r error, adaptive rank and optimal basis from a group's Gram matrix.
+
+    Only the top ``rank`` eigenpairs are computed (LAPACK ``syevr``); the total energy is
+    the trace, so the tail is ``trace - head`` with absolute error about ``rank * eps_mach
+    * ||G||``, as for a full eigendecomposition. When the error exceeds eps the adaptive
+    rank is reported as 0 with no basis: such a group is split (or, a single block,
+    stored as it is).
+    """
+    rows = gram.shape[0]
+    total = float(np.trace(gram))
+    if total <= 0.0:
+        return GramCertificate(0.0, 0, np.zeros((rows, 0)))
+    k = min(rank, rows)
+    lam, vecs = scipy.linalg.eigh(gram, subset_by_index=[rows - k, rows - 1], driver="evr", check_finite=False)
+    lam, vecs = np.clip(lam[::-1], 0.0, None), vecs[:, ::-1]
+    head = np.cumsum(lam)
+    error = float(np.sqrt(max(total - head[-1], 0.0) / total))
+    if error > eps:
+        return GramCertificate(error, 0, np.zeros((rows, 0)))
+    # tails[j] = energy left out at rank j, with a 1e-9 relative margin on the energy so
+    # that the basis computed from this same Gram meets eps when used
+    tails = np.concatenate([[total], total - head])
+    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
+    r_c = int(meets[0]) if meets.size else k
+    return GramCertificate(error, r_c, np.ascontiguousarray(vecs[:, :r_c]))
