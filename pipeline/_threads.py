@@ -15,17 +15,25 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["single_threaded_blas", "with_single_threaded_blas"]
 
 F = TypeVar("F", bound=Callable)
 
 
+@functools.lru_cache(maxsize=1)
+def _controller() -> ThreadpoolController:
+    """One controller per process: finding the loaded BLAS libraries costs about 0.7 ms,
+    which a call of the greedy on a small collection would pay every time. numpy's and
+    scipy's BLAS are loaded with ``pipeline`` (which imports both), before the first use."""
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Run the enclosed block with one BLAS thread, restoring the previous limits after."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         yield
 
 

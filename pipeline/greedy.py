@@ -18,6 +18,7 @@ Algorithms 1-3.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -227,10 +228,10 @@ def cluster(
             found, found_bounds, _ = _greedy(part, **params, with_states=False)
             clusters += found if members is None else [members[g].tolist() for g in found]
             bounds += list(found_bounds)
+    sizes = np.fromiter(map(len, clusters), dtype=np.int64, count=len(clusters))
     labels = np.empty(layout.n_blocks, dtype=np.int64)
-    labels[np.concatenate([np.asarray(g, dtype=np.int64) for g in clusters])] = np.repeat(
-        np.arange(len(clusters)), [len(g) for g in clusters]
-    )
+    labels[np.fromiter(itertools.chain.from_iterable(clusters), dtype=np.int64, count=int(sizes.sum()))] = np.repeat(
+        np.arange(len(clusters)), sizes)
     return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
 
 
