@@ -47,16 +47,7 @@ def dask_address(dask_cluster) -> str:
 SLOW_FIXTURES = frozenset({"prefect_server", "prefect_api", "processes", "s3_endpoint", "s3"})
 
 
-#: Slow tests in modules that other work in progress owns, marked here until the mark can
-#: move into the module: a distributed run with its own LocalCluster, and a sequential
-#: run through the CLI at every magnitude.
-SLOW_NODES = frozenset({
-    "tests/test_cli/test_cli_safetensors.py::test_round_trip_report_and_sweep",
-    "tests/test_cli/test_cli_magnitude.py::test_sequential_cluster_compress_verify_at_extreme_magnitudes",
-})
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.nodeid.split("[")[0] in SLOW_NODES:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 import storage
 from flows.cli import main
@@ -21,6 +22,7 @@ def _blocks(seed=0, n=60, rows=12, width=2):
                                              + 1e-3 * rng.standard_normal((rows, width))) for i in range(n)])
 
 
+@pytest.mark.slow  # ingest, cluster, compress, report and verify through the CLI
 def test_sequential_cluster_compress_verify_at_extreme_magnitudes(capsys, tmp_path):
     blocks = _blocks()
     source = tmp_path / "blocks.npy"

@@ -27,14 +27,6 @@ L, RANK, EPS = 16, 3, 0.05
 
 
 @pytest.fixture(scope="module")
-def dask_address():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, dict, dict]:
     """A small 'transformer': low-rank weights sharing subspaces (F32, F16, BF16), biases,
     an int64 position_ids, and a noise weight that no rank-3 form fits."""
@@ -86,6 +78,7 @@ def test_ingest_keeps_dtype_and_reports_passthrough(capsys, store, model):
     assert info["dtype"] == "float32" and info["blocks"] == 9
 
 
+@pytest.mark.slow  # a distributed run, a report and a sweep of two more runs
 def test_round_trip_report_and_sweep(capsys, store, model, dask_address, tmp_path):
     path, tensors, raw = model
     summary = cli_json(capsys, "cluster", "tiny-model", "--store", store, "--rank", RANK, "--eps", EPS,
