@@ -103,29 +103,16 @@ def _sequential_compress(coll, run, max_memory_gib: float, bars: StageBars):
 
 def _sequential_result(coll, run):
     """A pipeline.distributed.DistributedResult for a compressed sequential run."""
-    import numpy as np
     from pipeline.distributed import DistributedResult
-    from pipeline.metrics import adaptive_compression_ratio, compression_ratio
+    from pipeline.distributed.plan import unpack_groups
 
-    seq, seq_meta = run.load_stage("sequential")
+    _, seq_meta = run.load_stage("sequential")
     comp, comp_meta = run.load_stage("compress")
-    members, offsets = comp["members"], comp["group_offsets"]  # as stored: split groups are two
-    groups = [members[offsets[g]: offsets[g + 1]].tolist() for g in range(len(offsets) - 1)]
-    params = {k: v for k, v in run.params.items() if k != "mode"}
-    stored_ranks = np.asarray(comp["stored_ranks"])
-    return DistributedResult(
-        groups=groups,
-        errors=np.asarray(comp["errors"]),
-        bounds=np.asarray(comp["bounds"]),
-        ranks=np.asarray(comp["adaptive_ranks"]),
-        stored_errors=np.asarray(comp["stored_errors"]),
-        compression_ratio=compression_ratio(coll, groups, int(params["rank"])),
-        compression_ratio_adaptive=adaptive_compression_ratio(coll, groups, np.where(stored_ranks == 0, coll.rows, stored_ranks)),
-        max_error=float(np.max(comp["stored_errors"], initial=0.0)),
+    return DistributedResult.assemble(
+        coll, unpack_groups(comp["members"], comp["group_offsets"]),  # as stored: split groups are two
+        errors=comp["errors"], bounds=comp["bounds"], adaptive_ranks=comp["adaptive_ranks"],
+        stored_errors=comp["stored_errors"], stored_ranks=comp["stored_ranks"],
         timings={"sequential": float(seq_meta.get("seconds", 0.0)), "compress": float(comp_meta.get("seconds", 0.0))},
-        bytes_input=int(coll.nbytes_stored),
-        bytes_compressed=int(comp_meta["bytes_compressed"]),
-        artifact_label=str(comp_meta["artifact"]),
-        run_id=run.run_id,
-        params=params,
+        bytes_compressed=comp_meta["bytes_compressed"], artifact_label=comp_meta["artifact"], run_id=run.run_id,
+        params={k: v for k, v in run.params.items() if k != "mode"},
     )

@@ -84,6 +84,33 @@ class DistributedResult:
     def n_groups(self) -> int:
         return len(self.groups)
 
+    @classmethod
+    def assemble(cls, collection, groups: list[list[int]], *, errors, bounds, adaptive_ranks, stored_errors,
+                 stored_ranks, timings: dict, bytes_compressed: int, artifact_label: str, run_id: str,
+                 params: dict) -> "DistributedResult":
+        """The result of a compressed run from its stage arrays (both modes), with the
+        compression ratios computed from the groups and the stored ranks (0: raw)."""
+        from ..metrics import adaptive_compression_ratio, compression_ratio
+
+        stored_errors, stored_ranks = np.asarray(stored_errors), np.asarray(stored_ranks)
+        return cls(
+            groups=groups,
+            errors=np.asarray(errors),
+            bounds=np.asarray(bounds),
+            ranks=np.asarray(adaptive_ranks),
+            stored_errors=stored_errors,
+            compression_ratio=compression_ratio(collection, groups, int(params["rank"])),
+            compression_ratio_adaptive=adaptive_compression_ratio(
+                collection, groups, np.where(stored_ranks == 0, collection.rows, stored_ranks)),
+            max_error=float(stored_errors.max(initial=0.0)),
+            timings=timings,
+            bytes_input=int(collection.nbytes_stored),
+            bytes_compressed=int(bytes_compressed),
+            artifact_label=str(artifact_label),
+            run_id=run_id,
+            params=params,
+        )
+
 
 class ClusteringRun:
     """Stage-by-stage scalable clustering of a stored collection (see the package doc).
@@ -586,30 +613,14 @@ class ClusteringRun:
 
     def result(self) -> DistributedResult:
         """Run whatever is missing and assemble the result."""
-        from ..metrics import adaptive_compression_ratio, compression_ratio
-
         compressed = self.compress()
         certified = self.certify()
-        groups = unpack_groups(certified["members"], certified["group_offsets"])
-        stored_errors = np.asarray(compressed["stored_errors"])
-        stored_ranks = np.asarray(compressed["stored_ranks"])
-        return DistributedResult(
-            groups=groups,
-            errors=np.asarray(certified["errors"]),
-            bounds=np.asarray(certified["bounds"]),
-            ranks=np.asarray(certified["adaptive_ranks"]),
-            stored_errors=stored_errors,
-            compression_ratio=compression_ratio(self.collection, groups, self.params["rank"]),
-            compression_ratio_adaptive=adaptive_compression_ratio(
-                self.collection, groups, stored_ranks + np.where(stored_ranks == 0, self.collection.rows, 0)
-            ),
-            max_error=float(stored_errors.max(initial=0.0)),
-            timings=self.stage_timings(),
-            bytes_input=int(self.collection.nbytes_stored),
-            bytes_compressed=int(compressed["meta"]["bytes_compressed"]),
-            artifact_label=str(compressed["meta"]["artifact"]),
-            run_id=self.run_id,
-            params=dict(self.params),
+        return DistributedResult.assemble(
+            self.collection, unpack_groups(certified["members"], certified["group_offsets"]),
+            errors=certified["errors"], bounds=certified["bounds"], adaptive_ranks=certified["adaptive_ranks"],
+            stored_errors=compressed["stored_errors"], stored_ranks=compressed["stored_ranks"],
+            timings=self.stage_timings(), bytes_compressed=compressed["meta"]["bytes_compressed"],
+            artifact_label=compressed["meta"]["artifact"], run_id=self.run_id, params=dict(self.params),
         )
 
 
