@@ -41,7 +41,10 @@ orchestrates: it submits Dask tasks, and its tasks reach the collection and the 
 checkpoints through the ``storage`` package's public functions (never file formats
 directly).
 
-Modules: :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges), :mod:`.checkpoints` (the group-stage schema), :mod:`.run` (the driver).
+Modules: :mod:`.run` (the driver: scan to merge), :mod:`.finish` (its certify and compress
+stages), :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges),
+:mod:`.checkpoints` (the group-stage schema), :mod:`.result` (the outcome), :mod:`.compress`
+(the rules both modes share, and the in-memory compressor), :mod:`.verify` (the verifier).
 """
 
 from .run import (

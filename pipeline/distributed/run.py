@@ -9,110 +9,32 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._threads import single_threaded_blas
 from ..bounds import DEFAULT_TOL, GramSketch
-from ..layout import offsets_of
-from ..magnitude import band_pure, common_shift, group_norms2
+from ..magnitude import band_pure, common_shift
 from ..params import DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
-from .compress import certify_with_splits, storage_plan
-from .plan import batch_bounds, group_ranges, labels_of, pack_groups, unpack_groups
+from .finish import GRAM_BYTES, PASS_BYTES, WRITE_GROUPS, CertifyAndCompress  # noqa: F401  (re-exported)
+from .plan import batch_bounds, labels_of, unpack_groups
+from .result import DistributedResult
 
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = DEFAULT_BATCH_BYTES  # data per map task
-GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
-PASS_BYTES = 256 * 2**20  # coefficients held by the cluster in one compress pass
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
 SAMPLE_BLOCKS = 4000  # most blocks in the partition sample: bounds the anchors, so routing is O(K)
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
 MERGE_TASK_GROUPS = 512  # groups per merge task
-WRITE_GROUPS = 64  # groups per certify and per artifact-write task
 
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass
-class DistributedResult:
-    """Outcome of :func:`cluster_collection`.
-
-    Attributes
-    ----------
-    groups : list of list of int
-        Block indices per group.
-    errors : ndarray
-        Certified exact relative rank-r error per group (from the stored data).
-    bounds : ndarray
-        Certified sketch bound each group was formed under (0 for groups split at certify).
-    ranks : ndarray
-        Adaptive rank r_C per group (0 for a group stored as it is).
-    stored_errors : ndarray
-        Realised relative error of what the artifact stores, per group.
-    compression_ratio, compression_ratio_adaptive : float
-        The paper's ratio at fixed rank r, and with per-group ranks (arXiv 2601.11626;
-        README, "Metrics").
-    max_error : float
-        Largest realised error of the stored artifact.
-    timings : dict
-        Seconds per stage (merge rounds summed under "merge").
-    bytes_input, bytes_compressed : int
-        Bytes on disk of the collection and of the compressed artifact.
-    """
-
-    groups: list[list[int]]
-    errors: np.ndarray
-    bounds: np.ndarray
-    ranks: np.ndarray
-    stored_errors: np.ndarray
-    compression_ratio: float
-    compression_ratio_adaptive: float
-    max_error: float
-    timings: dict
-    bytes_input: int
-    bytes_compressed: int
-    artifact_label: str
-    run_id: str
-    params: dict = field(default_factory=dict)
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.groups)
-
-    @classmethod
-    def assemble(cls, collection, groups: list[list[int]], *, errors, bounds, adaptive_ranks, stored_errors,
-                 stored_ranks, timings: dict, bytes_compressed: int, artifact_label: str, run_id: str,
-                 params: dict) -> "DistributedResult":
-        """The result of a compressed run from its stage arrays (both modes), with the
-        compression ratios computed from the groups and the stored ranks (0: raw)."""
-        from ..metrics import adaptive_compression_ratio, compression_ratio
-
-        stored_errors, stored_ranks = np.asarray(stored_errors), np.asarray(stored_ranks)
-        return cls(
-            groups=groups,
-            errors=np.asarray(errors),
-            bounds=np.asarray(bounds),
-            ranks=np.asarray(adaptive_ranks),
-            stored_errors=stored_errors,
-            compression_ratio=compression_ratio(collection, groups, int(params["rank"])),
-            compression_ratio_adaptive=adaptive_compression_ratio(
-                collection, groups, np.where(stored_ranks == 0, collection.rows, stored_ranks)),
-            max_error=float(stored_errors.max(initial=0.0)),
-            timings=timings,
-            bytes_input=int(collection.nbytes_stored),
-            bytes_compressed=int(bytes_compressed),
-            artifact_label=str(artifact_label),
-            run_id=run_id,
-            params=params,
-        )
-
-
-class ClusteringRun:
+class ClusteringRun(CertifyAndCompress):
     """Stage-by-stage scalable clustering of a stored collection (see the package doc).
 
     Parameters
@@ -449,145 +371,6 @@ class ClusteringRun:
         names = sorted(s for s in self.run.stages() if s.startswith("merge-") and self.run.is_complete(s))
         arrays = self._merge_stage(int(names[-1].split("-")[1])) if names else self.local()
         return self._load_groups(arrays)
-
-    # -- certify ---------------------------------------------------------------------------
-
-    def _certify_groups(self, groups: list[list[int]]) -> list[tuple]:
-        """Exact (error, adaptive rank, basis) of the given groups from the stored data.
-
-        One read of the data: every batch task emits its Gram partials per group range
-        (:func:`pipeline.certify.gram_partials`). Each range adds them up in batch-index
-        order, a chain of small tasks that stays on the worker holding the sum, so the
-        bits do not depend on the number of workers and only the data crosses the
-        network; ranges run in parallel and are certified on the workers."""
-        m = self.collection.rows
-        labels = labels_of(groups, self.collection.n_blocks)
-        group_shifts = self._group_shifts(groups)
-        # ranges of few groups: their sums and eigen-solves run in parallel
-        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=WRITE_GROUPS)
-        n_ranges = int(ranges.max(initial=-1)) + 1
-        sums: list = [None] * n_ranges
-        leaves = []
-        for i, (first, stop, part) in enumerate(self._batches_of(labels)):
-            leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges,
-                                group_shifts)
-            leaves.append(leaf)
-            for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
-                # the range's slice as its own small result: the sum, the larger input, stays put
-                piece = self._submit("gram-piece", f"{r}-{i}", tasks.pick_range, leaf, r, priority=1)
-                sums[r] = piece if sums[r] is None else self._submit(
-                    "gram-sum", f"{r}-{i}", tasks.combine_range, sums[r], piece, priority=1)
-        certs = [self._submit("certify", r, tasks.certify_range, sums[r], self.params["rank"],
-                              self.params["eps"], priority=2)
-                 for r in range(n_ranges)]
-        self._track("certify", leaves)
-        certified: dict[int, tuple] = {}
-        for part in self._gather("certify-ranges", certs):
-            certified.update(part)
-        return [certified[g] for g in range(len(groups))]
-
-    def certify(self) -> dict:
-        """Exact rank-r error of every group; groups above eps are split and re-certified."""
-        self._ensure_merged()
-
-        def compute():
-            groups, sketches = self._final_groups()
-            bounds = [s.error_bound() for s in sketches]
-            groups, certified, split, splits = certify_with_splits(groups, self._certify_groups, self.params["eps"])
-            bounds = [0.0 if was_split else bounds[g] for g, was_split in enumerate(split)]  # a half has no sketch
-            errors = np.array([c[0] for c in certified])
-            ranks = np.array([c[1] for c in certified], dtype=np.int64)
-            flat, offsets = pack_groups(groups)
-            bases = [c[2] for c in certified]
-            arrays = {
-                "members": flat,
-                "group_offsets": offsets,
-                "errors": errors,
-                "adaptive_ranks": ranks,
-                "bounds": np.asarray(bounds, dtype=np.float64),
-                "bases": np.hstack(bases) if bases else np.zeros((self.collection.rows, 0)),
-            }
-            return arrays, {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0))}
-
-        return self._timed("certify", compute)
-
-    def _ensure_merged(self) -> None:
-        if not self.run.is_complete("certify"):
-            self.merge()
-
-    # -- compress --------------------------------------------------------------------------
-
-    def _storage_plan(self, certified: dict) -> tuple[list[list[int]], dict[int, np.ndarray | None], np.ndarray]:
-        """Per group the basis to store (None: stored as it is) and the stored rank."""
-        groups = unpack_groups(certified["members"], certified["group_offsets"])
-        adaptive = np.asarray(certified["adaptive_ranks"])
-        compressed = storage_plan(groups, certified["errors"], adaptive, self.collection.widths, self.collection.rows,
-                                  self.params["eps"])
-        starts = offsets_of(adaptive)
-        bases = {g: certified["bases"][:, starts[g] : starts[g] + adaptive[g]] if compressed[g] else None
-                 for g in range(len(groups))}
-        return groups, bases, np.where(compressed, adaptive, 0).astype(np.int64)
-
-    def _write_coefficients(self, groups, bases, ranks, label: str) -> dict[int, float]:
-        """Coefficients of every block written into the artifact, one read of the data per
-        pass; a pass holds at most about PASS_BYTES of coefficients on the cluster."""
-        coll = self.collection
-        widths = coll.widths
-        itemsize = np.dtype(coll.dtype).itemsize  # coefficients travel in the data's dtype
-        per_group = np.array([itemsize * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
-                              for g, group in enumerate(groups)])
-        # ranges of few groups: each is one write task, and they run in parallel
-        ranges = group_ranges(per_group, GRAM_BYTES, max_groups=WRITE_GROUPS)
-        range_bytes = np.bincount(ranges, weights=per_group) if len(groups) else np.zeros(0)
-        passes = group_ranges(range_bytes, PASS_BYTES)
-        labels = labels_of(groups, coll.n_blocks)
-        group_shifts = self._group_shifts(groups)
-        artifact = (coll.url, coll.name, label, json.dumps(coll.storage_options, sort_keys=True))
-        residual2: dict[int, float] = {}
-        for p in np.unique(passes):
-            in_pass = np.flatnonzero(passes == p)
-            pass_groups = np.flatnonzero(np.isin(ranges, in_pass))
-            pass_labels = np.where(np.isin(labels, pass_groups), labels, -1)
-            # workers read the bases from the certify checkpoint (they survive a restart)
-            parts = [self._submit("coef", first, tasks.coefficient_batch, self._handle, first, stop, part, ranges,
-                                  len(range_bytes), ranks, group_shifts)
-                     for first, stop, part in self._batches_of(pass_labels)]
-            writes = []
-            for r in in_pass:
-                members = {int(g): groups[g] for g in np.flatnonzero(ranges == r)}
-                writes.append(self._submit("write", int(r), tasks.write_range, self._handle, artifact, int(r),
-                                           members, ranks, *parts, priority=1))
-            self._track("compress", parts)
-            for part in self._gather("compress-write", writes):
-                residual2.update(part)
-        return residual2
-
-    def compress(self) -> dict:
-        """Write the compressed artifact (label = run id) and the realised errors."""
-        certified = self.certify()
-
-        def compute():
-            storage = tasks.import_storage()
-            groups, bases, ranks = self._storage_plan(certified)
-            coll = self.collection
-            label = self.run_id
-            storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
-                                    overwrite=True, storage_options=coll.storage_options)
-            residual2 = self._write_coefficients(groups, bases, ranks, label)
-            totals = group_norms2(coll.norms2, self._shifts(), groups)  # at each group's shift, as residual2
-            stored_errors = np.array([
-                math.sqrt(residual2[g] / totals[g]) if totals[g] > 0 else 0.0 for g in range(len(groups))
-            ])
-            writer = storage.open_artifact_writer(coll.url, coll.name, label, storage_options=coll.storage_options)
-            self._lease.check()  # publish only while this process is still the run's writer
-            artifact = writer.finalize(stored_errors.tolist(), ranks.tolist())
-            arrays = {"stored_errors": stored_errors, "stored_ranks": ranks}
-            return arrays, {"artifact": label, "bytes_compressed": int(artifact.nbytes_stored)}
-
-        stage = self._timed("compress", compute)
-        if not self.keep_intermediate:
-            self.prune()
-        return stage
 
     def prune(self) -> int:
         """Delete the per-batch checkpoints (``scan-*``, ``split-*``) once certify is
