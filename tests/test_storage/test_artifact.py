@@ -70,11 +70,11 @@ def test_write_open_decompress(root, setup):
 def test_packing_through_a_small_buffer_keeps_every_block(root, setup, monkeypatch):
     """Finalize packs coefficients in runs of blocks that fit its buffer (bounded client
     memory); a buffer smaller than one block's coefficients still packs every block."""
-    import storage.artifact
+    import storage._artifact_writer
 
     coll, blocks, groups = setup
     bases, coefs, errors, ranks = factorise(blocks, groups, 3)
-    monkeypatch.setattr(storage.artifact, "_PACK_BYTES", 3 * 8 * 4)  # about one narrow block
+    monkeypatch.setattr(storage._artifact_writer, "_PACK_BYTES", 3 * 8 * 4)  # about one narrow block
     write_artifact(root, "c", "small-buffer", groups=groups, bases=bases, coefficients=coefs, errors=errors, ranks=ranks)
     art = open_artifact(root, "c", "small-buffer", verify=True)
     for i in range(len(blocks)):

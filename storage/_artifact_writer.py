@@ -1,0 +1,469 @@
+"""Writing an artifact: :func:`create_artifact`, :class:`ArtifactWriter`, :func:`write_artifact`.
+
+Groups land in part files under the staging folder (done marker last);
+:meth:`ArtifactWriter.finalize` packs them into the published layout and publishes it
+(manifest last).  The layout and atomicity are described in :mod:`storage.artifact`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, open_artifact
+from ._integrity import ARRAY_CONFIG, parse_json, seal, unseal
+from ._location import (
+    SCHEMA_VERSION,
+    artifact_location,
+    Location,
+    collect_versions,
+    new_version_name,
+    publish_local,
+    sweep_stale,
+    switch_pointer,
+)
+from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
+from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError
+
+_PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
+_FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
+_PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+
+def _check_groups(groups: Sequence[Sequence[int]], n_blocks: int) -> list[list[int]]:
+    """Every block in exactly one non-empty group."""
+    seen = np.zeros(n_blocks, dtype=np.int64)
+    out = []
+    for g, members in enumerate(groups):
+        members = [int(i) for i in members]
+        if not members:
+            raise ValueError(f"group {g} is empty")
+        for i in members:
+            if not 0 <= i < n_blocks:
+                raise ValueError(f"group {g}: block index {i} out of range (collection has {n_blocks} blocks)")
+            seen[i] += 1
+        out.append(members)
+    dup, missing = np.flatnonzero(seen > 1), np.flatnonzero(seen == 0)
+    if dup.size:
+        raise ValueError(f"blocks in more than one group: {dup[:10].tolist()}")
+    if missing.size:
+        raise ValueError(f"blocks in no group: {missing[:10].tolist()}")
+    return out
+
+
+def create_artifact(
+    url: str,
+    collection_name: str,
+    label: str,
+    *,
+    groups: Sequence[Sequence[int]],
+    params: dict | None = None,
+    dtype: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> "ArtifactWriter":
+    """Start writing an artifact for a grouping of a collection's blocks.
+
+    Parameters
+    ----------
+    groups : list of list of int
+        A partition of the collection's block indices.
+    params : dict, optional
+        Parameters to record (eps, r, algorithm...).
+    dtype : float32 or float64, optional
+        Stored dtype of bases and coefficients; default the collection's.
+    """
+    root, final, staging = _locations(url, collection_name, label, storage_options)
+    coll = open_collection(url, collection_name, storage_options=storage_options)
+    groups = _check_groups(groups, coll.n_blocks)
+    if not overwrite and final.exists(MANIFEST):
+        raise CollectionExistsError(f"artifact {label!r} of collection {collection_name!r} already exists")
+    sweep_stale(artifact_location(root, collection_name, staging=True))  # killed writers (local: by age)
+    staging.rm()
+    record = {
+        "collection": collection_name,
+        "label": label,
+        "collection_fingerprint": coll.fingerprint(),
+        "rows": coll.rows,
+        "dtype": np.dtype(dtype or coll.dtype).name,
+        "widths": coll.widths.tolist(),
+        "groups": groups,
+        "params": params or {},
+        "input_nbytes": coll.nbytes_stored,
+        "input_raw_nbytes": coll.nbytes,
+        "overwrite": bool(overwrite),
+    }
+    layout = source_layout(coll)
+    if layout is not None:
+        record["source_layout"] = layout
+    staging.write_json(record, "writer.json")
+    return ArtifactWriter(root, final, staging, record)
+
+
+def source_layout(coll: Any) -> dict | None:
+    """What an artifact needs to give its collection's source back (None: nothing to add).
+
+    ``{"format", "file_name", "metadata", "column_length", "per", "tensors": [...],
+    "passthrough": [...]}``: the per-tensor layout recorded at ingest
+    (:func:`storage.ingest_safetensors`) and the passthrough items, which the artifact
+    copies so that it is self-contained.
+    """
+    prov = coll.provenance or {}
+    tensors = prov.get("tensors")
+    if not tensors and not coll.passthrough_entries:
+        return None
+    return {
+        "format": prov.get("format"),
+        "file_name": prov.get("file_name"),
+        "metadata": prov.get("metadata") or {},
+        "column_length": prov.get("column_length"),
+        "per": prov.get("per"),
+        "tensors": tensors or [],
+        "passthrough": [dict(e) for e in coll.passthrough_entries],
+    }
+
+
+def open_artifact_writer(url: str, collection_name: str, label: str, *, storage_options: dict | None = None) -> "ArtifactWriter":
+    """Reopen an artifact being written (e.g. from a worker process)."""
+    root, final, staging = _locations(url, collection_name, label, storage_options)
+    staging.invalidate()
+    if not staging.exists("writer.json"):
+        raise CollectionNotFoundError(f"no artifact {label!r} being written for collection {collection_name!r}")
+    return ArtifactWriter(root, final, staging, staging.read_json("writer.json"))
+
+
+class ArtifactWriter:
+    """Group-by-group writer of an artifact; see the module docstring."""
+
+    def __init__(self, root: Location, final: Location, staging: Location, record: dict) -> None:
+        self._root, self._final, self._staging = root, final, staging
+        self.record = record
+        self.groups: list[list[int]] = record["groups"]
+        self.rows = int(record["rows"])
+        self.dtype = np.dtype(record["dtype"])
+        self.widths = np.asarray(record["widths"], dtype=np.int64)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def _tol(self) -> float:
+        return 1e-3 if self.dtype == np.float32 else 1e-8
+
+    def write_group(self, g: int, basis: np.ndarray | None, coefficients: Sequence[np.ndarray] | np.ndarray) -> None:
+        """Write one group's basis and its blocks' coefficients.
+
+        Parameters
+        ----------
+        g : int
+            Group index into ``groups``.
+        basis : ndarray (m, r) with orthonormal columns, or None
+            None stores the group raw: *coefficients* are then the blocks themselves.
+        coefficients : list of ndarray (r, n_i) in the group's member order, or one
+            ndarray (r, sum n_i) with the members side by side.
+        """
+        if not 0 <= g < self.n_groups:
+            raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
+        members = self.groups[g]
+        kind = _KIND_RAW if basis is None else _KIND_SVD
+        rank = self.rows if basis is None else self._check_basis(g, basis)
+        coef = self._check_coefficients(g, members, rank, coefficients)
+        parts = self._staging.child("parts")
+        name = f"g{g:08d}"
+        marker: dict[str, Any] = {"kind": kind, "rank": 0 if basis is None else rank}
+        if basis is not None:
+            data = _npy_bytes(np.ascontiguousarray(basis, dtype=self.dtype))
+            parts.write_bytes(data, f"{name}.basis.npy")
+            marker["basis_sha256"] = hashlib.sha256(data).hexdigest()
+        data = _npy_bytes(coef)
+        parts.write_bytes(data, f"{name}.coef.npy")
+        marker["coef_sha256"] = hashlib.sha256(data).hexdigest()
+        # done marker last: a worker dying mid-write leaves the group missing, not torn
+        parts.write_json(seal(marker), f"{name}.json")
+
+    def _check_basis(self, g: int, basis: np.ndarray) -> int:
+        basis = np.asarray(basis)
+        if basis.ndim != 2 or basis.shape[0] != self.rows:
+            raise ValueError(f"group {g}: basis shape {basis.shape}, expected ({self.rows}, r)")
+        if not np.isfinite(basis).all():
+            raise ValueError(f"group {g}: basis contains NaN or Inf")
+        b = basis.astype(np.float64)
+        gram_err = np.abs(b.T @ b - np.eye(b.shape[1])).max() if b.shape[1] else 0.0
+        if gram_err > self._tol():
+            raise ValueError(f"group {g}: basis columns are not orthonormal (max |U^T U - I| = {gram_err:.2e})")
+        return int(basis.shape[1])
+
+    def _check_coefficients(self, g: int, members: list[int], rank: int, coefficients: Any) -> np.ndarray:
+        widths = self.widths[members]
+        if isinstance(coefficients, np.ndarray) and coefficients.ndim == 2:
+            coef = coefficients  # members already side by side
+        else:
+            if len(coefficients) != len(members):
+                raise ValueError(f"group {g}: {len(coefficients)} coefficient arrays for {len(members)} blocks")
+            for i, c in zip(members, coefficients):
+                if np.shape(c) != (rank, self.widths[i]):
+                    raise ValueError(
+                        f"group {g}, block {i}: coefficients shape {np.shape(c)}, expected ({rank}, {self.widths[i]})"
+                    )
+            coef = np.concatenate([np.asarray(c) for c in coefficients], axis=1)
+        if coef.shape != (rank, widths.sum()):
+            raise ValueError(f"group {g}: coefficients shape {coef.shape}, expected ({rank}, {int(widths.sum())})")
+        if not np.isfinite(coef).all():
+            raise ValueError(f"group {g}: coefficients contain NaN or Inf")
+        return np.ascontiguousarray(coef, dtype=self.dtype)
+
+    def missing_groups(self) -> list[int]:
+        """Groups whose part has not been written (completely) yet."""
+        parts = self._staging.child("parts")
+        done = {r for r in parts.files() if r.endswith(".json")}
+        return [g for g in range(self.n_groups) if f"g{g:08d}.json" not in done]
+
+    def finalize(self, errors: Sequence[float], ranks: Sequence[int] | None = None) -> "Artifact":
+        """Pack every group into the published layout and publish it (manifest last).
+
+        Parameters
+        ----------
+        errors : sequence of float, one per group
+            Exact relative error of each group.
+        ranks : sequence of int, optional
+            Ranks to report; default the basis widths (0 for raw groups).  For
+            compressed groups they must equal the basis widths.
+        """
+        missing = self.missing_groups()
+        if missing:
+            raise ValueError(f"cannot finalize: {len(missing)} group(s) not written, e.g. {missing[:10]}")
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != (self.n_groups,):
+            raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
+        parts = self._staging.child("parts")
+        info = [unseal(parse_json(parts.read_bytes(f"g{g:08d}.json"), parts.child(f"g{g:08d}.json").url), parts.child(f"g{g:08d}.json").url)
+                for g in range(self.n_groups)]
+        self._part_hashes = {f"g{g:08d}.{k}.npy": p.get(f"{k}_sha256") for g, p in enumerate(info) for k in ("basis", "coef")}
+        kinds = np.array([p["kind"] for p in info], dtype=np.int8)
+        widths_r = np.array([p["rank"] for p in info], dtype=np.int64)
+        if ranks is not None:
+            ranks = np.asarray(ranks, dtype=np.int64)
+            bad = [g for g in range(self.n_groups) if kinds[g] == _KIND_SVD and ranks[g] != widths_r[g]]
+            if ranks.shape != (self.n_groups,) or bad:
+                raise ValueError(f"ranks disagree with the written bases for groups {bad[:10]}")
+        else:
+            ranks = widths_r
+        version = None
+        if self._final.is_local:
+            packed = self._staging.child("packed")
+        else:
+            version = new_version_name()
+            packed = self._final.child(version)  # invisible until the pointer names it
+        packed.rm()
+        grp = zarr.open_group(store=packed.zarr_store(), mode="w")
+        self._pack_small(grp, kinds, widths_r, ranks, errors)
+        self._pack_bases(grp, parts, kinds, widths_r)
+        self._pack_coefficients(grp, parts, kinds, widths_r)
+        self._pack_passthrough(grp)
+        grp.attrs.update({"cmsvd": self._attrs()})
+        files = [r for r in packed.files() if r != MANIFEST]
+        manifest = {
+            "kind": "artifact",
+            "schema_version": SCHEMA_VERSION,
+            "written": _now(),
+            "files": {r: {"nbytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for r in files for b in [packed.read_bytes(r)]},
+        }
+        overwrite = bool(self.record.get("overwrite"))
+        try:
+            if version is None:
+                packed.write_json(seal(manifest), MANIFEST)
+                publish_local(packed, self._final, overwrite)
+            else:
+                manifest["version"] = version
+                packed.write_json(seal(manifest), MANIFEST)  # the version is complete
+                switch_pointer(self._final, manifest, overwrite, pointer=MANIFEST)
+        except FileExistsError:
+            packed.rm()
+            raise CollectionExistsError(f"artifact {self.record['label']!r} already exists") from None
+        if version is not None:
+            collect_versions(self._final, version, pointer=MANIFEST)
+        self._staging.rm()
+        return open_artifact(self._root.url, self.record["collection"], self.record["label"], storage_options=self._root.storage_options)
+
+    def _pack_passthrough(self, grp: zarr.Group) -> None:
+        """Copy the collection's passthrough items (checked by sha256) into the artifact."""
+        layout = self.record.get("source_layout")
+        if not layout or not layout.get("passthrough"):
+            return
+        coll = open_collection(self._root.url, self.record["collection"], storage_options=self._root.storage_options)
+        if coll.fingerprint() != self.record["collection_fingerprint"]:
+            raise ValueError(f"collection {self.record['collection']!r} changed while its artifact was written")
+        arr = grp.create_array("passthrough", shape=(0,), chunks=(_PT_CHUNK,), dtype=np.uint8,
+                               compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
+        sink = _ColumnSink(arr, 0)
+        for entry in layout["passthrough"]:
+            data = coll.passthrough(entry["name"])
+            entry["offset"] = int(sink.pos)  # the artifact's own byte range
+            sink.write(np.frombuffer(data, dtype=np.uint8))
+        sink.close()
+
+    def _attrs(self) -> dict:
+        r = self.record
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "artifact",
+            "collection": r["collection"],
+            "collection_fingerprint": r["collection_fingerprint"],
+            "label": r["label"],
+            "rows": self.rows,
+            "dtype": self.dtype.name,
+            "n_blocks": int(self.widths.size),
+            "n_groups": self.n_groups,
+            "params": r["params"],
+            "input_nbytes": r["input_nbytes"],
+            "input_raw_nbytes": r["input_raw_nbytes"],
+            **({"source_layout": r["source_layout"]} if r.get("source_layout") else {}),
+            "created": _now(),
+        }
+
+    def _block_layout(self, kinds: np.ndarray, widths_r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        block_group = np.empty(self.widths.size, dtype=np.int64)
+        for g, members in enumerate(self.groups):
+            block_group[members] = g
+        block_ranks = np.where(kinds[block_group] == _KIND_RAW, self.rows, widths_r[block_group]).astype(np.int64)
+        coef_offsets = np.zeros(self.widths.size + 1, dtype=np.int64)
+        np.cumsum(block_ranks * self.widths, out=coef_offsets[1:])
+        return block_group, block_ranks, coef_offsets
+
+    def _part(self, parts: Location, name: str) -> np.ndarray:
+        data = parts.read_bytes(name)
+        expected = getattr(self, "_part_hashes", {}).get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            where = parts.child(name).url
+            raise CorruptedFileError(f"artifact {self.record['label']!r}: part file {where} is corrupted (sha256 mismatch)", path=where)
+        return _npy_load(data)
+
+    def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> None:
+        block_group, block_ranks, coef_offsets = self._block_layout(kinds, widths_r)
+        members = np.concatenate([np.asarray(m, dtype=np.int64) for m in self.groups])
+        member_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum([len(m) for m in self.groups], out=member_offsets[1:])
+        basis_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum(widths_r, out=basis_offsets[1:])
+        small = {
+            "block_group": block_group,
+            "block_ranks": block_ranks,
+            "block_widths": self.widths,
+            "coef_offsets": coef_offsets,
+            "group_members": members,
+            "group_member_offsets": member_offsets,
+            "basis_offsets": basis_offsets,
+            "group_ranks": np.asarray(ranks, dtype=np.int64),
+            "group_errors": errors,
+            "group_kinds": kinds,
+        }
+        for key, value in small.items():
+            arr = grp.create_array(
+                key, shape=value.shape, dtype=value.dtype, chunks=(max(1, min(value.size, 2**20)),),
+                compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG,
+            )
+            arr[...] = value
+
+    def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+        cr, cc = default_chunks(self.rows, self.dtype)
+        arr = grp.create_array("bases", shape=(self.rows, 0), chunks=(cr, cc), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
+        sink = _ColumnSink(arr, 0)
+        for g in range(self.n_groups):
+            if kinds[g] == _KIND_SVD and widths_r[g]:
+                sink.write(self._part(parts, f"g{g:08d}.basis.npy"))
+        sink.close()
+
+    def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+        """Coefficients in block order, written through a buffer of at most _PACK_BYTES.
+
+        Groups interleave in block order, so packing block by block would keep nearly every
+        group's part in memory. Instead, for each run of consecutive blocks whose
+        coefficients fit the buffer, every group touching it is read once and its blocks'
+        slices are copied into place: memory is the buffer plus one part, at the price of
+        reading a part once per run it touches."""
+        arr = grp.create_array("coefficients", shape=(0,), chunks=(_FLAT_CHUNK,), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
+        sink = _ColumnSink(arr, 0)
+        block_group, _, coef_offsets = self._block_layout(kinds, widths_r)
+        # position of each block inside its group's concatenated coefficients
+        local = np.zeros(self.widths.size, dtype=np.int64)
+        for members in self.groups:
+            w = self.widths[members]
+            local[members] = np.concatenate([[0], np.cumsum(w)[:-1]])
+        per_item = max(1, self.dtype.itemsize)
+        start = 0
+        while start < self.widths.size:
+            # the longest run of blocks from ``start`` within the buffer (at least one block)
+            limit = coef_offsets[start] + max(_PACK_BYTES // per_item, 1)
+            stop = max(start + 1, int(np.searchsorted(coef_offsets, limit, side="right")) - 1)
+            stop = min(stop, self.widths.size)
+            buffer = np.empty(int(coef_offsets[stop] - coef_offsets[start]), dtype=self.dtype)
+            blocks = np.arange(start, stop)
+            for g in np.unique(block_group[blocks]):
+                part = self._part(parts, f"g{int(g):08d}.coef.npy")
+                for i in blocks[block_group[blocks] == g]:
+                    v = part[:, local[i] : local[i] + self.widths[i]]
+                    buffer[coef_offsets[i] - coef_offsets[start] : coef_offsets[i + 1] - coef_offsets[start]] = (
+                        np.ascontiguousarray(v).reshape(-1))
+            sink.write(buffer)
+            start = stop
+        sink.close()
+
+    def abort(self) -> None:
+        """Drop everything written so far for this artifact."""
+        self._staging.rm()
+
+
+def write_artifact(
+    url: str,
+    collection_name: str,
+    label: str,
+    *,
+    groups: Sequence[Sequence[int]],
+    bases: Sequence[np.ndarray | None],
+    coefficients: Sequence[np.ndarray],
+    errors: Sequence[float],
+    ranks: Sequence[int] | None = None,
+    params: dict | None = None,
+    dtype: Any = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> "Artifact":
+    """Write a whole artifact held in memory (wraps :func:`create_artifact`).
+
+    Parameters
+    ----------
+    groups : list of list of int
+        Partition of the block indices.
+    bases : list, one (m, r_C) orthonormal array per group (None: stored raw)
+    coefficients : list, one (r_C, n_i) array per *block*, indexed by block
+    errors, ranks : one value per group
+    """
+    writer = create_artifact(url, collection_name, label, groups=groups, params=params, dtype=dtype, overwrite=overwrite, storage_options=storage_options)
+    try:
+        for g, members in enumerate(writer.groups):
+            writer.write_group(g, bases[g], [coefficients[i] for i in members])
+        return writer.finalize(errors, ranks)
+    except BaseException:
+        writer.abort()
+        raise
+
