@@ -166,7 +166,7 @@ def test_unsafe_block_names_are_refused_at_ingest(capsys, tmp_path):
 def markup_store(tmp_path) -> Path:
     """A collection whose block names are Rich markup, plus one stored before names were checked."""
     import storage
-    import storage.collection as collection_module
+    import storage._collection_writer as collection_module  # where CollectionWriter checks block names
 
     root = tmp_path / "store"
     names = [*MARKUP_NAMES, "esc\x1b[31mred", "new\nline"]
