@@ -15,40 +15,58 @@ chunk for memory-mapped sources), never the collection:
 
 Validation happens while streaming and before anything is published: a failure
 leaves no collection behind (see :mod:`storage.collection`).
+
+The format readers live in private modules (:mod:`storage._safetensors`,
+:mod:`storage._npz`, :mod:`storage._formats`, :mod:`storage._stream`); their names
+are re-exported here.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ._formats import (
+    _hdf5_stream as _hdf5_stream,
+    _mat73_variables as _mat73_variables,
+    _mat_stream as _mat_stream,
+    _mat_variables as _mat_variables,
+    _zarr_stream as _zarr_stream,
+    mimo_block as mimo_block,
+)
 from ._location import block_name_problem, short_repr
+from ._npz import (
+    _COPY_STEP as _COPY_STEP,
+    NPZ_MEMORY_BUDGET as NPZ_MEMORY_BUDGET,
+    _FileMatrix as _FileMatrix,
+    _npy_member_header as _npy_member_header,
+    _npz_stream as _npz_stream,
+)
+from ._safetensors import (
+    _ST_DTYPES as _ST_DTYPES,
+    _ST_ITEMSIZE as _ST_ITEMSIZE,
+    MAX_SAFETENSORS_HEADER as MAX_SAFETENSORS_HEADER,
+    ST_FLOAT_DTYPES as ST_FLOAT_DTYPES,
+    _load_tensor as _load_tensor,
+    _raw_tensor_bytes as _raw_tensor_bytes,
+    _safetensors_stream as _safetensors_stream,
+    read_safetensors_header as read_safetensors_header,
+    safetensors_block_problem as safetensors_block_problem,
+    safetensors_metadata as safetensors_metadata,
+    safetensors_values as safetensors_values,
+    to_safetensors_dtype as to_safetensors_dtype,
+    write_safetensors as write_safetensors,
+)
+from ._stream import NamedBlock as NamedBlock, Passthrough as Passthrough
 from .collection import Collection, create_collection
 from .errors import BlockValidationError, EmptyInputError, SourceFormatError
 
 #: Bytes of a source stack mapped at once.
 WINDOW_BYTES = 64 * 2**20
-
-NamedBlock = tuple[str | None, Any, Any]
-
-
-class Passthrough:
-    """A source item kept as raw bytes beside the blocks (not clustered, restored as is).
-
-    Adapters yield ``(name, Passthrough(data, info), None)`` in their stream for items
-    that cannot be cut into blocks; see :meth:`storage.CollectionWriter.add_passthrough`.
-    """
-
-    __slots__ = ("data", "info")
-
-    def __init__(self, data: Any, info: dict | None = None) -> None:
-        self.data, self.info = data, info or {}
 
 
 def _default_dtype(dtype: np.dtype) -> np.dtype:
@@ -233,131 +251,14 @@ def ingest_npy_stack(url: str, name: str, path: str | os.PathLike, **options: An
     return _ingest(url, name, _npy_stack_stream(path), **_with_source(_common(options), "npy", path))
 
 
-#: ``.npz`` members up to this many bytes are decompressed in memory; larger ones are
-#: streamed to a temporary file and read a column slice at a time.
-NPZ_MEMORY_BUDGET = 256 * 2**20
-_COPY_STEP = 16 * 2**20
-
-
-class _FileMatrix:
-    """A read-only array stored raw in a file, read a slice at a time.
-
-    Column slices ``[:, a:b]`` of a 2-D array (what the collection writer asks for) are
-    read with plain file reads into a fresh buffer, so the resident set stays at the
-    size of one slice (a memory map would fault in far more of the file around each
-    row); any other selection maps the file for the copy only.
-    """
-
-    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> None:
-        self.path, self.shape, self.dtype, self._order = path, tuple(shape), np.dtype(dtype), "F" if fortran else "C"
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if (self.ndim == 2 and isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)
-                and isinstance(key[1], slice) and key[1].step in (None, 1)):
-            return self._columns(*key[1].indices(self.shape[1])[:2])
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape, order=self._order)
-        try:
-            return np.array(mm[key])
-        finally:
-            del mm
-
-    def _columns(self, a: int, b: int) -> np.ndarray:
-        m, n = self.shape
-        b = max(a, b)
-        item = self.dtype.itemsize
-        out = np.empty((m, b - a), dtype=self.dtype, order=self._order)
-        with open(self.path, "rb", buffering=0) as f:
-            if self._order == "F":  # columns are contiguous: one read
-                f.seek(a * m * item)
-                f.readinto(memoryview(out.T).cast("B"))
-            else:
-                for r in range(m):
-                    f.seek((r * n + a) * item)
-                    f.readinto(memoryview(out[r]).cast("B"))
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
-
-
-def _npy_member_header(f: Any, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            shape, fortran, dtype = fmt._read_array_header(f, version)  # 3.0: utf-8 header
-    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
-        raise SourceFormatError(f"{where}: not a valid .npy member ({exc})") from None
-    if dtype.hasobject:
-        raise SourceFormatError(f"{where}: object arrays are not supported (they need pickle)")
-    return tuple(int(d) for d in shape), bool(fortran), dtype
-
-
-def _npz_stream(path: Path, budget: int | None = None) -> Iterator[NamedBlock]:
-    """Members one at a time: small ones in memory, large ones spilled to a temporary file.
-
-    The declared shape is checked against the member's size before anything is
-    allocated, so a lying header is an error, never a MemoryError.
-    """
-    import shutil
-    import tempfile
-    import zipfile
-
-    budget = NPZ_MEMORY_BUDGET if budget is None else int(budget)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceFormatError(f"{path}: not a valid .npz archive ({exc})") from None
-    with zf, tempfile.TemporaryDirectory(prefix="cmsvd-npz-") as tmp:
-        for n, info in enumerate(zf.infolist()):
-            if not info.filename.endswith(".npy"):
-                continue
-            key = info.filename[: -len(".npy")]
-            where = f"{path}: member {key!r}"
-            with zf.open(info) as f:
-                shape, fortran, dtype = _npy_member_header(f, where)
-                nbytes = dtype.itemsize
-                for d in shape:
-                    nbytes *= d
-                header = f.tell()
-                if header + nbytes != info.file_size:
-                    raise SourceFormatError(
-                        f"{where}: declares shape {shape} {dtype} ({nbytes} bytes) but holds "
-                        f"{info.file_size - header} bytes of data"
-                    )
-                if nbytes <= budget:
-                    data = f.read(nbytes)
-                    if len(data) != nbytes:
-                        raise SourceFormatError(f"{where}: truncated ({len(data)} of {nbytes} bytes)")
-                    block: Any = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-                else:
-                    spill = os.path.join(tmp, f"{n}.bin")
-                    with open(spill, "wb") as out:
-                        copied = 0
-                        while copied < nbytes:
-                            chunk = f.read(min(_COPY_STEP, nbytes - copied))
-                            if not chunk:
-                                raise SourceFormatError(f"{where}: truncated ({copied} of {nbytes} bytes)")
-                            out.write(chunk)
-                            copied += len(chunk)
-                    block = _FileMatrix(spill, shape, dtype, fortran)
-            yield key, block, {"member": key}
-            if isinstance(block, _FileMatrix):
-                os.unlink(block.path)
-            del block
-        shutil.rmtree(tmp, ignore_errors=True)
+# ---- .npz (readers in storage._npz) ---------------------------------------
 
 
 def ingest_npz(url: str, name: str, path: str | os.PathLike, **options: Any) -> Collection:
     """Ingest a ``.npz`` archive, one block per member array (named after the member)."""
     path = Path(path)
-    return _ingest(url, name, _npz_stream(path), **_with_source(_common(options), "npz", path))
+    # this module's NPZ_MEMORY_BUDGET (re-exported from storage._npz) is the one callers and tests adjust
+    return _ingest(url, name, _npz_stream(path, NPZ_MEMORY_BUDGET), **_with_source(_common(options), "npz", path))
 
 
 def _npy_folder_stream(path: Path) -> Iterator[NamedBlock]:
@@ -374,200 +275,7 @@ def ingest_npy_folder(url: str, name: str, path: str | os.PathLike, **options: A
     return _ingest(url, name, _npy_folder_stream(path), **_with_source(_common(options), "npy-folder", path))
 
 
-# ---- safetensors -----------------------------------------------------------
-
-_ST_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": np.uint16,  # widened to float32 below
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-#: Largest safetensors JSON header accepted (the format's own limit is 100 MB).
-MAX_SAFETENSORS_HEADER = 100 * 2**20
-#: Bytes per element of every safetensors dtype (validation also covers dtypes not ingested).
-_ST_ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}
-
-
-def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """Parse and validate a safetensors header.
-
-    Every tensor must declare a known dtype, a shape of non-negative integers and
-    ``data_offsets`` that lie inside the file's data section, span exactly
-    ``prod(shape) * itemsize`` bytes and do not overlap another tensor.
-
-    Returns
-    -------
-    tensors : dict
-        name -> {"dtype", "shape", "data_offsets"} in file order (``__metadata__`` removed).
-    data_start : int
-        Byte offset of the tensor data.
-
-    Raises
-    ------
-    SourceFormatError
-        Naming the file, the tensor and the problem (truncated file, header over
-        :data:`MAX_SAFETENSORS_HEADER` or beyond the file, not a JSON object, bad
-        dtype/shape/offsets, overlapping tensors).
-    """
-    size = os.path.getsize(path)
-
-    def bad(problem: str) -> SourceFormatError:
-        return SourceFormatError(f"{path}: invalid safetensors file: {problem}")
-
-    if size < 8:
-        raise bad(f"{size} bytes, shorter than the 8-byte header length")
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > MAX_SAFETENSORS_HEADER:
-            raise bad(f"header declares {hlen} bytes, over the {MAX_SAFETENSORS_HEADER}-byte limit")
-        if hlen > size - 8:
-            raise bad(f"header declares {hlen} bytes but the file has only {size - 8} after the length")
-        raw = f.read(hlen)
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad(f"header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise bad(f"header is a JSON {type(header).__name__}, not an object")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - hlen
-    spans = []
-    for name, info in header.items():
-        where = f"tensor {name!r}"
-        if not isinstance(info, dict):
-            raise bad(f"{where}: entry is not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _ST_ITEMSIZE:
-            raise bad(f"{where}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise bad(f"{where}: shape {shape!r} is not a list of non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise bad(f"{where}: data_offsets {offsets!r} is not a pair of integers")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_size:
-            raise bad(f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section")
-        nbytes = _ST_ITEMSIZE[dtype]
-        for d in shape:  # Python ints: no overflow, whatever the header claims
-            nbytes *= d
-        if end - begin != nbytes:
-            raise bad(f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {nbytes}")
-        spans.append((begin, end, name))
-    spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise bad(f"tensors {n0!r} [{b0}, {e0}] and {n1!r} [{b1}, {e1}] overlap")
-    ordered = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
-    return ordered, 8 + hlen
-
-
-#: safetensors dtypes that are cut into column blocks; any other is kept as it is.
-ST_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-
-def safetensors_block_problem(info: dict, column_length: int) -> str | None:
-    """Why a safetensors tensor cannot be cut into columns of *column_length* (None: it can).
-
-    The reasons are short phrases shown at ingest and kept in the layout record.
-    """
-    dtype, shape = info["dtype"], list(info["shape"])
-    size = 1
-    for d in shape:
-        size *= int(d)
-    if dtype not in ST_FLOAT_DTYPES:
-        return f"non-float dtype {dtype}"
-    if len(shape) == 0:
-        return "scalar"
-    if len(shape) == 1:
-        return "1-D (bias or norm)"
-    if size == 0:
-        return "empty"
-    if size % column_length:
-        return f"size not a multiple of the column length {column_length}"
-    return None
-
-
-def _load_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
-    dtype = _ST_DTYPES.get(info["dtype"])
-    if dtype is None:
-        raise ValueError(f"{path}: tensor dtype {info['dtype']} is not supported")
-    begin, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end == begin:
-        return np.zeros(shape, dtype=dtype)
-    arr = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=data_start + begin, shape=shape)
-    if info["dtype"] == "BF16":
-        # bfloat16 is the upper half of a float32
-        arr = (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr
-
-
-def _raw_tensor_bytes(path: Path, info: dict, data_start: int) -> Any:
-    begin, end = info["data_offsets"]
-    if end == begin:
-        return b""
-    return np.memmap(path, dtype=np.uint8, mode="r", offset=data_start + begin, shape=(end - begin,))
-
-
-def _safetensors_stream(path: Path, column_length: int, per: str, skipped: list[str], layout: list[dict]) -> Iterator[NamedBlock]:
-    """Blocks of the tensors that can be cut into columns, passthrough items for the rest.
-
-    *layout* receives, in file order, one record per tensor: its name, safetensors
-    dtype and shape, and either ``{"kind": "columns", "column_length", "blocks": [first,
-    count]}`` (block indices in the collection) or ``{"kind": "passthrough", "reason"}``.
-    """
-    tensors, data_start = read_safetensors_header(path)
-    n_blocks = 0
-    for key, info in tensors.items():
-        shape = list(info["shape"])
-        record = {"name": key, "dtype": info["dtype"], "shape": shape}
-        problem = safetensors_block_problem(info, column_length)
-        if problem:
-            skipped.append(key)
-            layout.append({**record, "kind": "passthrough", "reason": problem})
-            yield key, Passthrough(_raw_tensor_bytes(path, info, data_start), {"tensor": key, "dtype": info["dtype"], "shape": shape, "reason": problem}), None
-            continue
-        t = _load_tensor(path, info, data_start)
-        # consecutive column_length elements (C order) become one column
-        cols = t.reshape(-1, column_length).T
-        count = 1 if per == "tensor" else int(cols.shape[1])
-        layout.append({**record, "kind": "columns", "column_length": column_length, "blocks": [n_blocks, count]})
-        n_blocks += count
-        if per == "tensor":
-            yield key, cols, {"tensor": key, "shape": shape, "dtype": info["dtype"]}
-        else:
-            for j in range(cols.shape[1]):
-                yield f"{key}:{j}", cols[:, j : j + 1], None
-        del t, cols
-
-
-def safetensors_metadata(path: str | os.PathLike) -> dict:
-    """The ``__metadata__`` object of a safetensors header ({} if absent or not string-valued)."""
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        if hlen > MAX_SAFETENSORS_HEADER:
-            return {}
-        try:
-            header = json.loads(f.read(hlen))
-        except ValueError:
-            return {}
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        return {}
-    return meta
+# ---- safetensors (parser, reader and writer in storage._safetensors) --------
 
 
 def ingest_safetensors(
@@ -636,102 +344,7 @@ def ingest_safetensors(
     return _ingest(url, name, _safetensors_stream(path, column_length, per, skipped, layout), **opts)
 
 
-def safetensors_values(raw: bytes, dtype: str, shape: Sequence[int]) -> np.ndarray:
-    """A tensor's little-endian bytes as a numpy array (BF16 widened exactly to float32)."""
-    if dtype not in _ST_DTYPES:
-        raise ValueError(f"safetensors dtype {dtype} has no numpy equivalent")
-    arr = np.frombuffer(raw, dtype=np.dtype(_ST_DTYPES[dtype]).newbyteorder("<")).reshape(tuple(shape))
-    if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.dtype(_ST_DTYPES[dtype]), copy=False)
-
-
-def to_safetensors_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Float values cast to a floating safetensors dtype, little-endian.
-
-    BF16 gives the uint16 bit patterns, rounded to nearest even; values that came from
-    a bfloat16/float16 tensor (stored exactly in a float32 collection) come back bit for bit.
-    """
-    if dtype == "BF16":
-        bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-    if dtype not in ST_FLOAT_DTYPES:
-        raise ValueError(f"cannot cast reconstructed values to non-float dtype {dtype}")
-    return np.asarray(values).astype(np.dtype(_ST_DTYPES[dtype]).newbyteorder("<"))
-
-
-def write_safetensors(path: str | os.PathLike, entries: Sequence[dict], data_of: Any, metadata: dict | None = None) -> None:
-    """Write a safetensors file, streaming one tensor at a time (atomically: temp file + rename).
-
-    Parameters
-    ----------
-    entries : sequence of dict
-        ``{"name", "dtype" (safetensors code, e.g. "F32"), "shape"}`` in file order.
-    data_of : callable
-        ``data_of(entry) -> bytes`` (or a uint8 array): the tensor's little-endian bytes,
-        exactly ``prod(shape) * itemsize`` of them.
-    metadata : dict of str, optional
-        The ``__metadata__`` object.
-
-    Raises
-    ------
-    ValueError
-        An unknown dtype, or bytes of the wrong length for a tensor (named).
-    """
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for e in entries:
-        if e["dtype"] not in _ST_ITEMSIZE:
-            raise ValueError(f"tensor {e['name']!r}: unknown safetensors dtype {e['dtype']!r}")
-        nbytes = _ST_ITEMSIZE[e["dtype"]]
-        for d in e["shape"]:
-            nbytes *= int(d)
-        header[e["name"]] = {"dtype": e["dtype"], "shape": [int(d) for d in e["shape"]], "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for e in entries:
-                data = data_of(e)
-                data = memoryview(data if isinstance(data, (bytes, bytearray)) else np.ascontiguousarray(data).view(np.uint8)).cast("B")
-                begin, end = header[e["name"]]["data_offsets"]
-                if len(data) != end - begin:
-                    raise ValueError(f"tensor {e['name']!r}: {len(data)} bytes of data, shape {e['shape']} x {e['dtype']} needs {end - begin}")
-                f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ---- HDF5 --------------------------------------------------------------------
-
-
-def _hdf5_stream(path: Path, dataset: str | None) -> Iterator[NamedBlock]:
-    import h5py  # optional extra
-
-    with h5py.File(path, "r") as f:
-        node = f[dataset] if dataset else f
-        if isinstance(node, h5py.Dataset):
-            datasets = [node]
-        else:
-            found: list = []
-            node.visititems(lambda _n, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
-            datasets = found
-        for ds in datasets:
-            dname = ds.name.lstrip("/")
-            if ds.ndim == 3:
-                for i in range(ds.shape[0]):
-                    yield f"{dname}[{i}]", ds[i], {"dataset": dname, "index": i}
-            else:
-                yield dname, ds, {"dataset": dname}  # sliced lazily by the writer
 
 
 def ingest_hdf5(url: str, name: str, path: str | os.PathLike, dataset: str | None = None, **options: Any) -> Collection:
@@ -747,59 +360,6 @@ def ingest_hdf5(url: str, name: str, path: str | os.PathLike, dataset: str | Non
 
 
 # ---- MATLAB ------------------------------------------------------------------
-
-
-def mimo_block(channel: np.ndarray) -> np.ndarray:
-    """Reshape one user's channel (NRB, Nr, Nt, Nc) to (Nr*Nt*Nc, NRB) (C order)."""
-    if channel.ndim != 4:
-        raise ValueError(f"MIMO layout expects (NRB, Nr, Nt, Nc), got shape {channel.shape}")
-    return np.ascontiguousarray(np.moveaxis(channel, 0, -1)).reshape(-1, channel.shape[0])
-
-
-def _mat_variables(path: Path, keys: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray]]:
-    import scipy.io
-
-    try:
-        available = [w[0] for w in scipy.io.whosmat(path)]
-    except NotImplementedError:  # MATLAB v7.3 = HDF5
-        yield from _mat73_variables(path, keys)
-        return
-    for key in keys or available:
-        if key not in available:
-            raise KeyError(f"{path}: no variable {key!r} (has {', '.join(available)})")
-        yield key, scipy.io.loadmat(path, variable_names=[key])[key]
-
-
-def _mat73_variables(path: Path, keys: Sequence[str] | None) -> Iterator[tuple[str, np.ndarray]]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        available = [k for k in f.keys() if not k.startswith("#") and isinstance(f[k], h5py.Dataset)]
-        for key in keys or available:
-            if key not in available:
-                raise KeyError(f"{path}: no variable {key!r} (has {', '.join(available)})")
-            raw = f[key][()]
-            if raw.dtype.names and {"real", "imag"} <= set(raw.dtype.names):
-                raw = raw["real"] + 1j * raw["imag"]
-            yield key, np.asarray(raw).T  # HDF5 stores MATLAB arrays with axes reversed
-
-
-def _mat_stream(path: Path, keys: Sequence[str] | None, layout: str | None) -> Iterator[NamedBlock]:
-    for key, arr in _mat_variables(path, keys):
-        if layout == "mimo":
-            if arr.ndim == 4:
-                yield key, mimo_block(arr), {"variable": key, "layout": "mimo"}
-            elif arr.ndim == 5:
-                for u in range(arr.shape[0]):
-                    yield f"{key}[{u}]", mimo_block(arr[u]), {"variable": key, "user": u}
-            else:
-                raise ValueError(f"{path}: variable {key!r} has shape {arr.shape}; mimo needs 4-D or 5-D")
-        elif arr.ndim == 3:
-            for i in range(arr.shape[0]):
-                yield f"{key}[{i}]", arr[i], {"variable": key, "index": i}
-        else:
-            yield key, arr, {"variable": key}
-        del arr
 
 
 def ingest_mat(
@@ -833,16 +393,6 @@ def ingest_mat(
 
 
 # ---- Zarr --------------------------------------------------------------------
-
-
-def _zarr_stream(arr: Any, label: str) -> Iterator[NamedBlock]:
-    if arr.ndim == 2:
-        yield label, arr, None
-        return
-    if arr.ndim != 3:
-        raise ValueError(f"zarr array {label}: expected (K, m, n) or (m, n), got shape {arr.shape}")
-    for i in range(arr.shape[0]):
-        yield f"{label}[{i}]", arr[i], None
 
 
 def ingest_zarr_array(
