@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._threads import single_threaded_blas
+from ..certify import certify_partial, gram_partials, group_coefficients
 from ..layout import BlockLayout, offsets_of
 from ..magnitude import group_norms2, rescale
-from ..certify import certify_partial, gram_partials, group_coefficients
 
 __all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory"]
 

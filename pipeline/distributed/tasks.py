@@ -16,10 +16,15 @@ import numpy as np
 
 from .._threads import single_threaded_blas
 from ..bounds import GramSketch
+from ..certify import (
+    certify_partial,
+    combine_partials,
+    gram_partials,
+    group_coefficients,
+)
 from ..greedy import greedy_groups
 from ..layout import BlockLayout, column_index, offsets_of, segment_sums
 from ..magnitude import block_shifts, scale_blocks
-from ..certify import certify_partial, combine_partials, gram_partials, group_coefficients
 from ..sharding import (
     FLOAT32_ROUNDOFF,
     anchor_basis,
