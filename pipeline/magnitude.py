@@ -34,7 +34,8 @@ import numpy as np
 
 __all__ = [
     "BAND_BITS", "block_shifts", "shifts_of_max", "scale_blocks", "column_shifts", "common_shift", "rescale",
-    "scaled_norm2", "add_scaled_norm2", "own_shift", "at_own_shift", "scaled_ratio", "residual_norm2", "band_pure", "group_norms2",
+    "scaled_norm2", "add_scaled_norm2", "own_shift", "at_own_shift", "scaled_ratio", "residual_norm2", "band_pure",
+    "group_norms2", "group_scaled_sums", "residual_shifts",
 ]
 
 BAND_BITS = 800
@@ -96,10 +97,9 @@ def scaled_norm2(block: np.ndarray) -> tuple[int | None, float]:
     """``(s, ||2^-s A||_F^2)`` of one block or piece of a block at its own shift ``s``;
     ``(None, 0.0)`` for an all-zero or empty one (it sets no shift)."""
     block = np.asarray(block, dtype=np.float64)
-    largest = float(np.max(np.abs(block))) if block.size else 0.0
-    if largest == 0.0:
+    if not np.any(block):
         return None, 0.0
-    shift = int(shifts_of_max(largest))
+    shift = own_shift(block)
     scaled = rescale(block, -shift)
     return shift, float(np.einsum("ij,ij->", scaled, scaled))
 
@@ -140,16 +140,41 @@ def band_pure(keys: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
+#: Shift that zero blocks take in :func:`group_scaled_sums`: below every real one, so a zero
+#: block never raises its group's common shift (within int32 for ``np.ldexp``).
+_NO_SHIFT = -(10**6)
+
+
+def group_scaled_sums(values: np.ndarray, shifts: np.ndarray, labels: np.ndarray,
+                      n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, its common shift S_g (the largest of its members', :func:`common_shift`)
+    and the sum of its members' ``values`` (squares at their own shifts) brought to S_g:
+    one pass over the blocks, no loop over groups. Members with shift ``_NO_SHIFT`` (zero
+    blocks) set no shift; a group of only such members gets S_g = 0."""
+    values, shifts = np.asarray(values, dtype=np.float64), np.asarray(shifts, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    common = np.full(n_groups, _NO_SHIFT, dtype=np.int64)
+    np.maximum.at(common, labels, shifts)
+    brought = np.ldexp(values, (2 * (shifts - common[labels])).astype(np.int32))
+    sums = np.bincount(labels, weights=brought, minlength=n_groups)
+    return np.where(common == _NO_SHIFT, 0, common), sums
+
+
 def group_norms2(norms2: np.ndarray, shifts: np.ndarray, groups) -> np.ndarray:
     """Each group's squared norm at its common shift (:func:`common_shift`), from the
     blocks' squared norms at their own shifts."""
-    norms2, shifts = np.asarray(norms2, dtype=np.float64), np.asarray(shifts, dtype=np.int64)
-    out = np.zeros(len(groups))
-    for g, members in enumerate(groups):
-        members = np.asarray(members, dtype=np.int64)
-        own = shifts[members]
-        out[g] = float(np.sum(np.ldexp(norms2[members], 2 * (own - common_shift(own)))))
-    return out
+    members = np.fromiter((b for g in groups for b in g), dtype=np.int64)
+    labels = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    shifts = np.asarray(shifts, dtype=np.int64)[members]
+    return group_scaled_sums(np.asarray(norms2, dtype=np.float64)[members], shifts, labels, len(groups))[1]
+
+
+def residual_shifts(data: np.ndarray, approx: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per block, one shift for both a block and its reconstruction (from the larger of the
+    two largest entries); ``_NO_SHIFT`` where both are zero."""
+    largest = np.maximum(np.max(np.abs(data), axis=0, initial=0.0), np.max(np.abs(approx), axis=0, initial=0.0))
+    block_max = np.maximum.reduceat(largest.astype(np.float64), np.asarray(offsets[:-1], dtype=np.int64))
+    return np.where(block_max > 0, shifts_of_max(block_max), _NO_SHIFT)
 
 
 def scaled_ratio(numerator: tuple[int | None, float], denominator: tuple[int | None, float]) -> float:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import zarr
 
-from pipeline.magnitude import scaled_norm2  # the norms2 convention, shared with the numerics
+from pipeline.layout import segment_sums
+from pipeline.magnitude import block_shifts, scale_blocks  # the norms2 convention, shared with the numerics
 
 from ._collection_format import MAX_READ_BYTES, _META_KEY, _array_signature
 from ._integrity import CHECKSUMMED_SCHEMA, StrictStore, parse_json, unseal
@@ -374,6 +375,18 @@ class Collection:
 
         return da.from_zarr(self._data)[:, : self.n_columns]
 
+    def batches(self, max_bytes: int = MAX_READ_BYTES):
+        """``(first, stop)`` ranges of consecutive blocks of about ``max_bytes`` of data each
+        (at least one block each), in order: how readers stream a collection."""
+        per_column = max(1, self.rows * self.dtype.itemsize)
+        first = 0
+        while first < self.n_blocks:
+            stop = first + 1
+            while stop < self.n_blocks and (self.offsets[stop + 1] - self.offsets[first]) * per_column <= max_bytes:
+                stop += 1
+            yield first, stop
+            first = stop
+
     def verify(self) -> dict:
         """Read every committed chunk (checksums, presence) and recompute every block's norm.
 
@@ -389,23 +402,21 @@ class Collection:
         CorruptedFileError
             Naming the first damaged chunk or block.
         """
-        first = 0
-        per_column = max(1, self.rows * self.dtype.itemsize)
-        while first < self.n_blocks:
-            stop = first + 1
-            while stop < self.n_blocks and (self.offsets[stop + 1] - self.offsets[first]) * per_column <= MAX_READ_BYTES:
-                stop += 1
+        for first, stop in self.batches():
             s0 = int(self.offsets[first])
+            local = self.offsets[first : stop + 1] - s0
             data = self.column_range(s0, int(self.offsets[stop]))
-            for i in range(first, stop):
-                n2 = scaled_norm2(data[:, int(self.offsets[i]) - s0 : int(self.offsets[i + 1]) - s0])[1]
-                if not np.isclose(n2, self.norms2[i], rtol=1e-9, atol=0.0):
-                    raise CorruptedFileError(
-                        f"collection {self.name!r}, block {i} ({self.names[i]!r}): squared norm {n2!r} differs from "
-                        f"the {self.norms2[i]!r} recorded at ingest: its data is corrupted",
-                        path=f"{self._loc.url}/data",
-                    )
-            first = stop
+            # every block at its magnitude shift, as ingest computed norms2: one pass per batch
+            data = scale_blocks(data, local, block_shifts(data, local))
+            norms2 = segment_sums(np.einsum("ij,ij->j", data, data), local)
+            bad = np.flatnonzero(~np.isclose(norms2, self.norms2[first:stop], rtol=1e-9, atol=0.0))
+            if bad.size:
+                i = first + int(bad[0])
+                raise CorruptedFileError(
+                    f"collection {self.name!r}, block {i} ({self.names[i]!r}): squared norm {norms2[bad[0]]!r} differs "
+                    f"from the {self.norms2[i]!r} recorded at ingest: its data is corrupted",
+                    path=f"{self._loc.url}/data",
+                )
         for name in self.passthrough_names:  # raw items: their sha256 from ingest
             self.passthrough(name)
         out = {"blocks": self.n_blocks, "columns": self.n_columns, "checksummed": self.checksummed}

@@ -12,24 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..magnitude import add_scaled_norm2, residual_norm2, scaled_ratio
+from ..layout import segment_sums
+from ..magnitude import group_scaled_sums, residual_shifts, scale_blocks
 from .tasks import import_storage
 
 __all__ = ["verify_artifact", "READ_BYTES"]
 
 READ_BYTES = 32 * 2**20  # collection data read per step
-
-
-def _batches(collection, budget: int):
-    """(first, stop) block ranges of about ``budget`` bytes of data each."""
-    offsets, per_column = collection.offsets, collection.rows * np.dtype(collection.dtype).itemsize
-    first = 0
-    while first < collection.n_blocks:
-        stop = first + 1
-        while stop < collection.n_blocks and (offsets[stop + 1] - offsets[first]) * per_column <= budget:
-            stop += 1
-        yield first, stop
-        first = stop
 
 
 def verify_artifact(collection, artifact, eps: float | None = None,
@@ -68,27 +57,30 @@ def verify_artifact(collection, artifact, eps: float | None = None,
             "(the collection changed since); recompress it")
     eps = float(eps if eps is not None else artifact.params.get("eps"))
     dtype = np.dtype(artifact.dtype)
-    # squared norms as (magnitude shift, value) pairs: no under- or overflow at any scale
-    residual2: list = [(None, 0.0)] * artifact.n_groups
-    norm2: list = [(None, 0.0)] * artifact.n_groups
-    offsets, labels = collection.offsets, np.asarray(artifact.labels)
-    for first, stop in _batches(collection, READ_BYTES):
+    offsets = np.asarray(collection.offsets)
+    # per block: one magnitude shift for it and its reconstruction, and both squared norms there
+    shifts = np.zeros(collection.n_blocks, dtype=np.int64)
+    residual2, norm2 = np.zeros(collection.n_blocks), np.zeros(collection.n_blocks)
+    for first, stop in collection.batches(READ_BYTES):
         base = int(offsets[first])
-        data = collection.column_range(base, int(offsets[stop]))
-        approx = artifact.decompress_range(first, stop)
+        data = np.asarray(collection.column_range(base, int(offsets[stop])), dtype=np.float64)
+        approx = np.asarray(artifact.decompress_range(first, stop), dtype=np.float64)
         if approx.shape != data.shape:
             raise storage.CorruptedFileError(
                 f"artifact {artifact.label!r}: blocks {first}..{stop - 1} decompress to {approx.shape}, "
                 f"expected {data.shape}")
-        for i in range(first, stop):
-            columns = slice(int(offsets[i]) - base, int(offsets[i + 1]) - base)
-            block_residual2, block_norm2 = residual_norm2(data[:, columns], approx[:, columns])
-            g = int(labels[i])
-            residual2[g] = add_scaled_norm2(residual2[g], block_residual2)
-            norm2[g] = add_scaled_norm2(norm2[g], block_norm2)
+        local = offsets[first : stop + 1] - base
+        shifts[first:stop] = residual_shifts(data, approx, local)
+        data, approx = scale_blocks(data, local, shifts[first:stop]), scale_blocks(approx, local, shifts[first:stop])
+        difference = data - approx
+        residual2[first:stop] = segment_sums(np.einsum("ij,ij->j", difference, difference), local)
+        norm2[first:stop] = segment_sums(np.einsum("ij,ij->j", data, data), local)
         if progress is not None:
             progress("verify", stop, collection.n_blocks)
-    errors = np.sqrt([scaled_ratio(r, n) for r, n in zip(residual2, norm2)])
+    labels, n_groups = np.asarray(artifact.labels), artifact.n_groups
+    group_residual2 = group_scaled_sums(residual2, shifts, labels, n_groups)[1]
+    group_norm2 = group_scaled_sums(norm2, shifts, labels, n_groups)[1]
+    errors = np.sqrt(np.divide(group_residual2, group_norm2, out=np.zeros(n_groups), where=group_norm2 > 0))
     # the stored numbers are rounded to the artifact's dtype: a float32 artifact may sit
     # above eps by its rounding, which this tolerance allows and no more
     slack = 10 * float(np.finfo(dtype).eps) ** 0.5 if dtype == np.float32 else 1e-9
