@@ -90,9 +90,10 @@ def per_block_baseline(collection: Any, eps: float, max_bytes: int | None = None
         ``{"method", "eps", "compression_ratio", "raw_blocks", "median_rank"}``, or
         ``{"method", "eps", "skipped": reason}`` for a collection above *max_bytes*.
     """
+    from pipeline.layout import column_index
+    from pipeline.magnitude import block_shifts, scale_blocks
     from pipeline.metrics import adaptive_compression_ratio
-    from pipeline.magnitude import at_own_shift
-    from pipeline.spectra import adaptive_rank, squared_singular_values
+    from pipeline.spectra import stacked_adaptive_ranks, stacked_squared_singular_values
 
     limit = BASELINE_MAX_BYTES if max_bytes is None else int(max_bytes)
     base = {"method": "per-block truncated SVD at its own smallest rank meeting eps", "eps": float(eps)}
@@ -101,19 +102,17 @@ def per_block_baseline(collection: Any, eps: float, max_bytes: int | None = None
     m, k = int(collection.rows), int(collection.n_blocks)
     offsets, widths = np.asarray(collection.offsets), np.asarray(collection.widths)
     ranks = np.zeros(k, dtype=np.int64)
-    per_column = max(1, m * np.dtype(collection.dtype).itemsize)
-    first = 0
-    while first < k:
-        stop = first + 1
-        while stop < k and (offsets[stop + 1] - offsets[first]) * per_column <= _BASELINE_READ_BYTES:
-            stop += 1
-        s0 = int(offsets[first])
-        data = collection.column_range(s0, int(offsets[stop]))
-        for i in range(first, stop):
-            # at the block's own magnitude shift: s^2 of 1e-200 or 1e300 entries would under-/overflow
-            s2 = squared_singular_values(at_own_shift(data[:, int(offsets[i]) - s0 : int(offsets[i + 1]) - s0]))
-            ranks[i] = adaptive_rank(s2, eps)
-        first = stop
+    for first, stop in collection.batches(_BASELINE_READ_BYTES):
+        local = offsets[first : stop + 1] - offsets[first]
+        data = collection.column_range(int(offsets[first]), int(offsets[stop]))
+        # each block at its magnitude shift (s^2 of 1e-200 or 1e300 entries would under-/overflow),
+        # and one batched spectrum per block width instead of a loop over blocks
+        data = scale_blocks(data, local, block_shifts(data, local))
+        batch_widths = widths[first:stop]
+        for width in np.unique(batch_widths):
+            same = np.flatnonzero(batch_widths == width)
+            stack = data[:, column_index(local, same)].reshape(m, len(same), int(width)).transpose(1, 0, 2)
+            ranks[first + same] = stacked_adaptive_ranks(stacked_squared_singular_values(stack), eps)
     raw = ranks * (m + widths) >= m * widths
     stored = np.where(raw, m, ranks)  # params(C) = min(r (m + n), m n): rank m is "raw"
     return {**base, "compression_ratio": adaptive_compression_ratio(collection, [[i] for i in range(k)], stored),

@@ -55,11 +55,31 @@ def stacked_top_energy(stack: np.ndarray, rank: int) -> np.ndarray:
     count, rows, cols = stack.shape
     if cols <= rank or rows == 0:
         return np.einsum("bij,bij->b", stack, stack)
+    return np.sort(stacked_squared_singular_values(stack, wide_gram=False), axis=1)[:, -rank:].sum(axis=1)
+
+
+def stacked_squared_singular_values(stack: np.ndarray, wide_gram: bool = True) -> np.ndarray:
+    """Squared singular values of every matrix of a stack (B, m, n), one row each, in no
+    particular order, in one batched call: the eigenvalues of the Gram matrices ``A^T A``
+    when the matrices are at least twice as tall as wide, of ``A A^T`` when they are more
+    than four times wider than tall (as :func:`squared_singular_values`; ``wide_gram=False``
+    keeps the SVD there), else a batched SVD."""
+    stack = np.asarray(stack, dtype=np.float64)
+    rows, cols = stack.shape[1:]
     if rows >= 2 * cols:
-        s2 = np.clip(np.linalg.eigvalsh(np.matmul(stack.transpose(0, 2, 1), stack)), 0.0, None)
-    else:
-        s2 = np.linalg.svd(stack, compute_uv=False) ** 2
-    return np.sort(s2, axis=1)[:, -rank:].sum(axis=1)
+        return np.clip(np.linalg.eigvalsh(np.matmul(stack.transpose(0, 2, 1), stack)), 0.0, None)
+    if wide_gram and cols > _GRAM_ASPECT * rows:
+        return np.clip(np.linalg.eigvalsh(np.matmul(stack, stack.transpose(0, 2, 1))), 0.0, None)
+    return np.linalg.svd(stack, compute_uv=False) ** 2
+
+
+def stacked_adaptive_ranks(s2: np.ndarray, eps: float) -> np.ndarray:
+    """:func:`adaptive_rank` of every row of ``s2`` (squared singular values), at once."""
+    s2 = -np.sort(-np.asarray(s2, dtype=np.float64), axis=1)
+    total = s2.sum(axis=1)
+    tails = np.concatenate([np.cumsum(s2[:, ::-1], axis=1)[:, ::-1], np.zeros((len(s2), 1))], axis=1)
+    ranks = np.argmax(tails <= (eps * eps) * total[:, None], axis=1)
+    return np.where(total > 0.0, ranks, 0).astype(np.int64)
 
 
 def top_energy(s2: np.ndarray, rank: int) -> float:
