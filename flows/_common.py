@@ -25,8 +25,6 @@ __all__ = [
     "stage_hook",
     "HOLD_AT_ENV",
     "HOLD_FILE_ENV",
-    "run_folder_url",
-    "read_json",
     "write_bytes",
     "BrowserLink",
     "browser_link",
@@ -169,20 +167,6 @@ class StageProgress:
 # ---- small fsspec helpers (the run folder lives beside the collection) ----------------
 
 
-def run_folder_url(collection: Any, run_id: str) -> str:
-    """URL of ``runs/<collection>/<run_id>`` under the collection's store root.
-
-    Raises
-    ------
-    storage.InvalidNameError
-        *run_id* or the collection name is not one safe path component (``../x``,
-        ``a/b``...): every run-folder path is derived here, so none leaves the store.
-    """
-    import storage
-
-    return storage.run_url(collection, run_id)
-
-
 def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
     import fsspec
 
@@ -202,13 +186,6 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> N
         os.replace(tmp, path)
         return
     fs.pipe_file(path, data)
-
-
-def read_json(url: str, storage_options: dict | None = None) -> Any:
-    """Read a JSON file (FileNotFoundError when absent)."""
-    fs, path = _fs(url, storage_options)
-    fs.invalidate_cache()  # another process may just have written it
-    return json.loads(fs.cat_file(path))
 
 
 # ---- links the dashboard can open ------------------------------------------------------

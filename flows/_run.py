@@ -16,7 +16,7 @@ from prefect import task
 
 from pipeline.params import ClusteringParams
 
-from ._common import TASK_OPTIONS, StageProgress, read_json, run_folder_url, run_logger, stage_hook
+from ._common import TASK_OPTIONS, StageProgress, run_logger, stage_hook
 
 __all__ = [
     "RUN_KEYS",
@@ -66,13 +66,12 @@ def stored_run_params(collection: Any, run_id: str) -> dict[str, Any]:
     FileNotFoundError
         No such run.
     """
-    url = f"{run_folder_url(collection, run_id)}/run.json"
+    import storage
+
     try:
-        record = read_json(url, collection.storage_options)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no run {run_id!r} for collection {collection.name!r} ({url}); start it with the cmsvd-cluster flow"
-        ) from None
+        record = storage.read_run_record(collection, run_id)
+    except storage.RunNotFoundError as exc:
+        raise storage.RunNotFoundError(f"{exc}; start it with the cmsvd-cluster flow") from None
     return {k: record["params"][k] for k in RUN_KEYS if k in record.get("params", {})}
 
 

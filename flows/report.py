@@ -43,7 +43,6 @@ from ._common import (
     artifact_key,
     browser_link,
     local_path,
-    run_folder_url,
     write_bytes,
 )
 from .html_report import data_uri, first_blocks, honest_numbers
@@ -432,9 +431,11 @@ def report_stage(collection: Any, result: Any, key_prefix: str, seconds_so_far: 
     seconds_so_far : float
         Flow-side time of the report stage before this call (recorded as ``report``).
     """
+    import storage
+
     start = time.perf_counter()
     report = build_report(collection, result)
-    run_url = run_folder_url(collection, result.run_id)
+    run_url = storage.run_url(collection, result.run_id)
     report["timings"]["report"] = 0.0
     plots = _plots(report)
     plots_and_report = write_report(report, run_url, collection.storage_options, plots)
