@@ -6,6 +6,8 @@
   1 thread each on 127.0.0.1, no dashboard, shared by every test that needs a cluster and
   does not need one of its own (tests that kill workers, or compare one worker with two,
   start their own and say why).  ``dask_address`` is its scheduler address.
+- Temporary folders: on a machine with a roomy tmpfs at ``/dev/shm``, ``tmp_path`` lives
+  there (``PYTEST_DEBUG_TEMPROOT``, unless already set), see :func:`_temproot_on_tmpfs`.
 - The ``slow`` marker (registered in pyproject.toml): subprocess, Prefect-server, S3 and
   stack tests, and the worker-killing distributed tests.  Every test that uses one of
   :data:`SLOW_FIXTURES` (a server or a process of its own) is marked here; the others are
@@ -25,6 +27,31 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # The temporary Prefect API of in-process flows (the CLI tests) starts slowly on a loaded
 # machine: the same timeout as ``cmsvd`` and ``python -m flows``.
 configure_prefect_env()
+
+#: Free space a tmpfs needs before the suite's temporary folders go there: pytest keeps the
+#: last 3 sessions' folders, each some tens of MiB of stores.
+TMPFS_MIN_FREE = 1 << 30
+
+
+def _temproot_on_tmpfs(path: str = "/dev/shm") -> None:
+    """Root pytest's temporary folders on a tmpfs when one with room is writable.
+
+    Why: the suite writes and removes thousands of small files (Zarr chunks, manifests).
+    On a disk mounted with ``discard`` each unlink costs about a millisecond, so removing an
+    old session's folder took ~7 s of the fast loop; in memory it takes none.  A tmpfs
+    that is small (Docker's default 64 MiB) or absent leaves pytest's default alone.
+    """
+    if os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return
+    if st.f_bavail * st.f_frsize >= TMPFS_MIN_FREE and os.access(path, os.W_OK):
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = path
+
+
+_temproot_on_tmpfs()
 
 
 @pytest.fixture(scope="session")
