@@ -64,12 +64,17 @@ def cli_json(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, model):
-    return str(tmp_path_factory.mktemp("store"))
+def store(tmp_path_factory, model) -> str:
+    """A store holding the model ingested as 'tiny-model' (what ingest says is checked by
+    :func:`test_ingest_keeps_dtype_and_reports_passthrough`, on a store of its own)."""
+    url = str(tmp_path_factory.mktemp("store"))
+    assert main(["ingest", str(model[0]), "--column-length", str(L), "--store", url, "--json"]) == 0
+    return url
 
 
-def test_ingest_keeps_dtype_and_reports_passthrough(capsys, store, model):
-    path, tensors, _ = model
+def test_ingest_keeps_dtype_and_reports_passthrough(capsys, model, tmp_path):
+    path = model[0]
+    store = str(tmp_path / "store")
     code, out, err = cli(capsys, "ingest", path, "--column-length", L, "--store", store)
     assert code == 0, err
     assert "float32" in out and "float64" not in out
