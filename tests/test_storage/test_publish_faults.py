@@ -89,8 +89,8 @@ def _versions(fs, path: str) -> list[str]:
 
 
 def _overwrite_under_kills(new_root, inject: Injector, opts: dict | None, rng, fs) -> int:
-    old = [rng.standard_normal((4, w)) for w in (3, 2)]
-    new = [rng.standard_normal((4, w)) for w in (5, 1, 2)]
+    old = [rng.standard_normal((4, w)) for w in (2,)]
+    new = [rng.standard_normal((4, w)) for w in (3, 1)]
     old_all, new_all = np.concatenate(old, axis=1), np.concatenate(new, axis=1)
     k = 0
     while True:
