@@ -120,7 +120,7 @@ def test_ingest_cluster_verify_decompress(capsys, store, stack_file, dask_addres
     assert by_name["block"] == 7 and by_name["shape"] == [ROWS, WIDTH]
 
 
-def test_sequential_cluster_then_compress_report_and_inspect(capsys, store, dask_address):
+def test_sequential_cluster_then_compress_report_and_inspect(capsys, store):
     first = cli_json(capsys, "cluster", "blocks", "--store", store, "--rank", RANK, "--eps", EPS, "--sequential",
                      "--no-compress", "--run-id", "seq")
     assert first == {**first, "run_id": "seq", "compressed": False}
@@ -141,7 +141,7 @@ def test_sequential_cluster_then_compress_report_and_inspect(capsys, store, dask
     listing = cli_json(capsys, "inspect", "--store", store)
     assert [c["name"] for c in listing["collections"]] == ["blocks"]
 
-    code, out, err = cli(capsys, "report", "blocks", "--run-id", "seq", "--store", store)
+    code, out, _ = cli(capsys, "report", "blocks", "--run-id", "seq", "--store", store)
     assert code == 0 and "report.html" in out and "compression ratio" in out
 
 
@@ -150,7 +150,7 @@ def test_report_sweep_adds_the_eps_plot(capsys, store, dask_address, tmp_path):
     summary = cli_json(capsys, "cluster", "blocks", "--store", store, "--rank", RANK, "--eps", EPS,
                        "--scheduler", dask_address, "--run-id", "sweep", "--no-html", "--shard-size", 60)
     assert summary["guarantee_ok"]
-    code, out, err = cli(capsys, "report", "blocks", "--run-id", "sweep", "--store", store, "--sweep", "0.05,0.2",
+    code, _, err = cli(capsys, "report", "blocks", "--run-id", "sweep", "--store", store, "--sweep", "0.05,0.2",
                          "--scheduler", dask_address, "--output", tmp_path / "out")
     assert code == 0, err
     page = (tmp_path / "out" / "report.html").read_text()

@@ -23,7 +23,7 @@ def cmsvd(*args, env_extra: dict | None = None, cwd: Path | None = None, timeout
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CMSVD_", "DASK_SCHEDULER"))}
     env.update({"CMSVD_LOCAL_WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"})
     env.update(env_extra or {})
-    return subprocess.run([CMSVD, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([CMSVD, *map(str, args)], check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_console_script_help_and_usage_error():

@@ -17,9 +17,12 @@ def test_sweep_on_a_sequential_run_is_refused_before_and_after_the_report(capsys
     report_json = tmp_path / "store" / "runs" / "c" / "s" / "report.json"
     report_json.unlink()  # as after a cluster run that wrote no report
     capsys.readouterr()
-    for _ in range(2):  # without report.json, then with it
-        assert main(["report", "c", "--run-id", "s", "--store", store, "--sweep", "0.2,0.3"]) == EXIT_USAGE
-        assert "--sweep needs a distributed run" in capsys.readouterr().err
-        assert main(["report", "c", "--run-id", "s", "--store", store, "--json"]) == 0  # writes report.json
-        assert report_json.exists()
-        capsys.readouterr()
+    sweep = ["report", "c", "--run-id", "s", "--store", store, "--sweep", "0.2,0.3"]
+    assert main(sweep) == EXIT_USAGE  # without report.json
+    assert "--sweep needs a distributed run" in capsys.readouterr().err
+    assert not report_json.exists()  # refused before anything is written
+    assert main(["report", "c", "--run-id", "s", "--store", store, "--json"]) == 0  # writes report.json
+    assert report_json.exists()
+    capsys.readouterr()
+    assert main(sweep) == EXIT_USAGE  # with it
+    assert "--sweep needs a distributed run" in capsys.readouterr().err
