@@ -27,6 +27,8 @@ __all__ = ["ResidualOrderer", "CandidateOrder"]
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
 _TINY32 = 2.0**-149  # float32 subnormal spacing: the absolute error of underflow
 _SCREEN_MAX_ABS = 2.0**60  # larger entries: no screening (their squares near float32 range)
+# The copy is compacted when fewer than this fraction of its blocks remain (see _compact).
+_COMPACT_AT = 0.9
 
 
 class CandidateOrder:
@@ -128,8 +130,22 @@ class ResidualOrderer:
         self._data = data.astype(np.float32) if self._screen else data
 
     def _compact(self, alive: np.ndarray) -> None:
-        if np.count_nonzero(alive[self._ids]) * 2 < len(self._ids):
-            self._reset(self._ids[alive[self._ids]])
+        """Drop removed blocks from the copy once they are ``1 - _COMPACT_AT`` of it.
+
+        The surviving columns are taken from the copy itself (half the bytes of the
+        float64 data when screening, and contiguous rows of the transposed copy when it is
+        column-major), so compacting often costs little next to the products it saves."""
+        keep = alive[self._ids]
+        if np.count_nonzero(keep) >= _COMPACT_AT * len(self._ids):
+            return
+        columns = np.repeat(keep, np.diff(self._offsets))
+        data = self._data
+        if data.flags.f_contiguous and not data.flags.c_contiguous:
+            self._data = data.T[columns].T
+        else:
+            self._data = data[:, columns]
+        self._ids = self._ids[keep]
+        self._offsets = offsets_of(self._widths[self._ids])
 
     def _inside(self, basis: np.ndarray, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         projected = basis.T @ data

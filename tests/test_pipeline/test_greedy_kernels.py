@@ -27,13 +27,32 @@ def test_svd_is_numpys_bit_for_bit(shape):
     assert np.array_equal(u, u_ref) and np.array_equal(s, s_ref)
 
 
-@pytest.mark.parametrize("n", [0, 1, 6, 38])
+@pytest.mark.parametrize("n", [0, 1, 6, 25, 26, 38, 60])
 def test_eigh_is_numpys_bit_for_bit(n):
     x = np.random.default_rng(1).standard_normal((n, n + 3))
     small = x @ x.T
-    lam, vecs = _eigh(small)
+    lam, vecs = _eigh(small.copy())  # _eigh solves in place
     lam_ref, vecs_ref = np.linalg.eigh(small)
     assert np.array_equal(lam, lam_ref) and np.array_equal(vecs, vecs_ref)
+
+
+def test_eigh_of_a_sketch_update_is_numpys_bit_for_bit():
+    # the matrices the sketch solves: diag(lam, 0) + C C^T, orders around dsyevd's switch to
+    # divide and conquer (25)
+    rng = np.random.default_rng(4)
+    for n in range(2, 45):
+        coords = rng.standard_normal((n, min(n, 4)))
+        small = coords @ coords.T
+        small.flat[: (n - 1) * (n + 1) : n + 1] += np.sort(rng.random(n - 1))[::-1]
+        lam, vecs = _eigh(small.copy())
+        lam_ref, vecs_ref = np.linalg.eigh(small)
+        assert np.array_equal(lam, lam_ref) and np.array_equal(vecs, vecs_ref), n
+        assert vecs.flags.c_contiguous  # like numpy's: later products keep their bits
+
+
+def test_eigh_raises_on_nan():
+    with pytest.raises(np.linalg.LinAlgError):
+        _eigh(np.full((3, 3), np.nan))
 
 
 def test_svd_falls_back_to_gesvd_when_gesdd_fails(monkeypatch):
