@@ -151,10 +151,11 @@ def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
         An upper bound on ||F_i - recovered F_i||_F, to be carried as sketch slack.
     """
     exponents, column_exponents = _peak_exponents(factors, offsets)
-    scaled = np.ldexp(factors, -column_exponents[None, :]).astype(np.float32)
+    exact = _times_pow2(factors, -column_exponents)
+    scaled = exact.astype(np.float32)
     # measured in the scaled space, where squares neither underflow nor overflow; the
     # float64 evaluation is itself rounded, which a relative margin covers
-    error = scaled.astype(np.float64) - np.ldexp(factors, -column_exponents[None, :])
+    error = scaled.astype(np.float64) - exact
     dropped = np.ldexp(np.sqrt(segment_sums(np.einsum("ij,ij->j", error, error), offsets)) * (1.0 + 1e-6), exponents)
     return scaled, exponents, dropped
 
@@ -173,7 +174,17 @@ def _peak_exponents(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarra
 
 def unround_factors(scaled: np.ndarray, exponents: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Float64 factors from :func:`round_factors`' output (exact)."""
-    return np.ldexp(np.asarray(scaled, dtype=np.float64), np.repeat(exponents, np.diff(offsets))[None, :])
+    return _times_pow2(scaled, np.repeat(np.asarray(exponents, dtype=np.int64), np.diff(offsets)))
+
+
+def _times_pow2(x: np.ndarray, column_exponents: np.ndarray) -> np.ndarray:
+    """``ldexp(x, e_j)`` column by column in float64, as a product with 2^e_j: exact, and
+    correctly rounded where it lands among subnormals (as ``ldexp`` is), but about 8x
+    faster than a broadcast ``ldexp`` (which stays the route when 2^e_j itself is not a
+    normal float)."""
+    if column_exponents.size and np.abs(column_exponents).max() > 1000:
+        return np.ldexp(np.asarray(x, dtype=np.float64), column_exponents[None, :])
+    return np.multiply(x, np.ldexp(1.0, column_exponents)[None, :], dtype=np.float64)
 
 
 def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -195,10 +206,12 @@ def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.n
     # each block is scaled into its range, and summing over each anchor's rows first
     # shrinks the array before anything else
     column_exponents = _peak_exponents(factors, offsets)[1]
-    scaled = np.ldexp(factors, -column_exponents[None, :]).astype(np.float32)
+    scaled = _times_pow2(factors, -column_exponents).astype(np.float32)
     projected = anchors.T.astype(np.float32) @ scaled
     np.square(projected, out=projected)
     per_anchor = np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
+    if np.all(np.diff(offsets) == 1):  # one column per block (routing): nothing to sum
+        return per_anchor.astype(np.float64)
     return segment_sums(per_anchor, offsets)
 
 
@@ -237,11 +250,16 @@ def best_two_anchors(captured: np.ndarray) -> np.ndarray:
 
 def pack_shards(best_anchor: np.ndarray, shard_size: int) -> np.ndarray:
     """Shard index of every block: blocks of one anchor stay together, and anchors are packed
-    in order into ceil(K / shard_size) shards of about equal size (an anchor with more blocks
-    than that size is cut into consecutive pieces), so shards are balanced and no shard
-    exceeds the target by more than one piece."""
+    in order into shards of about equal size (an anchor with more blocks than that size is
+    cut into consecutive pieces), so shards are balanced and no shard exceeds the target by
+    more than one piece.
+
+    The number of shards is the power of two at or above K / shard_size: shards then
+    spread evenly over 2, 4, 8, ... workers (three shards on two workers would make one
+    of them wait through a second shard), and the count still depends on K alone, so the
+    groups do not depend on the number of workers."""
     n_blocks = best_anchor.size
-    n_shards = max(1, -(-n_blocks // shard_size))
+    n_shards = min(1 << max(0, int(-(-n_blocks // shard_size)) - 1).bit_length(), max(n_blocks, 1))
     target = -(-n_blocks // n_shards)
     order = np.lexsort((np.arange(n_blocks), best_anchor))
     cuts = np.flatnonzero(np.diff(best_anchor[order])) + 1

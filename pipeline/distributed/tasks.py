@@ -164,11 +164,18 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
     return batch, factor_offsets, shifts
 
 
-def load_factors(handle: Handle, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A batch's factors (float64, exact scale), offsets, exact norms and rounding drops."""
+def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's factors (float64, exact scale), offsets, exact norms and rounding drops;
+    of the blocks at positions ``picked`` only, when given."""
     arrays, _ = run_of(handle).load_stage(f"scan-{batch:05d}")
-    offsets = arrays["factor_offsets"]
-    return unround_factors(arrays["factors"], arrays["exponents"], offsets), offsets, arrays["norms2"], arrays["dropped"]
+    factors, offsets = arrays["factors"], arrays["factor_offsets"]
+    exponents, norms2, dropped = arrays["exponents"], arrays["norms2"], arrays["dropped"]
+    if picked is not None:
+        factors = factors[:, column_index(offsets, picked)]
+        offsets = offsets_of(offsets[picked + 1] - offsets[picked])
+        exponents, norms2, dropped = exponents[picked], norms2[picked], dropped[picked]
+    return unround_factors(factors, exponents, offsets), offsets, norms2, dropped
 
 
 def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +185,10 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
     Returns the bases side by side (m x total width) and their column offsets."""
     data, widths, norms2 = [], [], []
     for batch, picked in picks:
-        factors, offsets, batch_norms2, _ = load_factors(handle, batch)
-        data.append(factors[:, column_index(offsets, picked)])
-        widths.append(np.diff(offsets)[picked])
-        norms2.append(batch_norms2[picked])
+        factors, offsets, batch_norms2, _ = load_factors(handle, batch, picked)
+        data.append(factors)
+        widths.append(np.diff(offsets))
+        norms2.append(batch_norms2)
     layout = BlockLayout(np.hstack(data), offsets_of(np.concatenate(widths)), np.concatenate(norms2))
     heads = []
     with single_threaded_blas():

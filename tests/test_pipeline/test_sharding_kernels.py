@@ -72,7 +72,8 @@ def test_pack_shards_covers_keeps_anchors_together_and_balances(best_anchor, sha
     assert shards.shape == (n,) and shards.dtype == np.int64
     sizes = np.bincount(shards)
     assert sizes.sum() == n and np.all(sizes > 0)  # every block in a shard; ids 0..S-1, none empty
-    n_target = max(1, -(-n // shard_size))
+    # as many shards as the power of two at or above n / shard_size (at most n)
+    n_target = min(1 << (max(1, -(-n // shard_size)) - 1).bit_length(), n)
     target = -(-n // n_target)
     # no shard exceeds the target by more than an eighth (pieces are at most target)
     assert sizes.max() <= target + target // 8
