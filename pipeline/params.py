@@ -18,9 +18,14 @@ from typing import Any, ClassVar
 from ._checks import CONSTRAINTS, DEFAULT_TOL, METHODS, ORDERS, Interval, Options
 
 __all__ = ["Interval", "Options", "ClusteringParams", "GREEDY_FIELDS", "METHODS", "ORDERS", "DEFAULT_TOL",
-           "DEFAULT_BATCH_BYTES"]
+           "DEFAULT_BATCH_BYTES", "CHECKPOINT_VERSION"]
 
 DEFAULT_BATCH_BYTES = 32 * 2**20  # data per map task of the distributed stages
+
+#: Version of the distributed stages' checkpoints: recorded with every distributed run and
+#: part of its run id, so a run folder written by a cmsvd whose stages differ is never
+#: resumed (its auto id differs, and an explicit id is refused as a parameter mismatch).
+CHECKPOINT_VERSION = 2
 
 #: The parameters of the sequential greedy (the distributed run adds the others).
 GREEDY_FIELDS = ("rank", "eps", "method", "order", "patience", "oversampling", "tol")
@@ -99,6 +104,8 @@ class ClusteringParams:
         if mode not in ("distributed", "sequential"):
             raise ValueError(f"mode must be 'distributed' or 'sequential', got {mode!r}")
         params = self.as_dict() if mode == "distributed" else self.greedy_kwargs()
+        if mode == "distributed":
+            params = {**params, "checkpoint_version": CHECKPOINT_VERSION}
         payload = json.dumps({"input": collection_fingerprint, "mode": mode, "params": params}, sort_keys=True)
         prefix = "auto-" if mode == "distributed" else "seq-"
         return prefix + hashlib.sha256(payload.encode()).hexdigest()[:16]

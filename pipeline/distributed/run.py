@@ -15,7 +15,7 @@ import numpy as np
 from .._threads import single_threaded_blas
 from ..bounds import DEFAULT_TOL, GramSketch
 from ..magnitude import band_pure, common_shift
-from ..params import DEFAULT_BATCH_BYTES, ClusteringParams
+from ..params import CHECKPOINT_VERSION, DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
@@ -106,7 +106,7 @@ class ClusteringRun(CertifyAndCompress):
         self._lease = None  # the writer lease while a stage is being computed
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
-        run_params = spec.as_dict()
+        run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION}
         self._handle = tasks.Handle(
             collection.url, collection.name, self.run_id, json.dumps(run_params, sort_keys=True),
             collection.fingerprint(), json.dumps(collection.storage_options, sort_keys=True),

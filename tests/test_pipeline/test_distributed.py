@@ -197,6 +197,24 @@ def test_a_finished_run_reads_back_without_a_cluster(client, tmp_path):
         ClusteringRun(coll, rank=6, eps=0.1, run_id="unfinished").scan()
 
 
+def test_a_run_of_another_checkpoint_version_is_never_resumed(tmp_path, monkeypatch):
+    """A run folder written by a cmsvd whose stages differ is refused by its explicit id,
+    and the auto id of the same parameters moves to a fresh folder."""
+    from pipeline import params as params_module
+    from pipeline.distributed import run as run_module
+
+    coll = _store(tmp_path, _subspace_blocks(40, seed=3))
+    spec = params_module.ClusteringParams(rank=6, eps=0.1)
+    before, sequential = spec.run_id(coll.fingerprint()), spec.run_id(coll.fingerprint(), "sequential")
+    ClusteringRun(coll, rank=6, eps=0.1, run_id="older")  # records the current version
+    for module in (params_module, run_module):
+        monkeypatch.setattr(module, "CHECKPOINT_VERSION", params_module.CHECKPOINT_VERSION + 1)
+    with pytest.raises(storage.RunMismatchError, match="checkpoint_version"):
+        ClusteringRun(coll, rank=6, eps=0.1, run_id="older")
+    assert spec.run_id(coll.fingerprint()) != before
+    assert spec.run_id(coll.fingerprint(), "sequential") == sequential  # the sequential mode has no stages
+
+
 @pytest.mark.slow  # three drivers, one after the other
 def test_concurrent_runs_on_one_run_id_write_one_after_the_other(client, tmp_path):
     """Three drivers on the same run id (a nightly deployment and dashboard runs): the
