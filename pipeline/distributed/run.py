@@ -29,7 +29,7 @@ SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
 SAMPLE_BLOCKS = 4000  # most blocks in the partition sample: bounds the anchors, so routing is O(K)
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
-MERGE_TASK_GROUPS = 512  # groups per merge task
+MERGE_TASK_GROUPS = 128  # groups per merge task: enough tasks to keep 16 workers busy at ~2,000 groups
 
 Progress = Callable[[str, int, int], None]
 
