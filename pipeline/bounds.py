@@ -99,7 +99,7 @@ def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _DSYEVD = scipy.linalg.lapack.dsyevd
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dsyevd_work(n: int) -> tuple[int, int]:
     """dsyevd's optimal workspace sizes (real, integer) for an n x n matrix with vectors."""
     lwork, liwork, info = scipy.linalg.lapack.dsyevd_lwork(n, compute_v=1, lower=1)

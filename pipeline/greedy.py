@@ -369,7 +369,7 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
         misses = misses + 1 if not accepted and len(candidates) else 0
         if misses >= patience:
             energy, totals = _singleton_energies(layout, remaining, rank, energies), layout.norms2[remaining]
-            clusters.extend([block] for block in remaining.tolist())
+            clusters.extend(remaining.reshape(-1, 1).tolist())  # [[block], ...], built in C
             bounds.extend(_error_bounds(energy, totals).tolist())
             if with_states:
                 states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
