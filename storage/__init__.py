@@ -54,7 +54,7 @@ from .ingest import (
 )
 from .lease import RunLease, check_lease, run_lease
 from .runs import Run, open_run
-from ._location import check_name, is_safe_name, short_repr
+from ._names import check_name, is_safe_name, short_repr
 from .catalog import (
     list_artifacts,
     list_runs,

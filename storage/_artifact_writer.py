@@ -17,16 +17,8 @@ import zarr
 
 from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, open_artifact
 from ._integrity import ARRAY_CONFIG, parse_json, seal, unseal
-from ._location import (
-    SCHEMA_VERSION,
-    artifact_location,
-    Location,
-    collect_versions,
-    new_version_name,
-    publish_local,
-    sweep_stale,
-    switch_pointer,
-)
+from ._location import SCHEMA_VERSION, Location, artifact_location
+from ._publish import collect_versions, new_version_name, publish_local, sweep_stale, switch_pointer
 from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
 from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError
 

@@ -16,15 +16,9 @@ from pipeline.magnitude import block_shifts, scale_blocks  # the norms2 conventi
 
 from ._collection_format import MAX_READ_BYTES, _META_KEY, _array_signature
 from ._integrity import CHECKSUMMED_SCHEMA, StrictStore, parse_json, unseal
-from ._location import (
-    POINTER,
-    SCHEMA_VERSION,
-    Location,
-    check_name,
-    json_dumps,
-    read_pointer,
-    resolve,
-)
+from ._location import SCHEMA_VERSION, Location, json_dumps, resolve
+from ._names import check_name
+from ._publish import POINTER, read_pointer
 from .errors import CollectionNotFoundError, CorruptedFileError, MissingChunkError
 
 if TYPE_CHECKING:

@@ -25,20 +25,9 @@ from ._collection_format import (
 )
 from ._collection_reader import open_collection
 from ._integrity import ARRAY_CONFIG, CHECKSUMMED_SCHEMA, seal
-from ._location import (
-    POINTER,
-    SCHEMA_VERSION,
-    Location,
-    block_name_problem,
-    check_name,
-    collect_versions,
-    new_version_name,
-    publish_local,
-    resolve,
-    short_repr,
-    sweep_stale,
-    switch_pointer,
-)
+from ._location import SCHEMA_VERSION, Location, resolve
+from ._names import block_name_problem, check_name, short_repr
+from ._publish import POINTER, collect_versions, new_version_name, publish_local, sweep_stale, switch_pointer
 from .errors import BlockValidationError, CollectionExistsError, EmptyInputError
 
 if TYPE_CHECKING:

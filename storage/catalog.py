@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from ._integrity import parse_json
-from ._location import artifact_location, is_safe_name, resolve, run_location
+from ._location import artifact_location, resolve, run_location
+from ._names import is_safe_name
 from .errors import RunNotFoundError
 
 __all__ = ["run_url", "list_runs", "list_artifacts", "read_run_record", "read_run_json", "read_run_bytes",

@@ -80,19 +80,14 @@ from ._integrity import (  # noqa: F401
     seal,
     unseal,
 )
-from ._location import (  # noqa: F401
+from ._location import SCHEMA_VERSION, Location, json_dumps, resolve  # noqa: F401
+from ._names import block_name_problem, check_name, short_repr  # noqa: F401
+from ._publish import (  # noqa: F401
     POINTER,
-    SCHEMA_VERSION,
-    Location,
-    block_name_problem,
-    check_name,
     collect_versions,
-    json_dumps,
     new_version_name,
     publish_local,
     read_pointer,
-    resolve,
-    short_repr,
     sweep_stale,
     switch_pointer,
 )

@@ -38,7 +38,7 @@ from ._formats import (
     _zarr_stream as _zarr_stream,
     mimo_block as mimo_block,
 )
-from ._location import block_name_problem, short_repr
+from ._names import block_name_problem, short_repr
 from ._npz import (
     _COPY_STEP as _COPY_STEP,
     NPZ_MEMORY_BUDGET as NPZ_MEMORY_BUDGET,

@@ -30,7 +30,8 @@ import uuid
 from typing import Any, Iterator
 
 from ._integrity import parse_json
-from ._location import Location, is_precondition_failure, json_dumps, resolve, run_location, write_exclusive
+from ._location import Location, json_dumps, resolve, run_location
+from ._publish import is_precondition_failure, write_exclusive
 from .errors import CorruptedFileError, LeaseLostError, RunLeaseError
 
 LEASE_FILE = "lease.json"

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ._integrity import parse_json, seal, unseal
-from ._location import Location, check_name, fingerprint_of, json_dumps, resolve, run_location
+from ._location import Location, fingerprint_of, json_dumps, resolve, run_location
+from ._names import check_name
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
 from .lease import RunLease, check_lease
 

@@ -174,7 +174,7 @@ def test_artifact_overwrite_survives_a_kill_anywhere_memory(mem_root, memory_inj
 
 
 def test_local_overwrite_swaps_atomically(root, rng, monkeypatch):
-    import storage._location as loc
+    import storage._publish as publish
 
     old = [rng.standard_normal((3, 2))]
     ingest_blocks(root, "c", old)
@@ -185,7 +185,7 @@ def test_local_overwrite_swaps_atomically(root, rng, monkeypatch):
     def boom(a, b):
         raise Killed("killed at the swap")
 
-    monkeypatch.setattr(loc, "_rename_exchange", boom)
+    monkeypatch.setattr(publish, "_rename_exchange", boom)
     with pytest.raises(Killed):
         ingest_blocks(root, "c", old, overwrite=True)
     np.testing.assert_array_equal(_read_all(root, None), new[0])
@@ -194,10 +194,10 @@ def test_local_overwrite_swaps_atomically(root, rng, monkeypatch):
 def test_stale_staging_is_swept(root, rng, monkeypatch):
     import os
 
-    import storage._location as loc
+    import storage._publish as publish
 
     blocks = [rng.standard_normal((3, 2))]
-    monkeypatch.setattr(loc, "STALE_AFTER_S", -1.0)  # everything counts as stale
+    monkeypatch.setattr(publish, "STALE_AFTER_S", -1.0)  # everything counts as stale
     stale = os.path.join(root, ".staging", "c-20200101T000000-0123456789ab")
     os.makedirs(os.path.join(stale, "data"))
     ingest_blocks(root, "d", blocks)
@@ -240,7 +240,8 @@ def test_collection_overwrite_survives_a_kill_anywhere_s3(s3_endpoint, s3_inject
 
 
 def test_s3_pointer_is_created_with_if_none_match(s3_endpoint, rng):  # noqa: F811
-    from storage._location import resolve, write_exclusive
+    from storage._location import resolve
+    from storage._publish import write_exclusive
 
     opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     bucket = f"cmsvd-{uuid.uuid4().hex[:12]}"
