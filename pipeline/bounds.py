@@ -33,6 +33,7 @@ numerically-zero directions never invalidates it.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,7 +111,7 @@ def _dsyevd_work(n: int) -> tuple[int, int]:
 
 def _unit_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The SVD of one column (m x 1), without a LAPACK call: r = (r / ||r||) ||r||."""
-    s = float(np.sqrt(np.dot(column[:, 0], column[:, 0])))
+    s = math.sqrt(np.dot(column[:, 0], column[:, 0]))
     return (column / s if s > 0.0 else np.zeros_like(column)), np.array([s])
 
 
@@ -159,9 +160,14 @@ def extend_basis(
     coords = q.T @ block
     residual = block - q @ coords
     residual -= q @ (q.T @ residual)  # second Gram-Schmidt pass: "twice is enough"
-    norm = float(np.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2))
-    u, s = _unit_column(residual) if residual.shape[1] == 1 else _svd(residual)
-    kept = u[:, s > _keep_threshold(norm, tol)]  # (a column-major copy: products below depend on it bit for bit)
+    norm = math.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2)
+    threshold = _keep_threshold(norm, tol)
+    if residual.shape[1] == 1:  # one column: no LAPACK call, and nothing to select
+        u, s = _unit_column(residual)
+        kept = u if s[0] > threshold else u[:, :0]
+    else:
+        u, s = _svd(residual)
+        kept = u[:, s > threshold]  # (a column-major copy: products below depend on it bit for bit)
     if kept.shape[1]:
         # singular vectors of weak residual directions carry roundoff along q of size
         # ~eps*||A||/s_j: project it out, and re-orthonormalise if it was not negligible
@@ -173,7 +179,7 @@ def extend_basis(
     dropped = 0.0
     if with_dropped:
         outside = (residual - kept @ (kept.T @ residual)).ravel(order="K")
-        dropped = float(np.sqrt(outside.dot(outside)))  # np.linalg.norm's arithmetic, without its wrapper
+        dropped = math.sqrt(outside.dot(outside))  # np.linalg.norm's arithmetic, without its wrapper
     return Extension(coords, kept, new_coords, dropped)
 
 
@@ -392,7 +398,9 @@ class GramSketch(_Bound):
 
     def _sketch_energy(self, eigenvalues: np.ndarray, slack: float) -> float:
         head = float(eigenvalues[: self.rank].sum())  # kept descending; np.sum minus its dispatch
-        return max(0.0, np.sqrt(head) - slack) ** 2
+        # math's sqrt and Python's ** give np.sqrt's and numpy's ** bits (libm's pow, which
+        # is not always x * x), without numpy scalar calls
+        return max(0.0, math.sqrt(head) - slack) ** 2
 
     def lower_energy(self) -> float:
         return self._sketch_energy(self.eigenvalues, self.slack)

@@ -152,3 +152,19 @@ def test_sketch_is_unchanged_by_the_direct_eigen_solver():
     keep = min(reference.capacity, lam.size)
     assert np.array_equal(sketch.eigenvalues, np.clip(lam[::-1][:keep], 0.0, None))
     assert np.array_equal(sketch.basis, np.hstack([reference.basis, ext.basis]) @ vecs[:, ::-1][:, :keep])
+
+
+def test_scalar_arithmetic_keeps_numpys_bits():
+    # the sketch's certified energy and the error use math.sqrt and Python's ** instead of
+    # numpy scalars: the same bits (x ** 2 is libm's pow in both, which is not always x * x)
+    from pipeline.spectra import error_from_energy
+
+    rng = np.random.default_rng(5)
+    sketch = GramSketch(rng.standard_normal((20, 6)), 4, oversampling=2)
+    for _ in range(2000):
+        lam = np.sort(rng.random(6) * 10.0 ** rng.integers(-3, 4))[::-1]
+        slack = float(rng.random() * 0.1)
+        head = float(lam[:4].sum())
+        assert sketch._sketch_energy(lam, slack) == max(0.0, np.sqrt(head) - slack) ** 2
+        low, total = float(rng.random()), 1.0 + float(rng.random())
+        assert error_from_energy(low, total) == float(np.sqrt(max(0.0, 1.0 - low / total)))
