@@ -211,7 +211,7 @@ def _cluster_params(store, collection, rank, eps, method, order, oversampling, p
 
 def _write_run_report(coll, result, extra_timings: dict | None = None) -> tuple[dict, dict]:
     """report.json (flows.report's builder) and its PNG plots in the run folder."""
-    from flows.report import build_report, write_report
+    from flows.report_json import build_report, write_report
 
     start = time.perf_counter()
     report = build_report(coll, result, extra_timings)
