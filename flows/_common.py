@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from prefect.cache_policies import NO_CACHE
 
 __all__ = [
+    "FLOW_OPTIONS",
     "TASK_OPTIONS",
     "run_logger",
     "artifact_key",
@@ -67,6 +68,11 @@ TASK_OPTIONS: dict[str, Any] = {
     "retry_condition_fn": _retry_condition,
     "cache_policy": NO_CACHE,
 }
+
+#: Options of every flow: prints go to the flow run's log, and parameters are checked by
+#: the flow itself (``flows.params.validate_params``: every bad field on one line, before
+#: any work) rather than by Prefect.
+FLOW_OPTIONS: dict[str, Any] = {"log_prints": True, "validate_parameters": False}
 
 
 def run_logger() -> Any:

@@ -10,11 +10,12 @@ yields the same groups bit for bit.
 cmsvd-compress finishes an existing run from its run id alone (the parameters are read
 back from the run folder): useful from the dashboard after a failure.
 
-Both flows validate their parameters themselves (``validate_parameters=False`` plus
-:func:`flows.params.validate_params` as the first statement): a deployment run created
-with the dashboard's validation switched off still fails before any Dask cluster starts,
-with one line naming every bad field, instead of Prefect's multi-line message.  The
-flow docstrings are the dashboard's flow descriptions: plain text only.
+Both flows validate their parameters themselves (``validate_parameters=False`` in
+``FLOW_OPTIONS``, and :func:`flows.params.validate_params` as the first statement): a
+Prefect flow run created with the dashboard's validation switched off still fails
+before any Dask cluster starts, with one line naming every bad field, instead of
+Prefect's multi-line message.  The flow docstrings are the dashboard's flow
+descriptions: plain text only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from prefect import flow
 
-from ._common import StageProgress, artifact_key
+from ._common import FLOW_OPTIONS, StageProgress, artifact_key
 from ._run import clustering_run, collect_result, default_run_id, open_collection, run_stages, stored_run_params
 from .dask_cluster import dask_client
 from .params import ClusterParameters, RunParameters, validate_params
@@ -62,8 +63,7 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str) -> dict[s
         "Cluster a collection into groups that share a certified rank-r basis, compress it and report. "
         "Checkpointed per stage: starting it again with the same values or run id resumes."
     ),
-    log_prints=True,
-    validate_parameters=False,
+    **FLOW_OPTIONS,
 )
 def cluster(params: ClusterParameters) -> dict[str, Any]:
     """Cluster a collection into groups that share a certified rank-r basis, compress it,
@@ -88,8 +88,7 @@ def cluster(params: ClusterParameters) -> dict[str, Any]:
 @flow(
     name="cmsvd-compress",
     description="Finish an existing run from its run id (parameters are read from the run folder) and report.",
-    log_prints=True,
-    validate_parameters=False,
+    **FLOW_OPTIONS,
 )
 def compress(params: RunParameters) -> dict[str, Any]:
     """Finish an existing run (normally just its compress stage) and report.

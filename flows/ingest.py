@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from ._common import TASK_OPTIONS, artifact_key
+from ._common import FLOW_OPTIONS, TASK_OPTIONS, artifact_key
 from .params import DemoParameters, IngestParameters, validate_params
 
 __all__ = ["ingest", "demo_data", "collection_summary"]
@@ -48,7 +48,7 @@ def ingest_source(params: IngestParameters) -> dict[str, Any]:
     return collection_summary(collection)
 
 
-@flow(name="cmsvd-ingest", log_prints=True, validate_parameters=False)
+@flow(name="cmsvd-ingest", **FLOW_OPTIONS)
 def ingest(params: IngestParameters) -> dict[str, Any]:
     """Ingest a file or folder into a cmsvd collection.
 
@@ -96,7 +96,7 @@ def generate_demo(params: DemoParameters) -> dict[str, Any]:
     return collection_summary(collection)
 
 
-@flow(name="cmsvd-demo-data", log_prints=True, validate_parameters=False)
+@flow(name="cmsvd-demo-data", **FLOW_OPTIONS)
 def demo_data(params: DemoParameters) -> dict[str, Any]:
     """Create a synthetic collection (blocks from a union of low-rank subspaces plus noise)."""
     params = validate_params(DemoParameters, params, "cmsvd-demo-data")  # before any work

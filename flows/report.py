@@ -3,27 +3,8 @@
 dashboard shows for the run (:mod:`flows.dashboard`).  Every name those modules had here
 before they were split out is still importable from this module.
 
-``report.json`` is a stable contract for other programs::
-
-    {collection: {name, blocks, rows, columns, dtype},
-     params: {rank, eps, method, order, oversampling, patience},
-     groups: [{id, blocks: [...], columns, bound, error, rank}],
-     compression_ratio, compression_ratio_adaptive, max_error,
-     bytes: {input, compressed}, timings: {stage: seconds}}
-
-Keys may be added (``run_id``, ``artifact_label``, ``schema``, per group
-``stored_error``...), never removed or renamed.  ``error`` is the certified exact
-rank-r relative error of the group, ``bound`` the sketch bound it was formed under,
-``rank`` the rank the artifact stores it at (its adaptive rank r_C; 0: stored as it
-is), ``max_error`` the largest realised error of what the artifact stores (0 for raw
-groups).  Added keys: per group ``adaptive_rank`` (r_C from the exact spectrum, also for
-raw groups), ``stored`` ("compressed" or "raw"), ``stored_error``, ``names`` (the first
-block names); ``max_certified_error_compressed`` (worst ``error`` over groups stored
-compressed), ``raw_blocks``/``raw_groups``/``compressed_blocks``/``compressed_groups``,
-``raw_unfit_blocks``/``raw_block_errors`` (single blocks raw because their rank-r error
-is above eps, and [min, max] of those errors),
-``baseline`` (per-block truncated SVD at eps, :func:`per_block_baseline`),
-``passthrough`` (source items kept as they are: count and bytes).
+``report.json`` is a stable contract for other programs: its keys are described in
+:mod:`flows.report_json`.
 """
 
 from __future__ import annotations
@@ -34,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from ._common import TASK_OPTIONS, StageProgress, artifact_key, write_bytes
+from ._common import FLOW_OPTIONS, TASK_OPTIONS, StageProgress, artifact_key, write_bytes
 from .dashboard import largest_groups_table, publish_report_artifacts, summary_markdown
 from .params import RunParameters, validate_params
 from .plots import PLOT_FILES, report_plots
@@ -102,8 +83,7 @@ def report_task(collection: Any, result: Any, key_prefix: str) -> dict[str, Any]
 @flow(
     name="cmsvd-report",
     description="Rewrite report.json, plots and dashboard artifacts of a finished run.",
-    log_prints=True,
-    validate_parameters=False,
+    **FLOW_OPTIONS,
 )
 def report(params: RunParameters) -> dict[str, Any]:
     """Re-write the report and dashboard artifacts of a finished run.
