@@ -23,6 +23,7 @@ StoreOpt = typer.Option(DEFAULT_STORE, "--store", "-s", envvar="CMSVD_STORE", he
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout (and nothing else there).")
 SchedulerOpt = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786). Default: CMSVD_DASK_SCHEDULER, else a LocalCluster.")
 RunIdOpt = typer.Option(None, "--run-id", help="Run id (the folder runs/<collection>/<run-id>). Default: the latest run with an artifact.")
+CollectionArg = typer.Argument(..., help="Collection name.")
 
 
 def _check_eps(eps: float) -> float:

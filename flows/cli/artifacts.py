@@ -12,7 +12,7 @@ import typer
 
 from ._app import EXIT_FAILED, EXIT_MISSING, CLIError, _command
 from ._output import StageBars, _esc, _out, _print_json
-from ._store import JsonOpt, RunIdOpt, StoreOpt, _check_eps, _check_names, _open_collection, _resolve_run_id
+from ._store import CollectionArg, JsonOpt, RunIdOpt, StoreOpt, _check_eps, _check_names, _open_collection, _resolve_run_id
 
 
 def _block_index(coll, block: str) -> int:
@@ -82,7 +82,7 @@ def _decompress_all(coll, artifact, output: Optional[Path], columns: bool, as_js
 
 @_command("decompress")
 def decompress_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     block: Optional[str] = typer.Argument(None, help="Block index, block name, or (safetensors) source tensor name."),
     all_blocks: bool = typer.Option(False, "--all", help="Write the whole collection back: a safetensors source as one .safetensors file (every tensor, passthrough ones byte for byte), else one .npy per block."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="One block: .npy file (default <collection>-<index>.npy). --all: a folder or FILE.safetensors (default ./<collection>-decompressed/)."),
@@ -149,7 +149,7 @@ def decompress_cmd(
 
 @_command("verify")
 def verify_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     run_id: Optional[str] = RunIdOpt,
     store: str = StoreOpt,
     eps: Optional[float] = typer.Option(None, "--eps", help="Threshold to check against (default: the run's eps)."),

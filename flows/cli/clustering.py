@@ -14,7 +14,7 @@ from pipeline.params import ClusteringParams
 from ._app import EXIT_MISSING, CLIError, _command
 from ._output import StageBars, _guarantee_exit, _out, _print_json, _print_summary, _summary_from_report
 from ._sequential import _sequential_cluster, _sequential_compress, _sequential_params, _sequential_result, _sequential_run_id
-from ._store import (JsonOpt, SchedulerOpt, StoreOpt, _check_eps, _check_names, _cluster_params, _DaskClient,
+from ._store import (CollectionArg, JsonOpt, SchedulerOpt, StoreOpt, _check_eps, _check_names, _cluster_params, _DaskClient,
                      _distributed_result, _open_collection, _run_record, _spec_option, _write_html, _write_run_report)
 
 
@@ -34,7 +34,7 @@ def _finish_compressed(coll, run_id: str, report: dict, urls: dict, html: bool, 
 
 @_command("cluster")
 def cluster_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     store: str = StoreOpt,
     rank: int = _spec_option("rank", "--rank", "-r", help="Shared basis rank r of every group."),
     eps: float = _spec_option("eps", "--eps", "-e", help="Certified bound on every group's relative rank-r error, in (0, 1)."),
@@ -101,7 +101,7 @@ def cluster_cmd(
 
 @_command("compress")
 def compress_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     run_id: str = typer.Option(..., "--run-id", help="The run to compress (see 'cmsvd inspect COLLECTION')."),
     store: str = StoreOpt,
     scheduler: Optional[str] = SchedulerOpt,

@@ -21,7 +21,7 @@ from pipeline.params import ClusteringParams
 
 from ._app import DEFAULT_DEMO_STORE, EXIT_INTERNAL, CLIError, _command
 from ._output import StageBars, _err, _esc, _guarantee_exit, _local_path, _out, _print_json, _print_summary, _summary_from_report
-from ._store import (JsonOpt, SchedulerOpt, StoreOpt, _check_eps, _check_names, _cluster_params, _DaskClient,
+from ._store import (CollectionArg, JsonOpt, SchedulerOpt, StoreOpt, _check_eps, _check_names, _cluster_params, _DaskClient,
                      _open_collection, _parse_floats, _read_report, _run_url, _spec_option, _write_html)
 from .reports import _sweep
 
@@ -162,7 +162,7 @@ def _run_flow(coll, cparams, bars: StageBars, scheduler: str | None = None) -> d
 
 @_command("run")
 def run_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     store: str = StoreOpt,
     source: Optional[str] = typer.Option(None, "--source", help="Ingest this file or folder first (cmsvd-ingest flow)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="With --source: replace an existing collection."),

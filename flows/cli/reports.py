@@ -12,7 +12,7 @@ import typer
 from ._app import EXIT_FAILED, EXIT_MISSING, CLIError, _command
 from ._output import StageBars, _err, _esc, _out, _print_json, _print_summary, _summary_from_report
 from ._sequential import _load_in_memory, _sequential_result
-from ._store import (REPORT_HTML, JsonOpt, RunIdOpt, SchedulerOpt, StoreOpt, _check_names, _DaskClient, _open_collection,
+from ._store import (REPORT_HTML, CollectionArg, JsonOpt, RunIdOpt, SchedulerOpt, StoreOpt, _check_names, _DaskClient, _open_collection,
                      _parse_floats, _parse_sizes, _read_report, _resolve_run_id, _run_record, _run_url, _spec_option,
                      _write_html, _write_run_report)
 
@@ -77,7 +77,7 @@ def _sweep(coll, params: dict, eps_values: list[float], client, bars: StageBars)
 
 @_command("report")
 def report_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     run_id: Optional[str] = RunIdOpt,
     store: str = StoreOpt,
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated eps values: also plot compression ratio against eps (runs a clustering per value)."),
@@ -163,7 +163,7 @@ def _with_run_point(rows: list[dict], report: dict) -> list[dict]:
 
 @_command("study")
 def study_cmd(
-    collection: str = typer.Argument(..., help="Collection name."),
+    collection: str = CollectionArg,
     store: str = StoreOpt,
     rank: int = _spec_option("rank", "--rank", "-r"),
     sizes: str = typer.Option("2:20:3", "--sizes", help="Group sizes: start:stop[:step] (stop included) or a comma list."),
