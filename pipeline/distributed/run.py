@@ -104,6 +104,7 @@ class ClusteringRun(CertifyAndCompress):
         self.keep_intermediate = bool(keep_intermediate)
         self.lease_wait_s = float(lease_wait_s)
         self._lease = None  # the writer lease while a stage is being computed
+        self._anchors = None  # the sample greedy's future, once the scan has started it
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
         run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION}
@@ -217,7 +218,12 @@ class ClusteringRun(CertifyAndCompress):
                              int(bounds[b + 1]), self.width_cap, self.params["eps"])
                 for b in range(self.n_batches)
             ]
-            results = sorted(self._gather("scan", futures), key=lambda r: r[0])
+            self._start_sample(futures)
+            try:
+                results = sorted(self._gather("scan", futures), key=lambda r: r[0])
+            except BaseException:
+                self._anchors = None  # it waits on the failed scan
+                raise
             factor_widths = np.concatenate([np.diff(offs) for _, offs, _ in results])
             shifts = np.concatenate([s for _, _, s in results]).astype(np.int64)
             meta = {"batches": self.n_batches, "magnitude_bands": int(np.unique(shifts).size)}
@@ -226,16 +232,29 @@ class ClusteringRun(CertifyAndCompress):
         return self._timed("scan", compute)
 
     def _sample_picks(self) -> list[tuple[int, np.ndarray]]:
-        """A strided sample of about shard_size blocks from evenly spaced batches, capped so
-        that its factors take at most SAMPLE_BYTES."""
-        blocks_per_batch = max(1, self.collection.n_blocks // max(self.n_batches, 1))
-        factor_bytes = 8 * self.collection.rows * max(1.0, float(np.mean(self.scan()["factor_widths"])))
+        """A strided sample of at most SAMPLE_BLOCKS blocks from evenly spaced batches, capped
+        so that its factors take at most SAMPLE_BYTES. A factor has at most min(width, r + p,
+        m) columns: known before the scan, so the sample can start while it runs."""
+        coll = self.collection
+        blocks_per_batch = max(1, coll.n_blocks // max(self.n_batches, 1))
+        factor_widths = np.minimum(coll.widths, min(self.width_cap, coll.rows))
+        factor_bytes = 8 * coll.rows * max(1.0, float(np.mean(factor_widths)) if len(factor_widths) else 1.0)
         sample_size = max(2, min(SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
         wanted = max(1, min(self.n_batches, math.ceil(sample_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, self.n_batches - 1, wanted).round().astype(int))
         stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
         sizes = np.diff(self._batch_bounds)
         return [(int(b), np.arange(0, int(sizes[b]), stride)) for b in chosen]
+
+    def _start_sample(self, scans: list) -> None:
+        """Submit the partition's sample greedy to run as soon as the batches it reads are
+        scanned, ahead of the rest of the scan: it overlaps the scan instead of leaving all
+        workers but one idle after it. :meth:`partition` picks the future up."""
+        if self.collection.n_blocks <= self.shard_size or self.run.is_complete("partition"):
+            return
+        picks = self._sample_picks()
+        self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params), picks,
+                                     *[scans[b] for b, _ in picks], priority=1)
 
     def _shifts(self) -> np.ndarray:
         """Every block's magnitude shift (:mod:`pipeline.magnitude`), from the scan."""
@@ -260,8 +279,10 @@ class ClusteringRun(CertifyAndCompress):
                 return arrays, {"n_shards": int(arrays["shards"].max(initial=0)) + 1, "anchors": 0}
             # the sample's greedy runs on a worker: the client stays free of dense numerics
             # a computed future, not scattered data: a restarted worker recomputes it
-            anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
-                                   self._sample_picks())
+            anchors, self._anchors = self._anchors, None  # started by the scan, if this process ran it
+            if anchors is None:
+                anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
+                                       self._sample_picks())
             futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
                        for b in range(self.n_batches)]
             best_two = np.concatenate(self._gather("partition", futures))

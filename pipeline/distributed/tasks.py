@@ -178,8 +178,11 @@ def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
     return unround_factors(factors, exponents, offsets), offsets, norms2, dropped
 
 
-def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, block positions).
+def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]], *scanned
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, block positions);
+    ``scanned`` are the scan results of those batches, passed only so that the task waits
+    for them.
 
     Each sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
     Returns the bases side by side (m x total width) and their column offsets."""
