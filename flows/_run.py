@@ -1,8 +1,11 @@
-"""Stage tasks over ``pipeline.distributed.ClusteringRun``.
+"""The Prefect tasks that compute the stages of one run (one clustering of a collection,
+named by its run id) through ``pipeline.distributed.ClusteringRun``.
 
-Every task is a thin wrapper: the stage method is idempotent (it loads its checkpoint
-from ``runs/<collection>/<run_id>/<stage>`` when complete), so a Prefect retry or a
-whole new flow run with the same run id resumes after the last completed stage.
+Each task takes that ClusteringRun as ``run``; ``run.run`` is its run folder
+(``storage.Run``).  Every task is a thin wrapper: the stage method is idempotent (it
+loads its checkpoint from ``runs/<collection>/<run_id>/<stage>`` when complete), so a
+Prefect retry or a whole new flow run with the same run id resumes after the last
+completed stage.
 """
 
 from __future__ import annotations

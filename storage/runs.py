@@ -1,4 +1,9 @@
-"""Run checkpoints: ``<root>/runs/<collection>/<run_id>/<stage>/``.
+"""Run folders and their checkpoints: ``<root>/runs/<collection>/<run_id>/<stage>/``.
+
+A *run* is one clustering of a collection with given parameters, named by its run id;
+its *run folder* is ``<root>/runs/<collection>/<run_id>/``.  :class:`Run` is that folder
+(the stages themselves are computed by ``pipeline.distributed.ClusteringRun``, which
+holds one as its ``.run`` attribute, or by ``cmsvd cluster --sequential``).
 
 A run folder holds ``run.json`` (run id, collection, parameters and their fingerprint,
 input fingerprint), written when the run is first opened.  Each stage folder holds
@@ -109,7 +114,8 @@ def _now() -> str:
 
 
 class Run:
-    """Checkpoints of one run.  Obtain with :func:`open_run`.
+    """The run folder of one run: its record (run.json) and stage checkpoints.  Obtain
+    with :func:`open_run`.
 
     Attributes
     ----------

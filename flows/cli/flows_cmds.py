@@ -1,5 +1,9 @@
-"""``cmsvd run`` and ``cmsvd demo``: the Prefect flows run in this process, followed through
-their run folder, then report.html.
+"""``cmsvd run`` and ``cmsvd demo``: run the Prefect flows (cmsvd-ingest, cmsvd-cluster) in
+this process, follow the clustering run they compute through its run folder, then write
+report.html.
+
+Words: a *run* is one clustering of a collection, named by its run id, with its run folder
+``runs/<collection>/<run-id>/``; a *flow run* is one execution of a Prefect flow.
 
 Prefect reads its settings once, at import: :func:`_quiet_environment` sets them first.
 """
@@ -29,8 +33,8 @@ from .reports import _sweep
 def _quiet_environment(verbose: bool = False, prefect_home: Path | None = None) -> None:
     """Logging and Prefect settings for a CLI process (before Prefect is imported).
 
-    Console logs of Prefect and Dask go down to warnings (the dashboard keeps the run
-    logs at INFO); without ``PREFECT_API_URL`` Prefect starts a temporary local API,
+    Console logs of Prefect and Dask go down to warnings (the dashboard keeps the flow
+    run logs at INFO); without ``PREFECT_API_URL`` Prefect starts a temporary local API,
     whose start-up may be slow on a busy machine, so its timeout is raised.
     """
     if not verbose:
@@ -54,8 +58,9 @@ def _quiet_environment(verbose: bool = False, prefect_home: Path | None = None) 
 
 
 class RunFolderWatcher(threading.Thread):
-    """Follow a run that another component (the Prefect flow) executes, by polling the
-    stage manifests in its run folder; reports each stage to a :class:`StageBars`."""
+    """Follow a clustering run that another component (the cmsvd-cluster flow) computes,
+    by polling the stage manifests in its run folder; reports each stage to a
+    :class:`StageBars`."""
 
     FAMILIES = ("scan", "partition", "local", "merge", "certify", "compress", "report")
 
@@ -118,8 +123,8 @@ class RunFolderWatcher(threading.Thread):
 def _flow_scheduler(address: str | None) -> Iterator[None]:
     """``--scheduler`` for flows run in this process, through the worker's environment.
 
-    Flows take the scheduler only from their worker's environment (a run's parameters
-    cannot choose it); for ``cmsvd run`` and ``cmsvd demo`` this process is the worker,
+    Flows take the scheduler only from their worker's environment (a flow run's
+    parameters cannot choose it); for ``cmsvd run`` and ``cmsvd demo`` this process is the worker,
     so the user's own ``--scheduler`` is set as ``CMSVD_DASK_SCHEDULER`` for the call.
     """
     if not address or not address.strip():
@@ -179,10 +184,12 @@ def run_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The whole Prefect flow (optionally ingest, then cluster, compress and report) and report.html.
+    """Run the Prefect flows (cmsvd-ingest with --source, then cmsvd-cluster) and write report.html.
 
-    The cmsvd-cluster flow runs scan -> partition -> local -> merge -> certify -> compress ->
-    report as Prefect tasks, checkpointed in the run folder and resumable.  Uses PREFECT_API_URL when set (the run shows on the dashboard), else a temporary local API.
+    The cmsvd-cluster flow runs the stages scan -> partition -> local -> merge -> certify ->
+    compress -> report as Prefect tasks, checkpointed in the run folder
+    (runs/<collection>/<run-id>), so starting it again with the same run id resumes.  Uses
+    PREFECT_API_URL when set (the flow runs show on the dashboard), else a temporary local API.
     """
     _check_eps(eps)
     sweep_eps = _parse_floats(sweep, "'--sweep'")
@@ -267,10 +274,10 @@ def demo_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect and Dask logs."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Generate a demo collection, run the whole flow on it and write the report.
+    """Generate a demo collection, run the Prefect flows on it (as cmsvd run) and write the report.
 
     Local Dask cluster, local Zarr store (./cmsvd-demo), Prefect without a server.  A second
-    run reuses the generated collection and the checkpoints; --fresh starts over."""
+    cmsvd demo reuses the generated collection and the run's checkpoints; --fresh starts over."""
     _check_eps(eps)
     sweep_eps = _parse_floats(sweep, "'--sweep'")
     from flows.demo import DEMO_COLLECTION, demo_ingest_params, prepare_demo_store
