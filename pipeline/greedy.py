@@ -344,6 +344,8 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
     that only want the groups). ``screen=False`` orders by residual in float64 throughout
     (the reference the screened order must reproduce)."""
+    if method == "max_norm" and order == "norm":
+        return _greedy_weyl_norm(layout, rank, eps, patience, with_states)
     layout = _column_major(layout, method, order)
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
@@ -375,3 +377,61 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
                 states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
             break
     return clusters, bounds, (states if with_states else None)
+
+
+def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
+    """:func:`_greedy` for the seed bound in norm order, on two indices instead of arrays.
+
+    In norm order a group takes its seed from the front of the remaining blocks (largest
+    norm first) and accepts a run from the back, so the remaining blocks are always one
+    slice ``[lo, hi)`` of the norm-sorted order, and the seed bound needs no block's data
+    unless the seed is wider than r. Every sum is taken over the same numbers in the same
+    order as :func:`_greedy` does (same bits, same groups); only the per-group index
+    bookkeeping (masks, fancy indexing, one bound object per group) is gone."""
+    order = np.argsort(-layout.norms2, kind="stable")
+    norms2, widths = layout.norms2[order], layout.widths[order]
+    energies = _block_energies(layout)
+    sorted_energies = energies[order]
+    clusters, bounds, states, misses = [], [], [], 0
+    lo, hi = 0, len(order)
+    floor = 1.0 - eps * eps
+    while lo < hi:
+        n_seed = max(1, int(np.searchsorted(np.cumsum(widths[lo : min(hi, lo + rank + 1)]), rank, side="right")))
+        seed = slice(lo, lo + n_seed)
+        total = float(norms2[seed].sum())
+        if widths[seed].sum() <= rank:
+            bound = WeylBound.from_energy(float(sorted_energies[seed].sum()), rank, total)
+        else:
+            bound = WeylBound(layout.gather(order[seed]), rank, total=total)
+        n = _weyl_run(bound, norms2, lo + n_seed, hi, floor)
+        group = order[seed].tolist() + order[hi - n : hi][::-1].tolist()
+        if n:
+            bound.add_norms(norms2[hi - n : hi][::-1].copy())  # contiguous: summed in this order
+        clusters.append(group)
+        bounds.append(bound.error_bound())
+        states.append(bound)
+        misses = misses + 1 if not n and hi > lo + n_seed else 0
+        lo, hi = lo + n_seed, hi - n
+        if misses >= patience and lo < hi:
+            remaining = order[lo:hi]
+            energy, totals = _singleton_energies(layout, remaining, rank, energies), layout.norms2[remaining]
+            clusters.extend(remaining.reshape(-1, 1).tolist())
+            bounds.extend(_error_bounds(energy, totals).tolist())
+            if with_states:
+                states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
+            break
+    return clusters, bounds, (states if with_states else None)
+
+
+def _weyl_run(bound: WeylBound, norms2: np.ndarray, start: int, stop: int, floor: float) -> int:
+    """How many of the blocks ``stop - 1, stop - 2, ..., start`` (norm-sorted, taken from
+    the back) the seed bound accepts: :func:`_grow_weyl`'s windows and running sums."""
+    seed, n, size = bound.lower_energy(), stop - start, _FIRST_WINDOW
+    while True:
+        window = norms2[max(start, stop - size) : stop][::-1]
+        feasible = seed >= floor * (bound.total + np.cumsum(window))
+        if not feasible.all():
+            return int(np.argmin(feasible))
+        if size >= n:
+            return n
+        size *= 4
