@@ -339,12 +339,15 @@ def _without_group(remaining: np.ndarray, alive: np.ndarray, n_seed: int, n_acce
     return remaining[alive[remaining]]
 
 
-def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True):
+def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True,
+            fast=True):
     """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
     that only want the groups). ``screen=False`` orders by residual in float64 throughout
-    (the reference the screened order must reproduce)."""
-    if method == "max_norm" and order == "norm":
+    (the reference the screened order must reproduce); ``fast=False`` runs the seed bound
+    in norm order through the general loop (the reference :func:`_greedy_weyl_norm` must
+    reproduce)."""
+    if fast and method == "max_norm" and order == "norm":
         return _greedy_weyl_norm(layout, rank, eps, patience, with_states)
     layout = _column_major(layout, method, order)
     remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once

@@ -51,3 +51,18 @@ def test_screened_greedy_groups_equal_the_unscreened_ones(method):
     exact = _greedy(layout, **params, screen=False)
     assert screened[0] == exact[0]
     np.testing.assert_array_equal(screened[1], exact[1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rank", [1, 3, 8])
+@pytest.mark.parametrize("eps", [0.05, 0.3, 0.7])
+def test_seed_bound_in_norm_order_on_indices_equals_the_general_loop(seed, rank, eps):
+    # ragged widths, blocks wider than r (an SVD seed), zero and duplicate blocks, patience
+    layout = as_layout(awkward_collection(seed, 12, 80, 6))
+    params = dict(rank=rank, eps=eps, method="max_norm", order="norm", patience=3, oversampling=5, tol=1e-12)
+    fast = _greedy(layout, **params)
+    general = _greedy(layout, **params, fast=False)
+    assert fast[0] == general[0]
+    np.testing.assert_array_equal(fast[1], general[1])
+    assert [s.lower_energy() for s in fast[2]] == [s.lower_energy() for s in general[2]]
+    assert [s.total for s in fast[2]] == [s.total for s in general[2]]
