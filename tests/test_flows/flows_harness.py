@@ -4,6 +4,8 @@ unique because test folders have no ``__init__.py``).
 - :class:`Processes` starts commands in their own sessions (process groups), logs their
   output to files and, at teardown, sends SIGTERM to every group, then SIGKILL to
   whatever is left: nothing a test starts can outlive it.
+- :func:`start_moto` starts a moto S3 server under a :class:`Processes`; :func:`api_call`
+  is one Prefect API request, retried while the busy server answers 503.
 - :func:`make_collection` writes the small synthetic collection the tests cluster;
   :func:`check_certified` recomputes every group's error from the stored data and the
   compressed artifact.
@@ -120,6 +122,34 @@ class Processes:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(stragglers, timeout=5)
+
+
+#: Credentials moto accepts (any value does; boto needs some).
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def start_moto(processes: "Processes", env: dict[str, str]) -> str:
+    """Start ``moto_server`` on a free port of 127.0.0.1; return its endpoint URL once it answers."""
+    import httpx
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = processes.start("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env)
+    wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, 60, "the moto S3 server", proc=proc)
+    return endpoint
+
+
+def api_call(method: str, url: str, **kwargs):
+    """One Prefect API call, retried while a busy SQLite-backed server answers 503
+    ("retry later"), as Prefect's own clients and the dashboard do."""
+    import httpx
+
+    for _ in range(20):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503:
+            return response
+        time.sleep(1.0)
+    return response
 
 
 def base_env(prefect_home: Path) -> dict[str, str]:

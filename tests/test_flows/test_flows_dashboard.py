@@ -19,10 +19,9 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 import yaml
-from flows_harness import REPO, wait_until
+from flows_harness import REPO, api_call, wait_until
 
 POOL = "cmsvd-dashboard-pool"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -167,16 +166,6 @@ def test_local_store_links_are_paths_not_file_urls():
 # ---- against the server ------------------------------------------------------------------
 
 
-def _api(method: str, url: str, **kwargs) -> httpx.Response:
-    """One API call, retried while the busy SQLite-backed server answers 503."""
-    for _ in range(20):
-        response = httpx.request(method, url, timeout=30, **kwargs)
-        if response.status_code != 503:
-            return response
-        time.sleep(1.0)
-    return response
-
-
 @pytest.fixture(scope="module")
 def registered(prefect_server, tmp_path_factory):
     """The deployments of deploy/prefect.yaml, registered as the register service does."""
@@ -187,8 +176,8 @@ def registered(prefect_server, tmp_path_factory):
                          env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
     assert reg.returncode == 0, reg.stdout[-3000:] + reg.stderr[-3000:]
     api = prefect_server["url"]
-    flows = {f["id"]: f["name"] for f in _api("POST", f"{api}/flows/filter", json={}).json()}
-    deployments = _api("POST", f"{api}/deployments/filter", json={}).json()
+    flows = {f["id"]: f["name"] for f in api_call("POST", f"{api}/flows/filter", json={}).json()}
+    deployments = api_call("POST", f"{api}/deployments/filter", json={}).json()
     by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployments if d["work_pool_name"] == POOL}
     return {"api": api, "env": env, "tmp": tmp, "deployments": by_name}
 
@@ -220,9 +209,9 @@ def test_register_switches_schema_enforcement_back_on(registered, prefect_api):
     from flows.deployments import enforce_parameter_schemas
 
     api, d = registered["api"], registered["deployments"]["cmsvd-report/report"]
-    assert _api("PATCH", f"{api}/deployments/{d['id']}", json={"enforce_parameter_schema": False}).status_code == 204
+    assert api_call("PATCH", f"{api}/deployments/{d['id']}", json={"enforce_parameter_schema": False}).status_code == 204
     assert "cmsvd-report/report" in enforce_parameter_schemas()
-    assert _api("GET", f"{api}/deployments/{d['id']}").json()["enforce_parameter_schema"] is True
+    assert api_call("GET", f"{api}/deployments/{d['id']}").json()["enforce_parameter_schema"] is True
     assert enforce_parameter_schemas() == []
 
 
@@ -233,12 +222,12 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     params = {**on_demand["parameters"]["params"], "eps": 1.5, "rank": 0, "scheduler_address": "tcp://127.0.0.1:1"}
 
     # validation on (the default): the server refuses, naming (only) the first bad field
-    refused = _api("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
+    refused = api_call("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
                    json={"parameters": {"params": params}, "enforce_parameter_schema": True})
     assert refused.status_code == 409 and any(f in refused.text for f in ("rank", "eps", "scheduler_address")), refused.text
 
     # validation switched off for this run: Prefect creates it...
-    created = _api("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
+    created = api_call("POST", f"{api}/deployments/{on_demand['id']}/create_flow_run",
                    json={"parameters": {"params": params}, "enforce_parameter_schema": False})
     assert created.status_code == 201, created.text
     run_id = created.json()["id"]
@@ -250,7 +239,7 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     elapsed = time.monotonic() - start
 
     def finished():
-        state = _api("GET", f"{api}/flow_runs/{run_id}").json()["state"]
+        state = api_call("GET", f"{api}/flow_runs/{run_id}").json()["state"]
         return state if state["type"] in TERMINAL else None
 
     state = wait_until(finished, 60, "the flow run to end")
@@ -262,9 +251,9 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     # the scheduler is the worker's: a run naming one is refused, and never connected to
     assert "scheduler_address='tcp://127.0.0.1:1': not a run parameter" in message, message
     # no stage ran, no Dask client was made (dask_client logs before connecting)
-    tasks = _api("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
+    tasks = api_call("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
     assert tasks == [], [t["name"] for t in tasks]
-    logs = _api("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+    logs = api_call("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
     text = "\n".join(entry["message"] for entry in logs)
     # dask_client's own log lines (the refusal itself names CMSVD_DASK_SCHEDULER)
     assert "Using the Dask scheduler" not in text and "starting a LocalCluster" not in text, text
@@ -272,20 +261,36 @@ def test_run_with_validation_off_fails_first_thing_naming_every_bad_field(regist
     assert elapsed < 120, elapsed
 
 
+class Forbidden:
+    """A stand-in for a function that starts work; records each call, then fails the test."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(args)
+        raise AssertionError("started work that the parameters should have prevented")
+
+
+@pytest.fixture
+def forbidden(monkeypatch) -> Forbidden:
+    """Every call by which the clustering flows start work (a Dask client, opening the
+    collection, deriving or reading a run id) replaced by a :class:`Forbidden`."""
+    import flows.cluster as cluster_module
+
+    stub = Forbidden()
+    for name in ("dask_client", "open_collection", "default_run_id", "stored_run_params"):
+        monkeypatch.setattr(cluster_module, name, stub)
+    monkeypatch.setattr("flows._run.open_collection", stub)
+    return stub
+
+
 @pytest.mark.timeout(240)
-def test_in_process_flows_refuse_bad_parameters_before_the_cluster_starts(prefect_api, monkeypatch):
+def test_in_process_flows_refuse_bad_parameters_before_the_cluster_starts(prefect_api, forbidden):
     import flows.cluster as cluster_module
     import flows.report as report_module
 
-    calls = []
-
-    def forbidden(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("started work with bad parameters")
-
-    for name in ("dask_client", "open_collection", "default_run_id", "stored_run_params"):
-        monkeypatch.setattr(cluster_module, name, forbidden)
-    monkeypatch.setattr("flows._run.open_collection", forbidden)
+    calls = forbidden.calls
 
     state = cluster_module.cluster(params={**GOOD, "eps": 1.5, "rank": 0, "oversampling": -1}, return_state=True)
     assert state.is_failed()
@@ -301,23 +306,15 @@ def test_in_process_flows_refuse_bad_parameters_before_the_cluster_starts(prefec
 
 
 @pytest.mark.timeout(240)
-def test_in_process_flows_keep_to_the_worker_roots_and_scheduler(prefect_api, monkeypatch, tmp_path):
-    """CMSVD_ALLOWED_ROOTS limits stores and sources; a run cannot choose the scheduler."""
+def test_in_process_flows_keep_to_the_worker_roots_and_scheduler(prefect_api, forbidden, monkeypatch, tmp_path):
+    """CMSVD_ALLOWED_ROOTS limits stores and sources; a flow run cannot choose the scheduler."""
     import numpy as np
     import storage
 
     import flows.cluster as cluster_module
     from flows.ingest import demo_data, ingest
 
-    calls = []
-
-    def forbidden(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("started work outside the worker's policy")
-
-    for name in ("dask_client", "open_collection", "default_run_id", "stored_run_params"):
-        monkeypatch.setattr(cluster_module, name, forbidden)
-    monkeypatch.setattr("flows._run.open_collection", forbidden)
+    calls = forbidden.calls
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     monkeypatch.setenv("CMSVD_ALLOWED_ROOTS", f"{allowed},s3://cmsvd/store")

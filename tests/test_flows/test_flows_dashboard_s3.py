@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from flows_harness import VENV_BIN, free_port, make_collection, wait_until
+from flows_harness import MOTO_CREDENTIALS, make_collection, start_moto
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
@@ -24,13 +24,8 @@ STORE = "s3://cmsvd-dash/store"
 
 @pytest.fixture
 def s3_endpoint(processes, prefect_server, monkeypatch):
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = processes.start("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], prefect_server["env"])
-    wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, 60, "the moto S3 server", proc=proc)
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "CMSVD_S3_ENDPOINT": endpoint,
-                       "CMSVD_LOCAL_WORKERS": "1"}.items():
+    endpoint = start_moto(processes, prefect_server["env"])
+    for key, value in {**MOTO_CREDENTIALS, "CMSVD_S3_ENDPOINT": endpoint, "CMSVD_LOCAL_WORKERS": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("CMSVD_S3_PUBLIC_ENDPOINT", raising=False)
     monkeypatch.delenv("CMSVD_LINK_EXPIRES", raising=False)

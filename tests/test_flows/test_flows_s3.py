@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-import httpx
 import pytest
-from flows_harness import VENV_BIN, free_port, make_collection, wait_until
+from flows_harness import MOTO_CREDENTIALS, make_collection, start_moto
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
@@ -24,14 +23,10 @@ STORE = "s3://cmsvd/store"
 
 @pytest.fixture
 def s3_env(processes, prefect_server, monkeypatch):
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    proc = processes.start("moto", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], prefect_server["env"])
-    wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, 60, "the moto S3 server", proc=proc)
-    for key, value in {**creds, "CMSVD_S3_ENDPOINT": endpoint}.items():
+    endpoint = start_moto(processes, prefect_server["env"])
+    for key, value in {**MOTO_CREDENTIALS, "CMSVD_S3_ENDPOINT": endpoint}.items():
         monkeypatch.setenv(key, value)
-    return dict(prefect_server["env"], CMSVD_S3_ENDPOINT=endpoint, CMSVD_LOCAL_WORKERS="1", **creds)
+    return dict(prefect_server["env"], CMSVD_S3_ENDPOINT=endpoint, CMSVD_LOCAL_WORKERS="1", **MOTO_CREDENTIALS)
 
 
 @pytest.mark.timeout(240)

@@ -21,11 +21,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import time
-
 import httpx
 import pytest
-from flows_harness import VENV_BIN, check_certified, free_port, wait_until
+from flows_harness import VENV_BIN, api_call, check_certified, free_port, wait_until
 
 POOL = "cmsvd-test-pool"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -54,17 +52,6 @@ def _start_dask(processes, env, tmp_path) -> str:
     return address
 
 
-def _api(method: str, url: str, **kwargs) -> httpx.Response:
-    """One Prefect API call, retried while a busy SQLite-backed server answers 503
-    ("retry later"), as Prefect's own clients and the dashboard do."""
-    for _ in range(20):
-        response = httpx.request(method, url, timeout=30, **kwargs)
-        if response.status_code != 503:
-            return response
-        time.sleep(1.0)
-    return response
-
-
 def _ui_run(api: str, deployment_id: str, parameters: dict) -> httpx.Response:
     """POST exactly what the dashboard's Run dialog posts (DeploymentFlowRunCreate)."""
     body = {
@@ -72,7 +59,7 @@ def _ui_run(api: str, deployment_id: str, parameters: dict) -> httpx.Response:
         "parameters": parameters,
         "enforce_parameter_schema": True,
     }
-    return _api("POST", f"{api}/deployments/{deployment_id}/create_flow_run", json=body)
+    return api_call("POST", f"{api}/deployments/{deployment_id}/create_flow_run", json=body)
 
 
 def _scheduler_task_prefixes(address: str) -> set[str]:
@@ -109,10 +96,10 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
                "the Prefect worker health check", proc=worker)
 
     # the deployments as the dashboard lists them
-    nightly = _api("GET", f"{api}/deployments/name/cmsvd-cluster/nightly").json()
+    nightly = api_call("GET", f"{api}/deployments/name/cmsvd-cluster/nightly").json()
     assert [s["schedule"].get("cron") for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["work_pool_name"] == POOL
-    on_demand = _api("GET", f"{api}/deployments/name/cmsvd-cluster/on-demand").json()
+    on_demand = api_call("GET", f"{api}/deployments/name/cmsvd-cluster/on-demand").json()
     defaults = on_demand["parameters"]["params"]
     assert defaults["store_url"] == store and defaults["collection"] == "demo"
     assert httpx.get(prefect_server["ui"], timeout=10).status_code == 200  # the dashboard itself
@@ -130,7 +117,7 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
     run_id = created.json()["id"]
 
     def finished():
-        state = _api("GET", f"{api}/flow_runs/{run_id}").json()["state"]
+        state = api_call("GET", f"{api}/flow_runs/{run_id}").json()["state"]
         return state if state["type"] in TERMINAL else None
 
     state = wait_until(finished, 240, "the flow run to finish", interval=1.0, proc=worker)
@@ -142,14 +129,14 @@ def test_stack_runs_a_dashboard_started_flow_on_dask(prefect_server, processes, 
     assert (tmp_path / "store" / "runs" / "demo" / "dashboard-run" / "report.json").exists()
 
     # what the dashboard shows for the run
-    arts = _api("POST", f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    arts = api_call("POST", f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     by_key = {a["key"]: a for a in arts}
     assert by_key["cmsvd-demo-progress"]["data"] == 100
     assert {"cmsvd-demo-summary", "cmsvd-demo-groups", "cmsvd-demo-report"} <= set(by_key)
-    logs = _api("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+    logs = api_call("POST", f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
     messages = "\n".join(entry["message"] for entry in logs)
     assert f"Using the Dask scheduler at {address}" in messages
-    tasks = _api("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
+    tasks = api_call("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
     names = {t["name"].rsplit("-", 1)[0] if not t["name"].startswith("merge-") else "merge" for t in tasks}
     assert {"scan", "partition", "local", "merge", "certify", "compress", "report"} <= names
 
