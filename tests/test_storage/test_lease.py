@@ -5,7 +5,6 @@ is taken over and its old holder can no longer commit."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import threading
 import time
 import uuid
@@ -53,14 +52,18 @@ def test_concurrent_processes_local(tmp_path):
     _assert_exclusive(log, 4, 3)
 
 
-def test_concurrent_threads_memory(tmp_path, mem_root):
-    log = str(tmp_path / "log")
-    threads = [threading.Thread(target=_writer, args=(mem_root, log, 3, None, f"t{i}")) for i in range(5)]
+def _threads_write(url: str, log: str, n_threads: int, rounds: int, opts: dict | None, timeout: float) -> None:
+    """*n_threads* threads of :func:`_writer` against one run; then check they took turns."""
+    threads = [threading.Thread(target=_writer, args=(url, log, rounds, opts, f"t{i}")) for i in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
-    _assert_exclusive(log, 5, 3)
+        t.join(timeout)
+    _assert_exclusive(log, n_threads, rounds)
+
+
+def test_concurrent_threads_memory(tmp_path, mem_root):
+    _threads_write(mem_root, str(tmp_path / "log"), 5, 3, None, timeout=120)
 
 
 def test_second_writer_is_refused_naming_the_owner(root):
@@ -116,13 +119,7 @@ def test_concurrent_threads_s3(tmp_path, s3_endpoint):  # noqa: F811
     opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     bucket = f"cmsvd-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(**opts).mkdir(bucket)
-    url, log = f"s3://{bucket}/store", str(tmp_path / "log")
-    threads = [threading.Thread(target=_writer, args=(url, log, 2, opts, f"t{i}")) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    _assert_exclusive(log, 4, 2)
+    _threads_write(f"s3://{bucket}/store", str(tmp_path / "log"), 4, 2, opts, timeout=180)
 
 
 def test_s3_takeover_is_conditional(s3_endpoint):  # noqa: F811
