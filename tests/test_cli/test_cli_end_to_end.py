@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, cli_json
 
 from flows.cli import main
 
@@ -39,17 +40,8 @@ def store(tmp_path_factory, stack_file) -> str:
     return url
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def cli_json(capsys, *args: str):
-    code, out, err = cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)  # stdout holds exactly one JSON document
 
 
 def check_report_contract(report: dict, *, n_blocks: int, rows: int, eps: float) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli as run
 
 from flows.cli import main
 
@@ -38,11 +39,6 @@ def compressed(tmp_path_factory, source) -> str:
     return url
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_error(result, code: int, *needles: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli as run
 
 from flows.cli import main
 
@@ -36,11 +37,6 @@ def store(tmp_path_factory) -> Path:
     return root
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(result, code: int) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cli, cli_json
 
 from flows.cli import main
 from storage import read_safetensors_header
@@ -50,17 +51,8 @@ def model(tmp_path_factory) -> tuple[Path, dict, dict]:
     return path, tensors, raw
 
 
-def cli(capsys, *args):
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def cli_json(capsys, *args):
-    code, out, err = cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
