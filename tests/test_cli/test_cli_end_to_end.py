@@ -120,7 +120,9 @@ def test_sequential_cluster_then_compress_report_and_inspect(capsys, store):
     assert summary["guarantee_ok"] and summary["artifact_label"] == "seq" and summary["groups"] == first["groups"]
     assert set(summary["files"]) == {"report.json"}
 
-    report = cli_json(capsys, "report", "blocks", "--run-id", "seq", "--store", store)
+    code, out, _ = cli(capsys, "report", "blocks", "--run-id", "seq", "--store", store)  # the one report.html
+    assert code == 0 and "report.html" in out and "compression ratio" in out
+    report = json.loads(Path(summary["files"]["report.json"]).read_text())  # --json prints it: test_cli_sweep_sequential
     check_report_contract(report, n_blocks=N_BLOCKS, rows=ROWS, eps=EPS)
     assert set(report["timings"]) >= {"sequential", "compress"}
     verified = cli_json(capsys, "verify", "blocks", "--run-id", "seq", "--store", store)
@@ -132,9 +134,6 @@ def test_sequential_cluster_then_compress_report_and_inspect(capsys, store):
     assert {a["label"] for a in info["artifacts"]} >= {"seq"}
     listing = cli_json(capsys, "inspect", "--store", store)
     assert [c["name"] for c in listing["collections"]] == ["blocks"]
-
-    code, out, _ = cli(capsys, "report", "blocks", "--run-id", "seq", "--store", store)
-    assert code == 0 and "report.html" in out and "compression ratio" in out
 
 
 @pytest.mark.slow  # a distributed run and a 3-value eps sweep
