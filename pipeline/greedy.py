@@ -291,9 +291,33 @@ def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int, ener
         energy[narrow] = (_block_energies(layout) if energies is None else energies)[blocks[narrow]]
     for width in np.unique(widths[~narrow]):
         picked = np.flatnonzero(widths == width)
+        if _uniform_rows(layout, int(width)) and 2 * len(picked) >= layout.n_blocks:
+            energy[picked] = _uniform_top_energy(layout, int(width), rank)[blocks[picked]]
+            continue
         for chunk in np.array_split(picked, -(-len(picked) * layout.rows * int(width) // _STACK_ITEMS)):
             stack = layout.gather(blocks[chunk]).reshape(layout.rows, len(chunk), int(width)).transpose(1, 0, 2)
             energy[chunk] = stacked_top_energy(stack, rank)
+    return energy
+
+
+def _uniform_rows(layout: BlockLayout, width: int) -> bool:
+    """Whether every block has ``width`` columns, the data is row-major and every block is
+    at one scale (as :meth:`BlockLayout.gather` would leave them), so that the blocks are
+    a (rows, K, width) view of the data with no copy."""
+    one_scale = not layout.scaled or not np.ptp(layout.shifts)
+    return bool(layout.data.flags.c_contiguous and layout.data.shape[1] == layout.n_blocks * width and one_scale
+                and np.all(np.diff(layout.offsets) == width))
+
+
+def _uniform_top_energy(layout: BlockLayout, width: int, rank: int) -> np.ndarray:
+    """Top-r energy of every block of a uniform layout, stacked as views of the data (no
+    gather, which cost as much as the Gram products): the same products and spectra as of
+    gathered copies, bit for bit."""
+    view = layout.data.reshape(layout.rows, layout.n_blocks, width).transpose(1, 0, 2)
+    energy = np.empty(layout.n_blocks)
+    step = max(1, _STACK_ITEMS // (layout.rows * width))
+    for start in range(0, layout.n_blocks, step):
+        energy[start : start + step] = stacked_top_energy(view[start : start + step], rank)
     return energy
 
 

@@ -168,3 +168,22 @@ def test_scalar_arithmetic_keeps_numpys_bits():
         assert sketch._sketch_energy(lam, slack) == max(0.0, np.sqrt(head) - slack) ** 2
         low, total = float(rng.random()), 1.0 + float(rng.random())
         assert error_from_energy(low, total) == float(np.sqrt(max(0.0, 1.0 - low / total)))
+
+
+@pytest.mark.parametrize("n_blocks", [1, 7, 40])
+def test_singleton_spectra_of_a_uniform_layout_equal_the_gathered_ones(n_blocks, monkeypatch):
+    # wide singletons of one width are stacked as views of the data instead of a gather:
+    # the same Grams and spectra, bit for bit (also across chunks of the stack)
+    from pipeline import greedy
+    from pipeline.layout import as_layout
+
+    rng = np.random.default_rng(6)
+    data = rng.standard_normal((30, 9 * n_blocks)) * rng.uniform(0.1, 10.0, 9 * n_blocks)
+    layout = as_layout(data, np.arange(0, 9 * n_blocks + 1, 9))
+    blocks = rng.permutation(n_blocks)
+    viewed = greedy._singleton_energies(layout, blocks, 4)
+    monkeypatch.setattr(greedy, "_uniform_rows", lambda layout, width: False)
+    gathered = greedy._singleton_energies(layout, blocks, 4)
+    assert np.array_equal(viewed, gathered)
+    monkeypatch.setattr(greedy, "_STACK_ITEMS", 30 * 9 * 3)  # chunks of 3 blocks
+    assert np.array_equal(greedy._uniform_top_energy(layout, 9, 4)[blocks], gathered)
