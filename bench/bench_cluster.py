@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import pstats
 import importlib
 import json
 import multiprocessing as mp
 import os
+import pstats
 import statistics
 import subprocess
 import sys

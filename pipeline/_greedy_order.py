@@ -22,7 +22,7 @@ import numpy as np
 
 from .layout import BlockLayout, offsets_of, segment_sums
 
-__all__ = ["ResidualOrderer", "CandidateOrder"]
+__all__ = ["CandidateOrder", "ResidualOrderer"]
 
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
 _TINY32 = 2.0**-149  # float32 subnormal spacing: the absolute error of underflow

@@ -44,7 +44,7 @@ from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd a
 from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
 from .spectra import error_from_energy, top_energy
 
-__all__ = ["WeylBound", "ResidualBound", "GramSketch", "make_bound", "DEFAULT_TOL"]
+__all__ = ["DEFAULT_TOL", "GramSketch", "ResidualBound", "WeylBound", "make_bound"]
 
 # Residual directions weaker than this (relative to the block's norm) are below the
 # accuracy of a twice-orthogonalised residual and are dropped whatever tol says.
@@ -244,7 +244,7 @@ class WeylBound(_Bound):
         self.total = _seed_total(seed, total)
 
     @classmethod
-    def from_energy(cls, seed_energy: float, rank: int, total: float) -> "WeylBound":
+    def from_energy(cls, seed_energy: float, rank: int, total: float) -> WeylBound:
         """A seed bound from the seed's top-r energy, computed elsewhere (e.g. batched)."""
         bound = cls.__new__(cls)
         bound.rank, bound._seed_energy, bound.total = check_rank(rank), float(seed_energy), float(total)
@@ -427,7 +427,7 @@ class GramSketch(_Bound):
         self.basis = np.concatenate((self.basis, extension), axis=1) @ vecs if lam.size else self.basis[:, :0]
         self.total, self.eigenvalues, self.slack = total, lam, slack
 
-    def merge(self, other: "GramSketch") -> "GramSketch":
+    def merge(self, other: GramSketch) -> GramSketch:
         """Sketch of the union of two *disjoint* groups, touching no data.
 
         G_self + G_other <= M_1 M_1^T + M_2 M_2^T, so ``other`` is added as the block
@@ -441,7 +441,7 @@ class GramSketch(_Bound):
         merged._commit((total, parts, lam, slack + other.slack))
         return merged
 
-    def copy(self) -> "GramSketch":
+    def copy(self) -> GramSketch:
         return GramSketch.from_parts(
             self.basis.copy(), self.eigenvalues.copy(), self.total, self.rank,
             oversampling=self.oversampling, tol=self.tol, slack=self.slack,

@@ -31,7 +31,7 @@ from .layout import BlockLayout, as_layout, segment_sums
 from .params import ClusteringParams
 from .spectra import stacked_top_energy
 
-__all__ = ["cluster", "ClusteringResult", "seed_split", "group_bound", "greedy_groups", "check_params"]
+__all__ = ["ClusteringResult", "check_params", "cluster", "greedy_groups", "group_bound", "seed_split"]
 
 # Stacks of small blocks for batched spectra are cut to about this many numbers (memory).
 _STACK_ITEMS = 1 << 22

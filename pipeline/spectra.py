@@ -14,12 +14,12 @@ import numpy as np
 import scipy.linalg
 
 __all__ = [
-    "squared_singular_values",
-    "top_energy",
-    "relative_error",
-    "error_from_energy",
     "adaptive_rank",
+    "error_from_energy",
+    "relative_error",
+    "squared_singular_values",
     "stacked_top_energy",
+    "top_energy",
 ]
 
 # A Gram matrix is used when the matrix is much wider than tall: eigvalsh(M M^T) costs

@@ -9,7 +9,6 @@ single-column extensions) must leave them unchanged; the exact errors are checke
 import hashlib
 import json
 
-import numpy as np
 import pytest
 
 import pipeline

@@ -9,8 +9,15 @@ group hashes in test_greedy_identity.py check the end result; these check the pa
 import numpy as np
 import pytest
 
-import pipeline.bounds as bounds
-from pipeline.bounds import GramSketch, ResidualBound, WeylBound, _eigh, _svd, make_bound
+from pipeline import bounds
+from pipeline.bounds import (
+    GramSketch,
+    ResidualBound,
+    WeylBound,
+    _eigh,
+    _svd,
+    make_bound,
+)
 from pipeline.greedy import _without_group
 from pipeline.spectra import squared_singular_values, top_energy
 
