@@ -213,12 +213,14 @@ class ClusteringRun(CertifyAndCompress):
 
         def compute():
             bounds = self._batch_bounds
+            picks = self._sample_picks() if self._wants_sample() else []
+            first = {b for b, _ in picks}  # scanned first, so that the sample starts early
             futures = [
                 self._submit("scan", b, tasks.scan_batch, self._handle, self._token, b, int(bounds[b]),
-                             int(bounds[b + 1]), self.width_cap, self.params["eps"])
+                             int(bounds[b + 1]), self.width_cap, self.params["eps"], priority=int(b in first))
                 for b in range(self.n_batches)
             ]
-            self._start_sample(futures)
+            self._start_sample(picks, futures)
             try:
                 results = sorted(self._gather("scan", futures), key=lambda r: r[0])
             except BaseException:
@@ -246,15 +248,18 @@ class ClusteringRun(CertifyAndCompress):
         sizes = np.diff(self._batch_bounds)
         return [(int(b), np.arange(0, int(sizes[b]), stride)) for b in chosen]
 
-    def _start_sample(self, scans: list) -> None:
+    def _wants_sample(self) -> bool:
+        """Whether the partition still has to run its sample greedy."""
+        return self.collection.n_blocks > self.shard_size and not self.run.is_complete("partition")
+
+    def _start_sample(self, picks: list[tuple[int, np.ndarray]], scans: list) -> None:
         """Submit the partition's sample greedy to run as soon as the batches it reads are
-        scanned, ahead of the rest of the scan: it overlaps the scan instead of leaving all
-        workers but one idle after it. :meth:`partition` picks the future up."""
-        if self.collection.n_blocks <= self.shard_size or self.run.is_complete("partition"):
-            return
-        picks = self._sample_picks()
-        self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params), picks,
-                                     *[scans[b] for b, _ in picks], priority=1)
+        scanned (they are scanned first), alongside the rest of the scan: it overlaps the
+        scan instead of leaving all workers but one idle after it. :meth:`partition` picks
+        the future up."""
+        if picks:
+            self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params), picks,
+                                         *[scans[b] for b, _ in picks], priority=2)
 
     def _shifts(self) -> np.ndarray:
         """Every block's magnitude shift (:mod:`pipeline.magnitude`), from the scan."""
