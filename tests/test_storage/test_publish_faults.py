@@ -147,11 +147,11 @@ def test_artifact_overwrite_survives_a_kill_anywhere_memory(mem_root, memory_inj
     second = dict(groups=[[0], [1, 2]], bases=[None, u2], coefficients=[blocks[0], u2.T @ blocks[1], u2.T @ blocks[2]],
                   errors=[0.0, 0.25])
     fs = fsspec.filesystem("memory")
+    url = f"{mem_root}/r"
+    ingest_blocks(url, "c", blocks)
+    write_artifact(url, "c", "a", **first)
     k = 0
-    while True:
-        url = f"{mem_root}/r{k}"
-        ingest_blocks(url, "c", blocks)
-        write_artifact(url, "c", "a", **first)
+    while True:  # each round starts from `first` published: at first, then as the cleanup left it
         with memory_injector.armed(k):
             try:
                 write_artifact(url, "c", "a", overwrite=True, **second)
