@@ -32,13 +32,11 @@ numerically-zero directions never invalidates it.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
-import scipy.linalg.lapack
 from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd and _eigh
 
 from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
@@ -78,35 +76,13 @@ def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.linalg.eigh(matrix)`` (ascending, lower triangle) of a symmetric matrix, bit for
-    bit; raises LinAlgError like it when the solve fails. ``matrix`` is overwritten.
-
-    The same LAPACK driver (dsyevd) numpy calls, called directly: numpy's gufunc copies the
-    matrix and queries the workspace size on every call, which costs about as much as the
-    solve itself for the (r + p)-sized matrices of the sketch (tens of thousands of calls
-    per clustering). Here the workspace size is cached per order, and the transpose (the
-    same symmetric matrix, Fortran-ordered) is solved in place. Eigenvectors come back
-    row-major like numpy's, so the products taken with them give the same bits."""
-    n = matrix.shape[0]
-    if not n:
-        return np.zeros(0), np.zeros((0, 0))
-    lwork, liwork = _dsyevd_work(n)
-    lam, vecs, info = _DSYEVD(matrix.T, compute_v=1, lower=1, lwork=lwork, liwork=liwork, overwrite_a=1)
-    if info or lam[0] != lam[0]:  # no convergence, or NaN input (the matrix is spent)
-        raise np.linalg.LinAlgError("Eigenvalues did not converge")
-    return lam, np.ascontiguousarray(vecs)
-
-
-_DSYEVD = scipy.linalg.lapack.dsyevd
-
-
-@functools.cache
-def _dsyevd_work(n: int) -> tuple[int, int]:
-    """dsyevd's optimal workspace sizes (real, integer) for an n x n matrix with vectors."""
-    lwork, liwork, info = scipy.linalg.lapack.dsyevd_lwork(n, compute_v=1, lower=1)
-    if info:
-        raise np.linalg.LinAlgError(f"dsyevd workspace query failed (info={info})")
-    return int(lwork), int(liwork)
+    """``np.linalg.eigh(matrix)`` (ascending, lower triangle) bit for bit, without its
+    wrapper's overhead (see :func:`_svd`); raises LinAlgError like it on failure."""
+    with _quiet():
+        lam, vecs = _umath_linalg.eigh_lo(matrix, signature="d->dd")
+    if lam.size and lam[0] != lam[0]:  # NaN: no convergence; let numpy raise its error
+        return np.linalg.eigh(matrix)
+    return lam, vecs
 
 
 def _unit_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,7 @@ def test_svd_is_numpys_bit_for_bit(shape):
 def test_eigh_is_numpys_bit_for_bit(n):
     x = np.random.default_rng(1).standard_normal((n, n + 3))
     small = x @ x.T
-    lam, vecs = _eigh(small.copy())  # _eigh solves in place
+    lam, vecs = _eigh(small.copy())
     lam_ref, vecs_ref = np.linalg.eigh(small)
     assert np.array_equal(lam, lam_ref) and np.array_equal(vecs, vecs_ref)
 
