@@ -7,8 +7,8 @@ client; each works on plain arrays in the column layout so it can be tested on i
   ``rank + oversampling`` columns (the block itself when it is that narrow, else its top
   singular directions). Clustering on factors with the exact block norms keeps every bound
   certified for the real blocks.
-* :func:`anchor_scores` - energy of every block captured by each of a few anchor
-  subspaces, one matrix product for all blocks and anchors.
+* :func:`anchor_fractions` - share of every block's strongest direction inside each of a
+  few anchor subspaces, one matrix product for all blocks and anchors.
 * :func:`pack_shards` - routes blocks to anchors and packs them into shards of bounded size.
 * :func:`merge_groups` - merges the groups of one bucket through their Gram sketches, touching
   no data, while the merged certified bound stays <= eps.
@@ -38,7 +38,6 @@ from .layout import BlockLayout, column_index, offsets_of, segment_sums
 
 __all__ = [
     "block_factors",
-    "anchor_scores",
     "pack_shards",
     "anchor_basis",
     "leading_directions",
@@ -47,6 +46,7 @@ __all__ = [
     "affinity_pairs",
     "merge_groups",
     "best_two_anchors",
+    "anchor_fractions",
     "group_anchor_keys",
     "merge_buckets",
     "round_factors",
@@ -187,34 +187,6 @@ def _times_pow2(x: np.ndarray, column_exponents: np.ndarray) -> np.ndarray:
     return np.multiply(x, np.ldexp(1.0, column_exponents)[None, :], dtype=np.float64)
 
 
-def anchor_scores(anchors: np.ndarray, anchor_offsets: np.ndarray, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Energy of each block inside each anchor subspace.
-
-    Parameters
-    ----------
-    anchors : ndarray, shape (m, total anchor width)
-        Orthonormal bases of the anchors side by side; anchor a is
-        ``anchors[:, anchor_offsets[a]:anchor_offsets[a + 1]]``.
-    factors, offsets : the blocks (or their factors) in column layout.
-
-    Returns
-    -------
-    ndarray, shape (n_anchors, K): ||Q_a^T A_i||_F^2 up to a power of two per block
-    (``4^-e_i``, e_i the exponent of its largest entry), which ranks anchors alike.
-    """
-    # one BLAS-3 product for every anchor and column; float32 is plenty for routing once
-    # each block is scaled into its range, and summing over each anchor's rows first
-    # shrinks the array before anything else
-    column_exponents = _peak_exponents(factors, offsets)[1]
-    scaled = _times_pow2(factors, -column_exponents).astype(np.float32)
-    projected = anchors.T.astype(np.float32) @ scaled
-    np.square(projected, out=projected)
-    per_anchor = np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
-    if np.all(np.diff(offsets) == 1):  # one column per block (routing): nothing to sum
-        return per_anchor.astype(np.float64)
-    return segment_sums(per_anchor, offsets)
-
-
 def anchor_basis(basis: np.ndarray, eigenvalues: np.ndarray, rank: int, relative: float = 1e-2) -> np.ndarray:
     """The part of a sample group's sketch that serves as an anchor: its leading directions
     (at most ``rank``) whose sketch eigenvalue is at least ``relative`` times the largest.
@@ -234,10 +206,25 @@ def leading_directions(factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return block_factors(factors, offsets, 1)[0]
 
 
+def anchor_fractions(anchors: np.ndarray, anchor_offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Share of each direction's energy inside each anchor subspace, in [0, 1].
+
+    ``directions`` (m x K, e.g. :func:`leading_directions`) are normalised first (a zero
+    column scores 0 everywhere), so the shares compare across blocks: a block whose best
+    share is small lies in a subspace that no anchor represents. One float32 product for
+    every anchor and column (plenty for routing). Returns (n_anchors, K) float32."""
+    norms = np.sqrt(np.einsum("ij,ij->j", directions, directions))
+    unit = np.divide(directions, norms, out=np.zeros_like(directions, dtype=np.float64), where=norms > 0)
+    projected = anchors.T.astype(np.float32) @ unit.astype(np.float32)
+    np.square(projected, out=projected)
+    return np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
+
+
 def best_two_anchors(captured: np.ndarray) -> np.ndarray:
     """The two anchors capturing most of each block's energy, best first.
 
-    ``captured`` is (n_anchors, K) from :func:`anchor_scores`; ties go to the lower anchor
+    ``captured`` is (n_anchors, K) from :func:`anchor_scores` or :func:`anchor_fractions`;
+    ties go to the lower anchor
     id. With a single anchor both columns name it. Returns int64 (K, 2)."""
     n_anchors = captured.shape[0]
     best = np.argmax(captured, axis=0)

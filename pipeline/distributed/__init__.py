@@ -12,10 +12,14 @@ of at most ``shard_size`` blocks, W workers:
    as sketch slack, so every bound stays certified (half the checkpoint I/O of float64).
 2. **partition** (one task for the sample, then a map over B batches): the greedy on a
    strided sample (at most SAMPLE_BLOCKS blocks and SAMPLE_BYTES of factors) gives anchor
-   subspaces; every block records the two anchors holding most of its energy, one product
-   per batch for all anchors, and anchors are packed into S shards, S the power of two at
-   or above K / ``shard_size`` (shards spread evenly over 2, 4, 8, ... workers, and S
-   depends on K alone). Client: O(K log K).
+   subspaces; every block records the two anchors holding most of its strongest direction,
+   one product per batch for all anchors. Blocks that no anchor holds half of (orphans:
+   their subspaces had no block in the sample) get anchors from a sample of their own, at
+   most twice, when a held-out probe shows that anchors from some orphans hold the others
+   (data with no subspace structure, such as single weight columns, orphans most blocks
+   either way and skips this). Anchors are packed into S shards, S the power of two at or
+   above K / ``shard_size`` (shards spread evenly over 2, 4, 8, ... workers, and S depends
+   on K alone). Client: O(K log K).
 3. **local** (map over S shards; worker work O(shard_size^2) per shard): the sequential
    greedy inside each shard on the factors with exact norms.
 4. **merge** (rounds, each its own stage, map over buckets): groups fall into disjoint

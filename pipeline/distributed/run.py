@@ -27,6 +27,10 @@ STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = DEFAULT_BATCH_BYTES  # data per map task
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
 SAMPLE_BLOCKS = 4000  # most blocks in the partition sample: bounds the anchors, so routing is O(K)
+ORPHAN_SHARE = 0.5  # a block whose best anchor holds less of its strongest direction is an orphan
+ORPHAN_ROUNDS = 2  # extra samples drawn from the orphans, at most
+ORPHAN_MIN_FRACTION = 0.01  # fewer orphans than this share of K go with their best anchor as they are
+ORPHAN_PROBE = 250  # orphans in each half of the probe that tells missed subspaces from structureless data
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
 MERGE_TASK_GROUPS = 128  # groups per merge task: enough tasks to keep 16 workers busy at ~2,000 groups
@@ -237,16 +241,20 @@ class ClusteringRun(CertifyAndCompress):
         """A strided sample of at most SAMPLE_BLOCKS blocks from evenly spaced batches, capped
         so that its factors take at most SAMPLE_BYTES. A factor has at most min(width, r + p,
         m) columns: known before the scan, so the sample can start while it runs."""
-        coll = self.collection
-        blocks_per_batch = max(1, coll.n_blocks // max(self.n_batches, 1))
-        factor_widths = np.minimum(coll.widths, min(self.width_cap, coll.rows))
-        factor_bytes = 8 * coll.rows * max(1.0, float(np.mean(factor_widths)) if len(factor_widths) else 1.0)
-        sample_size = max(2, min(SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
+        blocks_per_batch = max(1, self.collection.n_blocks // max(self.n_batches, 1))
+        sample_size = self._sample_size()
         wanted = max(1, min(self.n_batches, math.ceil(sample_size / blocks_per_batch)))
         chosen = np.unique(np.linspace(0, self.n_batches - 1, wanted).round().astype(int))
         stride = max(1, (len(chosen) * blocks_per_batch) // sample_size)
         sizes = np.diff(self._batch_bounds)
         return [(int(b), np.arange(0, int(sizes[b]), stride)) for b in chosen]
+
+    def _sample_size(self) -> int:
+        """Blocks in a sample: at most SAMPLE_BLOCKS, and at most SAMPLE_BYTES of factors."""
+        coll = self.collection
+        factor_widths = np.minimum(coll.widths, min(self.width_cap, coll.rows))
+        factor_bytes = 8 * coll.rows * max(1.0, float(np.mean(factor_widths)) if len(factor_widths) else 1.0)
+        return max(2, min(SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
 
     def _wants_sample(self) -> bool:
         """Whether the partition still has to run its sample greedy."""
@@ -290,14 +298,70 @@ class ClusteringRun(CertifyAndCompress):
                                        self._sample_picks())
             futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
                        for b in range(self.n_batches)]
-            best_two = np.concatenate(self._gather("partition", futures))
-            shards = band_pure(pack_shards(best_two[:, 0], self.shard_size), self._shifts())
+            routed = self._gather("partition", futures)
+            best_two, shares = np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
             anchor_offsets = anchors.result()[1]
-            meta = {"n_shards": int(shards.max()) + 1, "anchors": len(anchor_offsets) - 1,
-                    "anchor_columns": int(anchor_offsets[-1])}
+            n_anchors, columns, orphans = len(anchor_offsets) - 1, int(anchor_offsets[-1]), []
+            for _ in range(ORPHAN_ROUNDS):
+                found = np.flatnonzero(shares[:, 0] < ORPHAN_SHARE)
+                orphans.append(int(found.size))
+                if found.size < max(2, ORPHAN_MIN_FRACTION * n_blocks) or not self._orphans_are_missed(
+                        found, str(n_anchors)):
+                    break
+                added, added_columns = self._adopt_orphans(found, best_two, shares, n_anchors)
+                n_anchors, columns = n_anchors + added, columns + added_columns
+            shards = band_pure(pack_shards(best_two[:, 0], self.shard_size), self._shifts())
+            meta = {"n_shards": int(shards.max()) + 1, "anchors": n_anchors, "anchor_columns": columns,
+                    "orphans": orphans}
             return {"shards": shards, "block_anchors": best_two}, meta
 
         return self._timed("partition", compute)
+
+    def _picks_of(self, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Sorted block ids as (batch, positions in the batch), the form tasks read."""
+        batch_of = np.searchsorted(self._batch_bounds, ids, side="right") - 1
+        return [(int(b), ids[batch_of == b] - self._batch_bounds[b]) for b in np.unique(batch_of)]
+
+    def _anchors_of(self, ids: np.ndarray, tag: str):
+        """A future of the anchors from the greedy on the blocks ``ids`` (sorted)."""
+        return self._submit("anchors", tag, tasks.sample_anchors, self._handle, dict(self.params), self._picks_of(ids))
+
+    def _route(self, ids: np.ndarray, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        """Best two anchors of the blocks ``ids`` (sorted) and their shares, on the workers."""
+        futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, anchors, picked)
+                   for b, picked in self._picks_of(ids)]
+        routed = self._gather("partition", futures)
+        return np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
+
+    def _orphans_are_missed(self, orphans: np.ndarray, tag: str) -> bool:
+        """Whether anchors from some orphans hold most of other orphans (a held-out probe of
+        about ORPHAN_PROBE blocks each): true when the sample missed subspaces, false for
+        data with no subspace structure for anchors to hold (single columns of weights)."""
+        probe = orphans[:: max(1, orphans.size // (2 * ORPHAN_PROBE))]
+        trial, held_out = probe[0::2], probe[1::2]
+        if held_out.size == 0:
+            return False
+        shares = self._route(held_out, self._anchors_of(trial, f"probe-{tag}"), f"probe-{tag}")[1]
+        return bool(np.mean(shares[:, 0] >= ORPHAN_SHARE) >= 0.5)
+
+    def _adopt_orphans(self, orphans: np.ndarray, best_two: np.ndarray, shares: np.ndarray,
+                       n_anchors: int) -> tuple[int, int]:
+        """Anchors from a sample of the orphans (blocks no anchor represents: a sample of
+        K_s blocks misses subspaces with fewer than about K / K_s blocks), and the orphans
+        routed again over the old and new anchors; ``best_two`` and ``shares`` are updated
+        in place. Returns the number of anchors and anchor columns added."""
+        tag = f"orphans-{n_anchors}"
+        extra = self._anchors_of(orphans[:: max(1, -(-orphans.size // self._sample_size()))], tag)
+        new_ids, new_shares = self._route(orphans, extra, tag)
+        ids = np.hstack([best_two[orphans], new_ids + n_anchors])
+        candidates = np.hstack([shares[orphans], new_shares]).astype(np.float64)
+        candidates[:, 1][ids[:, 1] == ids[:, 0]] = -1.0  # a single anchor names itself twice
+        candidates[:, 3][ids[:, 3] == ids[:, 2]] = -1.0
+        top = np.argsort(-candidates, axis=1, kind="stable")[:, :2]  # ties: the older anchor
+        best_two[orphans] = np.take_along_axis(ids, top, axis=1)
+        shares[orphans] = np.take_along_axis(candidates, top, axis=1)
+        offsets = extra.result()[1]
+        return len(offsets) - 1, int(offsets[-1])
 
     # -- local and merge -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ..magnitude import block_shifts, scale_blocks
 from ..sharding import (
     FLOAT32_ROUNDOFF,
     anchor_basis,
-    anchor_scores,
+    anchor_fractions,
     best_two_anchors,
     block_factors,
     group_sketches,
@@ -206,12 +206,16 @@ def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarr
     return np.hstack(heads), offsets_of(np.array([h.shape[1] for h in heads], dtype=np.int64))
 
 
-def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The two anchors capturing most of each block's strongest direction (K_batch x 2)."""
-    factors, offsets, _, _ = load_factors(handle, batch)
+def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray],
+                picked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two anchors holding most of each block's strongest direction (ids, K_batch x 2)
+    and the shares of it they hold (float32, K_batch x 2); of the blocks at positions
+    ``picked`` only, when given."""
+    factors, offsets, _, _ = load_factors(handle, batch, picked)
     with single_threaded_blas():
-        leading = leading_directions(factors, offsets)
-        return best_two_anchors(anchor_scores(anchors[0], anchors[1], leading, np.arange(leading.shape[1] + 1)))
+        shares = anchor_fractions(anchors[0], anchors[1], leading_directions(factors, offsets))
+        best_two = best_two_anchors(shares)
+        return best_two, np.take_along_axis(shares, best_two.T, axis=0).T
 
 
 def split_batch(handle: Handle, token: str | None, batch: int, first: int, shards: np.ndarray) -> list[int]:

@@ -197,6 +197,37 @@ def test_a_finished_run_reads_back_without_a_cluster(client, tmp_path):
         ClusteringRun(coll, rank=6, eps=0.1, run_id="unfinished").scan()
 
 
+@pytest.mark.slow  # the whole run, to check the guarantee after the orphan round
+def test_subspaces_the_sample_missed_get_anchors_of_their_own(client, tmp_path, monkeypatch):
+    """A sample too small for the number of subspaces misses some; their blocks (orphans:
+    no anchor holds their strongest direction) get anchors from a sample of their own, and
+    the guarantee holds."""
+    from pipeline.distributed import run as run_module
+
+    monkeypatch.setattr(run_module, "SAMPLE_BLOCKS", 40)
+    layout, _ = union_of_subspaces(600, rows=24, width=3, blocks_per_subspace=20, subspace_rank=2, noise=0.01, seed=4)
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    coll = _store(tmp_path, blocks)
+    run = ClusteringRun(coll, rank=6, eps=0.1, client=client, shard_size=100, batch_bytes=4 * SMALL_BATCH)
+    orphans = run.partition()["meta"]["orphans"]
+    assert orphans[0] >= 30 and len(orphans) >= 2 and orphans[-1] <= orphans[0] // 4, orphans
+    _check_result(coll, blocks, run.result(), 6, 0.1)
+
+
+def test_data_without_subspaces_takes_no_orphan_round(client, tmp_path, monkeypatch):
+    """Random columns leave most blocks without an anchor, but anchors from some of them
+    hold none of the others: the probe says so and no orphan sample is drawn."""
+    from pipeline.distributed import run as run_module
+
+    monkeypatch.setattr(run_module, "SAMPLE_BLOCKS", 40)
+    rng = np.random.default_rng(5)
+    blocks = [rng.standard_normal((24, 1)) for _ in range(600)]
+    coll = _store(tmp_path, blocks)
+    run = ClusteringRun(coll, rank=6, eps=0.1, client=client, shard_size=100, batch_bytes=4 * SMALL_BATCH)
+    orphans = run.partition()["meta"]["orphans"]
+    assert orphans[0] > 300 and len(orphans) == 1, orphans
+
+
 def test_a_run_of_another_checkpoint_version_is_never_resumed(tmp_path, monkeypatch):
     """A run folder written by a cmsvd whose stages differ is refused by its explicit id,
     and the auto id of the same parameters moves to a fresh folder."""

@@ -1,5 +1,5 @@
 """Direct property tests of the sharding kernels (``pipeline.sharding``): pack_shards,
-merge_buckets, block_factors, certify_gram / certify_partial, affinity_pairs and
+anchor_fractions, merge_buckets, block_factors, certify_gram / certify_partial, affinity_pairs and
 merge_groups.
 
 Arrays come from ``hypothesis.extra.numpy``, not from a drawn seed, so a failure shrinks
@@ -17,6 +17,7 @@ from pipeline.bounds import GramSketch
 from pipeline.layout import offsets_of
 from pipeline.sharding import (
     affinity_pairs,
+    anchor_fractions,
     block_factors,
     certify_gram,
     certify_partial,
@@ -90,6 +91,28 @@ def test_pack_shards_covers_keeps_anchors_together_and_balances(best_anchor, sha
     # anchors are packed in order: sorted by (anchor, block), shard ids never go back
     order = np.lexsort((np.arange(n), best_anchor))
     assert np.all(np.diff(shards[order]) >= 0)
+
+
+# ---- anchor_fractions ----------------------------------------------------------------------------
+
+
+@FAST
+@given(_matrices(max_rows=7, max_columns=9), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_anchor_fractions_are_shares_that_add_up_over_a_split_of_the_space(directions, n_anchors, seed):
+    """Anchors that split R^m into orthogonal parts hold shares of every nonzero direction
+    that add up to 1 (a zero direction: 0 everywhere); a direction inside an anchor has
+    share 1 there."""
+    rows = directions.shape[0]
+    assume(n_anchors <= rows)
+    basis = np.linalg.qr(np.random.default_rng(seed).standard_normal((rows, rows)))[0]
+    cuts = np.linspace(0, rows, n_anchors + 1).round().astype(np.int64)
+    shares = anchor_fractions(basis, cuts, directions)
+    assert shares.shape == (n_anchors, directions.shape[1]) and np.all(shares >= 0)
+    nonzero = np.any(directions != 0, axis=0)
+    np.testing.assert_allclose(shares.sum(axis=0)[nonzero], 1.0, rtol=1e-5)
+    assert np.all(shares[:, ~nonzero] == 0)
+    inside = basis[:, cuts[0] : cuts[1]] @ np.ones((cuts[1] - cuts[0], 1))
+    assert abs(anchor_fractions(basis, cuts, inside)[0, 0] - 1.0) < 1e-5
 
 
 # ---- merge_buckets -------------------------------------------------------------------------------
