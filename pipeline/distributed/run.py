@@ -26,11 +26,11 @@ from .result import DistributedResult
 STAGES = ("scan", "partition", "local", "merge", "certify", "compress")
 BATCH_BYTES = DEFAULT_BATCH_BYTES  # data per map task
 SAMPLE_BYTES = 64 * 2**20  # factors of the partition sample
-SAMPLE_BLOCKS = 4000  # most blocks in the partition sample: bounds the anchors, so routing is O(K)
+SAMPLE_BLOCKS = 2000  # most blocks per partition sample (the first, and up to two of orphans): bounds the anchors
 ORPHAN_SHARE = 0.5  # a block whose best anchor holds less of its strongest direction is an orphan
 ORPHAN_ROUNDS = 2  # extra samples drawn from the orphans, at most
 ORPHAN_MIN_FRACTION = 0.01  # fewer orphans than this share of K go with their best anchor as they are
-ORPHAN_PROBE = 250  # orphans in each half of the probe that tells missed subspaces from structureless data
+ORPHAN_PROBE = 250  # held-out orphans of the probe that tells missed subspaces from structureless data
 MAX_MERGE_ROUNDS = 12
 MERGE_BUCKET = 64  # most groups compared pairwise in one merge bucket
 MERGE_TASK_GROUPS = 128  # groups per merge task: enough tasks to keep 16 workers busy at ~2,000 groups
@@ -335,10 +335,13 @@ class ClusteringRun(CertifyAndCompress):
 
     def _orphans_are_missed(self, orphans: np.ndarray, tag: str) -> bool:
         """Whether anchors from some orphans hold most of other orphans (a held-out probe of
-        about ORPHAN_PROBE blocks each): true when the sample missed subspaces, false for
-        data with no subspace structure for anchors to hold (single columns of weights)."""
-        probe = orphans[:: max(1, orphans.size // (2 * ORPHAN_PROBE))]
-        trial, held_out = probe[0::2], probe[1::2]
+        about 4 x ORPHAN_PROBE blocks for anchors and ORPHAN_PROBE to route): true when the
+        sample missed subspaces, false for data with no subspace structure for anchors to
+        hold (single columns of weights). A probe of P blocks finds a held-out block's
+        subspace with probability about 1 - exp(-P / missed subspaces)."""
+        probe = orphans[:: max(1, orphans.size // (5 * ORPHAN_PROBE))]
+        held = np.arange(probe.size) % 5 == 4
+        trial, held_out = probe[~held], probe[held]
         if held_out.size == 0:
             return False
         shares = self._route(held_out, self._anchors_of(trial, f"probe-{tag}"), f"probe-{tag}")[1]
