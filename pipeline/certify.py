@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
-from .layout import column_index, offsets_of, segment_sums
+from .layout import offsets_of, segment_sums, take_columns
 from .magnitude import rescale
 from .spectra import adaptive_rank
 
@@ -63,18 +63,23 @@ def gram_partials(
     taken at its shift, ``2^-S M_C``, in every batch alike, so the sums never under- or
     overflow and the certified relative error is that of the group.
 
-    A group with fewer than m/2 columns in the batch keeps them as they are (``("cols",
-    X)`` in the data's dtype, smaller than an m x m Gram); others give ``("upper", U)``,
-    the upper triangle of X X^T in float64 (lower triangle zero). So a batch's partials
-    never take more than about twice its data, however many groups it touches. Add them
-    up with :func:`combine_partials`, finish with :func:`partial_gram`.
+    A group's columns stay as they are (``("cols", X)`` in the data's dtype) while they
+    take fewer bytes than an m x m float64 Gram; beyond, they give ``("upper", U)``, the
+    upper triangle of X X^T in float64 (lower triangle zero). So a batch's partials never
+    take more bytes than its data, however many groups it touches: they cross the network
+    to the worker that sums them. Add them up with :func:`combine_partials`, finish with
+    :func:`partial_gram` or :func:`certify_partial`.
     """
-    rows = data.shape[0]
     out = {}
     for label, blocks in _blocks_by_label(labels):
-        x = _at_shift(data[:, column_index(offsets, blocks)], _shift_of(group_shifts, label))
-        out[label] = ("cols", x) if 2 * x.shape[1] < rows else ("upper", _syrk(x))
+        x = _at_shift(take_columns(data, offsets, blocks), _shift_of(group_shifts, label))
+        out[label] = ("cols", x) if _cheaper_as_columns(x.shape[0], x.shape[1], x.dtype) else ("upper", _syrk(x))
     return out
+
+
+def _cheaper_as_columns(rows: int, columns: int, dtype) -> bool:
+    """Whether ``columns`` columns take fewer bytes than a float64 Gram of order ``rows``."""
+    return columns * np.dtype(dtype).itemsize < 8 * rows
 
 
 def _syrk(x: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
@@ -101,7 +106,7 @@ def _symmetric(upper: np.ndarray) -> np.ndarray:
 def partial_gram(part: tuple[str, np.ndarray]) -> np.ndarray:
     """The symmetric Gram matrix of a partial."""
     kind, value = part
-    return gram(value) if kind == "cols" else _symmetric(value)
+    return _symmetric(value) if kind == "upper" else gram(value)
 
 
 def combine_partials(left: dict, right: dict) -> dict:
@@ -114,7 +119,7 @@ def combine_partials(left: dict, right: dict) -> dict:
             out[label] = (kind_b, b)
             continue
         kind_a, a = out[label]
-        if kind_a == kind_b == "cols" and 2 * (a.shape[1] + b.shape[1]) < a.shape[0]:
+        if kind_a == kind_b == "cols" and _cheaper_as_columns(a.shape[0], a.shape[1] + b.shape[1], a.dtype):
             out[label] = ("cols", np.hstack([a, b]))
             continue
         upper = np.array(a, dtype=np.float64, order="F") if kind_a == "upper" else np.asfortranarray(_syrk(a))
@@ -143,7 +148,7 @@ def group_coefficients(
     out: dict[int, list] = {}
     for g, blocks in _blocks_by_label(labels):
         sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
-        x = data[:, column_index(offsets, blocks)]
+        x = take_columns(data, offsets, blocks)
         basis = bases[int(g)]
         if basis is None:
             coef, residual2 = x, np.zeros(len(blocks))
@@ -189,9 +194,9 @@ def certify_partial(part: tuple[str, np.ndarray], rank: int, eps: float) -> Gram
     certified from the thin SVD of its columns instead (same spectrum, cheaper, and more
     accurate than the Gram route)."""
     kind, value = part
-    if kind == "upper":
-        return certify_gram(_symmetric(value), rank, eps)
     rows = value.shape[0]
+    if kind == "upper" or 2 * value.shape[1] >= rows:
+        return certify_gram(partial_gram(part), rank, eps)
     u, s, _ = np.linalg.svd(value, full_matrices=False)
     s2 = s * s
     total = float(s2.sum())

@@ -34,7 +34,7 @@ from .certify import (
     group_coefficients,
     partial_gram,
 )
-from .layout import BlockLayout, column_index, offsets_of, segment_sums
+from .layout import BlockLayout, column_index, offsets_of, segment_sums, take_columns
 
 __all__ = [
     "block_factors",
@@ -102,11 +102,11 @@ def block_factors(data: np.ndarray, offsets: np.ndarray, width_cap: int) -> tupl
     factors = np.empty((rows, int(factor_offsets[-1])))
     narrow = widths <= cap
     kept = np.flatnonzero(narrow)
-    factors[:, column_index(factor_offsets, kept)] = data[:, column_index(offsets, kept)]
+    factors[:, column_index(factor_offsets, kept)] = take_columns(data, offsets, kept)
     wide = np.flatnonzero(~narrow)
     for width in np.unique(widths[wide]):
         same = wide[widths[wide] == width]
-        stack = data[:, column_index(offsets, same)].reshape(rows, len(same), width).transpose(1, 0, 2)
+        stack = take_columns(data, offsets, same).reshape(rows, len(same), width).transpose(1, 0, 2)
         top, slack[same] = _top_factors(stack, cap)
         factors[:, column_index(factor_offsets, same)] = top.transpose(1, 0, 2).reshape(rows, -1)
     return factors, factor_offsets, slack

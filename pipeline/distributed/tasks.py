@@ -23,7 +23,7 @@ from ..certify import (
     group_coefficients,
 )
 from ..greedy import greedy_groups
-from ..layout import BlockLayout, column_index, offsets_of, segment_sums
+from ..layout import BlockLayout, offsets_of, segment_sums, take_columns
 from ..magnitude import block_shifts, scale_blocks
 from ..sharding import (
     FLOAT32_ROUNDOFF,
@@ -172,7 +172,7 @@ def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
     factors, offsets = arrays["factors"], arrays["factor_offsets"]
     exponents, norms2, dropped = arrays["exponents"], arrays["norms2"], arrays["dropped"]
     if picked is not None:
-        factors = factors[:, column_index(offsets, picked)]
+        factors = take_columns(factors, offsets, picked)
         offsets = offsets_of(offsets[picked + 1] - offsets[picked])
         exponents, norms2, dropped = exponents[picked], norms2[picked], dropped[picked]
     return unround_factors(factors, exponents, offsets), offsets, norms2, dropped
@@ -235,7 +235,7 @@ def split_batch(handle: Handle, token: str | None, batch: int, first: int, shard
     for shard in present:
         local = np.flatnonzero(shards == shard)
         arrays[f"ids_{shard}"] = first + local
-        arrays[f"factors_{shard}"] = arrays_in["factors"][:, column_index(offsets, local)]
+        arrays[f"factors_{shard}"] = take_columns(arrays_in["factors"], offsets, local)
         arrays[f"offsets_{shard}"] = offsets_of(offsets[local + 1] - offsets[local])
         for name in ("norms2", "exponents", "dropped"):
             arrays[f"{name}_{shard}"] = arrays_in[name][local]
