@@ -412,9 +412,10 @@ class ArtifactWriter:
             blocks = np.arange(start, stop)
             for g in np.unique(block_group[blocks]):
                 part = self._part(parts, f"g{int(g):08d}.coef.npy")
-                mine = blocks[block_group[blocks] == g]
-                buffer[_flat_positions(part.shape[0], mine, self.widths, coef_offsets - coef_offsets[start])] = (
-                    part[:, _part_columns(mine, self.widths, local)])
+                for i in blocks[block_group[blocks] == g]:
+                    v = part[:, local[i] : local[i] + self.widths[i]]
+                    buffer[coef_offsets[i] - coef_offsets[start] : coef_offsets[i + 1] - coef_offsets[start]] = (
+                        np.ascontiguousarray(v).reshape(-1))
             sink.write(buffer)
             start = stop
         sink.close()
@@ -422,23 +423,6 @@ class ArtifactWriter:
     def abort(self) -> None:
         """Drop everything written so far for this artifact."""
         self._staging.rm()
-
-
-def _part_columns(blocks: np.ndarray, widths: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """Columns of ``blocks`` in their group's part (block i starts at ``local[i]``)."""
-    w = widths[blocks]
-    return np.repeat(local[blocks] - np.concatenate([[0], np.cumsum(w)[:-1]]), w) + np.arange(int(w.sum()))
-
-
-def _flat_positions(rank: int, blocks: np.ndarray, widths: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Where entry (a, j) of ``part[:, _part_columns(blocks)]`` goes in the flat buffer:
-    block i's coefficients (rank x width_i) are stored row-major from ``starts[i]``, so its
-    column c of row a lands at ``starts[i] + a * width_i + c`` (one scatter per group and
-    buffer instead of a copy per block)."""
-    w = widths[blocks]
-    column_in_block = np.arange(int(w.sum())) - np.repeat(np.concatenate([[0], np.cumsum(w)[:-1]]), w)
-    base = np.repeat(starts[blocks], w) + column_in_block
-    return base[None, :] + np.arange(rank)[:, None] * np.repeat(w, w)[None, :]
 
 
 def write_artifact(
