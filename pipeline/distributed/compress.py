@@ -203,5 +203,5 @@ def compress_in_memory(
     except BaseException:
         writer.abort()
         raise
-    return CompressedGroups(groups, errors, stored_ranks, stored_ranks, stored_errors, np.array(split, dtype=bool),
+    return CompressedGroups(groups, errors, adaptive, stored_ranks, stored_errors, np.array(split, dtype=bool),
                             splits, time.perf_counter() - start, artifact)

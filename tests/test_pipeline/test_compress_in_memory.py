@@ -75,3 +75,17 @@ def test_storage_plan_compresses_only_when_smaller_and_within_eps():
     # an all-zero group at rank 0 -> compressed (nothing to store)
     np.testing.assert_array_equal(storage_plan(groups, errors, ranks, widths, 8, 0.1), [True, True, False, True])
     assert not storage_plan([[0]], np.array([0.01]), np.array([4]), np.array([4]), 8, 0.1)[0]  # 4 * 12 > 32
+
+
+def test_a_group_stored_as_it_is_keeps_its_adaptive_rank(tmp_path):
+    """A one-column group is stored raw (rank 1 costs m + 1 numbers against m), yet its
+    adaptive rank is 1, as the distributed certify records it: the two differ."""
+    rng = np.random.default_rng(3)
+    blocks = [rng.standard_normal((10, 1)) for _ in range(3)]
+    storage.ingest_blocks(str(tmp_path), "c", blocks)
+    coll = storage.open_collection(str(tmp_path), "c")
+    layout = pipeline.as_layout(coll.column_range(0, coll.n_columns), coll.offsets)
+    done = compress_in_memory(coll, layout, [[0], [1], [2]], rank=2, eps=0.1, label="a", params={})
+    np.testing.assert_array_equal(done.stored_ranks, [0, 0, 0])
+    np.testing.assert_array_equal(done.adaptive_ranks, [1, 1, 1])
+
