@@ -4,9 +4,9 @@ The distributed driver (:class:`~pipeline.distributed.run.ClusteringRun`) certif
 compresses on Dask workers, batch by batch. The sequential mode, which already holds the
 whole collection in memory as a :class:`~pipeline.layout.BlockLayout`, calls
 :func:`compress_in_memory`. Both use the same kernels of :mod:`pipeline.certify`
-(:func:`~pipeline.certify.gram_partials` and :func:`~pipeline.certify.certify_partial`
-for the exact error, adaptive rank and basis; :func:`~pipeline.certify.group_coefficients`
-for coefficients rounded as stored) and the same two rules here:
+(:func:`~pipeline.certify.certify_partial` for the exact error, adaptive rank and basis;
+:func:`~pipeline.certify.group_coefficients` for coefficients rounded as stored) and the
+same two rules here:
 
 * :func:`certify_with_splits`: a group whose exact error is above eps (possible only
   through floating point, the bounds being certified) is split in halves and certified
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._threads import single_threaded_blas
-from ..certify import certify_partial, gram_partials, group_coefficients
+from ..certify import certify_partial, group_coefficients
 from ..layout import BlockLayout, offsets_of
 from ..magnitude import group_norms2, rescale
 
@@ -122,9 +122,9 @@ def _certify_in_memory(layout: BlockLayout, rank: int, eps: float) -> Callable[[
     def certify(groups: list[list[int]]) -> list[Certified]:
         out = []
         for group in groups:
-            x = layout.gather(group)  # at the group's magnitude shift: errors are relative
-            part = gram_partials(x, np.array([0, x.shape[1]]), np.zeros(1, dtype=np.int64))[0]
-            cert = certify_partial(part, rank, eps)
+            # its columns at the group's magnitude shift (errors are relative): the SVD
+            # of few columns or the Gram route, as certify_partial chooses for any partial
+            cert = certify_partial(("cols", layout.gather(group)), rank, eps)
             out.append((cert.error, cert.adaptive_rank, cert.basis))
         return out
 
