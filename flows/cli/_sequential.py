@@ -49,9 +49,9 @@ def _sequential_run_id(coll, params: dict) -> str:
 
 def _sequential_cluster(coll, params: dict, run_id: str, max_memory_gib: float, bars: StageBars):
     """pipeline.cluster on the collection in memory; stage ``sequential`` in the run folder."""
-    import numpy as np
     import pipeline
     import storage
+    from pipeline.distributed.plan import pack_groups
 
     run = storage.open_run(coll.url, coll.name, run_id, params, coll.fingerprint(), storage_options=coll.storage_options)
     if run.is_complete("sequential"):
@@ -65,8 +65,7 @@ def _sequential_cluster(coll, params: dict, run_id: str, max_memory_gib: float, 
     kwargs = {k: v for k, v in params.items() if k != "mode"}
     result = pipeline.cluster(layout, **kwargs)
     seconds = time.perf_counter() - start
-    flat = np.array([b for g in result.clusters for b in g], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(g) for g in result.clusters])]).astype(np.int64)
+    flat, offsets = pack_groups(result.clusters)
     run.save_stage("sequential", {"members": flat, "group_offsets": offsets, "bounds": result.bounds},
                    {"seconds": seconds, "n_groups": result.n_groups})
     bars("sequential", 1, 1)
