@@ -7,7 +7,6 @@ Groups land in part files under the staging folder (done marker last);
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import io
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ import zarr
 
 from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, open_artifact
 from ._integrity import ARRAY_CONFIG, parse_json, seal, unseal
-from ._location import SCHEMA_VERSION, Location, artifact_location
+from ._location import SCHEMA_VERSION, Location, artifact_location, utc_now as _now
 from ._publish import collect_versions, new_version_name, publish_local, sweep_stale, switch_pointer
 from .collection import _ColumnSink, default_chunks, default_codecs, open_collection
 from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFileError
@@ -25,10 +24,6 @@ from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFil
 _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

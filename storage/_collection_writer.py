@@ -4,7 +4,6 @@ staging / publish / append machinery (see :mod:`storage.collection` for the rule
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -25,7 +24,7 @@ from ._collection_format import (
 )
 from ._collection_reader import open_collection
 from ._integrity import ARRAY_CONFIG, CHECKSUMMED_SCHEMA, seal
-from ._location import SCHEMA_VERSION, Location, resolve
+from ._location import SCHEMA_VERSION, Location, resolve, utc_now as _now
 from ._names import block_name_problem, check_name, short_repr
 from ._publish import POINTER, collect_versions, new_version_name, publish_local, sweep_stale, switch_pointer
 from .errors import BlockValidationError, CollectionExistsError, EmptyInputError
@@ -364,10 +363,6 @@ class CollectionWriter:
             self.publish()
         elif self._state not in ("published", "discarded"):
             self.discard()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def create_collection(

@@ -17,6 +17,7 @@ folder is put in place (rename on disk, a version pointer on object stores) is
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -218,6 +219,11 @@ def json_default(obj: Any) -> Any:
 def json_dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys) used for manifests and fingerprints."""
     return json.dumps(obj, sort_keys=True, default=json_default, separators=(",", ":"))
+
+
+def utc_now() -> str:
+    """The current UTC time to the second, ISO 8601: the ``created``/``written`` stamps of records."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def fingerprint_of(obj: Any) -> str:

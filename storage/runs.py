@@ -19,7 +19,6 @@ Files go through fsspec, so the same code works on local disk, ``memory://`` and
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 from collections.abc import Iterable
 import io
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._integrity import parse_json, seal, unseal
-from ._location import Location, fingerprint_of, json_dumps, resolve, run_location
+from ._location import Location, fingerprint_of, json_dumps, resolve, run_location, utc_now as _now
 from ._names import check_name
 from .errors import CheckpointError, CorruptedFileError, RunMismatchError
 from .lease import RunLease, check_lease
@@ -107,10 +106,6 @@ def open_run(
         record["created"] = _now()
         loc.write_json(seal(record), RUN_FILE)
     return Run(loc, record)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Run:
