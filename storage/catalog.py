@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._artifact_reader import MANIFEST as ARTIFACT_MANIFEST
 from ._integrity import parse_json
 from ._location import artifact_location, resolve, run_location
 from ._names import is_safe_name
 from .errors import RunNotFoundError
+from .runs import MANIFEST as STAGE_MANIFEST, RUN_FILE
 
 __all__ = ["run_url", "list_runs", "list_artifacts", "read_run_record", "read_run_json", "read_run_bytes",
            "write_run_file"]
-
-RUN_FILE = "run.json"
 
 
 def _root(collection):
@@ -68,7 +68,7 @@ def list_runs(collection) -> list[dict]:
             "created": record.get("created", ""),
             "mode": params.get("mode", "distributed"),
             "params": {k: params.get(k) for k in ("rank", "eps", "method", "order")},
-            "compressed": fs.exists(f"{run_dir}/compress/manifest.json"),
+            "compressed": fs.exists(f"{run_dir}/compress/{STAGE_MANIFEST}"),
             "report": fs.exists(f"{run_dir}/report.json"),
             "current": record.get("input_fingerprint") == collection.fingerprint(),
         })
@@ -77,7 +77,7 @@ def list_runs(collection) -> list[dict]:
 
 def list_artifacts(collection) -> list[dict]:
     """Published artifacts of a collection, oldest first: ``label`` and ``written``."""
-    fs, files = _glob(artifact_location(_root(collection), collection.name), "*/manifest.json")
+    fs, files = _glob(artifact_location(_root(collection), collection.name), f"*/{ARTIFACT_MANIFEST}")
     out = []
     for f in files:
         label = f.rsplit("/", 2)[-2]
