@@ -292,11 +292,11 @@ def render_html(
         if plots_ok:
             parts.append(_img(spectra_png(spectra, p.get("rank"), eps), "singular values"))
         rows = []
+        rank = int(r or 0)  # not ``r``: the tables below still name the run's rank
         for s in spectra:
             s2 = np.asarray(s["s2"], dtype=float)
             total = float(s2.sum()) or 1.0
-            r = int(p.get("rank") or 0)
-            err_r = math.sqrt(max(0.0, float(s2[r:].sum()) / total)) if r else float("nan")
+            err_r = math.sqrt(max(0.0, float(s2[rank:].sum()) / total)) if rank else float("nan")
             tails = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
             r_c = int(np.flatnonzero(tails <= (eps or 0) ** 2 * total)[0]) if eps is not None else 0
             rows.append((s["id"], s["blocks"], s["columns"], f"{err_r:.4g}", r_c))
@@ -304,7 +304,7 @@ def render_html(
     if sweep:
         parts.append("<h2>Compression ratio against eps</h2>")
         if plots_ok:
-                parts.append(_img(sweep_png(sweep, eps, run_point=report), "compression ratio against eps"))
+            parts.append(_img(sweep_png(sweep, eps, run_point=report), "compression ratio against eps"))
         parts.append(_table(
             ["eps", "groups", f"CR (rank {r})", "CR (adaptive)", "blocks stored raw", "worst certified error (compressed groups)", ""],
             [(f"{row['eps']:g}", row["groups"], f"{row['compression_ratio']:.3f}", f"{row['compression_ratio_adaptive']:.3f}",
