@@ -35,7 +35,7 @@ import numpy as np
 __all__ = [
     "BAND_BITS", "block_shifts", "shifts_of_max", "scale_blocks", "column_shifts", "common_shift", "rescale",
     "scaled_norm2", "add_scaled_norm2", "own_shift", "at_own_shift", "scaled_ratio", "residual_norm2", "band_pure",
-    "group_norms2", "group_scaled_sums", "residual_shifts",
+    "group_norms2", "group_scaled_sums", "group_shifts", "residual_shifts",
 ]
 
 BAND_BITS = 800
@@ -164,11 +164,25 @@ def group_scaled_sums(values: np.ndarray, shifts: np.ndarray, labels: np.ndarray
     return np.where(common == _NO_SHIFT, 0, common), sums
 
 
+def group_shifts(shifts: np.ndarray, groups) -> np.ndarray:
+    """Each group's common shift (:func:`common_shift`: the largest of its blocks', 0 for
+    an empty group), in one pass over the members."""
+    members, labels = _members_and_labels(groups)
+    common = np.full(len(groups), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(common, labels, np.asarray(shifts, dtype=np.int64)[members])
+    return np.where(common == np.iinfo(np.int64).min, 0, common)
+
+
+def _members_and_labels(groups) -> tuple[np.ndarray, np.ndarray]:
+    """All members of ``groups`` in order, and the group index of each."""
+    members = np.fromiter((b for g in groups for b in g), dtype=np.int64)
+    return members, np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+
+
 def group_norms2(norms2: np.ndarray, shifts: np.ndarray, groups) -> np.ndarray:
     """Each group's squared norm at its common shift (:func:`common_shift`), from the
     blocks' squared norms at their own shifts."""
-    members = np.fromiter((b for g in groups for b in g), dtype=np.int64)
-    labels = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    members, labels = _members_and_labels(groups)
     shifts = np.asarray(shifts, dtype=np.int64)[members]
     return group_scaled_sums(np.asarray(norms2, dtype=np.float64)[members], shifts, labels, len(groups))[1]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._threads import single_threaded_blas
 from ..bounds import DEFAULT_TOL, GramSketch
-from ..magnitude import band_pure, common_shift
+from ..magnitude import band_pure, group_shifts
 from ..params import CHECKPOINT_VERSION, DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
@@ -230,10 +230,9 @@ class ClusteringRun(CertifyAndCompress):
             except BaseException:
                 self._anchors = None  # it waits on the failed scan
                 raise
-            factor_widths = np.concatenate([np.diff(offs) for _, offs, _ in results])
-            shifts = np.concatenate([s for _, _, s in results]).astype(np.int64)
+            shifts = np.concatenate([s for _, s in results]).astype(np.int64)
             meta = {"batches": self.n_batches, "magnitude_bands": int(np.unique(shifts).size)}
-            return {"batch_bounds": bounds, "factor_widths": factor_widths, "shifts": shifts}, meta
+            return {"shifts": shifts}, meta
 
         return self._timed("scan", compute)
 
@@ -271,14 +270,12 @@ class ClusteringRun(CertifyAndCompress):
 
     def _shifts(self) -> np.ndarray:
         """Every block's magnitude shift (:mod:`pipeline.magnitude`), from the scan."""
-        shifts = self.scan().get("shifts")
-        return np.zeros(self.collection.n_blocks, dtype=np.int64) if shifts is None else np.asarray(shifts)
+        return np.asarray(self.scan()["shifts"])
 
     def _group_shifts(self, groups: list[list[int]]) -> np.ndarray:
         """Each group's common shift: the largest of its blocks' (one value in practice:
         shards and merge buckets never mix shifts)."""
-        shifts = self._shifts()
-        return np.array([common_shift(shifts[g]) for g in groups], dtype=np.int64)
+        return group_shifts(self._shifts(), groups)
 
     def partition(self) -> dict:
         """Route blocks to anchor subspaces (their best two) and pack them into shards."""

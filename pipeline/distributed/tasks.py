@@ -136,17 +136,16 @@ def rounding_eps(eps: float) -> float:
 
 
 def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: int, width_cap: int,
-               eps: float) -> tuple[int, np.ndarray, np.ndarray]:
+               eps: float) -> tuple[int, np.ndarray]:
     """Exact norms and factors of one batch, checkpointed as ``scan-<batch>`` (float32 with
     a per-block scale and measured rounding drop, see :func:`float32_factors`); committed
-    only while the driver holds the run's lease ``token``. Returns the batch, its factor
-    offsets and its blocks' magnitude shifts: norms and factors are those of the blocks
-    at their shifts (:mod:`pipeline.magnitude`), as the stored norms are."""
+    only while the driver holds the run's lease ``token``. Returns the batch and its
+    blocks' magnitude shifts: norms and factors are those of the blocks at their shifts
+    (:mod:`pipeline.magnitude`), as the stored norms are."""
     stage = f"scan-{batch:05d}"
     run = run_of(handle).require_lease(token)
     if run.is_complete(stage):
-        arrays = run.load_stage(stage, ["factor_offsets", "shifts"])[0]
-        return batch, np.asarray(arrays["factor_offsets"]), np.asarray(arrays["shifts"])
+        return batch, np.asarray(run.load_stage(stage, ["shifts"])[0]["shifts"])
     coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
     shifts = block_shifts(data, offsets)
@@ -161,7 +160,7 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
         scaled, exponents = factors, np.zeros(stop - first, dtype=np.int64)
     run.save_stage(stage, {"factors": scaled, "exponents": exponents, "dropped": dropped,
                            "factor_offsets": factor_offsets, "norms2": norms2, "shifts": shifts})
-    return batch, factor_offsets, shifts
+    return batch, shifts
 
 
 def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None

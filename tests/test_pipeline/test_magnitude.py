@@ -16,6 +16,8 @@ from pipeline.magnitude import (
     add_scaled_norm2,
     band_pure,
     block_shifts,
+    common_shift,
+    group_shifts,
     residual_norm2,
     scaled_norm2,
     scaled_ratio,
@@ -152,3 +154,13 @@ def test_band_pure_refines_keys_only_where_shifts_differ():
     np.testing.assert_array_equal(band_pure(keys, np.zeros(4, dtype=np.int64)), keys)
     refined = band_pure(keys, np.array([0, 800, 0, 0]))
     assert refined[0] != refined[1] and refined[2] == refined[3] and refined[0] != refined[2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(shifts=st.lists(st.sampled_from([-800, 0, 800, 1600]), min_size=1, max_size=12), data=st.data())
+def test_group_shifts_is_common_shift_of_every_group(shifts, data):
+    shifts = np.array(shifts)
+    labels = data.draw(st.lists(st.integers(0, 4), min_size=len(shifts), max_size=len(shifts)))
+    groups = [[i for i, g in enumerate(labels) if g == k] for k in range(5)]  # some may be empty
+    np.testing.assert_array_equal(group_shifts(shifts, groups), [common_shift(shifts[g]) for g in groups])
+
