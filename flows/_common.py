@@ -173,25 +173,12 @@ class StageProgress:
 # ---- small fsspec helpers (the run folder lives beside the collection) ----------------
 
 
-def _fs(url: str, storage_options: dict | None) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
-
-
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
     """Write one file, never leaving a torn one: tmp + rename on local disks (object
-    stores replace an object in one put)."""
-    fs, path = _fs(url, storage_options)
-    parent = path.rsplit("/", 1)[0]
-    if "file" in fs.protocol or "local" in fs.protocol:
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        return
-    fs.pipe_file(path, data)
+    stores replace an object in one put); storage's small-file write."""
+    from storage._location import resolve
+
+    resolve(url, storage_options).write_bytes(data)
 
 
 # ---- links the dashboard can open ------------------------------------------------------
