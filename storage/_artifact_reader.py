@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.layout import column_index
+
 from ._integrity import CHECKSUMMED_SCHEMA, StrictStore, parse_json, unseal
 from ._location import Location, artifact_location, json_dumps, resolve
 from .collection import read_passthrough
@@ -277,11 +279,16 @@ class Artifact:
             total = int(self.basis_offsets[-1]) * self.rows * self.dtype.itemsize
             if total <= _ALL_BASES_BYTES:  # many groups: one read of every basis beats a chunk decode per group
                 self._all_bases = self._read("bases", (slice(None), slice(0, int(self.basis_offsets[-1]))), "bases")
+        starts = self.coef_offsets[first:stop].astype(np.int64) - c0
         for g in groups:
             idx = np.flatnonzero(labels == g)
-            v = np.concatenate([
-                flat[int(self.coef_offsets[first + j]) - c0 : int(self.coef_offsets[first + j + 1]) - c0]
-                .reshape(int(self.block_ranks[first + j]), int(widths[j])) for j in idx], axis=1)
+            # V_C of the group's blocks side by side, gathered in one go: column k of block
+            # j sits in its C-order (rank, n_j) segment at start_j + k, then every n_j
+            w = widths[idx]
+            at = np.repeat(starts[idx] - np.concatenate([[0], np.cumsum(w)[:-1]]), w) + np.arange(int(w.sum()))
+            stride = np.repeat(w, w)
+            rank = int(self.block_ranks[first + idx[0]])  # one rank per group
+            v = flat[at[None, :] + np.arange(rank, dtype=np.int64)[:, None] * stride[None, :]]
             if self.kinds[g] == _KIND_RAW:
                 part = v
             else:
@@ -290,11 +297,7 @@ class Artifact:
                 else:
                     u = self.basis(int(g))
                 part = (u @ v).astype(self.dtype, copy=False)
-            at = 0
-            for j in idx:
-                w = int(widths[j])
-                out[:, col[j] : col[j] + w] = part[:, at : at + w]
-                at += w
+            out[:, column_index(col, idx)] = part
         return out
 
     # ---- source tensors (a safetensors layout recorded at ingest) ---------------------
