@@ -97,20 +97,6 @@ def block_name_problem(name: Any) -> str | None:
     return None
 
 
-def check_block_name(name: Any) -> str:
-    """Return *name* if :func:`block_name_problem` finds nothing, else raise.
-
-    Raises
-    ------
-    InvalidNameError
-        Naming the (shortened) name and the problem.
-    """
-    problem = block_name_problem(name)
-    if problem:
-        raise InvalidNameError(f"invalid block name {short_repr(name)}: {problem}")
-    return name
-
-
 def is_safe_name(value: Any) -> bool:
     """Whether ``value`` passes :func:`check_name` (for names read back from a store)."""
     try:
