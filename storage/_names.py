@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidNameError
 
-RESERVED_NAMES = frozenset({"runs", "artifacts", "zarr.json"})  # RUNS_DIR, ARTIFACTS_DIR below
+RESERVED_NAMES = frozenset({"runs", "artifacts", "zarr.json"})  # storage._location.RUNS_DIR, ARTIFACTS_DIR
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
