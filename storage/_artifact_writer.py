@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -24,6 +25,7 @@ from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFil
 _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
+_PART_BYTES = 64 * 2**20  # coefficients per part file written by write_artifact
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -149,6 +151,7 @@ class ArtifactWriter:
         self.rows = int(record["rows"])
         self.dtype = np.dtype(record["dtype"])
         self.widths = np.asarray(record["widths"], dtype=np.int64)
+        self._cache: tuple[str, np.ndarray] | None = None  # the part file read last while packing
 
     @property
     def n_groups(self) -> int:
@@ -158,7 +161,7 @@ class ArtifactWriter:
         return 1e-3 if self.dtype == np.float32 else 1e-8
 
     def write_group(self, g: int, basis: np.ndarray | None, coefficients: Sequence[np.ndarray] | np.ndarray) -> None:
-        """Write one group's basis and its blocks' coefficients.
+        """Write one group's basis and its blocks' coefficients (one part of its own).
 
         Parameters
         ----------
@@ -169,23 +172,44 @@ class ArtifactWriter:
         coefficients : list of ndarray (r, n_i) in the group's member order, or one
             ndarray (r, sum n_i) with the members side by side.
         """
-        if not 0 <= g < self.n_groups:
-            raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
-        members = self.groups[g]
-        kind = _KIND_RAW if basis is None else _KIND_SVD
-        rank = self.rows if basis is None else self._check_basis(g, basis)
-        coef = self._check_coefficients(g, members, rank, coefficients)
+        self.write_groups({g: (basis, coefficients)})
+
+    def write_groups(self, entries: Mapping[int, tuple[np.ndarray | None, Sequence[np.ndarray] | np.ndarray]]) -> None:
+        """Write several groups as one part: a bases file, a coefficients file and a done
+        marker, whatever the number of groups (a file per group costs a file creation each,
+        about a millisecond on a local disk and a request on S3).
+
+        Parameters
+        ----------
+        entries : mapping of group index to (basis, coefficients)
+            As for :meth:`write_group`. Writing a group again (in this or another part)
+            is allowed; finalize takes the part whose name sorts first.
+        """
+        if not entries:
+            return
+        groups = sorted(int(g) for g in entries)
+        bases, coefs, listed = [], [], []
+        for g in groups:
+            if not 0 <= g < self.n_groups:
+                raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
+            basis, coefficients = entries[g]
+            kind = _KIND_RAW if basis is None else _KIND_SVD
+            rank = self.rows if basis is None else self._check_basis(g, basis)
+            coef = self._check_coefficients(g, self.groups[g], rank, coefficients)
+            if basis is not None:
+                bases.append(np.asarray(basis, dtype=self.dtype))
+            coefs.append(coef.reshape(-1))
+            listed.append([g, kind, 0 if basis is None else rank])
+        digest = hashlib.sha256(json.dumps(groups).encode()).hexdigest()[:12]
+        name = f"p{groups[0]:08d}-{digest}"  # the same groups always land in the same part
         parts = self._staging.child("parts")
-        name = f"g{g:08d}"
-        marker: dict[str, Any] = {"kind": kind, "rank": 0 if basis is None else rank}
-        if basis is not None:
-            data = _npy_bytes(np.ascontiguousarray(basis, dtype=self.dtype))
-            parts.write_bytes(data, f"{name}.basis.npy")
-            marker["basis_sha256"] = hashlib.sha256(data).hexdigest()
-        data = _npy_bytes(coef)
-        parts.write_bytes(data, f"{name}.coef.npy")
-        marker["coef_sha256"] = hashlib.sha256(data).hexdigest()
-        # done marker last: a worker dying mid-write leaves the group missing, not torn
+        marker: dict[str, Any] = {"groups": listed}
+        for key, arrays in (("basis", bases), ("coef", coefs)):
+            if arrays:
+                data = _npy_bytes(np.ascontiguousarray(np.concatenate(arrays, axis=arrays[0].ndim - 1)))
+                parts.write_bytes(data, f"{name}.{key}.npy")
+                marker[f"{key}_sha256"] = hashlib.sha256(data).hexdigest()
+        # done marker last: a worker dying mid-write leaves the groups missing, not torn
         parts.write_json(seal(marker), f"{name}.json")
 
     def _check_basis(self, g: int, basis: np.ndarray) -> int:
@@ -219,11 +243,30 @@ class ArtifactWriter:
             raise ValueError(f"group {g}: coefficients contain NaN or Inf")
         return np.ascontiguousarray(coef, dtype=self.dtype)
 
+    def _written(self) -> dict[int, dict]:
+        """Where each written group lies: its part, kind, rank and offsets into the part's
+        bases (columns) and coefficients (elements). A group written twice is taken from
+        the part whose name sorts first."""
+        parts = self._staging.child("parts")
+        where: dict[int, dict] = {}
+        for marker_name in (r for r in parts.files() if r.endswith(".json")):
+            url = parts.child(marker_name).url
+            marker = unseal(parse_json(parts.read_bytes(marker_name), url), url)
+            part = marker_name[: -len(".json")]
+            basis_at = coef_at = 0
+            for g, kind, rank in marker["groups"]:
+                columns = int(self.widths[self.groups[g]].sum())
+                size = (self.rows if kind == _KIND_RAW else rank) * columns
+                where.setdefault(g, {"part": part, "kind": kind, "rank": rank, "basis_at": basis_at,
+                                     "coef_at": coef_at, "columns": columns, "marker": marker})
+                basis_at += rank if kind == _KIND_SVD else 0
+                coef_at += size
+        return where
+
     def missing_groups(self) -> list[int]:
         """Groups whose part has not been written (completely) yet."""
-        parts = self._staging.child("parts")
-        done = {r for r in parts.files() if r.endswith(".json")}
-        return [g for g in range(self.n_groups) if f"g{g:08d}.json" not in done]
+        written = self._written()
+        return [g for g in range(self.n_groups) if g not in written]
 
     def finalize(self, errors: Sequence[float], ranks: Sequence[int] | None = None) -> "Artifact":
         """Pack every group into the published layout and publish it (manifest last).
@@ -236,16 +279,16 @@ class ArtifactWriter:
             Ranks to report; default the basis widths (0 for raw groups).  For
             compressed groups they must equal the basis widths.
         """
-        missing = self.missing_groups()
+        written = self._written()
+        missing = [g for g in range(self.n_groups) if g not in written]
         if missing:
             raise ValueError(f"cannot finalize: {len(missing)} group(s) not written, e.g. {missing[:10]}")
         errors = np.asarray(errors, dtype=np.float64)
         if errors.shape != (self.n_groups,):
             raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
         parts = self._staging.child("parts")
-        info = [unseal(parse_json(parts.read_bytes(f"g{g:08d}.json"), parts.child(f"g{g:08d}.json").url), parts.child(f"g{g:08d}.json").url)
-                for g in range(self.n_groups)]
-        self._part_hashes = {f"g{g:08d}.{k}.npy": p.get(f"{k}_sha256") for g, p in enumerate(info) for k in ("basis", "coef")}
+        info = [written[g] for g in range(self.n_groups)]
+        self._cache = None
         kinds = np.array([p["kind"] for p in info], dtype=np.int8)
         widths_r = np.array([p["rank"] for p in info], dtype=np.int64)
         if ranks is not None:
@@ -264,8 +307,9 @@ class ArtifactWriter:
         packed.rm()
         grp = zarr.open_group(store=packed.zarr_store(), mode="w")
         self._pack_small(grp, kinds, widths_r, ranks, errors)
-        self._pack_bases(grp, parts, kinds, widths_r)
-        self._pack_coefficients(grp, parts, kinds, widths_r)
+        self._pack_bases(grp, parts, kinds, widths_r, info)
+        self._pack_coefficients(grp, parts, kinds, widths_r, info)
+        self._cache = None
         self._pack_passthrough(grp)
         grp.attrs.update({"cmsvd": self._attrs()})
         files = [r for r in packed.files() if r != MANIFEST]
@@ -337,13 +381,27 @@ class ArtifactWriter:
         np.cumsum(block_ranks * self.widths, out=coef_offsets[1:])
         return block_group, block_ranks, coef_offsets
 
-    def _part(self, parts: Location, name: str) -> np.ndarray:
+    def _part(self, parts: Location, entry: dict, key: str) -> np.ndarray:
+        """A part's bases or coefficients, checked against its marker's sha256 (the last
+        one read is kept: groups of one part are packed one after the other)."""
+        name = f"{entry['part']}.{key}.npy"
+        if self._cache is not None and self._cache[0] == name:
+            return self._cache[1]
         data = parts.read_bytes(name)
-        expected = getattr(self, "_part_hashes", {}).get(name)
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        if hashlib.sha256(data).hexdigest() != entry["marker"].get(f"{key}_sha256"):
             where = parts.child(name).url
             raise CorruptedFileError(f"artifact {self.record['label']!r}: part file {where} is corrupted (sha256 mismatch)", path=where)
-        return _npy_load(data)
+        self._cache = (name, _npy_load(data))
+        return self._cache[1]
+
+    def _group_basis(self, parts: Location, entry: dict) -> np.ndarray:
+        return self._part(parts, entry, "basis")[:, entry["basis_at"] : entry["basis_at"] + entry["rank"]]
+
+    def _group_coefficients(self, parts: Location, entry: dict) -> np.ndarray:
+        """(rank, columns) of one group: raw groups hold their m rows."""
+        rows = self.rows if entry["kind"] == _KIND_RAW else entry["rank"]
+        flat = self._part(parts, entry, "coef")[entry["coef_at"] : entry["coef_at"] + rows * entry["columns"]]
+        return flat.reshape(rows, entry["columns"])
 
     def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> None:
         block_group, block_ranks, coef_offsets = self._block_layout(kinds, widths_r)
@@ -371,16 +429,16 @@ class ArtifactWriter:
             )
             arr[...] = value
 
-    def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+    def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r, info: list[dict]) -> None:
         cr, cc = default_chunks(self.rows, self.dtype)
         arr = grp.create_array("bases", shape=(self.rows, 0), chunks=(cr, cc), dtype=self.dtype, compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG)
         sink = _ColumnSink(arr, 0)
         for g in range(self.n_groups):
             if kinds[g] == _KIND_SVD and widths_r[g]:
-                sink.write(self._part(parts, f"g{g:08d}.basis.npy"))
+                sink.write(self._group_basis(parts, info[g]))
         sink.close()
 
-    def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r) -> None:
+    def _pack_coefficients(self, grp: zarr.Group, parts: Location, kinds, widths_r, info: list[dict]) -> None:
         """Coefficients in block order, written through a buffer of at most _PACK_BYTES.
 
         Groups interleave in block order, so packing block by block would keep nearly every
@@ -406,7 +464,7 @@ class ArtifactWriter:
             buffer = np.empty(int(coef_offsets[stop] - coef_offsets[start]), dtype=self.dtype)
             blocks = np.arange(start, stop)
             for g in np.unique(block_group[blocks]):
-                part = self._part(parts, f"g{int(g):08d}.coef.npy")
+                part = self._group_coefficients(parts, info[int(g)])
                 for i in blocks[block_group[blocks] == g]:
                     v = part[:, local[i] : local[i] + self.widths[i]]
                     buffer[coef_offsets[i] - coef_offsets[start] : coef_offsets[i + 1] - coef_offsets[start]] = (
@@ -447,8 +505,13 @@ def write_artifact(
     """
     writer = create_artifact(url, collection_name, label, groups=groups, params=params, dtype=dtype, overwrite=overwrite, storage_options=storage_options)
     try:
+        pending, pending_bytes = {}, 0  # parts of about _PART_BYTES: few files, bounded memory
         for g, members in enumerate(writer.groups):
-            writer.write_group(g, bases[g], [coefficients[i] for i in members])
+            pending[g] = (bases[g], [coefficients[i] for i in members])
+            pending_bytes += sum(np.size(coefficients[i]) for i in members) * writer.dtype.itemsize
+            if pending_bytes >= _PART_BYTES or g == writer.n_groups - 1:
+                writer.write_groups(pending)
+                pending, pending_bytes = {}, 0
         return writer.finalize(errors, ranks)
     except BaseException:
         writer.abort()

@@ -23,10 +23,12 @@ singleton uncompressed when no low-rank form is smaller): V_i is the block, U is
 
 Writing streams group by group: :func:`create_artifact` records the grouping under
 ``artifacts/<collection>/.staging/<label>/``, any process may then call
-:meth:`ArtifactWriter.write_group` (reopen with :func:`open_artifact_writer`), each
-group landing in its own part files plus a done marker; :meth:`ArtifactWriter.finalize`
-packs the parts into the layout above in block order with chunk-sized buffers, keeping
-in memory only the coefficient parts of groups that still have unpacked blocks, and
+:meth:`ArtifactWriter.write_groups` (or ``write_group`` for one; reopen with
+:func:`open_artifact_writer`), each call's groups landing in one part (a bases file, a
+coefficients file and a done marker listing the groups: a file per group would cost a
+file creation, or an object-store request, each); :meth:`ArtifactWriter.finalize` packs
+the parts into the layout above in block order with bounded buffers, holding one part
+file at a time, and
 publishes like a collection: renamed into place locally (an overwrite swaps directories
 atomically); on object stores packed into a fresh version prefix ``<label>/v-<time>-<hex>/``
 whose manifest is then written to ``<label>/manifest.json`` with ``"version"`` set: that

@@ -29,7 +29,9 @@ from ..certify import certify_partial, group_coefficients
 from ..layout import BlockLayout, offsets_of
 from ..magnitude import group_norms2, rescale
 
-__all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory"]
+__all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory", "PART_BYTES"]
+
+PART_BYTES = 64 * 2**20  # coefficients per artifact part file written by compress_in_memory
 
 Certified = tuple[float, int, np.ndarray]  # exact error, adaptive rank, basis (m x adaptive rank)
 
@@ -182,12 +184,14 @@ def compress_in_memory(
     writer = storage.create_artifact(collection.url, collection.name, label, groups=groups, params=params,
                                      overwrite=True, storage_options=collection.storage_options)
     stored_errors = np.zeros(len(groups))
+    pending: dict[int, tuple] = {}  # groups written together as one part of at most PART_BYTES
+    pending_bytes = 0
     try:
         for g, group in enumerate(groups):
             shift = layout.group_shift(group)
             if not compressed[g]:  # as it is: the stored values themselves when scaled
                 data = layout.gather(group).astype(dtype) if shift == 0 else collection.blocks(group)[0]
-                writer.write_group(g, None, data)
+                pending[g] = (None, data)
             else:
                 data = rescale(layout.gather(group), shift).astype(dtype, copy=False)
                 widths = np.diff(layout.offsets)[group]
@@ -195,9 +199,13 @@ def compress_in_memory(
                 with single_threaded_blas():
                     parts = group_coefficients(data, offsets_of(widths), np.zeros(len(group), dtype=np.int64),
                                                {0: basis}, np.array([shift]))[0]
-                writer.write_group(g, basis, [coef for _, coef, _ in parts])
+                pending[g] = (basis, [coef for _, coef, _ in parts])
                 residual2 = sum(r for _, _, r in parts)
                 stored_errors[g] = math.sqrt(residual2 / totals[g]) if totals[g] > 0 else 0.0
+            pending_bytes += sum(np.size(c) for c in pending[g][1]) * dtype.itemsize
+            if pending_bytes >= PART_BYTES or g == len(groups) - 1:
+                writer.write_groups(pending)
+                pending, pending_bytes = {}, 0
             report("compress", g + 1, len(groups))
         artifact = writer.finalize(stored_errors.tolist(), stored_ranks.tolist())
     except BaseException:

@@ -371,8 +371,6 @@ def write_range(handle: Handle, artifact: tuple, index: int, groups: dict[int, l
         for g, entries in batch[index].items():
             for block, coef, residual2 in entries:
                 collected[g][block] = (coef, residual2)
-    residuals = {}
-    for g, members in groups.items():
-        writer.write_group(g, bases[g], [collected[g][b][0] for b in members])
-        residuals[g] = float(sum(collected[g][b][1] for b in members))
-    return residuals
+    # one part for the whole range: a few files, not three per group
+    writer.write_groups({g: (bases[g], [collected[g][b][0] for b in members]) for g, members in groups.items()})
+    return {g: float(sum(collected[g][b][1] for b in members)) for g, members in groups.items()}

@@ -144,3 +144,34 @@ def test_failed_finalize_publishes_nothing(root, setup, monkeypatch):
         write_artifact(root, "c", "a", groups=groups, bases=bases, coefficients=coefs, errors=errors)
     with pytest.raises(CollectionNotFoundError):
         open_artifact(root, "c", "a")
+
+
+def test_groups_written_together_share_one_part(root, setup):
+    """write_groups puts several groups in one part (three files, not three per group);
+    a group written again in another part is taken once; a damaged part is named."""
+    from storage import CorruptedFileError
+
+    _, blocks, groups = setup
+    bases, coefs, errors, ranks = factorise(blocks, groups, 2)
+    w = create_artifact(root, "c", "bundled", groups=groups)
+    entries = {g: (bases[g], [coefs[i] for i in groups[g]]) for g in (0, 2)}
+    w.write_groups(entries)
+    parts = os.path.join(root, "artifacts", "c", ".staging", "bundled", "parts")
+    assert len(os.listdir(parts)) == 3 and w.missing_groups() == [1]
+    w.write_groups({1: (None, [blocks[i] for i in groups[1]]), 2: entries[2]})  # group 2 twice
+    assert w.missing_groups() == []
+    art = w.finalize(errors)
+    assert art.kinds.tolist() == [0, 1, 0]
+    for i in range(len(blocks)):
+        expected = blocks[i] if i in groups[1] else coefs[i]
+        np.testing.assert_array_equal(art.coefficients(i), expected)
+
+    w = create_artifact(root, "c", "damaged", groups=groups)
+    w.write_groups({g: (bases[g], [coefs[i] for i in groups[g]]) for g in range(len(groups))})
+    parts = os.path.join(root, "artifacts", "c", ".staging", "damaged", "parts")
+    (coef_file,) = [f for f in os.listdir(parts) if f.endswith(".coef.npy")]
+    with open(os.path.join(parts, coef_file), "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(CorruptedFileError, match=coef_file):
+        w.finalize(errors)
