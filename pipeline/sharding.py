@@ -22,6 +22,8 @@ The exact certification and coefficient kernels that both modes end with live in
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .bounds import GramSketch
@@ -374,15 +376,32 @@ def _below_eps(head, slack, total, eps: float):
     return np.maximum(np.sqrt(head) - slack, 0.0) ** 2 < (1.0 - eps * eps) * total * (1.0 - 1e-12)
 
 
+def _union_head_bound(la: np.ndarray, lb: np.ndarray, cross: np.ndarray, rank: int) -> float:
+    """Upper bound on the top-``rank`` eigenvalue sum of [[diag(la), X], [X^T, diag(lb)]]
+    without an eigen-solve: the ``rank`` largest of la and lb plus sqrt(rank) ||X||_F
+    (see :func:`_union_cannot_certify`), with a relative margin for rounding."""
+    diagonal = np.concatenate([la, lb])
+    top = diagonal if diagonal.size <= rank else np.partition(diagonal, diagonal.size - rank)[-rank:]
+    return (float(np.sum(np.clip(top, 0.0, None))) + math.sqrt(rank) * float(np.linalg.norm(cross))) * (1.0 + 1e-12)
+
+
 def _union_cannot_certify(a: GramSketch, b: GramSketch, rank: int, eps: float) -> bool:
     """Whether merging two sketches is certain to fail, from the exact spectrum of G_a + G_b.
 
     Its non-zero eigenvalues are those of [[L_a, S_a C S_b], [S_b C^T S_a, L_b]] with
     C = Q_a^T Q_b and S = L^(1/2): a (k_a + k_b)-sized eigenvalue problem with no SVD. The
     merged sketch holds the compression P (G_a + G_b) P, whose top energy is no larger, and
-    at least both slacks, so this bound never rejects a merge that would certify."""
+    at least both slacks, so this bound never rejects a merge that would certify.
+
+    The eigen-solve is skipped when a cheaper bound already rejects: that matrix is
+    D + E with D = diag(L_a, L_b) and E = [[0, X], [X^T, 0]], X = S_a C S_b, whose
+    eigenvalues are +-sigma_i(X); by Ky Fan its top-r sum is at most the r largest of
+    L_a and L_b together plus sum_{i<=r} sigma_i(X) <= sqrt(r) ||X||_F. Groups that share
+    little (nearly orthogonal heads, such as unrelated weight columns) end there."""
     sa, sb = np.sqrt(a.eigenvalues), np.sqrt(b.eigenvalues)
     cross = (sa[:, None] * (a.basis.T @ b.basis)) * sb[None, :]
+    if _below_eps(_union_head_bound(a.eigenvalues, b.eigenvalues, cross, rank), a.slack + b.slack, a.total + b.total, eps):
+        return True
     small = np.block([[np.diag(a.eigenvalues), cross], [cross.T, np.diag(b.eigenvalues)]])
     lam = np.linalg.eigvalsh(small)
     head = float(np.sum(np.clip(lam[::-1][:rank], 0.0, None))) * (1.0 + 1e-12)

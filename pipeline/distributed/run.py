@@ -109,6 +109,7 @@ class ClusteringRun(CertifyAndCompress):
         self.lease_wait_s = float(lease_wait_s)
         self._lease = None  # the writer lease while a stage is being computed
         self._anchors = None  # the sample greedy's future, once the scan has started it
+        self._groups_cache: tuple[str, tuple] | None = None  # the group stage loaded last (_groups_after)
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
         run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION}
@@ -371,6 +372,19 @@ class ClusteringRun(CertifyAndCompress):
     def _load_groups(self, arrays: dict) -> tuple[list[list[int]], list[GramSketch]]:
         return groups_from_arrays(arrays, self.params)
 
+    def _groups_after(self, index: int) -> tuple[list[list[int]], list[GramSketch], dict, str]:
+        """Groups, sketches and meta after merge round ``index`` (-1: the local stage), and
+        the stage that stores them (a round that merged nothing refers to an earlier one).
+        The last one loaded stays in memory: the next round starts from it."""
+        name = "local" if index < 0 else f"merge-{index:03d}"
+        if self._groups_cache is not None and self._groups_cache[0] == name:
+            return self._groups_cache[1]
+        stage = self.local() if index < 0 else self._merge_stage(index)
+        source = stage["meta"].get("same_as", name)
+        groups, sketches = self._load_groups(stage if source == name else self.run.load_stage(source)[0])
+        self._groups_cache = (name, (groups, sketches, stage["meta"], source))
+        return self._groups_cache[1]
+
     def local(self) -> dict:
         """The sequential greedy inside every shard, in parallel."""
         shards = self.partition()["shards"]
@@ -415,11 +429,9 @@ class ClusteringRun(CertifyAndCompress):
         :meth:`_bucket_keys`), merged on the workers; no pair of groups outside a bucket
         is ever compared, and the result does not depend on the number of workers.
         """
-        previous = self.local() if index == 0 else self._merge_stage(index - 1)
-        previous_stage = "local" if index == 0 else f"merge-{index - 1:03d}"
-        if index > 0 and previous["meta"].get("idle_rounds", 0) >= 2:
+        groups, sketches, previous_meta, previous_stage = self._groups_after(index - 1)
+        if index > 0 and previous_meta.get("idle_rounds", 0) >= 2:
             return False
-        groups, sketches = self._load_groups(previous)
 
         def compute():
             keys = self._bucket_keys(groups, index)
@@ -436,11 +448,17 @@ class ClusteringRun(CertifyAndCompress):
                     size += len(bucket)
             results = [r for part in self._gather("merge", futures) for r in part]
             new_groups, new_sketches, merges = _apply_merges(groups, sketches, buckets, results)
-            idle = 0 if merges else (previous["meta"].get("idle_rounds", 0) + 1 if index > 0 else 1)
+            idle = 0 if merges else (previous_meta.get("idle_rounds", 0) + 1 if index > 0 else 1)
             meta = {"merges": merges, "n_groups": len(new_groups), "buckets": len(buckets), "idle_rounds": idle}
+            made.extend([new_groups, new_sketches])
+            if not merges:  # the same groups: point at where they are stored instead of a copy
+                return {}, {**meta, "same_as": previous_stage}
             return self._save_groups(new_groups, new_sketches), meta
 
-        stage = self._timed(f"merge-{index:03d}", compute)
+        name, made = f"merge-{index:03d}", []
+        stage = self._timed(name, compute)
+        if made:  # computed here: the next round starts from these without reading them back
+            self._groups_cache = (name, (*made, stage["meta"], stage["meta"].get("same_as", name)))
         return stage["meta"]["idle_rounds"] < 2
 
     def _merge_stage(self, index: int) -> dict:
@@ -459,8 +477,8 @@ class ClusteringRun(CertifyAndCompress):
 
     def _final_groups(self) -> tuple[list[list[int]], list[GramSketch]]:
         names = sorted(s for s in self.run.stages() if s.startswith("merge-") and self.run.is_complete(s))
-        arrays = self._merge_stage(int(names[-1].split("-")[1])) if names else self.local()
-        return self._load_groups(arrays)
+        groups, sketches, _, _ = self._groups_after(int(names[-1].split("-")[1]) if names else -1)
+        return groups, sketches
 
     def prune(self) -> int:
         """Delete the per-batch checkpoints (``scan-*``, ``split-*``) once certify is

@@ -123,6 +123,10 @@ def test_rerun_with_same_run_id_skips_completed_stages(client, tmp_path):
     assert {s: os.path.getmtime(os.path.join(run.url, s, "manifest.json")) for s in run.stages()} == manifests
     assert calls == []  # no map task ran
     assert second.timings["scan"] == scan_seconds
+    # rounds that merged nothing store no copy, only the stage that holds their groups
+    idle = [s for s in run.stages() if s.startswith("merge-") and "same_as" in run.stage_meta(s)]
+    assert idle and all(run.load_stage(s)[0] == {} and run.is_complete(run.stage_meta(s)["same_as"]) for s in idle)
+    assert ClusteringRun(coll, **kwargs)._final_groups()[0] == first.groups
     with pytest.raises(ValueError, match="eps"):
         cluster_collection(coll, **{**kwargs, "eps": 0.2})
 

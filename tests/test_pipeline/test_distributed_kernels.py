@@ -217,3 +217,30 @@ def test_leading_directions_are_each_blocks_top_singular_direction():
     for i in range(4):
         u, s, _ = np.linalg.svd(factors[:, offsets[i] : offsets[i + 1]], full_matrices=False)
         assert abs(abs(lead[:, i] @ u[:, 0]) - s[0]) <= 1e-10 * s[0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8), st.floats(0.0, 1.0))
+def test_the_cheap_union_bound_is_never_below_the_exact_top_energy(seed, rank, shared):
+    """The bound that skips the eigen-solve (top of both spectra + sqrt(r) ||X||_F) is
+    at least the exact top-r energy of the union, for unrelated, partly shared and equal
+    heads alike."""
+    rng = np.random.default_rng(seed)
+    rows, k = 24, 6
+    qa = np.linalg.qr(rng.standard_normal((rows, k)))[0]
+    other = np.linalg.qr(rng.standard_normal((rows, k)))[0]
+    qb = np.linalg.qr(shared * qa + (1.0 - shared) * other)[0]
+    la, lb = np.sort(rng.exponential(size=k))[::-1], np.sort(rng.exponential(size=k))[::-1]
+    cross = (np.sqrt(la)[:, None] * (qa.T @ qb)) * np.sqrt(lb)[None, :]
+    exact = np.linalg.eigvalsh(np.block([[np.diag(la), cross], [cross.T, np.diag(lb)]]))[::-1][:rank].sum()
+    assert sharding._union_head_bound(la, lb, cross, rank) >= exact
+
+
+def test_unrelated_groups_are_rejected_without_an_eigen_solve(monkeypatch):
+    """Sketches of unrelated random columns (as single weight columns are) never reach the
+    eigen-solve, and the merge they would make indeed fails."""
+    rng = np.random.default_rng(5)
+    a, b = (GramSketch(rng.standard_normal((200, 20)), 8, oversampling=2) for _ in range(2))
+    assert a.merge(b).error_bound() > 0.2
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda *args, **kw: pytest.fail("eigen-solve reached"))
+    assert sharding._union_cannot_certify(a, b, 8, 0.2)
