@@ -33,9 +33,10 @@ of at most ``shard_size`` blocks, W workers:
    for any number of workers, and only the data crosses the network), then every group's
    exact rank-r error, adaptive rank and optimal basis; a group above eps (possible only
    through floating point) is split in two and certified again.
-6. **compress** (map over B batches, one read per pass of at most PASS_BYTES of
-   coefficients): coefficients V_i = U_C^T A_i written as the storage artifact, with the
-   realised error of every group.
+6. **compress** (map over chunks of the artifact's flat coefficients, each about one
+   batch of data; one read): coefficients V_i = U_C^T A_i written by each task straight
+   into its chunk of the artifact's packed layout (bases likewise, by column chunk), with
+   the realised error of every group; the client publishes (small arrays, manifest).
 
 Memory per task is bounded by the batch size, the Gram matrices of one group range and
 one merge task's sketches. The client runs its small dense numerics with one BLAS thread

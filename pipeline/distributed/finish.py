@@ -19,11 +19,12 @@ from . import tasks
 from .compress import certify_with_splits, storage_plan
 from .plan import group_ranges, labels_of, pack_groups, unpack_groups
 
-__all__ = ["CertifyAndCompress", "GRAM_BYTES", "PASS_BYTES", "WRITE_GROUPS"]
+__all__ = ["CertifyAndCompress", "GRAM_BYTES", "CERTIFY_GROUPS"]
 
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
-PASS_BYTES = 256 * 2**20  # coefficients held by the cluster in one compress pass
-WRITE_GROUPS = 64  # groups per certify and per artifact-write task
+CERTIFY_GROUPS = 64  # groups per certify task
+MIN_COEFFICIENT_CHUNK = 2**16  # elements per chunk of the artifact's coefficients, at least
+MAX_COEFFICIENT_CHUNK = 2**22  # and at most (a compress task writes one chunk)
 
 
 class CertifyAndCompress:
@@ -43,7 +44,7 @@ class CertifyAndCompress:
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
         # ranges of few groups: their sums and eigen-solves run in parallel
-        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=WRITE_GROUPS)
+        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=CERTIFY_GROUPS)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
         leaves = []
@@ -107,39 +108,42 @@ class CertifyAndCompress:
                  for g in range(len(groups))}
         return groups, bases, np.where(compressed, adaptive, 0).astype(np.int64)
 
-    def _write_coefficients(self, groups, bases, ranks, label: str) -> dict[int, float]:
-        """Coefficients of every block written into the artifact, one read of the data per
-        pass; a pass holds at most about PASS_BYTES of coefficients on the cluster."""
+    def _write_artifact(self, writer, groups, ranks: np.ndarray, label: str) -> tuple[dict[int, float], dict]:
+        """Every block's coefficients and every group's basis written straight into the
+        artifact's packed layout by map tasks, one chunk each, in parallel: one read of
+        the data and no packing pass on the client. Returns the groups' squared residuals
+        and the written chunk files (for the manifest)."""
         coll = self.collection
-        widths = coll.widths
-        itemsize = np.dtype(coll.dtype).itemsize  # coefficients travel in the data's dtype
-        per_group = np.array([itemsize * (ranks[g] if bases[g] is not None else coll.rows) * widths[group].sum()
-                              for g, group in enumerate(groups)])
-        # ranges of few groups: each is one write task, and they run in parallel
-        ranges = group_ranges(per_group, GRAM_BYTES, max_groups=WRITE_GROUPS)
-        range_bytes = np.bincount(ranges, weights=per_group) if len(groups) else np.zeros(0)
-        passes = group_ranges(range_bytes, PASS_BYTES)
+        itemsize = np.dtype(coll.dtype).itemsize
         labels = labels_of(groups, coll.n_blocks)
+        per_block = np.where(ranks[labels] > 0, ranks[labels], coll.rows) * coll.widths
+        data_elements = max(1, coll.rows * int(coll.widths.sum()))
+        # a chunk's blocks hold about batch_bytes of data on average
+        chunk = int(np.clip(int(per_block.sum()) * (self._batch_bytes / itemsize) / data_elements,
+                            MIN_COEFFICIENT_CHUNK, MAX_COEFFICIENT_CHUNK))
+        layout = writer.start_direct(ranks, chunk)
         group_shifts = self._group_shifts(groups)
         artifact = (coll.url, coll.name, label, json.dumps(coll.storage_options, sort_keys=True))
+        total = int(layout.coef_offsets[-1])
+        futures = []
+        for c in range(-(-total // chunk)):
+            low, high = c * chunk, min((c + 1) * chunk, total)
+            first = int(np.searchsorted(layout.coef_offsets, low, side="right")) - 1
+            stop = int(np.searchsorted(layout.coef_offsets, high, side="left"))
+            futures.append(self._submit("coef", c, tasks.coefficient_chunk, self._handle, artifact, c, first, stop,
+                                        labels[first:stop], ranks, group_shifts))
+        n_basis = -(-int(layout.basis_offsets[-1]) // layout.basis_chunk)
+        futures += [self._submit("basis", c, tasks.basis_chunk, self._handle, artifact, c, ranks)
+                    for c in range(n_basis)]
         residual2: dict[int, float] = {}
-        for p in np.unique(passes):
-            in_pass = np.flatnonzero(passes == p)
-            pass_groups = np.flatnonzero(np.isin(ranges, in_pass))
-            pass_labels = np.where(np.isin(labels, pass_groups), labels, -1)
-            # workers read the bases from the certify checkpoint (they survive a restart)
-            parts = [self._submit("coef", first, tasks.coefficient_batch, self._handle, first, stop, part, ranges,
-                                  len(range_bytes), ranks, group_shifts)
-                     for first, stop, part in self._batches_of(pass_labels)]
-            writes = []
-            for r in in_pass:
-                members = {int(g): groups[g] for g in np.flatnonzero(ranges == r)}
-                writes.append(self._submit("write", int(r), tasks.write_range, self._handle, artifact, int(r),
-                                           members, ranks, *parts, priority=1))
-            self._track("compress", parts)
-            for part in self._gather("compress-write", writes):
-                residual2.update(part)
-        return residual2
+        files: dict[str, dict] = {}
+        for result in self._gather("compress", futures):
+            if isinstance(result, tuple):
+                for g, value in result[0].items():
+                    residual2[g] = residual2.get(g, 0.0) + value
+                result = result[1]
+            files.update(result)
+        return residual2, files
 
     def compress(self) -> dict:
         """Write the compressed artifact (label = run id) and the realised errors."""
@@ -147,19 +151,18 @@ class CertifyAndCompress:
 
         def compute():
             storage = tasks.import_storage()
-            groups, bases, ranks = self._storage_plan(certified)
+            groups, _, ranks = self._storage_plan(certified)
             coll = self.collection
             label = self.run_id
-            storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
-                                    overwrite=True, storage_options=coll.storage_options)
-            residual2 = self._write_coefficients(groups, bases, ranks, label)
+            writer = storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
+                                             overwrite=True, storage_options=coll.storage_options)
+            residual2, files = self._write_artifact(writer, groups, ranks, label)
             totals = group_norms2(coll.norms2, self._shifts(), groups)  # at each group's shift, as residual2
             stored_errors = np.array([
-                math.sqrt(residual2[g] / totals[g]) if totals[g] > 0 else 0.0 for g in range(len(groups))
+                math.sqrt(residual2.get(g, 0.0) / totals[g]) if totals[g] > 0 else 0.0 for g in range(len(groups))
             ])
-            writer = storage.open_artifact_writer(coll.url, coll.name, label, storage_options=coll.storage_options)
             self._lease.check()  # publish only while this process is still the run's writer
-            artifact = writer.finalize(stored_errors.tolist(), ranks.tolist())
+            artifact = writer.finish_direct(stored_errors.tolist(), files)
             arrays = {"stored_errors": stored_errors, "stored_ranks": ranks}
             return arrays, {"artifact": label, "bytes_compressed": int(artifact.nbytes_stored)}
 

@@ -19,7 +19,7 @@ from ..params import CHECKPOINT_VERSION, DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
 from .checkpoints import groups_from_arrays, groups_to_arrays
-from .finish import GRAM_BYTES, PASS_BYTES, WRITE_GROUPS, CertifyAndCompress  # noqa: F401  (re-exported)
+from .finish import GRAM_BYTES, CertifyAndCompress  # noqa: F401  (re-exported)
 from .plan import batch_bounds, labels_of, unpack_groups
 from .result import DistributedResult
 
@@ -122,6 +122,7 @@ class ClusteringRun(CertifyAndCompress):
             storage_options=collection.storage_options,
         )
         itemsize = np.dtype(collection.dtype).itemsize
+        self._batch_bytes = batch_bytes
         self._batch_bounds = batch_bounds(collection.offsets, collection.chunks[1], collection.rows * itemsize, batch_bytes)
 
     # -- helpers -----------------------------------------------------------------------

@@ -346,31 +346,51 @@ def stored_bases(handle: Handle, groups, ranks: np.ndarray) -> dict[int, np.ndar
     return {int(g): bases[:, starts[g] : starts[g] + ranks[g]] if ranks[g] else None for g in groups}
 
 
-def coefficient_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray,
-                      n_ranges: int, ranks: np.ndarray, group_shifts: np.ndarray) -> list[dict]:
-    """One read of a batch: per group range, the coefficients and residuals (at the
-    group's magnitude shift) of its blocks."""
+def _artifact_writer(artifact: tuple):
+    url, name, label, storage_options_json = artifact
+    return import_storage().open_artifact_writer(url, name, label, storage_options=json.loads(storage_options_json))
+
+
+def coefficient_chunk(handle: Handle, artifact: tuple, chunk: int, first: int, stop: int, labels: np.ndarray,
+                      ranks: np.ndarray, group_shifts: np.ndarray) -> tuple[dict[int, float], dict[str, dict]]:
+    """Compute and write chunk ``chunk`` of the artifact's flat coefficients, which holds
+    (parts of) blocks first..stop-1 (``labels``: their groups). Returns the squared
+    residuals, per group, of the blocks whose coefficients start in this chunk (each
+    block counted once), and the written chunk file's size and sha256."""
+    writer = _artifact_writer(artifact)
+    layout = writer.direct_layout()
     data, offsets = read_batch(handle, first, stop)
-    bases = stored_bases(handle, np.unique(labels[labels >= 0]), ranks)
+    bases = stored_bases(handle, np.unique(labels), ranks)
     with single_threaded_blas():
         parts = group_coefficients(data, offsets, labels, bases, group_shifts)
-    out: list[dict] = [{} for _ in range(n_ranges)]
+    low = chunk * layout.coefficient_chunk
+    high = min(low + layout.coefficient_chunk, int(layout.coef_offsets[-1]))
+    values = np.empty(high - low, dtype=writer.dtype)
+    residuals: dict[int, float] = {}
     for g, entries in parts.items():
-        out[int(ranges[g])][g] = [(first + b, coef, residual2) for b, coef, residual2 in entries]
-    return out
+        for b, coef, residual2 in entries:
+            begin, end = int(layout.coef_offsets[first + b]), int(layout.coef_offsets[first + b + 1])
+            a, z = max(begin, low), min(end, high)  # a block may straddle the chunk's edges
+            values[a - low : z - low] = np.ravel(coef)[a - begin : z - begin]
+            if low <= begin < high:
+                residuals[g] = residuals.get(g, 0.0) + residual2
+    return residuals, writer.write_coefficient_chunk(chunk, values)
 
 
-def write_range(handle: Handle, artifact: tuple, index: int, groups: dict[int, list[int]], ranks: np.ndarray,
-                *batches: list) -> dict[int, float]:
-    """Write the groups of one range into the artifact; returns their residual energies."""
-    url, name, label, storage_options_json = artifact
-    bases = stored_bases(handle, list(groups), ranks)
-    writer = import_storage().open_artifact_writer(url, name, label, storage_options=json.loads(storage_options_json))
-    collected: dict[int, dict[int, tuple]] = {g: {} for g in groups}
-    for batch in batches:
-        for g, entries in batch[index].items():
-            for block, coef, residual2 in entries:
-                collected[g][block] = (coef, residual2)
-    # one part for the whole range: a few files, not three per group
-    writer.write_groups({g: (bases[g], [collected[g][b][0] for b in members]) for g, members in groups.items()})
-    return {g: float(sum(collected[g][b][1] for b in members)) for g, members in groups.items()}
+def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) -> dict[str, dict]:
+    """Write column chunk ``chunk`` of the artifact's bases (each group's ``ranks[g]``
+    leading certified directions, side by side); returns the written files' hashes."""
+    writer = _artifact_writer(artifact)
+    layout = writer.direct_layout()
+    low = chunk * layout.basis_chunk
+    high = min(low + layout.basis_chunk, int(layout.basis_offsets[-1]))
+    bases, starts = _certified_bases(handle)
+    columns = np.empty((writer.rows, high - low), dtype=writer.dtype)
+    first = int(np.searchsorted(layout.basis_offsets, low, side="right")) - 1
+    last = int(np.searchsorted(layout.basis_offsets, high, side="left"))
+    for g in range(first, last):
+        begin, end = int(layout.basis_offsets[g]), int(layout.basis_offsets[g + 1])
+        a, z = max(begin, low), min(end, high)
+        if a < z:
+            columns[:, a - low : z - low] = bases[:, starts[g] + a - begin : starts[g] + z - begin]
+    return writer.write_basis_chunk(chunk, columns)
