@@ -28,8 +28,11 @@ Writing streams group by group: :func:`create_artifact` records the grouping und
 coefficients file and a done marker listing the groups: a file per group would cost a
 file creation, or an object-store request, each); :meth:`ArtifactWriter.finalize` packs
 the parts into the layout above in block order with bounded buffers, holding one part
-file at a time, and
-publishes like a collection: renamed into place locally (an overwrite swaps directories
+file at a time, and publishes like a collection (or, for writers that know every group's rank up front,
+:meth:`ArtifactWriter.start_direct` creates the packed layout at its final shapes, tasks
+in any process fill it chunk by chunk and return the chunk files' hashes, and
+:meth:`ArtifactWriter.finish_direct` writes the manifest and publishes, with no part
+files and no packing pass): renamed into place locally (an overwrite swaps directories
 atomically); on object stores packed into a fresh version prefix ``<label>/v-<time>-<hex>/``
 whose manifest is then written to ``<label>/manifest.json`` with ``"version"`` set: that
 object is the pointer, switched last, and older versions are removed afterwards.
