@@ -19,7 +19,6 @@ Algorithms 1-3.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,7 +40,6 @@ _NARROW_WIDTH = 8
 _FIRST_WINDOW = 64
 
 
-@dataclass
 class ClusteringResult:
     """Groups produced by :func:`cluster`.
 
@@ -55,19 +53,62 @@ class ClusteringResult:
     bounds : ndarray of float64, shape (n_groups,)
         Certified upper bound on each group's exact relative rank-r error. Only a group of
         one block can exceed eps (a wide block that no rank-r form fits); such a block is
-        stored as it is.
+        stored as it is. The bounds of the blocks left alone after ``patience`` are computed
+        when ``bounds`` is first read (their spectra can cost more than the clustering).
     params : dict
         The parameters the clustering ran with.
     """
 
-    clusters: list[list[int]]
-    labels: np.ndarray
-    bounds: np.ndarray
-    params: dict = field(default_factory=dict)
+    def __init__(self, clusters: list[list[int]], labels: np.ndarray, bounds, params: dict | None = None):
+        self.clusters, self.labels = clusters, labels
+        self.params = {} if params is None else params
+        self._bounds = bounds  # an array, or a _PendingBounds evaluated on first read
+
+    @property
+    def bounds(self) -> np.ndarray:
+        if isinstance(self._bounds, _PendingBounds):
+            self._bounds = self._bounds.evaluate()
+        return self._bounds
 
     @property
     def n_groups(self) -> int:
         return len(self.clusters)
+
+    def __getstate__(self) -> dict:
+        # pickled with its bounds evaluated, not with the data they are computed from
+        return dict(self.__dict__, _bounds=self.bounds)
+
+    def __repr__(self) -> str:
+        return f"ClusteringResult(n_groups={self.n_groups}, params={self.params})"
+
+
+class _SingletonBounds:
+    """The bounds of blocks left alone after ``patience``, computed when first needed."""
+
+    def __init__(self, layout: BlockLayout, blocks: np.ndarray, rank: int, energies):
+        self.layout, self.blocks, self.rank, self.energies = layout, blocks, rank, energies
+
+    def energy_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each block's top-r energy and squared norm."""
+        energy = _singleton_energies(self.layout, self.blocks, self.rank, self.energies)
+        return energy, self.layout.norms2[self.blocks]
+
+    def evaluate(self) -> list[float]:
+        return _error_bounds(*self.energy_totals()).tolist()
+
+
+class _PendingBounds:
+    """Bounds of groups in order: floats and :class:`_SingletonBounds` not yet evaluated."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def evaluate(self) -> np.ndarray:
+        values = []
+        with single_threaded_blas():  # the singletons' many small spectra, as in the greedy
+            for part in self.parts:
+                values += part.evaluate() if isinstance(part, _SingletonBounds) else [part]
+        return np.asarray(values, dtype=np.float64)
 
 
 def seed_split(sorted_blocks: np.ndarray, widths: np.ndarray, rank: int) -> int:
@@ -220,19 +261,21 @@ def cluster(
     """
     params = check_params(rank, eps, method, order, patience, oversampling, tol)
     layout = as_layout(blocks, offsets)
-    clusters, bounds = [], []
+    clusters, bounds, lazy = [], [], False
     with single_threaded_blas():
         # blocks of different magnitude bands never share a group (pipeline.magnitude)
         for members in _magnitude_bands(layout):
             part = layout if members is None else layout.subset(members)
             found, found_bounds, _ = _greedy(part, **params, with_states=False)
             clusters += found if members is None else [members[g].tolist() for g in found]
-            bounds += list(found_bounds)
+            bounds += found_bounds
+            lazy = lazy or bool(found_bounds) and isinstance(found_bounds[-1], _SingletonBounds)  # always last
     sizes = np.fromiter(map(len, clusters), dtype=np.int64, count=len(clusters))
     labels = np.empty(layout.n_blocks, dtype=np.int64)
     labels[np.fromiter(itertools.chain.from_iterable(clusters), dtype=np.int64, count=int(sizes.sum()))] = np.repeat(
         np.arange(len(clusters)), sizes)
-    return ClusteringResult(clusters, labels, np.asarray(bounds, dtype=np.float64), params)
+    return ClusteringResult(clusters, labels, _PendingBounds(bounds) if lazy else np.asarray(bounds, dtype=np.float64),
+                            params)
 
 
 def _magnitude_bands(layout: BlockLayout) -> list[np.ndarray | None]:
@@ -397,13 +440,23 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
         remaining = _without_group(remaining, alive, n_seed, len(accepted), orderer is None)
         misses = misses + 1 if not accepted and len(candidates) else 0
         if misses >= patience:
-            energy, totals = _singleton_energies(layout, remaining, rank, energies), layout.norms2[remaining]
-            clusters.extend(remaining.reshape(-1, 1).tolist())  # [[block], ...], built in C
-            bounds.extend(_error_bounds(energy, totals).tolist())
-            if with_states:
-                states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
+            _add_singletons(clusters, bounds, states if with_states else None, layout, remaining, rank, energies)
             break
     return clusters, bounds, (states if with_states else None)
+
+
+def _add_singletons(clusters, bounds, states, layout: BlockLayout, blocks: np.ndarray, rank: int, energies) -> None:
+    """Every block of ``blocks`` as its own group. Their bounds (and their states, unless
+    ``states`` is None) are computed now only if states are asked for; otherwise one
+    :class:`_SingletonBounds` stands for them in ``bounds`` until they are read."""
+    clusters.extend(blocks.reshape(-1, 1).tolist())  # [[block], ...], built in C
+    pending = _SingletonBounds(layout, blocks, rank, energies)
+    if states is None:
+        bounds.append(pending)
+        return
+    energy, totals = pending.energy_totals()
+    bounds.extend(_error_bounds(energy, totals).tolist())
+    states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
 
 
 def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
@@ -417,8 +470,7 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
     bookkeeping (masks, fancy indexing, one bound object per group) is gone."""
     order = np.argsort(-layout.norms2, kind="stable")
     norms2, widths = layout.norms2[order], layout.widths[order]
-    energies = _block_energies(layout)
-    sorted_energies = energies[order]
+    energies = sorted_energies = None  # taken once a seed of at most r columns needs them
     clusters, bounds, states, misses = [], [], [], 0
     lo, hi = 0, len(order)
     floor = 1.0 - eps * eps
@@ -427,6 +479,9 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
         seed = slice(lo, lo + n_seed)
         total = float(norms2[seed].sum())
         if widths[seed].sum() <= rank:
+            if energies is None:
+                energies = _block_energies(layout)
+                sorted_energies = energies[order]
             bound = WeylBound.from_energy(float(sorted_energies[seed].sum()), rank, total)
         else:
             bound = WeylBound(layout.gather(order[seed]), rank, total=total)
@@ -440,12 +495,7 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
         misses = misses + 1 if not n and hi > lo + n_seed else 0
         lo, hi = lo + n_seed, hi - n
         if misses >= patience and lo < hi:
-            remaining = order[lo:hi]
-            energy, totals = _singleton_energies(layout, remaining, rank, energies), layout.norms2[remaining]
-            clusters.extend(remaining.reshape(-1, 1).tolist())
-            bounds.extend(_error_bounds(energy, totals).tolist())
-            if with_states:
-                states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
+            _add_singletons(clusters, bounds, states if with_states else None, layout, order[lo:hi], rank, energies)
             break
     return clusters, bounds, (states if with_states else None)
 
