@@ -31,6 +31,8 @@ def collection_summary(collection: Any) -> dict[str, Any]:
         "bytes": int(collection.nbytes),
         "bytes_stored": int(collection.nbytes_stored),
         "fingerprint": collection.fingerprint(),
+        "version": int(getattr(collection, "version", 1)),
+        "appends": len(getattr(collection, "appends", [])),
     }
 
 

@@ -123,6 +123,10 @@ class Collection:
             self.names: list[str] = list(meta["names"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptedFileError(f"collection {name!r}: {record} is corrupted (bad field {exc})", path=record) from None
+        #: 1 when written, one more for every append; ``appends`` lists them (version,
+        #: first_block, n_blocks, written and the source's format and path).
+        self.version = int(meta.get("version", 1))
+        self.appends: list[dict] = [dict(a) for a in (meta.get("appends") or [])]
         self.provenance: dict = dict(meta.get("provenance") or {})
         self.block_provenance = meta.get("block_provenance")
         #: Items kept as they are, outside ``data`` (see :meth:`passthrough`).

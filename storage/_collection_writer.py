@@ -87,6 +87,7 @@ class CollectionWriter:
         self.rows = int(meta["rows"])
         self.dtype = np.dtype(meta["dtype"])
         self._base_blocks = int(meta["n_blocks"])
+        self._append_source: dict = {}  # what record_append names
         self._base_columns = int(meta["n_columns"])
         self._data = group["data"].with_config(ARRAY_CONFIG)
         self._sink = _ColumnSink(self._data, self._base_columns, head)
@@ -262,8 +263,21 @@ class CollectionWriter:
                                  "sha256": digest.hexdigest()})
 
     # ---- finishing --------------------------------------------------------
+    def record_append(self, source: dict) -> None:
+        """Record this append in the commit record (``version`` + 1 and an ``appends``
+        entry naming its first block, its block count and ``source``'s format and path)."""
+        self._append_source = {k: source[k] for k in ("format", "source") if k in source}
+
     def _commit_record(self) -> dict:
         meta = dict(self._meta)
+        if self.appending and self.n_blocks > self._base_blocks:
+            version = int(meta.get("version", 1)) + 1
+            meta["version"] = version
+            meta["appends"] = list(meta.get("appends") or []) + [{
+                "version": version, "first_block": self._base_blocks, "n_blocks": self.n_blocks - self._base_blocks,
+                "written": _now(), **self._append_source}]
+        elif not self.appending:
+            meta["version"] = 1
         meta["n_blocks"] = self.n_blocks
         meta["n_columns"] = self._offsets[-1]
         meta["names"] = list(self._meta["names"]) + self._names

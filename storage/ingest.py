@@ -62,7 +62,7 @@ from ._safetensors import (
     write_safetensors as write_safetensors,
 )
 from ._stream import NamedBlock as NamedBlock, Passthrough as Passthrough
-from .collection import Collection, create_collection
+from .collection import Collection, create_collection, open_collection
 from .errors import BlockValidationError, EmptyInputError, SourceFormatError
 
 #: Bytes of a source stack mapped at once.
@@ -89,12 +89,23 @@ def _ingest(
     chunk_columns: int | None = None,
     chunk_rows: int | None = None,
     storage_options: dict | None = None,
+    append: bool = False,
+    name_prefix: str = "",
 ) -> Collection:
-    """Write a stream of (name, block, provenance) into a new collection and publish it.
+    """Write a stream of (name, block, provenance) into a new collection and publish it,
+    or with ``append`` add its blocks to the existing collection ``name`` atomically.
 
     Items whose block is a :class:`Passthrough` are kept as raw bytes; those met before
     the first block (which fixes the row count) wait in a list (they are lazy views).
+    ``name_prefix`` is put before every block name the source gives.
     """
+    if name_prefix:
+        stream = ((None if b is None else name_prefix + b, block, prov) for b, block, prov in stream)
+    if append:
+        if overwrite:
+            raise ValueError("append and overwrite exclude each other")
+        return _append(url, name, stream, dtype=dtype, stack_complex=stack_complex, provenance=provenance,
+                       storage_options=storage_options)
     it = iter(stream)
     pending: list[tuple[str, Passthrough]] = []
     while True:
@@ -149,8 +160,37 @@ def _ingest(
     return writer.publish()
 
 
+def _append(url: str, name: str, stream: Iterable[NamedBlock], *, dtype: Any, stack_complex: bool,
+            provenance: dict | None, storage_options: dict | None) -> Collection:
+    """Append a stream's blocks to collection ``name``: all of them or, if any fails, none
+    (the collection stays exactly as it was). Block indices of existing blocks never
+    change; the collection's version goes up by one and the append is recorded."""
+    coll = open_collection(url, name, storage_options=storage_options)
+    if dtype is not None and np.dtype(dtype) != coll.dtype:
+        raise ValueError(f"cannot append {np.dtype(dtype).name} blocks to collection {name!r}: it stores {coll.dtype.name}")
+    writer = coll.appender(stack_complex=stack_complex)
+    added = 0
+    try:
+        for bname, block, prov in stream:
+            if isinstance(block, Passthrough):
+                raise ValueError(
+                    f"cannot append to collection {name!r}: the source has items that are not blocks "
+                    f"({bname!r}, e.g. a bias or norm tensor); an append adds blocks only: ingest the source "
+                    "as a collection of its own")
+            writer.append(block, bname, prov)
+            added += 1
+        if not added:
+            raise EmptyInputError(f"collection {name!r}: no blocks to append")
+        writer.record_append(provenance or {})
+    except BaseException:
+        writer.discard()  # the committed extent is untouched: trim what was written past it
+        raise
+    return writer.publish()
+
+
 def _common(kwargs: dict) -> dict:
-    allowed = {"dtype", "stack_complex", "overwrite", "chunk_columns", "chunk_rows", "storage_options", "provenance"}
+    allowed = {"dtype", "stack_complex", "overwrite", "chunk_columns", "chunk_rows", "storage_options", "provenance",
+               "append", "name_prefix"}
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unexpected ingest option(s): {', '.join(sorted(unknown))}")

@@ -36,6 +36,11 @@ def ingest_cmd(
     store: str = StoreOpt,
     dtype: Optional[DType] = typer.Option(None, help="Storage dtype (default: float32 for float32 input, else float64)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing collection of that name."),
+    append: bool = typer.Option(False, "--append", help="Add the source's blocks to the existing collection NAME "
+                                "(atomic: if any block fails, the collection stays as it was; existing block "
+                                "indices never change; its version goes up by one)."),
+    prefix: str = typer.Option("", "--prefix", help="Put this before every block name the source gives (e.g. a "
+                               "checkpoint tag, so that an appended checkpoint's tensor names stay unique)."),
     stack_complex: bool = typer.Option(False, "--stack-complex", help="Complex blocks: store real rows over imaginary rows."),
     column_length: Optional[int] = typer.Option(None, "--column-length", min=1, help="safetensors: rows m of every column (768 in the paper)."),
     per: Optional[_Per] = typer.Option(None, "--per", help="safetensors: one block per tensor (default) or per column."),
@@ -61,7 +66,13 @@ def ingest_cmd(
     suffix = Path(src).suffix.lower()
     if suffix == ".safetensors" and column_length is None:
         raise CLIError("a .safetensors source needs --column-length (the rows m of every column block)")
+    if append and overwrite:
+        raise CLIError("--append and --overwrite exclude each other")
     options: dict[str, Any] = {"overwrite": overwrite}
+    if append:
+        options["append"] = True
+    if prefix:
+        options["name_prefix"] = prefix
     if dtype is not None:
         options["dtype"] = dtype.value
     if stack_complex:
@@ -93,6 +104,14 @@ def ingest_cmd(
 
     from rich.text import Text
 
+    if append:
+        added = coll.appends[-1]
+        _out().print(Text.assemble(
+            "appended ", _esc(added["n_blocks"], "bold"), f" blocks (indices {added['first_block']} to "
+            f"{added['first_block'] + added['n_blocks'] - 1}) to collection ", _esc(name, "bold"),
+            _esc(f", now version {coll.version} with {summary['blocks']} blocks, in {summary['seconds']:.1f} s"),
+        ))
+        return
     _out().print(Text.assemble(
         "ingested ", _esc(summary["blocks"], "bold"),
         f" blocks ({summary['rows']} x {summary['columns']} {summary['dtype']}, "
@@ -189,6 +208,7 @@ def inspect_cmd(
     summary["widths"] = {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())}
     summary["norms"] = {"min": float(norms.min()), "median": float(np.median(norms)), "max": float(norms.max())}
     summary["provenance"] = coll.provenance
+    summary["append_history"] = coll.appends
     summary["first_blocks"] = coll.names[:5]
     summary["runs"] = _list_runs(coll)
     summary["artifacts"] = _list_artifacts(coll)
@@ -207,6 +227,9 @@ def inspect_cmd(
     table.add_row("block widths", "min {min}, median {median:g}, max {max}".format(**summary["widths"]))
     table.add_row("block norms", "min {min:.4g}, median {median:.4g}, max {max:.4g}".format(**summary["norms"]))
     table.add_row("size", f"{fmt_bytes(summary['bytes'])} raw, {fmt_bytes(summary['bytes_stored'])} on disk")
+    for k, a in enumerate(coll.appends[-3:]):  # the latest appends; --json has them all
+        what = f"+{a['n_blocks']} blocks from index {a['first_block']}" + (f" ({a['source']})" if a.get("source") else "")
+        table.add_row("version" if k == 0 else "", _esc(f"{a['version']}: {what}, {a.get('written', '')}"))
     if coll.provenance:
         for k, line in enumerate(_provenance_lines(coll.provenance)):
             table.add_row("provenance" if k == 0 else "", _esc(line))

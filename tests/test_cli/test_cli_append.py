@@ -1,0 +1,40 @@
+"""``cmsvd ingest --append``: blocks added atomically, the version shown by inspect."""
+
+from __future__ import annotations
+
+import numpy as np
+from cli_helpers import cli, cli_json
+
+
+def test_append_end_to_end_and_a_failed_append_changes_nothing(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    store = tmp_path / "store"
+    np.save(tmp_path / "day1.npy", rng.standard_normal((4, 8, 3)))
+    np.save(tmp_path / "day2.npy", rng.standard_normal((3, 8, 3)))
+    np.save(tmp_path / "wrong.npy", rng.standard_normal((2, 7, 3)))
+    assert cli(capsys, "ingest", tmp_path / "day1.npy", "--name", "c", "--store", store)[0] == 0
+    code, out, err = cli(capsys, "ingest", tmp_path / "day2.npy", "--name", "c", "--store", store, "--append")
+    assert code == 0, err
+    assert "appended 3 blocks (indices 4 to 6) to collection c, now version 2 with 7 blocks" in out
+    code, _, err = cli(capsys, "ingest", tmp_path / "wrong.npy", "--name", "c", "--store", store, "--append")
+    assert code != 0 and "block 7" in err and "7 rows, the collection has 8" in err
+    info = cli_json(capsys, "inspect", "c", "--store", store)
+    assert info["blocks"] == 7 and info["version"] == 2
+    assert [a["n_blocks"] for a in info["append_history"]] == [3]
+    code, _, err = cli(capsys, "ingest", tmp_path / "day2.npy", "--name", "c", "--store", store, "--append", "--overwrite")
+    assert code != 0 and "exclude each other" in err
+
+
+def test_appending_a_model_with_bias_tensors_is_refused_naming_one(capsys, tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    store = tmp_path / "store"
+    save_file({"w": rng.standard_normal((4, 8)).astype(np.float32)}, str(tmp_path / "a.safetensors"))
+    save_file({"w": rng.standard_normal((4, 8)).astype(np.float32), "bias": np.ones(8, np.float32)},
+              str(tmp_path / "b.safetensors"))
+    assert cli(capsys, "ingest", tmp_path / "a.safetensors", "--name", "m", "--column-length", 8, "--store", store)[0] == 0
+    code, _, err = cli(capsys, "ingest", tmp_path / "b.safetensors", "--name", "m", "--column-length", 8,
+                       "--store", store, "--append", "--prefix", "ckpt2/")
+    assert code != 0 and "'ckpt2/bias'" in err and "blocks only" in err
+    assert cli_json(capsys, "inspect", "m", "--store", store)["version"] == 1
