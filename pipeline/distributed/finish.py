@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from ..layout import offsets_of
 from ..magnitude import group_norms2
 from . import tasks
 from .compress import certify_with_splits, storage_plan
@@ -57,8 +56,11 @@ class CertifyAndCompress:
                 piece = self._submit("gram-piece", f"{r}-{i}", tasks.pick_range, leaf, r, priority=1)
                 sums[r] = piece if sums[r] is None else self._submit(
                     "gram-sum", f"{r}-{i}", tasks.combine_range, sums[r], piece, priority=1)
-        certs = [self._submit("certify", r, tasks.certify_range, sums[r], self.params["rank"],
-                              self.params["eps"], priority=2)
+        self._certify_calls += 1  # a split group is certified again: its ranges get new stages
+        call = self._certify_calls
+        certs = [self._submit("certify", r, tasks.certify_range, self._handle, self._token,
+                              f"certify-bases-{call:02d}-{r:05d}", sums[r], self.params["rank"], self.params["eps"],
+                              priority=2)
                  for r in range(n_ranges)]
         self._track("certify", leaves)
         certified: dict[int, tuple] = {}
@@ -78,16 +80,21 @@ class CertifyAndCompress:
             errors = np.array([c[0] for c in certified])
             ranks = np.array([c[1] for c in certified], dtype=np.int64)
             flat, offsets = pack_groups(groups)
-            bases = [c[2] for c in certified]
+            # the bases stay in the range stages the certify tasks wrote: only where they are
+            stages = sorted({c[2][0] for c in certified})
+            index = {name: i for i, name in enumerate(stages)}
             arrays = {
                 "members": flat,
                 "group_offsets": offsets,
                 "errors": errors,
                 "adaptive_ranks": ranks,
                 "bounds": np.asarray(bounds, dtype=np.float64),
-                "bases": np.hstack(bases) if bases else np.zeros((self.collection.rows, 0)),
+                "basis_stage": np.array([index[c[2][0]] for c in certified], dtype=np.int64),
+                "basis_start": np.array([c[2][1] for c in certified], dtype=np.int64),
             }
-            return arrays, {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0))}
+            meta = {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0)),
+                    "basis_stages": stages}
+            return arrays, meta
 
         return self._timed("certify", compute)
 
@@ -97,16 +104,13 @@ class CertifyAndCompress:
 
     # -- compress --------------------------------------------------------------------------
 
-    def _storage_plan(self, certified: dict) -> tuple[list[list[int]], dict[int, np.ndarray | None], np.ndarray]:
-        """Per group the basis to store (None: stored as it is) and the stored rank."""
+    def _storage_plan(self, certified: dict) -> tuple[list[list[int]], np.ndarray]:
+        """The groups and the rank each is stored at (0: stored as it is)."""
         groups = unpack_groups(certified["members"], certified["group_offsets"])
         adaptive = np.asarray(certified["adaptive_ranks"])
         compressed = storage_plan(groups, certified["errors"], adaptive, self.collection.widths, self.collection.rows,
                                   self.params["eps"])
-        starts = offsets_of(adaptive)
-        bases = {g: certified["bases"][:, starts[g] : starts[g] + adaptive[g]] if compressed[g] else None
-                 for g in range(len(groups))}
-        return groups, bases, np.where(compressed, adaptive, 0).astype(np.int64)
+        return groups, np.where(compressed, adaptive, 0).astype(np.int64)
 
     def _write_artifact(self, writer, groups, ranks: np.ndarray, label: str) -> tuple[dict[int, float], dict]:
         """Every block's coefficients and every group's basis written straight into the
@@ -151,7 +155,7 @@ class CertifyAndCompress:
 
         def compute():
             storage = tasks.import_storage()
-            groups, _, ranks = self._storage_plan(certified)
+            groups, ranks = self._storage_plan(certified)
             coll = self.collection
             label = self.run_id
             writer = storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),

@@ -110,6 +110,7 @@ class ClusteringRun(CertifyAndCompress):
         self._lease = None  # the writer lease while a stage is being computed
         self._anchors = None  # the sample greedy's future, once the scan has started it
         self._groups_cache: tuple[str, tuple] | None = None  # the group stage loaded last (_groups_after)
+        self._certify_calls = 0  # certify's calls so far (each writes its ranges' basis stages)
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
         run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION}

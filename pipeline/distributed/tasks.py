@@ -321,29 +321,60 @@ def combine_range(left: dict, right: dict) -> dict:
         return combine_partials(left, right)
 
 
-def certify_range(partials: dict, rank: int, eps: float) -> dict[int, tuple[float, int, np.ndarray]]:
-    """Exact (error, adaptive rank, basis) of every group of a range from its summed Gram."""
-    out = {}
-    with single_threaded_blas():
-        for label, part in partials.items():
-            cert = certify_partial(part, rank, eps)
-            out[label] = (cert.error, cert.adaptive_rank, cert.basis)
-    return out
+def certify_range(handle: Handle, token: str | None, stage: str, partials: dict, rank: int,
+                  eps: float) -> dict[int, tuple[float, int, tuple[str, int]]]:
+    """Exact (error, adaptive rank, basis) of every group of a range from its summed Gram.
+
+    The bases are checkpointed here as ``stage`` (committed only while the driver holds
+    the run's lease ``token``), where the compress tasks read them: they never pass
+    through the client. Returns per group its error, adaptive rank and (stage, first
+    column) of its basis."""
+    run = run_of(handle).require_lease(token)
+    if not run.is_complete(stage):
+        labels, errors, ranks, bases = [], [], [], []
+        with single_threaded_blas():
+            for label, part in partials.items():
+                cert = certify_partial(part, rank, eps)
+                labels.append(label)
+                errors.append(cert.error)
+                ranks.append(cert.adaptive_rank)
+                bases.append(cert.basis)
+        rows = bases[0].shape[0] if bases else 0
+        run.save_stage(stage, {"labels": np.asarray(labels, dtype=np.int64), "errors": np.asarray(errors),
+                               "ranks": np.asarray(ranks, dtype=np.int64),
+                               "bases": np.hstack(bases) if bases else np.zeros((rows, 0))})
+    arrays = run.load_stage(stage, ["labels", "errors", "ranks"])[0]
+    starts = offsets_of(arrays["ranks"])
+    return {int(g): (float(e), int(k), (stage, int(starts[j])))
+            for j, (g, e, k) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"]))}
+
+
+@functools.lru_cache(maxsize=8)
+def _range_bases(handle: Handle, stage: str) -> np.ndarray:
+    """The bases of one certify range, side by side (read once per worker)."""
+    return run_of(handle).load_stage(stage, ["bases"])[0]["bases"]
 
 
 @functools.lru_cache(maxsize=4)
-def _certified_bases(handle: Handle) -> tuple[np.ndarray, np.ndarray]:
-    """The certify stage's optimal bases side by side, and their column offsets: read from
-    the run on each worker, so a restarted worker finds them again (unlike scattered data)."""
-    arrays, _ = run_of(handle).load_stage("certify", ["bases", "adaptive_ranks"])
-    return arrays["bases"], offsets_of(arrays["adaptive_ranks"])
+def _basis_refs(handle: Handle) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Where each certified group's basis is: range stage names, and per group the index
+    of its stage and its first column there (from the certify stage, so a restarted
+    worker finds them again)."""
+    arrays, meta = run_of(handle).load_stage("certify", ["basis_stage", "basis_start"])
+    return list(meta["basis_stages"]), arrays["basis_stage"], arrays["basis_start"]
+
+
+def certified_basis(handle: Handle, g: int, width: int) -> np.ndarray:
+    """The ``width`` leading optimal directions of certified group ``g``."""
+    names, stage_of, start_of = _basis_refs(handle)
+    start = int(start_of[g])
+    return _range_bases(handle, names[int(stage_of[g])])[:, start : start + width]
 
 
 def stored_bases(handle: Handle, groups, ranks: np.ndarray) -> dict[int, np.ndarray | None]:
     """Basis each of ``groups`` is stored with (its ``ranks[g]`` leading optimal directions),
     or None for a group stored as it is (rank 0)."""
-    bases, starts = _certified_bases(handle)
-    return {int(g): bases[:, starts[g] : starts[g] + ranks[g]] if ranks[g] else None for g in groups}
+    return {int(g): certified_basis(handle, int(g), int(ranks[g])) if ranks[g] else None for g in groups}
 
 
 def _artifact_writer(artifact: tuple):
@@ -384,7 +415,6 @@ def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) 
     layout = writer.direct_layout()
     low = chunk * layout.basis_chunk
     high = min(low + layout.basis_chunk, int(layout.basis_offsets[-1]))
-    bases, starts = _certified_bases(handle)
     columns = np.empty((writer.rows, high - low), dtype=writer.dtype)
     first = int(np.searchsorted(layout.basis_offsets, low, side="right")) - 1
     last = int(np.searchsorted(layout.basis_offsets, high, side="left"))
@@ -392,5 +422,5 @@ def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) 
         begin, end = int(layout.basis_offsets[g]), int(layout.basis_offsets[g + 1])
         a, z = max(begin, low), min(end, high)
         if a < z:
-            columns[:, a - low : z - low] = bases[:, starts[g] + a - begin : starts[g] + z - begin]
+            columns[:, a - low : z - low] = certified_basis(handle, g, end - begin)[:, a - begin : z - begin]
     return writer.write_basis_chunk(chunk, columns)

@@ -46,7 +46,13 @@ def _manifests(run_dir: Path) -> dict[str, bytes]:
 
 
 def _final(run_dir: Path) -> dict[str, np.ndarray]:
-    return {k: np.load(run_dir / "certify" / f"{k}.npy") for k in ("members", "group_offsets", "errors", "bases", "adaptive_ranks")}
+    """The certify stage's arrays, and every group's basis from the range stage holding it."""
+    out = {k: np.load(run_dir / "certify" / f"{k}.npy") for k in ("members", "group_offsets", "errors", "adaptive_ranks")}
+    stages = json.loads((run_dir / "certify" / "manifest.json").read_text())["meta"]["basis_stages"]
+    where = zip(np.load(run_dir / "certify" / "basis_stage.npy"), np.load(run_dir / "certify" / "basis_start.npy"))
+    ranges = {name: np.load(run_dir / name / "bases.npy") for name in stages}
+    out["bases"] = np.hstack([ranges[stages[i]][:, start : start + k] for (i, start), k in zip(where, out["adaptive_ranks"])])
+    return out
 
 
 @pytest.mark.timeout(300)
