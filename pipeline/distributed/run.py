@@ -528,7 +528,8 @@ def _apply_merges(groups, sketches, buckets, results) -> tuple[list[list[int]], 
         merges += len(bucket) - len(local_groups)
         for positions, sketch in zip(local_groups, merged):
             members = [b for p in positions for b in groups[int(bucket[p])]]
-            entries.append((int(min(bucket[p] for p in positions)), members, sketch))
+            first = int(min(bucket[p] for p in positions))
+            entries.append((first, members, sketches[first] if sketch is None else sketch))  # None: unchanged
     entries += [(g, groups[g], sketches[g]) for g in np.flatnonzero(~replaced)]
     entries.sort(key=lambda e: e[0])
     return [e[1] for e in entries], [e[2] for e in entries], merges

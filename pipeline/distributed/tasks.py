@@ -281,8 +281,10 @@ def _stage_sketches(handle: Handle, stage: str) -> list[GramSketch]:
 
 def merge_bucket_batch(handle: Handle, stage: str, buckets: list[np.ndarray], neighbours: int) -> list:
     """Merge inside each bucket (group indices of ``stage``) of a batch of buckets; per
-    bucket the new groups as lists of positions in the bucket, and their sketches. The
-    sketches come from the run, not the task graph: a restarted worker reads them again."""
+    bucket the new groups as lists of positions in the bucket, and their sketches (None
+    for a group that merged with nothing: the caller has it, and most groups of a late
+    round are such). The sketches come from the run, not the task graph: a restarted
+    worker reads them again."""
     sketches = _stage_sketches(handle, stage)
     params = json.loads(handle.params_json)
     out = []
@@ -290,7 +292,7 @@ def merge_bucket_batch(handle: Handle, stage: str, buckets: list[np.ndarray], ne
         for bucket in buckets:
             groups, merged, _ = merge_groups([[i] for i in range(len(bucket))], [sketches[g] for g in bucket],
                                              rank=params["rank"], eps=params["eps"], neighbours=neighbours)
-            out.append((groups, merged))
+            out.append((groups, [s if len(g) > 1 else None for g, s in zip(groups, merged)]))
     return out
 
 
