@@ -40,7 +40,10 @@ of at most ``shard_size`` blocks, W workers:
 
 Memory per task is bounded by the batch size, the Gram matrices of one group range and
 one merge task's sketches. The client runs its small dense numerics with one BLAS thread
-(:mod:`pipeline._threads`), and builds no O(G^2) or O(K G) structure.
+(:mod:`pipeline._threads`), and builds no O(G^2) or O(K G) structure. Nothing of size
+m x G passes through it: local and merge tasks checkpoint the sketches they make, certify
+tasks the bases, compress tasks the artifact's chunks; the client keeps where they are
+and a few numbers per group (:mod:`.checkpoints`).
 
 Layer rule: the kernels in :mod:`pipeline.sharding` and :mod:`pipeline.certify` know
 nothing of Dask or storage. This package is the one place in ``pipeline`` that

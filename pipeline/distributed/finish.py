@@ -74,7 +74,7 @@ class CertifyAndCompress:
 
         def compute():
             groups, sketches = self._final_groups()
-            bounds = [s.error_bound() for s in sketches]
+            bounds = [float(b) for b in sketches.bounds]
             groups, certified, split, splits = certify_with_splits(groups, self._certify_groups, self.params["eps"])
             bounds = [0.0 if was_split else bounds[g] for g, was_split in enumerate(split)]  # a half has no sketch
             errors = np.array([c[0] for c in certified])

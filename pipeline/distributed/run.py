@@ -13,12 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from .._threads import single_threaded_blas
-from ..bounds import DEFAULT_TOL, GramSketch
+from ..bounds import DEFAULT_TOL
 from ..magnitude import band_pure, group_shifts
 from ..params import CHECKPOINT_VERSION, DEFAULT_BATCH_BYTES, ClusteringParams
 from ..sharding import group_anchor_keys, merge_buckets, pack_shards
 from . import tasks
-from .checkpoints import groups_from_arrays, groups_to_arrays
+from .checkpoints import GroupSketches, group_stage_arrays, group_stage_of
 from .finish import GRAM_BYTES, CertifyAndCompress  # noqa: F401  (re-exported)
 from .plan import batch_bounds, labels_of, unpack_groups
 from .result import DistributedResult
@@ -368,13 +368,13 @@ class ClusteringRun(CertifyAndCompress):
 
     # -- local and merge -------------------------------------------------------------------
 
-    def _save_groups(self, groups: list[list[int]], sketches: list[GramSketch]) -> dict:
-        return groups_to_arrays(groups, sketches, self.collection.rows)
+    def _save_groups(self, groups: list[list[int]], sketches: GroupSketches) -> dict:
+        return group_stage_arrays(groups, sketches)
 
-    def _load_groups(self, arrays: dict) -> tuple[list[list[int]], list[GramSketch]]:
-        return groups_from_arrays(arrays, self.params)
+    def _load_groups(self, arrays: dict) -> tuple[list[list[int]], GroupSketches]:
+        return group_stage_of(arrays)
 
-    def _groups_after(self, index: int) -> tuple[list[list[int]], list[GramSketch], dict, str]:
+    def _groups_after(self, index: int) -> tuple[list[list[int]], GroupSketches, dict, str]:
         """Groups, sketches and meta after merge round ``index`` (-1: the local stage), and
         the stage that stores them (a round that merged nothing refers to an earlier one).
         The last one loaded stays in memory: the next round starts from it."""
@@ -399,12 +399,16 @@ class ClusteringRun(CertifyAndCompress):
                       for b in range(self.n_batches)]
             present = self._gather("split", splits)
             batches_of = [[b for b, shards_in in enumerate(present) if shard in shards_in] for shard in range(n_shards)]
-            futures = [self._submit("local", shard, tasks.local_shard, self._handle, dict(self.params), shard,
-                                    batches_of[shard])
+            futures = [self._submit("local", shard, tasks.local_shard, self._handle, self._token, dict(self.params),
+                                    shard, batches_of[shard])
                        for shard in range(n_shards)]
             results = self._gather("local", futures)
             groups = [g for r in results for g in r["groups"]]
-            sketches = [s for r in results for s in r["sketches"]]
+            sketches = GroupSketches(
+                [r["stage"] for r in results for _ in r["groups"]],
+                np.concatenate([np.arange(len(r["groups"])) for r in results]).astype(np.int64),
+                np.array([t for r in results for t in r["totals"]], dtype=np.float64),
+                np.array([b for r in results for b in r["bounds"]], dtype=np.float64))
             return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": n_shards}
 
         return self._timed("local", compute)
@@ -437,13 +441,15 @@ class ClusteringRun(CertifyAndCompress):
 
         def compute():
             keys = self._bucket_keys(groups, index)
-            buckets = merge_buckets(keys, np.array([s.total for s in sketches]), MERGE_BUCKET)
+            buckets = merge_buckets(keys, sketches.totals, MERGE_BUCKET)
             futures, batch, size = [], [], 0
             for bucket in buckets + [None]:
                 if bucket is None or (batch and size + len(bucket) > MERGE_TASK_GROUPS):
                     if batch:
+                        out = f"sketches-merge-{index:03d}-{len(futures):05d}"  # where the task puts new sketches
                         futures.append(self._submit("merge", f"{index}-{len(futures)}", tasks.merge_bucket_batch,
-                                                    self._handle, previous_stage, batch, self.merge_neighbours))
+                                                    self._handle, self._token, out,
+                                                    [sketches.refs(b) for b in batch], self.merge_neighbours))
                     batch, size = [], 0
                 if bucket is not None:
                     batch.append(bucket)
@@ -477,18 +483,18 @@ class ClusteringRun(CertifyAndCompress):
                 return index + 1
         return max_rounds
 
-    def _final_groups(self) -> tuple[list[list[int]], list[GramSketch]]:
+    def _final_groups(self) -> tuple[list[list[int]], GroupSketches]:
         names = sorted(s for s in self.run.stages() if s.startswith("merge-") and self.run.is_complete(s))
         groups, sketches, _, _ = self._groups_after(int(names[-1].split("-")[1]) if names else -1)
         return groups, sketches
 
     def prune(self) -> int:
-        """Delete the per-batch checkpoints (``scan-*``, ``split-*``) once certify is
+        """Delete the per-batch checkpoints (``scan-*``, ``split-*``, ``sketches-*``) once certify is
         complete: no later stage reads them. The stage manifests stay, so a re-run still
         skips every stage. Returns the number of checkpoints removed."""
         if not self.run.is_complete("certify"):
             return 0
-        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-"))]
+        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-", "sketches-"))]
         if pieces:
             with self._writing():
                 for stage in pieces:
@@ -517,22 +523,30 @@ class ClusteringRun(CertifyAndCompress):
         )
 
 
-def _apply_merges(groups, sketches, buckets, results) -> tuple[list[list[int]], list[GramSketch], int]:
+def _apply_merges(groups, sketches: GroupSketches, buckets, results) -> tuple[list[list[int]], GroupSketches, int]:
     """New groups after a round: each bucket's merged groups replace its members; groups
     are ordered by their smallest former index, so the order is stable across rounds."""
     replaced = np.zeros(len(groups), dtype=bool)
-    entries: list[tuple[int, list[int], GramSketch]] = []
+    entries: list[tuple[int, list[int], tuple]] = []
     merges = 0
-    for bucket, (local_groups, merged) in zip(buckets, results):
+
+    def kept(g: int) -> tuple:
+        return sketches.stages[g], int(sketches.index[g]), float(sketches.totals[g]), float(sketches.bounds[g])
+
+    for bucket, (local_groups, made) in zip(buckets, results):
         replaced[bucket] = True
         merges += len(bucket) - len(local_groups)
-        for positions, sketch in zip(local_groups, merged):
+        for positions, sketch in zip(local_groups, made):
             members = [b for p in positions for b in groups[int(bucket[p])]]
             first = int(min(bucket[p] for p in positions))
-            entries.append((first, members, sketches[first] if sketch is None else sketch))  # None: unchanged
-    entries += [(g, groups[g], sketches[g]) for g in np.flatnonzero(~replaced)]
+            entries.append((first, members, kept(first) if sketch is None else tuple(sketch)))  # None: unchanged
+    entries += [(int(g), groups[g], kept(int(g))) for g in np.flatnonzero(~replaced)]
     entries.sort(key=lambda e: e[0])
-    return [e[1] for e in entries], [e[2] for e in entries], merges
+    where = [e[2] for e in entries]
+    new_sketches = GroupSketches([w[0] for w in where], np.array([w[1] for w in where], dtype=np.int64),
+                                 np.array([w[2] for w in where], dtype=np.float64),
+                                 np.array([w[3] for w in where], dtype=np.float64))
+    return [e[1] for e in entries], new_sketches, merges
 
 
 def cluster_collection(

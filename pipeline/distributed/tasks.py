@@ -37,7 +37,7 @@ from ..sharding import (
     round_factors,
     unround_factors,
 )
-from .checkpoints import groups_from_arrays
+from .checkpoints import groups_from_arrays, groups_to_arrays
 
 
 @dataclass(frozen=True)
@@ -256,43 +256,65 @@ def _load_shard(handle: Handle, shard: int, batches: list[int]) -> tuple[np.ndar
     return np.concatenate(pick("ids")), layout, np.concatenate(pick("dropped"))
 
 
-def local_shard(handle: Handle, params: dict, shard: int, batches: list[int]) -> dict:
-    """The sequential greedy inside one shard; groups in global block ids plus sketches
-    whose slack includes the factors' float32 rounding."""
-    ids, layout, dropped = _load_shard(handle, shard, batches)
-    with single_threaded_blas():
-        clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
-        sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
-        for group, sketch in zip(clusters, sketches):
-            # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
-            sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
-    return {"groups": [ids[g].tolist() for g in clusters], "sketches": sketches}
+def local_shard(handle: Handle, token: str | None, params: dict, shard: int, batches: list[int]) -> dict:
+    """The sequential greedy inside one shard. Its sketches (whose slack includes the
+    factors' float32 rounding) are checkpointed here as ``sketches-local-<shard>``;
+    returns the groups in global block ids, that stage, and each sketch's exact total
+    energy and certified bound."""
+    stage = f"sketches-local-{shard:05d}"
+    run = run_of(handle).require_lease(token)
+    if not run.is_complete(stage):
+        ids, layout, dropped = _load_shard(handle, shard, batches)
+        with single_threaded_blas():
+            clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
+            sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
+            for group, sketch in zip(clusters, sketches):
+                # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
+                sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
+        groups = [ids[g].tolist() for g in clusters]
+        run.save_stage(stage, groups_to_arrays(groups, sketches, layout.rows))
+    else:  # a retried task: the same groups, already checkpointed
+        groups, sketches = _stage_groups(handle, stage)
+    return {"groups": groups, "stage": stage, "totals": [s.total for s in sketches],
+            "bounds": [s.error_bound() for s in sketches]}
 
 
 # -- merge ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=2)
-def _stage_sketches(handle: Handle, stage: str) -> list[GramSketch]:
-    """The group sketches of a group stage, read once per worker from the run."""
+@functools.lru_cache(maxsize=64)
+def _stage_groups(handle: Handle, stage: str) -> tuple[list[list[int]], list[GramSketch]]:
+    """The groups and sketches of a sketch stage, read once per worker from the run."""
     arrays, _ = run_of(handle).load_stage(stage)
-    return groups_from_arrays(arrays, json.loads(handle.params_json))[1]
+    return groups_from_arrays(arrays, json.loads(handle.params_json))
 
 
-def merge_bucket_batch(handle: Handle, stage: str, buckets: list[np.ndarray], neighbours: int) -> list:
-    """Merge inside each bucket (group indices of ``stage``) of a batch of buckets; per
-    bucket the new groups as lists of positions in the bucket, and their sketches (None
-    for a group that merged with nothing: the caller has it, and most groups of a late
-    round are such). The sketches come from the run, not the task graph: a restarted
-    worker reads them again."""
-    sketches = _stage_sketches(handle, stage)
+def merge_bucket_batch(handle: Handle, token: str | None, stage: str, buckets: list[list[tuple[str, int]]],
+                       neighbours: int) -> list:
+    """Merge inside each bucket of a batch of buckets (each a list of its groups' sketch
+    references, (sketch stage, index)). The merged sketches are checkpointed here as
+    ``stage``; per bucket the result is the new groups as lists of positions in the
+    bucket, and per new group None (it merged with nothing: the caller has it) or its
+    (stage, index, total energy, certified bound). Sketches come from the run, not the
+    task graph: a restarted worker reads them again."""
     params = json.loads(handle.params_json)
-    out = []
+    out, made = [], []
     with single_threaded_blas():
-        for bucket in buckets:
-            groups, merged, _ = merge_groups([[i] for i in range(len(bucket))], [sketches[g] for g in bucket],
-                                             rank=params["rank"], eps=params["eps"], neighbours=neighbours)
-            out.append((groups, [s if len(g) > 1 else None for g, s in zip(groups, merged)]))
+        for refs in buckets:
+            sketches = [_stage_groups(handle, name)[1][i] for name, i in refs]
+            groups, merged, _ = merge_groups([[i] for i in range(len(refs))], sketches, rank=params["rank"],
+                                             eps=params["eps"], neighbours=neighbours)
+            entries = []
+            for group, sketch in zip(groups, merged):
+                if len(group) == 1:
+                    entries.append(None)
+                    continue
+                entries.append((stage, len(made), sketch.total, sketch.error_bound()))
+                made.append(sketch)
+            out.append((groups, entries))
+    run = run_of(handle).require_lease(token)
+    if made and not run.is_complete(stage):  # a retried task made the same sketches
+        run.save_stage(stage, groups_to_arrays([[i] for i in range(len(made))], made, made[0].basis.shape[0]))
     return out
 
 
