@@ -463,19 +463,19 @@ def surely_exceeds(bound, block: np.ndarray, max_error: float, norm2: float) -> 
 
 def _eigenvalues(matrix: np.ndarray) -> np.ndarray | None:
     """Eigenvalues of a symmetric matrix (lower triangle), clipped at 0; None if the solver
-    fails (the caller then makes the proposal, which raises or copes as it always did)."""
-    try:
-        return np.maximum(np.linalg.eigvalsh(matrix), 0.0)
-    except np.linalg.LinAlgError:
-        return None
+    fails or the matrix holds NaN (the caller then makes the proposal, which raises or
+    copes as it always did)."""
+    with _quiet():  # numpy's gufunc without its wrapper (as _eigh): most screens are small
+        values = _umath_linalg.eigvalsh_lo(matrix, signature="d->d")
+    return None if values.size and values[0] != values[0] else np.maximum(values, 0.0)  # NaN: failed
 
 
 def _sketch_ceiling(sketch: GramSketch, block: np.ndarray) -> tuple[float | None, float]:
     """Top-r energy of G + A A^T, from the Gram of [Q L^1/2, A] (lower triangle), and its trace."""
     lam, k = sketch.eigenvalues, sketch.eigenvalues.size
-    gram = np.empty((k + block.shape[1], k + block.shape[1]))
-    gram[:k, :k] = np.diag(lam)
-    gram[k:, :k] = (sketch.basis.T @ block).T * np.sqrt(lam)
+    gram = np.zeros((k + block.shape[1], k + block.shape[1]))
+    gram.flat[: k * (k + block.shape[1] + 1) : k + block.shape[1] + 1] = lam
+    gram[k:, :k] = (block.T @ sketch.basis) * np.sqrt(lam)
     gram[k:, k:] = block.T @ block
     values = _eigenvalues(gram)
     return (None if values is None else float(values[-sketch.rank :].sum())), float(np.trace(gram))

@@ -26,7 +26,7 @@ from ._checks import METHODS, ORDERS, check_choice, check_rank
 from ._greedy_order import ResidualOrderer, prefix
 from ._threads import single_threaded_blas
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound, surely_exceeds
-from .layout import BlockLayout, as_layout, segment_sums
+from .layout import BlockLayout, as_layout, offsets_of, segment_sums, take_columns
 from .params import ClusteringParams
 from .spectra import stacked_top_energy
 
@@ -339,12 +339,16 @@ def greedy_groups(
         return _greedy(layout, rank, eps, method, order, patience, oversampling, tol)
 
 
-def _block_energies(layout: BlockLayout) -> np.ndarray:
-    """Squared Frobenius norm of every block's columns, in one pass over the data.
+def _block_energies(layout: BlockLayout, blocks: np.ndarray | None = None) -> np.ndarray:
+    """Squared Frobenius norm of every block's columns (or of ``blocks``'), in one pass over
+    the data (or over those blocks' columns: the same per-column sums, bit for bit).
 
     Not ``layout.norms2``: those may be the real blocks' energies when the columns are
     sketch factors, and a bound may only credit what the columns carry."""
-    return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
+    if blocks is None:
+        return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
+    columns = take_columns(layout.data, layout.offsets, blocks)
+    return segment_sums(np.einsum("ij,ij->j", columns, columns), offsets_of(layout.widths[blocks]))
 
 
 def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int, energies=None) -> np.ndarray:
@@ -496,7 +500,9 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
     bookkeeping (masks, fancy indexing, one bound object per group) is gone."""
     order = np.argsort(-layout.norms2, kind="stable")
     norms2, widths = layout.norms2[order], layout.widths[order]
-    energies = sorted_energies = None  # taken once a seed of at most r columns needs them
+    # energies of the norm-sorted blocks, taken in growing chunks as seeds of at most r
+    # columns need them: a pass over every block cost more than the whole loop
+    sorted_energies, known = np.empty(len(order)), 0
     clusters, bounds, states, misses = [], [], [], 0
     lo, hi = 0, len(order)
     floor = 1.0 - eps * eps
@@ -505,9 +511,9 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
         seed = slice(lo, lo + n_seed)
         total = float(norms2[seed].sum())
         if widths[seed].sum() <= rank:
-            if energies is None:
-                energies = _block_energies(layout)
-                sorted_energies = energies[order]
+            if lo + n_seed > known:
+                start, known = known, min(len(order), max(lo + n_seed, 2 * known, _FIRST_WINDOW))
+                sorted_energies[start:known] = _block_energies(layout, order[start:known])
             bound = WeylBound.from_energy(float(sorted_energies[seed].sum()), rank, total)
         else:
             bound = WeylBound(layout.gather(order[seed]), rank, total=total)
@@ -521,7 +527,7 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
         misses = misses + 1 if not n and hi > lo + n_seed else 0
         lo, hi = lo + n_seed, hi - n
         if misses >= patience and lo < hi:
-            _add_singletons(clusters, bounds, states if with_states else None, layout, order[lo:hi], rank, energies)
+            _add_singletons(clusters, bounds, states if with_states else None, layout, order[lo:hi], rank, None)
             break
     return clusters, bounds, (states if with_states else None)
 
