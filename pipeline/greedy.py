@@ -26,7 +26,7 @@ from ._checks import METHODS, ORDERS, check_choice, check_rank
 from ._greedy_order import ResidualOrderer, prefix
 from ._threads import single_threaded_blas
 from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound, surely_exceeds
-from .layout import BlockLayout, as_layout, offsets_of, segment_sums, take_columns
+from .layout import BlockLayout, as_layout, segment_sums
 from .params import ClusteringParams
 from .spectra import stacked_top_energy
 
@@ -339,16 +339,12 @@ def greedy_groups(
         return _greedy(layout, rank, eps, method, order, patience, oversampling, tol)
 
 
-def _block_energies(layout: BlockLayout, blocks: np.ndarray | None = None) -> np.ndarray:
-    """Squared Frobenius norm of every block's columns (or of ``blocks``'), in one pass over
-    the data (or over those blocks' columns: the same per-column sums, bit for bit).
+def _block_energies(layout: BlockLayout) -> np.ndarray:
+    """Squared Frobenius norm of every block's columns, in one pass over the data.
 
     Not ``layout.norms2``: those may be the real blocks' energies when the columns are
     sketch factors, and a bound may only credit what the columns carry."""
-    if blocks is None:
-        return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
-    columns = take_columns(layout.data, layout.offsets, blocks)
-    return segment_sums(np.einsum("ij,ij->j", columns, columns), offsets_of(layout.widths[blocks]))
+    return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
 
 
 def _singleton_energies(layout: BlockLayout, blocks: np.ndarray, rank: int, energies=None) -> np.ndarray:
@@ -500,9 +496,7 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
     bookkeeping (masks, fancy indexing, one bound object per group) is gone."""
     order = np.argsort(-layout.norms2, kind="stable")
     norms2, widths = layout.norms2[order], layout.widths[order]
-    # energies of the norm-sorted blocks, taken in growing chunks as seeds of at most r
-    # columns need them: a pass over every block cost more than the whole loop
-    sorted_energies, known = np.empty(len(order)), 0
+    sorted_energies = None  # taken once a seed of at most r columns needs them
     clusters, bounds, states, misses = [], [], [], 0
     lo, hi = 0, len(order)
     floor = 1.0 - eps * eps
@@ -511,9 +505,8 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
         seed = slice(lo, lo + n_seed)
         total = float(norms2[seed].sum())
         if widths[seed].sum() <= rank:
-            if lo + n_seed > known:
-                start, known = known, min(len(order), max(lo + n_seed, 2 * known, _FIRST_WINDOW))
-                sorted_energies[start:known] = _block_energies(layout, order[start:known])
+            if sorted_energies is None:  # a gather of the seeds' columns instead costs more
+                sorted_energies = _block_energies(layout)[order]
             bound = WeylBound.from_energy(float(sorted_energies[seed].sum()), rank, total)
         else:
             bound = WeylBound(layout.gather(order[seed]), rank, total=total)

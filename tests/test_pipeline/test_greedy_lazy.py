@@ -54,12 +54,3 @@ def test_a_wide_seed_bound_equals_the_singleton_bound(shape):
     layout = as_layout(data, np.array([0, shape[1]]))
     assert WeylBound(data, 4).lower_energy() == _singleton_energies(layout, np.array([0]), 4)[0]
 
-
-@pytest.mark.parametrize("seed", range(4))
-def test_energies_of_some_blocks_are_those_of_the_whole_pass(seed):
-    # the max_norm norm loop takes seed energies in chunks: the same sums, bit for bit
-    from pipeline.greedy import _block_energies
-
-    layout = as_layout(awkward_collection(seed, 20, 90, 7))
-    blocks = np.random.default_rng(seed).permutation(layout.n_blocks)[:37]
-    assert np.array_equal(_block_energies(layout, blocks), _block_energies(layout)[blocks])
