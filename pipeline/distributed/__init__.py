@@ -11,8 +11,9 @@ of at most ``shard_size`` blocks, W workers:
    float32 with a per-block power-of-two scale; what rounding moved is measured and carried
    as sketch slack, so every bound stays certified (half the checkpoint I/O of float64).
 2. **partition** (one task for the sample, then a map over B batches): the greedy on a
-   strided sample (at most SAMPLE_BLOCKS blocks and SAMPLE_BYTES of factors) gives anchor
-   subspaces; every block records the two anchors holding most of its strongest direction,
+   strided sample (at most SAMPLE_BLOCKS blocks and SAMPLE_BYTES of factors; factored
+   blocks by their dominant directions, :func:`pipeline.sharding.dominant_factors`) gives
+   anchor subspaces; every block records the two anchors holding most of its strongest direction,
    one product per batch for all anchors. Blocks that no anchor holds half of (orphans:
    their subspaces had no block in the sample) get anchors from a sample of their own, at
    most twice, when a held-out probe shows that anchors from some orphans hold the others

@@ -268,7 +268,8 @@ class ClusteringRun(CertifyAndCompress):
         scan instead of leaving all workers but one idle after it. :meth:`partition` picks
         the future up."""
         if picks:
-            self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params), picks,
+            self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
+                                         self._with_firsts(picks),
                                          *[scans[b] for b, _ in picks], priority=2)
 
     def _shifts(self) -> np.ndarray:
@@ -295,7 +296,7 @@ class ClusteringRun(CertifyAndCompress):
             anchors, self._anchors = self._anchors, None  # started by the scan, if this process ran it
             if anchors is None:
                 anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
-                                       self._sample_picks())
+                                       self._with_firsts(self._sample_picks()))
             futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
                        for b in range(self.n_batches)]
             routed = self._gather("partition", futures)
@@ -317,6 +318,10 @@ class ClusteringRun(CertifyAndCompress):
 
         return self._timed("partition", compute)
 
+    def _with_firsts(self, picks: list[tuple[int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
+        """(batch, its first block, positions): the form the sample task takes."""
+        return [(b, int(self._batch_bounds[b]), picked) for b, picked in picks]
+
     def _picks_of(self, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Sorted block ids as (batch, positions in the batch), the form tasks read."""
         batch_of = np.searchsorted(self._batch_bounds, ids, side="right") - 1
@@ -324,7 +329,8 @@ class ClusteringRun(CertifyAndCompress):
 
     def _anchors_of(self, ids: np.ndarray, tag: str):
         """A future of the anchors from the greedy on the blocks ``ids`` (sorted)."""
-        return self._submit("anchors", tag, tasks.sample_anchors, self._handle, dict(self.params), self._picks_of(ids))
+        return self._submit("anchors", tag, tasks.sample_anchors, self._handle, dict(self.params),
+                            self._with_firsts(self._picks_of(ids)))
 
     def _route(self, ids: np.ndarray, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
         """Best two anchors of the blocks ``ids`` (sorted) and their shares, on the workers."""

@@ -31,6 +31,7 @@ from ..sharding import (
     anchor_fractions,
     best_two_anchors,
     block_factors,
+    dominant_factors,
     group_sketches,
     leading_directions,
     merge_groups,
@@ -177,21 +178,28 @@ def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
     return unround_factors(factors, exponents, offsets), offsets, norms2, dropped
 
 
-def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]], *scanned
+def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, int, np.ndarray]], *scanned
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, block positions);
-    ``scanned`` are the scan results of those batches, passed only so that the task waits
-    for them.
+    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, its first block,
+    block positions); ``scanned`` are the scan results of those batches, passed only so
+    that the task waits for them.
 
-    Each sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
+    Blocks factored to r + p columns enter by their dominant directions
+    (:func:`pipeline.sharding.dominant_factors`, all but (eps/2)^2 of their energy). Each
+    sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
     Returns the bases side by side (m x total width) and their column offsets."""
-    data, widths, norms2 = [], [], []
-    for batch, picked in picks:
+    data, widths, norms2, factored = [], [], [], []
+    coll = collection_of(handle)
+    cap = min(params["rank"] + params["oversampling"], coll.rows)
+    for batch, first, picked in picks:
         factors, offsets, batch_norms2, _ = load_factors(handle, batch, picked)
         data.append(factors)
         widths.append(np.diff(offsets))
         norms2.append(batch_norms2)
-    layout = BlockLayout(np.hstack(data), offsets_of(np.concatenate(widths)), np.concatenate(norms2))
+        factored.append(coll.widths[first + picked] > cap)
+    dominant, offsets = dominant_factors(np.hstack(data), offsets_of(np.concatenate(widths)),
+                                         1.0 - (params["eps"] / 2) ** 2, np.concatenate(factored))
+    layout = BlockLayout(dominant, offsets, np.concatenate(norms2))
     heads = []
     with single_threaded_blas():
         clusters, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))

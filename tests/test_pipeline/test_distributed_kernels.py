@@ -244,3 +244,30 @@ def test_unrelated_groups_are_rejected_without_an_eigen_solve(monkeypatch):
     assert a.merge(b).error_bound() > 0.2
     monkeypatch.setattr(np.linalg, "eigvalsh", lambda *args, **kw: pytest.fail("eigen-solve reached"))
     assert sharding._union_cannot_certify(a, b, 8, 0.2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.5, 0.999))
+def test_dominant_factors_keep_the_fewest_strongest_directions(seed, share):
+    """Masked blocks keep the fewest of their strongest directions holding >= share of
+    their energy (and no more than that: one fewer holds less); the others are unchanged."""
+    from pipeline.layout import offsets_of as offsets_from
+    from pipeline.sharding import dominant_factors
+
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(1, 7, size=9)
+    offsets = offsets_from(widths)
+    factors = rng.standard_normal((10, int(offsets[-1]))) * rng.exponential(size=int(offsets[-1]))
+    which = rng.random(9) < 0.6
+    out, out_offsets = dominant_factors(factors, offsets, share, which)
+    for i in range(9):
+        block = factors[:, offsets[i] : offsets[i + 1]]
+        kept = out[:, out_offsets[i] : out_offsets[i + 1]]
+        if not which[i]:
+            np.testing.assert_array_equal(kept, block)
+            continue
+        spectrum = np.sort(np.linalg.svd(block, compute_uv=False) ** 2)[::-1]
+        t = kept.shape[1]
+        assert np.sum(kept**2) >= share * spectrum.sum() * (1 - 1e-9)
+        assert t == 1 or spectrum[: t - 1].sum() < share * spectrum.sum() * (1 + 1e-9)
+        np.testing.assert_allclose(np.linalg.svd(kept, compute_uv=False) ** 2, spectrum[:t], rtol=1e-8, atol=1e-10)
