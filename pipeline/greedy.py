@@ -56,7 +56,8 @@ class ClusteringResult:
         Certified upper bound on each group's exact relative rank-r error. Only a group of
         one block can exceed eps (a wide block that no rank-r form fits); such a block is
         stored as it is. The bounds of the blocks left alone after ``patience`` are computed
-        when ``bounds`` is first read (their spectra can cost more than the clustering).
+        when ``bounds`` is first read (their spectra can cost more than the clustering);
+        until then the result holds a reference to the collection.
     params : dict
         The parameters the clustering ran with.
     """
@@ -211,8 +212,7 @@ class _ScreenedAdd:
     last one counting every later position). It never changes a decision."""
 
     def __init__(self):
-        self.proposed = np.zeros(_SCREEN_POSITIONS, dtype=np.int64)
-        self.rejected = np.zeros(_SCREEN_POSITIONS, dtype=np.int64)
+        self.proposed, self.rejected = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS  # lists: no numpy scalars
 
     def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
         at = min(position, _SCREEN_POSITIONS - 1)
