@@ -68,7 +68,7 @@ class ClusteringParams:
     oversampling: int = 5
     patience: int = 10
     tol: float = DEFAULT_TOL
-    shard_size: int = 4000
+    shard_size: int = 1000
     merge_neighbours: int = 8
     batch_bytes: int = DEFAULT_BATCH_BYTES
 

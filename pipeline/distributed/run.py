@@ -88,7 +88,7 @@ class ClusteringRun(CertifyAndCompress):
         tol: float = DEFAULT_TOL,
         client=None,
         run_id: str | None = None,
-        shard_size: int = 4000,
+        shard_size: int = 1000,
         merge_neighbours: int = 8,
         batch_bytes: int = BATCH_BYTES,
         keep_intermediate: bool = False,
@@ -566,7 +566,7 @@ def cluster_collection(
     patience: int = 10,
     client=None,
     run_id: str | None = None,
-    shard_size: int = 4000,
+    shard_size: int = 1000,
     batch_bytes: int = BATCH_BYTES,
     progress: Progress | None = None,
 ) -> DistributedResult:
