@@ -21,7 +21,8 @@ from .plan import group_ranges, labels_of, pack_groups, unpack_groups
 __all__ = ["CertifyAndCompress", "GRAM_BYTES", "CERTIFY_GROUPS"]
 
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
-CERTIFY_GROUPS = 64  # groups per certify task
+CERTIFY_GROUPS = 64  # groups per certify task, at most
+CERTIFY_RANGES = 32  # certify tasks, at least, groups permitting (room for many workers)
 MIN_COEFFICIENT_CHUNK = 2**16  # elements per chunk of the artifact's coefficients, at least
 MAX_COEFFICIENT_CHUNK = 2**22  # and at most (a compress task writes one chunk)
 
@@ -42,8 +43,10 @@ class CertifyAndCompress:
         m = self.collection.rows
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
-        # ranges of few groups: their sums and eigen-solves run in parallel
-        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=CERTIFY_GROUPS)
+        # ranges of few groups, at least CERTIFY_RANGES of them when there are enough groups:
+        # their sums and eigen-solves run in parallel (the count depends on G alone)
+        per_range = int(np.clip(-(-len(groups) // CERTIFY_RANGES), 1, CERTIFY_GROUPS))
+        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=per_range)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
         leaves = []
