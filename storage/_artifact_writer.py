@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
 
+from ._artifact_direct import DirectLayout, DirectWriting  # noqa: F401  (DirectLayout: public through here)
 from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, open_artifact
 from ._integrity import ARRAY_CONFIG, parse_json, seal, unseal
 from ._location import SCHEMA_VERSION, Location, artifact_location, utc_now as _now
@@ -27,32 +27,6 @@ _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bound
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
 _PART_BYTES = 64 * 2**20  # coefficients per part file written by write_artifact
-
-
-@dataclass(frozen=True)
-class DirectLayout:
-    """Where each block's coefficients and each group's basis go in the packed layout.
-
-    Attributes
-    ----------
-    ranks : ndarray of int64, one per group (0: stored as it is)
-    coef_offsets : ndarray of int64, one per block + 1
-        Block i's coefficients (rank x width, C order) are flat elements
-        ``coef_offsets[i]:coef_offsets[i + 1]``.
-    basis_offsets : ndarray of int64, one per group + 1
-        Group g's basis is columns ``basis_offsets[g]:basis_offsets[g + 1]`` of the bases.
-    coefficient_chunk, basis_chunk : int
-        Elements per coefficient chunk; columns per basis chunk.
-    basis_row_chunks : int
-        Chunks along the rows of the bases (1 unless the rows are very many).
-    """
-
-    ranks: np.ndarray
-    coef_offsets: np.ndarray
-    basis_offsets: np.ndarray
-    coefficient_chunk: int
-    basis_chunk: int
-    basis_row_chunks: int
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -168,7 +142,7 @@ def open_artifact_writer(url: str, collection_name: str, label: str, *, storage_
     return ArtifactWriter(root, final, staging, staging.read_json("writer.json"))
 
 
-class ArtifactWriter:
+class ArtifactWriter(DirectWriting):
     """Group-by-group writer of an artifact; see the module docstring."""
 
     def __init__(self, root: Location, final: Location, staging: Location, record: dict) -> None:
@@ -369,102 +343,6 @@ class ArtifactWriter:
             collect_versions(self._final, version, pointer=MANIFEST)
         self._staging.rm()
         return open_artifact(self._root.url, self.record["collection"], self.record["label"], storage_options=self._root.storage_options)
-
-    # -- direct packing: worker tasks write the packed chunks themselves ---------------------
-
-    def start_direct(self, ranks: Sequence[int], coefficient_chunk: int) -> "DirectLayout":
-        """Create the packed layout at its final shapes for tasks to fill chunk by chunk
-        (:meth:`write_coefficient_chunk`, :meth:`write_basis_chunk`) in any process, with
-        no part files and no packing pass; :meth:`finish_direct` publishes it.
-
-        Parameters
-        ----------
-        ranks : one int per group
-            Stored rank; 0 stores the group as it is (its coefficients are its blocks).
-        coefficient_chunk : int
-            Elements per chunk of the flat coefficient array: a task writes one chunk, so
-            this bounds a task's data (about chunk x rows / rank values of it).
-        """
-        ranks = np.asarray(ranks, dtype=np.int64)
-        if ranks.shape != (self.n_groups,) or np.any(ranks < 0) or np.any(ranks > self.rows):
-            raise ValueError(f"ranks: expected {self.n_groups} values in 0..{self.rows}")
-        kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW).astype(np.int8)
-        packed, version = self._new_packed()
-        grp = zarr.open_group(store=packed.zarr_store(), mode="w")
-        self._pack_small(grp, kinds, ranks, ranks, np.zeros(self.n_groups))
-        _, _, coef_offsets = self._block_layout(kinds, ranks)
-        cr, cc = default_chunks(self.rows, self.dtype)
-        for key, shape, chunks in (("bases", (self.rows, int(ranks[kinds == _KIND_SVD].sum())), (cr, cc)),
-                                   ("coefficients", (int(coef_offsets[-1]),), (max(1, int(coefficient_chunk)),))):
-            grp.create_array(key, shape=shape, chunks=chunks, dtype=self.dtype, compressors=default_codecs(),
-                             fill_value=0, config=ARRAY_CONFIG)
-        self._staging.write_json({"version": version, "ranks": ranks.tolist()}, "direct.json")
-        return self.direct_layout()
-
-    def direct_layout(self) -> "DirectLayout":
-        """The layout :meth:`start_direct` created (from any process)."""
-        record = self._staging.read_json("direct.json")
-        ranks = np.asarray(record["ranks"], dtype=np.int64)
-        kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW)
-        _, _, coef_offsets = self._block_layout(kinds, ranks)
-        grp = zarr.open_group(store=self._direct_location(record).zarr_store(), mode="r")
-        return DirectLayout(ranks=ranks, coef_offsets=coef_offsets,
-                            basis_offsets=np.concatenate([[0], np.cumsum(np.where(kinds == _KIND_SVD, ranks, 0))]),
-                            coefficient_chunk=int(grp["coefficients"].chunks[0]), basis_chunk=int(grp["bases"].chunks[1]),
-                            basis_row_chunks=-(-self.rows // int(grp["bases"].chunks[0])))
-
-    def _direct_location(self, record: dict) -> Location:
-        return self._staging.child("packed") if record["version"] is None else self._final.child(record["version"])
-
-    def _write_chunk(self, key: str, selection: tuple, values: np.ndarray, chunk_files: list[str]) -> dict[str, dict]:
-        packed = self._direct_location(self._staging.read_json("direct.json"))
-        # every chunk is written, all-zero ones too (readers treat a missing chunk as damage)
-        arr = zarr.open_array(store=packed.zarr_store(), path=key, mode="r+").with_config(ARRAY_CONFIG)
-        if not np.isfinite(values).all():
-            raise ValueError(f"{key} chunk {chunk_files[0]}: values contain NaN or Inf")
-        arr[selection] = np.asarray(values, dtype=self.dtype)
-        return {r: {"nbytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for r in chunk_files
-                for b in [packed.read_bytes(r)]}
-
-    def write_coefficient_chunk(self, chunk: int, values: np.ndarray) -> dict[str, dict]:
-        """Write chunk ``chunk`` of the flat coefficient array (exactly its elements, the
-        coefficients of blocks in block order). Returns the written files' sizes and
-        sha256, for :meth:`finish_direct`."""
-        layout = self.direct_layout()
-        start = chunk * layout.coefficient_chunk
-        stop = min(start + layout.coefficient_chunk, int(layout.coef_offsets[-1]))
-        if np.shape(values) != (stop - start,):
-            raise ValueError(f"coefficient chunk {chunk}: {np.shape(values)} values, expected ({stop - start},)")
-        return self._write_chunk("coefficients", (slice(start, stop),), values, [f"coefficients/c/{chunk}"])
-
-    def write_basis_chunk(self, chunk: int, columns: np.ndarray) -> dict[str, dict]:
-        """Write column chunk ``chunk`` of the side-by-side bases (all its rows)."""
-        layout = self.direct_layout()
-        start = chunk * layout.basis_chunk
-        stop = min(start + layout.basis_chunk, int(layout.basis_offsets[-1]))
-        if np.shape(columns) != (self.rows, stop - start):
-            raise ValueError(f"basis chunk {chunk}: shape {np.shape(columns)}, expected ({self.rows}, {stop - start})")
-        files = [f"bases/c/{i}/{chunk}" for i in range(layout.basis_row_chunks)]
-        return self._write_chunk("bases", (slice(None), slice(start, stop)), columns, files)
-
-    def finish_direct(self, errors: Sequence[float], chunk_files: dict[str, dict]) -> "Artifact":
-        """Publish a layout filled by the chunk writers; ``chunk_files`` merges what they
-        returned. Every chunk must have been written."""
-        record = self._staging.read_json("direct.json")
-        layout = self.direct_layout()
-        errors = np.asarray(errors, dtype=np.float64)
-        if errors.shape != (self.n_groups,):
-            raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
-        expected = {f"coefficients/c/{c}" for c in range(-(-int(layout.coef_offsets[-1]) // layout.coefficient_chunk))}
-        expected |= {f"bases/c/{i}/{c}" for c in range(-(-int(layout.basis_offsets[-1]) // layout.basis_chunk))
-                     for i in range(layout.basis_row_chunks)}
-        missing = sorted(expected - set(chunk_files))
-        if missing:
-            raise ValueError(f"cannot finish: {len(missing)} chunk(s) not written, e.g. {missing[:5]}")
-        packed = self._direct_location(record)
-        grp = zarr.open_group(store=packed.zarr_store(), mode="r+")
-        grp["group_errors"].with_config(ARRAY_CONFIG)[...] = errors
-        return self._publish(packed, record["version"], grp, chunk_files)
 
     def _pack_passthrough(self, grp: zarr.Group) -> None:
         """Copy the collection's passthrough items (checked by sha256) into the artifact."""
