@@ -40,9 +40,8 @@ def sweep_point(coll, run) -> dict:
         raw = np.asarray(art.kinds) == 1
         ratio, adaptive = result.compression_ratio, result.compression_ratio_adaptive
     else:
-        groups, bases, ranks = run._storage_plan(certified)  # the plan compress would write
-        raw = np.array([bases[g] is None for g in range(len(groups))], dtype=bool)
-        stored = np.where(raw, 0, np.asarray(ranks))
+        groups, stored = run.stored_ranks(certified)  # the plan compress would write
+        raw = stored == 0
         ratio = compression_ratio(coll, groups, int(run.params["rank"]))
         adaptive = adaptive_compression_ratio(coll, groups, stored + np.where(stored == 0, coll.rows, 0))
     return {

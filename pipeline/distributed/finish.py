@@ -107,8 +107,9 @@ class CertifyAndCompress:
 
     # -- compress --------------------------------------------------------------------------
 
-    def _storage_plan(self, certified: dict) -> tuple[list[list[int]], np.ndarray]:
-        """The groups and the rank each is stored at (0: stored as it is)."""
+    def stored_ranks(self, certified: dict) -> tuple[list[list[int]], np.ndarray]:
+        """The certified groups and the rank compress stores each at (0: as it is), from
+        the certify stage's arrays (:meth:`certify`)."""
         groups = unpack_groups(certified["members"], certified["group_offsets"])
         adaptive = np.asarray(certified["adaptive_ranks"])
         compressed = storage_plan(groups, certified["errors"], adaptive, self.collection.widths, self.collection.rows,
@@ -158,7 +159,7 @@ class CertifyAndCompress:
 
         def compute():
             storage = tasks.import_storage()
-            groups, ranks = self._storage_plan(certified)
+            groups, ranks = self.stored_ranks(certified)
             coll = self.collection
             label = self.run_id
             writer = storage.create_artifact(coll.url, coll.name, label, groups=groups, params=dict(self.params),
