@@ -43,9 +43,11 @@ class CertifyAndCompress:
         m = self.collection.rows
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
-        # ranges of few groups, at least CERTIFY_RANGES of them when there are enough groups:
-        # their sums and eigen-solves run in parallel (the count depends on G alone)
-        per_range = int(np.clip(-(-len(groups) // CERTIFY_RANGES), 1, CERTIFY_GROUPS))
+        # ranges of few groups: their sums and eigen-solves run in parallel. At least two per
+        # batch, up to CERTIFY_RANGES, groups permitting: as many as the data can keep busy
+        # (small collections pay no task overhead for it; the count depends on the data alone)
+        wanted = min(CERTIFY_RANGES, 2 * self.n_batches)
+        per_range = int(np.clip(-(-len(groups) // max(wanted, 1)), 1, CERTIFY_GROUPS))
         ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=per_range)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
