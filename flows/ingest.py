@@ -43,7 +43,8 @@ def _summary_markdown(title: str, summary: dict[str, Any]) -> str:
 
 @task(name="ingest-source", **TASK_OPTIONS)
 def ingest_source(params: IngestParameters) -> dict[str, Any]:
-    """Stream the source into a new collection (atomic: nothing is visible on failure)."""
+    """Stream the source into a new collection, or append its blocks to one (atomic either
+    way: nothing changes on failure)."""
     import storage
 
     collection = storage.ingest_path(params.store_url, params.collection, params.source, **params.ingest_options())
@@ -68,7 +69,8 @@ def ingest(params: IngestParameters) -> dict[str, Any]:
         key=artifact_key("cmsvd", params.collection, "collection"),
         description=f"Collection {params.collection} after ingest from {params.source}",
     )
-    print(f"ingested {summary['blocks']} blocks ({summary['rows']} x {summary['columns']}) into {params.collection}")
+    verb = f"appended to (now version {summary['version']})" if params.append else "ingested into"
+    print(f"{params.collection} {verb}: {summary['blocks']} blocks ({summary['rows']} x {summary['columns']})")
     return summary
 
 

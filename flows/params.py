@@ -348,6 +348,17 @@ class IngestParameters(StoreParameters):
         default=None, description="Storage dtype. Empty: float32 for float32 input, else float64. Default: empty."
     )
     overwrite: bool = Field(default=False, description="Replace an existing collection of the same name. Default: off.")
+    append: bool = Field(
+        default=False,
+        description=(
+            "Add the source's blocks to the existing collection (atomic: if any block fails, the collection "
+            "stays as it was; its version goes up by one). Excludes overwrite. Default: off."
+        ),
+    )
+    name_prefix: str = Field(
+        default="", max_length=200,
+        description="Put this before every block name the source gives (keeps appended names unique). Default: empty.",
+    )
     stack_complex: bool = Field(
         default=False, description="Store complex blocks as real rows over imaginary rows. Default: off."
     )
@@ -365,6 +376,10 @@ class IngestParameters(StoreParameters):
     def ingest_options(self) -> dict[str, Any]:
         """Options for ``storage.ingest_path``: only the ones that were given."""
         opts: dict[str, Any] = {"overwrite": self.overwrite}
+        if self.append:
+            opts["append"] = True
+        if self.name_prefix:
+            opts["name_prefix"] = self.name_prefix
         if self.stack_complex:
             opts["stack_complex"] = True
         if self.dtype is not None:

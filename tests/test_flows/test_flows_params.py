@@ -92,6 +92,8 @@ def test_run_and_ingest_parameters():
         RunParameters(**GOOD)  # the run id is required
     opts = IngestParameters(**GOOD, source="/data/x.safetensors", column_length=768, dtype="float32").ingest_options()
     assert opts == {"overwrite": False, "column_length": 768, "dtype": "float32"}
+    opts = IngestParameters(**GOOD, source="/data/day2.npy", append=True, name_prefix="day2/").ingest_options()
+    assert opts == {"overwrite": False, "append": True, "name_prefix": "day2/"}
 
 
 def test_scheduler_address_resolution(monkeypatch):
