@@ -310,7 +310,8 @@ def affinity_pairs(sketches: list[GramSketch], rank: int, neighbours: int, batch
     """Candidate merges: for every group its ``neighbours`` most affine other groups.
 
     The affinity of (g, h) is the fraction of h's sketch energy inside g's top-r subspace,
-    averaged with the reverse; computed with one matrix product per batch of groups.
+    averaged with the reverse; computed with one float32 matrix product per batch of groups
+    (it only orders candidates: every merge is still certified in float64).
 
     Returns
     -------
@@ -320,19 +321,19 @@ def affinity_pairs(sketches: list[GramSketch], rank: int, neighbours: int, batch
     n = len(sketches)
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    heads = [s.basis[:, :rank] for s in sketches]
+    heads = [s.basis[:, :rank].astype(np.float32) for s in sketches]
     head_offsets = offsets_of(np.array([h.shape[1] for h in heads], dtype=np.int64))
-    weighted = np.hstack([s.basis * np.sqrt(s.eigenvalues) for s in sketches])
-    weight_offsets = offsets_of(np.array([s.basis.shape[1] for s in sketches], dtype=np.int64))
     energy = np.array([max(float(s.eigenvalues.sum()), 1e-300) for s in sketches])
+    # each sketch's columns scaled to unit energy: the product is float32-safe at any magnitude
+    weighted = np.hstack([s.basis * np.sqrt(s.eigenvalues / e) for s, e in zip(sketches, energy)]).astype(np.float32)
+    weight_offsets = offsets_of(np.array([s.basis.shape[1] for s in sketches], dtype=np.int64))
     captured = np.zeros((n, n))
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         cross = np.hstack(heads[start:stop]).T @ weighted
-        rows = segment_sums((cross * cross).T, head_offsets[start : stop + 1] - head_offsets[start]).T
+        rows = segment_sums((cross * cross).T.astype(np.float64), head_offsets[start : stop + 1] - head_offsets[start]).T
         captured[start:stop] = segment_sums(rows, weight_offsets)
-    fraction = captured / energy[None, :]
-    score = 0.5 * (fraction + fraction.T)
+    score = 0.5 * (captured + captured.T)  # captured[g, h]: the fraction of h's energy in g's head
     np.fill_diagonal(score, -np.inf)
     k = min(neighbours, n - 1)
     nearest = np.argpartition(-score, k - 1, axis=1)[:, :k]
