@@ -290,9 +290,11 @@ def local_shard(handle: Handle, token: str | None, params: dict, shard: int, bat
 # -- merge ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _stage_groups(handle: Handle, stage: str) -> tuple[list[list[int]], list[GramSketch]]:
-    """The groups and sketches of a sketch stage, read once per worker from the run."""
+    """The groups and sketches of a sketch stage, read once per worker from the run (room
+    for every local stage and a round's merge stages at K = 64,000: about a hundred; all
+    of them together hold each group's sketch once, as the single group stage did)."""
     arrays, _ = run_of(handle).load_stage(stage)
     return groups_from_arrays(arrays, json.loads(handle.params_json))
 
