@@ -133,38 +133,36 @@ def combine_partials(left: dict, right: dict) -> dict:
 
 def group_coefficients(
     data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict, group_shifts: np.ndarray | None = None
-) -> dict[int, list[tuple[int, np.ndarray, float]]]:
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Coefficients of every labelled block of a batch against its group's basis.
 
-    Per group present, one product over all its blocks: V_i = U_g^T A_i and the squared
-    residual ||A_i - U_g V_i||_F^2 with U_g and V_i rounded to the data's dtype, as stored
-    (or the block itself and 0 when ``bases[g]`` is None: stored as it is). Returns, per
-    group, (local block index, V_i, residual^2) in order.
+    Per group present, one product over all its blocks: V = U_g^T [A_i ...] and each
+    block's squared residual ||A_i - U_g V_i||_F^2 with U_g and V rounded to the data's
+    dtype, as stored (or the blocks themselves and 0 when ``bases[g]`` is None: stored as
+    they are). Returns, per group, its block positions (in order), V with the blocks'
+    columns side by side, and the blocks' squared residuals.
 
     With ``group_shifts`` (per label) the residual is computed on ``2^-S A_i`` and is
-    that of the scaled group (relative errors are unchanged); V_i is returned unscaled.
+    that of the scaled group (relative errors are unchanged); V is returned unscaled.
     """
     stored = data.dtype if np.issubdtype(data.dtype, np.floating) else np.dtype(np.float64)
-    out: dict[int, list] = {}
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for g, blocks in _blocks_by_label(labels):
         sub_offsets = offsets_of(offsets[blocks + 1] - offsets[blocks])
         x = take_columns(data, offsets, blocks)
         basis = bases[int(g)]
         if basis is None:
-            coef, residual2 = x, np.zeros(len(blocks))
-        else:
-            # basis and coefficients as the artifact stores them (the data's dtype), so the
-            # residual is that of the stored reconstruction, not of a float64 ideal
-            shift = _shift_of(group_shifts, int(g))
-            basis = np.asarray(basis).astype(stored).astype(np.float64)
-            x = _at_shift(x.astype(np.float64), shift)
-            coef = (basis.T @ x).astype(stored)
-            residual = x - basis @ coef.astype(np.float64)
-            residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
-            coef = _at_shift(coef, -shift).astype(stored, copy=False)
-        out[int(g)] = [
-            (int(b), coef[:, sub_offsets[j] : sub_offsets[j + 1]], float(residual2[j])) for j, b in enumerate(blocks)
-        ]
+            out[int(g)] = (blocks, x, np.zeros(len(blocks)))
+            continue
+        # basis and coefficients as the artifact stores them (the data's dtype), so the
+        # residual is that of the stored reconstruction, not of a float64 ideal
+        shift = _shift_of(group_shifts, int(g))
+        basis = np.asarray(basis).astype(stored).astype(np.float64)
+        x = _at_shift(x.astype(np.float64), shift)
+        coef = (basis.T @ x).astype(stored)
+        residual = x - basis @ coef.astype(np.float64)
+        residual2 = segment_sums(np.einsum("ij,ij->j", residual, residual), sub_offsets)
+        out[int(g)] = (blocks, _at_shift(coef, -shift).astype(stored, copy=False), residual2)
     return out
 
 

@@ -197,10 +197,10 @@ def compress_in_memory(
                 widths = np.diff(layout.offsets)[group]
                 basis = certified[g][2][:, : stored_ranks[g]]
                 with single_threaded_blas():
-                    parts = group_coefficients(data, offsets_of(widths), np.zeros(len(group), dtype=np.int64),
-                                               {0: basis}, np.array([shift]))[0]
-                pending[g] = (basis, [coef for _, coef, _ in parts])
-                residual2 = sum(r for _, _, r in parts)
+                    _, coef, residual2 = group_coefficients(data, offsets_of(widths), np.zeros(len(group), dtype=np.int64),
+                                                            {0: basis}, np.array([shift]))[0]
+                pending[g] = (basis, coef)
+                residual2 = sum(residual2.tolist())  # in block order, as the distributed path
                 stored_errors[g] = math.sqrt(residual2 / totals[g]) if totals[g] > 0 else 0.0
             pending_bytes += sum(np.size(c) for c in pending[g][1]) * dtype.itemsize
             if pending_bytes >= PART_BYTES or g == len(groups) - 1:

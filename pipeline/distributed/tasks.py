@@ -432,14 +432,23 @@ def coefficient_chunk(handle: Handle, artifact: tuple, chunk: int, first: int, s
     high = min(low + layout.coefficient_chunk, int(layout.coef_offsets[-1]))
     values = np.empty(high - low, dtype=writer.dtype)
     residuals: dict[int, float] = {}
-    for g, entries in parts.items():
-        for b, coef, residual2 in entries:
-            begin, end = int(layout.coef_offsets[first + b]), int(layout.coef_offsets[first + b + 1])
-            a, z = max(begin, low), min(end, high)  # a block may straddle the chunk's edges
-            values[a - low : z - low] = np.ravel(coef)[a - begin : z - begin]
-            if low <= begin < high:
-                residuals[g] = residuals.get(g, 0.0) + residual2
+    for g, (blocks, coef, residual2) in parts.items():
+        starts = layout.coef_offsets[first + blocks]
+        place = flat_positions(starts, offsets[blocks + 1] - offsets[blocks], coef.shape[0])
+        inside = (place >= low) & (place < high)  # a block may straddle the chunk's edges
+        values[place[inside] - low] = coef[inside]
+        owned = (starts >= low) & (starts < high)  # each block's residual counted once
+        if owned.any():
+            residuals[g] = sum(residual2[owned].tolist())
     return residuals, writer.write_coefficient_chunk(chunk, values)
+
+
+def flat_positions(starts: np.ndarray, widths: np.ndarray, rows: int) -> np.ndarray:
+    """Where each entry of V (``rows`` x sum(widths), blocks side by side) lies in the
+    artifact's flat coefficients: block j's V_j is stored row by row from ``starts[j]``."""
+    block = np.repeat(np.arange(len(widths)), widths)
+    within = np.arange(int(widths.sum())) - np.repeat(offsets_of(widths)[:-1], widths)
+    return starts[block][None, :] + np.arange(rows)[:, None] * widths[block][None, :] + within[None, :]
 
 
 def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) -> dict[str, dict]:
