@@ -143,16 +143,16 @@ class CertifyAndCompress:
             futures.append(self._submit("coef", c, tasks.coefficient_chunk, self._handle, artifact, c, first, stop,
                                         labels[first:stop], ranks, group_shifts))
         n_basis = -(-int(layout.basis_offsets[-1]) // layout.basis_chunk)
-        futures += [self._submit("basis", c, tasks.basis_chunk, self._handle, artifact, c, ranks)
-                    for c in range(n_basis)]
+        bases = [self._submit("basis", c, tasks.basis_chunk, self._handle, artifact, c, ranks) for c in range(n_basis)]
+        self._track("compress", futures + bases)  # one progress count for both kinds
         residual2: dict[int, float] = {}
         files: dict[str, dict] = {}
-        for result in self._gather("compress", futures):
-            if isinstance(result, tuple):
-                for g, value in result[0].items():
-                    residual2[g] = residual2.get(g, 0.0) + value
-                result = result[1]
-            files.update(result)
+        for residuals, written in self.client.gather(futures):
+            for g, value in residuals.items():  # chunk order: the sums do not depend on the workers
+                residual2[g] = residual2.get(g, 0.0) + value
+            files.update(written)
+        for written in self.client.gather(bases):
+            files.update(written)
         return residual2, files
 
     def compress(self) -> dict:

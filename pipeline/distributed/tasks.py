@@ -364,20 +364,16 @@ def certify_range(handle: Handle, token: str | None, stage: str, partials: dict,
     through the client. Returns per group its error, adaptive rank and (stage, first
     column) of its basis."""
     run = run_of(handle).require_lease(token)
-    if not run.is_complete(stage):
-        labels, errors, ranks, bases = [], [], [], []
+    if run.is_complete(stage):  # a retried task: the same results, already checkpointed
+        arrays = run.load_stage(stage, ["labels", "errors", "ranks"])[0]
+    else:
         with single_threaded_blas():
-            for label, part in partials.items():
-                cert = certify_partial(part, rank, eps)
-                labels.append(label)
-                errors.append(cert.error)
-                ranks.append(cert.adaptive_rank)
-                bases.append(cert.basis)
-        rows = bases[0].shape[0] if bases else 0
-        run.save_stage(stage, {"labels": np.asarray(labels, dtype=np.int64), "errors": np.asarray(errors),
-                               "ranks": np.asarray(ranks, dtype=np.int64),
-                               "bases": np.hstack(bases) if bases else np.zeros((rows, 0))})
-    arrays = run.load_stage(stage, ["labels", "errors", "ranks"])[0]
+            certs = [certify_partial(part, rank, eps) for part in partials.values()]
+        rows = certs[0].basis.shape[0] if certs else 0
+        arrays = {"labels": np.fromiter(partials, dtype=np.int64, count=len(partials)),
+                  "errors": np.array([c.error for c in certs], dtype=np.float64),
+                  "ranks": np.array([c.adaptive_rank for c in certs], dtype=np.int64)}
+        run.save_stage(stage, {**arrays, "bases": np.hstack([c.basis for c in certs]) if certs else np.zeros((rows, 0))})
     starts = offsets_of(arrays["ranks"])
     return {int(g): (float(e), int(k), (stage, int(starts[j])))
             for j, (g, e, k) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"]))}
