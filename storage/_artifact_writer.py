@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -26,7 +26,7 @@ from .errors import CollectionExistsError, CollectionNotFoundError, CorruptedFil
 _PACK_BYTES = 128 * 2**20  # coefficient buffer while packing an artifact (bounds the client's memory)
 _FLAT_CHUNK = 4 * 2**20  # elements per chunk of the flat coefficient array
 _PT_CHUNK = 4 * 2**20  # bytes per chunk of the copied passthrough items
-_PART_BYTES = 64 * 2**20  # coefficients per part file written by write_artifact
+_PART_BYTES = 64 * 2**20  # coefficients per part file written by write_all
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -174,6 +174,20 @@ class ArtifactWriter(DirectWriting):
             ndarray (r, sum n_i) with the members side by side.
         """
         self.write_groups({g: (basis, coefficients)})
+
+    def write_all(self, entries: Iterable[tuple[int, np.ndarray | None, Sequence[np.ndarray] | np.ndarray]]) -> None:
+        """Write groups from a stream of (group, basis, coefficients), as for
+        :meth:`write_group`, in parts of about 64 MiB of coefficients: few files, and
+        memory bounded by one part while the stream computes the next groups."""
+        pending: dict[int, tuple] = {}
+        size = 0
+        for g, basis, coefficients in entries:
+            pending[g] = (basis, coefficients)
+            size += sum(np.size(c) for c in coefficients) if isinstance(coefficients, list) else np.size(coefficients)
+            if size * self.dtype.itemsize >= _PART_BYTES:
+                self.write_groups(pending)
+                pending, size = {}, 0
+        self.write_groups(pending)
 
     def write_groups(self, entries: Mapping[int, tuple[np.ndarray | None, Sequence[np.ndarray] | np.ndarray]]) -> None:
         """Write several groups as one part: a bases file, a coefficients file and a done
@@ -513,13 +527,7 @@ def write_artifact(
     """
     writer = create_artifact(url, collection_name, label, groups=groups, params=params, dtype=dtype, overwrite=overwrite, storage_options=storage_options)
     try:
-        pending, pending_bytes = {}, 0  # parts of about _PART_BYTES: few files, bounded memory
-        for g, members in enumerate(writer.groups):
-            pending[g] = (bases[g], [coefficients[i] for i in members])
-            pending_bytes += sum(np.size(coefficients[i]) for i in members) * writer.dtype.itemsize
-            if pending_bytes >= _PART_BYTES or g == writer.n_groups - 1:
-                writer.write_groups(pending)
-                pending, pending_bytes = {}, 0
+        writer.write_all((g, bases[g], [coefficients[i] for i in members]) for g, members in enumerate(writer.groups))
         return writer.finalize(errors, ranks)
     except BaseException:
         writer.abort()

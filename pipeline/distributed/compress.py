@@ -29,9 +29,7 @@ from ..certify import certify_partial, group_coefficients
 from ..layout import BlockLayout, offsets_of
 from ..magnitude import group_norms2, rescale
 
-__all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory", "PART_BYTES"]
-
-PART_BYTES = 64 * 2**20  # coefficients per artifact part file written by compress_in_memory
+__all__ = ["CompressedGroups", "certify_with_splits", "storage_plan", "compress_in_memory"]
 
 Certified = tuple[float, int, np.ndarray]  # exact error, adaptive rank, basis (m x adaptive rank)
 
@@ -184,14 +182,13 @@ def compress_in_memory(
     writer = storage.create_artifact(collection.url, collection.name, label, groups=groups, params=params,
                                      overwrite=True, storage_options=collection.storage_options)
     stored_errors = np.zeros(len(groups))
-    pending: dict[int, tuple] = {}  # groups written together as one part of at most PART_BYTES
-    pending_bytes = 0
-    try:
+
+    def entries():
+        """(group, basis or None, coefficients) one group after the other, with its stored error."""
         for g, group in enumerate(groups):
             shift = layout.group_shift(group)
             if not compressed[g]:  # as it is: the stored values themselves when scaled
-                data = layout.gather(group).astype(dtype) if shift == 0 else collection.blocks(group)[0]
-                pending[g] = (None, data)
+                yield g, None, layout.gather(group).astype(dtype) if shift == 0 else collection.blocks(group)[0]
             else:
                 data = rescale(layout.gather(group), shift).astype(dtype, copy=False)
                 widths = np.diff(layout.offsets)[group]
@@ -199,14 +196,13 @@ def compress_in_memory(
                 with single_threaded_blas():
                     _, coef, residual2 = group_coefficients(data, offsets_of(widths), np.zeros(len(group), dtype=np.int64),
                                                             {0: basis}, np.array([shift]))[0]
-                pending[g] = (basis, coef)
                 residual2 = sum(residual2.tolist())  # in block order, as the distributed path
                 stored_errors[g] = math.sqrt(residual2 / totals[g]) if totals[g] > 0 else 0.0
-            pending_bytes += sum(np.size(c) for c in pending[g][1]) * dtype.itemsize
-            if pending_bytes >= PART_BYTES or g == len(groups) - 1:
-                writer.write_groups(pending)
-                pending, pending_bytes = {}, 0
+                yield g, basis, coef
             report("compress", g + 1, len(groups))
+
+    try:
+        writer.write_all(entries())
         artifact = writer.finalize(stored_errors.tolist(), stored_ranks.tolist())
     except BaseException:
         writer.abort()
