@@ -9,9 +9,9 @@ client."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..bounds import GramSketch
 from ..layout import offsets_of
@@ -38,6 +38,12 @@ class GroupSketches:
     index: np.ndarray
     totals: np.ndarray
     bounds: np.ndarray
+
+    @classmethod
+    def of(cls, entries: list[tuple[str, int, float, float]]) -> "GroupSketches":
+        """From one (stage, index, total, bound) per group."""
+        return cls([e[0] for e in entries], np.array([e[1] for e in entries], dtype=np.int64),
+                   np.array([e[2] for e in entries], dtype=np.float64), np.array([e[3] for e in entries], dtype=np.float64))
 
     def refs(self, groups) -> list[tuple[str, int]]:
         """(stage, index) of the given groups, the form tasks take."""

@@ -297,10 +297,7 @@ class ClusteringRun(CertifyAndCompress):
             if anchors is None:
                 anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
                                        self._with_firsts(self._sample_picks()))
-            futures = [self._submit("route", b, tasks.route_batch, self._handle, b, anchors)
-                       for b in range(self.n_batches)]
-            routed = self._gather("partition", futures)
-            best_two, shares = np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
+            best_two, shares = self._route(None, anchors, "all")
             anchor_offsets = anchors.result()[1]
             n_anchors, columns, orphans = len(anchor_offsets) - 1, int(anchor_offsets[-1]), []
             for _ in range(ORPHAN_ROUNDS):
@@ -332,10 +329,12 @@ class ClusteringRun(CertifyAndCompress):
         return self._submit("anchors", tag, tasks.sample_anchors, self._handle, dict(self.params),
                             self._with_firsts(self._picks_of(ids)))
 
-    def _route(self, ids: np.ndarray, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
-        """Best two anchors of the blocks ``ids`` (sorted) and their shares, on the workers."""
+    def _route(self, ids: np.ndarray | None, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        """Best two anchors of the blocks ``ids`` (sorted; None: every block) and their
+        shares, on the workers."""
+        picks = [(b, None) for b in range(self.n_batches)] if ids is None else self._picks_of(ids)
         futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, anchors, picked)
-                   for b, picked in self._picks_of(ids)]
+                   for b, picked in picks]
         routed = self._gather("partition", futures)
         return np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
 
@@ -410,11 +409,8 @@ class ClusteringRun(CertifyAndCompress):
                        for shard in range(n_shards)]
             results = self._gather("local", futures)
             groups = [g for r in results for g in r["groups"]]
-            sketches = GroupSketches(
-                [r["stage"] for r in results for _ in r["groups"]],
-                np.concatenate([np.arange(len(r["groups"])) for r in results]).astype(np.int64),
-                np.array([t for r in results for t in r["totals"]], dtype=np.float64),
-                np.array([b for r in results for b in r["bounds"]], dtype=np.float64))
+            sketches = GroupSketches.of([(r["stage"], i, total, bound) for r in results
+                                         for i, (total, bound) in enumerate(zip(r["totals"], r["bounds"]))])
             return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": n_shards}
 
         return self._timed("local", compute)
@@ -548,11 +544,7 @@ def _apply_merges(groups, sketches: GroupSketches, buckets, results) -> tuple[li
             entries.append((first, members, kept(first) if sketch is None else tuple(sketch)))  # None: unchanged
     entries += [(int(g), groups[g], kept(int(g))) for g in np.flatnonzero(~replaced)]
     entries.sort(key=lambda e: e[0])
-    where = [e[2] for e in entries]
-    new_sketches = GroupSketches([w[0] for w in where], np.array([w[1] for w in where], dtype=np.int64),
-                                 np.array([w[2] for w in where], dtype=np.float64),
-                                 np.array([w[3] for w in where], dtype=np.float64))
-    return [e[1] for e in entries], new_sketches, merges
+    return [e[1] for e in entries], GroupSketches.of([e[2] for e in entries]), merges
 
 
 def cluster_collection(
