@@ -125,9 +125,8 @@ def _top_factors(stack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = 30,522) never forms an n x n matrix."""
     blocks, m, n = stack.shape
     if n <= m:
-        gram = np.matmul(stack.transpose(0, 2, 1), stack)  # (blocks, n, n)
-        _, vecs = np.linalg.eigh(gram)
-        top = np.matmul(stack, vecs[:, :, ::-1][:, :, :k])  # (blocks, m, k)
+        gram, _, vecs = _right_directions(stack)
+        top = np.matmul(stack, vecs[:, :, :k])  # (blocks, m, k)
     else:
         gram = np.matmul(stack, stack.transpose(0, 2, 1))  # (blocks, m, m)
         _, vecs = np.linalg.eigh(gram)
@@ -137,6 +136,14 @@ def _top_factors(stack: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         top[:, :, : q.shape[2]] = np.matmul(stack, q)  # rank <= m: any further columns stay 0
     norms = np.sqrt(np.trace(gram, axis1=1, axis2=2).clip(0.0))
     return top, _FACTOR_ROUNDOFF * n * norms
+
+
+def _right_directions(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a stack of equal blocks (blocks, m, n): the n x n Gram matrices, their eigenvalues
+    and eigenvectors, strongest first (one batched eigen-solve)."""
+    gram = np.matmul(stack.transpose(0, 2, 1), stack)
+    values, vectors = np.linalg.eigh(gram)
+    return gram, values[:, ::-1], vectors[:, :, ::-1]
 
 
 def round_factors(factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,9 +217,8 @@ def dominant_factors(factors: np.ndarray, offsets: np.ndarray, share: float, whi
     for width in np.unique(widths[which]):
         same = np.flatnonzero(which & (widths == width))
         stack = take_columns(factors, offsets, same).reshape(rows, len(same), int(width)).transpose(1, 0, 2)
-        values, vectors = np.linalg.eigh(np.matmul(stack.transpose(0, 2, 1), stack))
-        values, vectors = np.clip(values[:, ::-1], 0.0, None), vectors[:, :, ::-1]  # strongest first
-        energy = np.cumsum(values, axis=1)
+        _, values, vectors = _right_directions(stack)
+        energy = np.cumsum(np.clip(values, 0.0, None), axis=1)
         kept_widths[same] = 1 + np.sum(energy[:, :-1] < share * energy[:, -1:], axis=1)
         reduced.append((same, np.matmul(stack, vectors)))
     out_offsets = offsets_of(kept_widths)
