@@ -157,8 +157,7 @@ def group_scaled_sums(values: np.ndarray, shifts: np.ndarray, labels: np.ndarray
     blocks) set no shift; a group of only such members gets S_g = 0."""
     values, shifts = np.asarray(values, dtype=np.float64), np.asarray(shifts, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
-    common = np.full(n_groups, _NO_SHIFT, dtype=np.int64)
-    np.maximum.at(common, labels, shifts)
+    common = _largest_per_group(shifts, labels, n_groups)
     brought = np.ldexp(values, (2 * (shifts - common[labels])).astype(np.int32))
     sums = np.bincount(labels, weights=brought, minlength=n_groups)
     return np.where(common == _NO_SHIFT, 0, common), sums
@@ -168,9 +167,15 @@ def group_shifts(shifts: np.ndarray, groups) -> np.ndarray:
     """Each group's common shift (:func:`common_shift`: the largest of its blocks', 0 for
     an empty group), in one pass over the members."""
     members, labels = _members_and_labels(groups)
-    common = np.full(len(groups), np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(common, labels, np.asarray(shifts, dtype=np.int64)[members])
-    return np.where(common == np.iinfo(np.int64).min, 0, common)
+    common = _largest_per_group(np.asarray(shifts, dtype=np.int64)[members], labels, len(groups))
+    return np.where(common == _NO_SHIFT, 0, common)
+
+
+def _largest_per_group(shifts: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray:
+    """The largest shift of each group's members (``_NO_SHIFT`` for a group with none)."""
+    common = np.full(n_groups, _NO_SHIFT, dtype=np.int64)
+    np.maximum.at(common, labels, shifts)
+    return common
 
 
 def _members_and_labels(groups) -> tuple[np.ndarray, np.ndarray]:
