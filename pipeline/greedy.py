@@ -181,21 +181,8 @@ def _group_bound(layout: BlockLayout, rank: int, method: str, order: str, oversa
 
 
 def _grow_weyl(bound: WeylBound, norms2: np.ndarray, candidates: np.ndarray, eps: float) -> list[int]:
-    """Only ||M||^2 grows, so the bound is monotone: accept the longest feasible prefix.
-
-    The prefix is found in windows growing fourfold, so a group that accepts a few blocks
-    does not pay for a running sum over every remaining block; a window's running sums are
-    the same numbers as the first entries of the full running sum."""
-    seed, n, size = bound.lower_energy(), len(candidates), _FIRST_WINDOW
-    while True:
-        totals = bound.total + np.cumsum(norms2[prefix(candidates, size)])
-        feasible = seed >= (1.0 - eps * eps) * totals
-        if not feasible.all():
-            n = int(np.argmin(feasible))
-            break
-        if size >= n:
-            break
-        size *= 4
+    """Accept the longest feasible prefix of ``candidates`` (see :func:`_feasible_run`)."""
+    n = _feasible_run(bound, lambda size: norms2[prefix(candidates, size)], len(candidates), 1.0 - eps * eps)
     accepted = prefix(candidates, n)
     bound.add_norms(norms2[accepted])
     return accepted.tolist()
@@ -527,11 +514,21 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
 
 def _weyl_run(bound: WeylBound, norms2: np.ndarray, start: int, stop: int, floor: float) -> int:
     """How many of the blocks ``stop - 1, stop - 2, ..., start`` (norm-sorted, taken from
-    the back) the seed bound accepts: :func:`_grow_weyl`'s windows and running sums."""
-    seed, n, size = bound.lower_energy(), stop - start, _FIRST_WINDOW
+    the back) the seed bound accepts."""
+    return _feasible_run(bound, lambda size: norms2[max(start, stop - size) : stop][::-1], stop - start, floor)
+
+
+def _feasible_run(bound: WeylBound, first_norms2, n: int, floor: float) -> int:
+    """Length of the longest prefix of ``n`` candidates the seed bound accepts (only
+    ||M||^2 grows, so the bound is monotone); ``first_norms2(size)`` gives the squared norms
+    of the first ``size`` candidates.
+
+    The prefix is found in windows growing fourfold, so a group that accepts a few blocks
+    does not pay for a running sum over every remaining block; a window's running sums are
+    the same numbers as the first entries of the full running sum."""
+    seed, size = bound.lower_energy(), _FIRST_WINDOW
     while True:
-        window = norms2[max(start, stop - size) : stop][::-1]
-        feasible = seed >= floor * (bound.total + np.cumsum(window))
+        feasible = seed >= floor * (bound.total + np.cumsum(first_norms2(size)))
         if not feasible.all():
             return int(np.argmin(feasible))
         if size >= n:
