@@ -78,26 +78,30 @@ class DirectWriting:
                                    ("coefficients", (int(coef_offsets[-1]),), (max(1, int(coefficient_chunk)),))):
             grp.create_array(key, shape=shape, chunks=chunks, dtype=self.dtype, compressors=default_codecs(),
                              fill_value=0, config=ARRAY_CONFIG)
-        self._staging.write_json({"version": version, "ranks": ranks.tolist()}, "direct.json")
+        self._staging.write_json({"version": version}, "direct.json")  # where the packed layout is
+        self._direct = None
         return self.direct_layout()
 
     def direct_layout(self) -> "DirectLayout":
-        """The layout :meth:`start_direct` created (from any process)."""
-        record = self._staging.read_json("direct.json")
-        ranks = np.asarray(record["ranks"], dtype=np.int64)
-        kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW)
-        _, _, coef_offsets = self._block_layout(kinds, ranks)
-        grp = zarr.open_group(store=self._direct_location(record).zarr_store(), mode="r")
-        return DirectLayout(ranks=ranks, coef_offsets=coef_offsets,
-                            basis_offsets=np.concatenate([[0], np.cumsum(np.where(kinds == _KIND_SVD, ranks, 0))]),
-                            coefficient_chunk=int(grp["coefficients"].chunks[0]), basis_chunk=int(grp["bases"].chunks[1]),
-                            basis_row_chunks=-(-self.rows // int(grp["bases"].chunks[0])))
+        """The layout :meth:`start_direct` created (from any process), read once per writer
+        from the packed group's own index arrays."""
+        return self._opened_direct()[1]
 
-    def _direct_location(self, record: dict) -> Location:
-        return self._staging.child("packed") if record["version"] is None else self._final.child(record["version"])
+    def _opened_direct(self) -> tuple[Location, DirectLayout]:
+        if self._direct is None:
+            version = self._staging.read_json("direct.json")["version"]
+            packed = self._staging.child("packed") if version is None else self._final.child(version)
+            grp = zarr.open_group(store=packed.zarr_store(), mode="r")
+            self._direct = (packed, DirectLayout(
+                ranks=np.asarray(grp["group_ranks"][...], dtype=np.int64),
+                coef_offsets=np.asarray(grp["coef_offsets"][...], dtype=np.int64),
+                basis_offsets=np.asarray(grp["basis_offsets"][...], dtype=np.int64),
+                coefficient_chunk=int(grp["coefficients"].chunks[0]), basis_chunk=int(grp["bases"].chunks[1]),
+                basis_row_chunks=-(-self.rows // int(grp["bases"].chunks[0]))), version)
+        return self._direct[0], self._direct[1]
 
     def _write_chunk(self, key: str, selection: tuple, values: np.ndarray, chunk_files: list[str]) -> dict[str, dict]:
-        packed = self._direct_location(self._staging.read_json("direct.json"))
+        packed = self._opened_direct()[0]
         # every chunk is written, all-zero ones too (readers treat a missing chunk as damage)
         arr = zarr.open_array(store=packed.zarr_store(), path=key, mode="r+").with_config(ARRAY_CONFIG)
         if not np.isfinite(values).all():
@@ -130,8 +134,7 @@ class DirectWriting:
     def finish_direct(self, errors: Sequence[float], chunk_files: dict[str, dict]) -> "Artifact":
         """Publish a layout filled by the chunk writers; ``chunk_files`` merges what they
         returned. Every chunk must have been written."""
-        record = self._staging.read_json("direct.json")
-        layout = self.direct_layout()
+        packed, layout = self._opened_direct()
         errors = np.asarray(errors, dtype=np.float64)
         if errors.shape != (self.n_groups,):
             raise ValueError(f"errors: expected {self.n_groups} values, got shape {errors.shape}")
@@ -141,7 +144,6 @@ class DirectWriting:
         missing = sorted(expected - set(chunk_files))
         if missing:
             raise ValueError(f"cannot finish: {len(missing)} chunk(s) not written, e.g. {missing[:5]}")
-        packed = self._direct_location(record)
         grp = zarr.open_group(store=packed.zarr_store(), mode="r+")
         grp["group_errors"].with_config(ARRAY_CONFIG)[...] = errors
-        return self._publish(packed, record["version"], grp, chunk_files)
+        return self._publish(packed, self._direct[2], grp, chunk_files)

@@ -153,6 +153,7 @@ class ArtifactWriter(DirectWriting):
         self.dtype = np.dtype(record["dtype"])
         self.widths = np.asarray(record["widths"], dtype=np.int64)
         self._cache: tuple[str, np.ndarray] | None = None  # the part file read last while packing
+        self._direct: tuple | None = None  # (packed location, DirectLayout, version) once direct packing is opened
 
     @property
     def n_groups(self) -> int:
