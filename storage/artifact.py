@@ -23,7 +23,7 @@ singleton uncompressed when no low-rank form is smaller): V_i is the block, U is
 
 Writing streams group by group: :func:`create_artifact` records the grouping under
 ``artifacts/<collection>/.staging/<label>/``, any process may then call
-:meth:`ArtifactWriter.write_groups` (or ``write_group`` for one; reopen with
+:meth:`ArtifactWriter.write_groups` (``write_group`` for one, ``write_all`` for a stream; reopen with
 :func:`open_artifact_writer`), each call's groups landing in one part (a bases file, a
 coefficients file and a done marker listing the groups: a file per group would cost a
 file creation, or an object-store request, each); :meth:`ArtifactWriter.finalize` packs
