@@ -69,12 +69,18 @@ class DirectWriting:
         if ranks.shape != (self.n_groups,) or np.any(ranks < 0) or np.any(ranks > self.rows):
             raise ValueError(f"ranks: expected {self.n_groups} values in 0..{self.rows}")
         kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW).astype(np.int8)
+        base_ranks = np.asarray((self.record.get("base") or {}).get("ranks", []), dtype=np.int64)
+        changed = np.flatnonzero(ranks[: base_ranks.size] != base_ranks)
+        if changed.size:
+            raise ValueError(f"ranks: group {int(changed[0])} keeps its base artifact's basis, of rank "
+                             f"{int(base_ranks[changed[0]])}, not {int(ranks[changed[0]])}")
         packed, version = self._new_packed()
         grp = zarr.open_group(store=packed.zarr_store(), mode="w")
         self._pack_small(grp, kinds, ranks, ranks, np.zeros(self.n_groups))
         _, _, coef_offsets = self._block_layout(kinds, ranks)
         cr, cc = default_chunks(self.rows, self.dtype)
-        for key, shape, chunks in (("bases", (self.rows, int(ranks[kinds == _KIND_SVD].sum())), (cr, cc)),
+        bases_width = int(ranks[self._base_counts[1]:][kinds[self._base_counts[1]:] == _KIND_SVD].sum())
+        for key, shape, chunks in (("bases", (self.rows, bases_width), (cr, cc)),
                                    ("coefficients", (int(coef_offsets[-1]),), (max(1, int(coefficient_chunk)),))):
             grp.create_array(key, shape=shape, chunks=chunks, dtype=self.dtype, compressors=default_codecs(),
                              fill_value=0, config=ARRAY_CONFIG)

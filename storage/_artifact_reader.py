@@ -60,9 +60,32 @@ def open_artifact(url: str, collection_name: str, label: str, *, verify: bool = 
         raise CorruptedFileError(f"artifact {label!r}: {where} is corrupted (bad files or version)", path=where)
     base = final.child(version) if version else final
     art = Artifact(base, manifest, label=label)
+    if art.meta.get("base"):
+        art._attach_base(_open_base(url, collection_name, art, storage_options))
     if verify:
         art.verify()
     return art
+
+
+def _open_base(url: str, collection_name: str, art: "Artifact", storage_options: dict | None) -> "Artifact":
+    """The artifact a delta artifact builds on (see :mod:`storage.artifact`), checked to be
+    the very version the delta was written against."""
+    record = art.meta["base"]
+    label = record.get("label")
+    try:
+        base = open_artifact(url, collection_name, str(label), storage_options=storage_options)
+    except CollectionNotFoundError:
+        raise CorruptedFileError(f"artifact {art.label!r} builds on artifact {label!r}, which is missing",
+                                 path=art._loc.url) from None
+    if manifest_digest(base.manifest) != record.get("manifest_sha256"):
+        raise CorruptedFileError(f"artifact {art.label!r} builds on artifact {label!r}, which was replaced or damaged "
+                                 "since (its manifest differs)", path=art._loc.url)
+    return base
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of an artifact's manifest: what a delta artifact records of its base."""
+    return hashlib.sha256(json_dumps(manifest).encode()).hexdigest()
 
 
 class Artifact:
@@ -135,6 +158,10 @@ class Artifact:
         self._check_layout()
         self._bases_cache: dict[int, np.ndarray] = {}
         self._all_bases: np.ndarray | None = None
+        #: The artifact this one builds on (a delta artifact of an incremental run), or
+        #: None: blocks and groups below its counts are read from it.
+        self.base: Artifact | None = None
+        self._base_blocks = self._base_groups = 0
         #: The source's layout recorded at ingest (safetensors: every tensor's dtype, shape
         #: and block range or passthrough reason), or None.
         self.source_layout: dict | None = meta.get("source_layout") or None
@@ -145,6 +172,14 @@ class Artifact:
                 first, count = (int(x) for x in t["blocks"])
                 for b in range(first, first + count):
                     self._tensor_of_block[b] = t
+
+    def _attach_base(self, base: "Artifact") -> None:
+        record = self.meta["base"]
+        n_blocks, n_groups = int(record["n_blocks"]), int(record["n_groups"])
+        if (base.n_blocks, base.n_groups, base.rows, base.dtype) != (n_blocks, n_groups, self.rows, self.dtype):
+            raise CorruptedFileError(f"artifact {self.label!r}: its base {base.label!r} does not match the record",
+                                     path=self._loc.url)
+        self.base, self._base_blocks, self._base_groups = base, n_blocks, n_groups
 
     def _check_file(self, rel: str) -> bytes:
         entry = self.manifest["files"][rel]
@@ -196,8 +231,10 @@ class Artifact:
 
     @property
     def nbytes_stored(self) -> int:
-        """Bytes on disk of the artifact (all files, manifest included)."""
-        return sum(f["nbytes"] for f in self.manifest["files"].values()) + len(json_dumps(self.manifest))
+        """Bytes on disk of the artifact (all files, manifest included; with a base, its
+        bytes too: a delta artifact is read through it)."""
+        own = sum(f["nbytes"] for f in self.manifest["files"].values()) + len(json_dumps(self.manifest))
+        return own + (self.base.nbytes_stored if self.base is not None else 0)
 
     @property
     def compression_ratio(self) -> float:
@@ -215,6 +252,8 @@ class Artifact:
             raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
         if self.kinds[g] == _KIND_RAW:
             raise ValueError(f"group {g} is stored raw (no basis)")
+        if g < self._base_groups:
+            return self.base.basis(g)
         if g not in self._bases_cache:
             if len(self._bases_cache) > 16:
                 self._bases_cache.clear()
@@ -225,6 +264,8 @@ class Artifact:
     def coefficients(self, i: int) -> np.ndarray:
         """V_i (r, n_i) for block i (the block itself for a raw group)."""
         i = self._block(i)
+        if i < self._base_blocks:
+            return self.base.coefficients(i)
         flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
 
@@ -268,6 +309,10 @@ class Artifact:
         """
         if not 0 <= first <= stop <= self.n_blocks:
             raise IndexError(f"block range {first}:{stop} outside 0:{self.n_blocks}")
+        if first < self._base_blocks:  # the base's blocks from the base, the rest from here
+            middle = min(stop, self._base_blocks)
+            older = self.base.decompress_range(first, middle)
+            return older if middle == stop else np.hstack([older, self.decompress_range(middle, stop)])
         widths = self.widths[first:stop].astype(np.int64)
         col = np.concatenate([[0], np.cumsum(widths)])
         out = np.empty((self.rows, int(col[-1])), dtype=self.dtype)
@@ -292,7 +337,9 @@ class Artifact:
             if self.kinds[g] == _KIND_RAW:
                 part = v
             else:
-                if self._all_bases is not None:
+                if g < self._base_groups:
+                    u = self.basis(int(g))
+                elif self._all_bases is not None:
                     u = self._all_bases[:, int(self.basis_offsets[g]) : int(self.basis_offsets[g + 1])]
                 else:
                     u = self.basis(int(g))
@@ -395,3 +442,5 @@ class Artifact:
         """
         for rel in sorted(self.manifest["files"]):
             self._check_file(rel)
+        if self.base is not None:
+            self.base.verify()

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from ._artifact_direct import DirectLayout, DirectWriting  # noqa: F401  (DirectLayout: public through here)
-from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, open_artifact
+from ._artifact_reader import _KIND_RAW, _KIND_SVD, MANIFEST, Artifact, _locations, manifest_digest, open_artifact
 from ._integrity import ARRAY_CONFIG, parse_json, seal, unseal
 from ._location import SCHEMA_VERSION, Location, artifact_location, utc_now as _now
 from ._publish import collect_versions, new_version_name, publish_local, sweep_stale, switch_pointer
@@ -71,6 +71,7 @@ def create_artifact(
     dtype: Any = None,
     overwrite: bool = False,
     storage_options: dict | None = None,
+    base: str | None = None,
 ) -> "ArtifactWriter":
     """Start writing an artifact for a grouping of a collection's blocks.
 
@@ -78,6 +79,12 @@ def create_artifact(
     ----------
     groups : list of list of int
         A partition of the collection's block indices.
+    base : str, optional
+        Label of a published artifact of an earlier version of the collection that this
+        one extends (a *delta* artifact, written by an incremental run): its groups come
+        first, in its order, each with its members first and only blocks it did not have
+        added; those groups keep its bases and its blocks keep its coefficients, which are
+        read from it, not copied. Only :meth:`ArtifactWriter.start_direct` writes deltas.
     params : dict, optional
         Parameters to record (eps, r, algorithm...).
     dtype : float32 or float64, optional
@@ -106,8 +113,29 @@ def create_artifact(
     layout = source_layout(coll)
     if layout is not None:
         record["source_layout"] = layout
+    if base is not None:
+        record["base"] = _base_record(url, collection_name, base, groups, record, storage_options)
     staging.write_json(record, "writer.json")
     return ArtifactWriter(root, final, staging, record)
+
+
+def _base_record(url: str, collection_name: str, label: str, groups: list[list[int]], record: dict,
+                 storage_options: dict | None) -> dict:
+    """What a delta artifact records of its base, after checking that ``groups`` extend
+    the base's groups as :func:`create_artifact` describes."""
+    base = open_artifact(url, collection_name, label, storage_options=storage_options)
+    if (base.rows, base.dtype.name) != (record["rows"], record["dtype"]):
+        raise ValueError(f"base artifact {label!r} holds {base.rows} rows of {base.dtype}, "
+                         f"not {record['rows']} of {record['dtype']}")
+    if len(groups) < base.n_groups:
+        raise ValueError(f"base artifact {label!r} has {base.n_groups} groups; the new grouping only {len(groups)}")
+    for g, members in enumerate(base.groups):
+        extended = groups[g]
+        if extended[: len(members)] != members or any(b < base.n_blocks for b in extended[len(members):]):
+            raise ValueError(f"group {g} does not extend group {g} of base artifact {label!r} "
+                             "(its members must come first, and only blocks the base lacks may be added)")
+    return {"label": label, "manifest_sha256": manifest_digest(base.manifest), "n_blocks": base.n_blocks,
+            "n_groups": base.n_groups, "ranks": np.where(base.kinds == _KIND_SVD, base.ranks, 0).tolist()}
 
 
 def source_layout(coll: Any) -> dict | None:
@@ -158,6 +186,12 @@ class ArtifactWriter(DirectWriting):
     @property
     def n_groups(self) -> int:
         return len(self.groups)
+
+    @property
+    def _base_counts(self) -> tuple[int, int]:
+        """Blocks and groups read from the base artifact (0, 0 without one)."""
+        base = self.record.get("base") or {}
+        return int(base.get("n_blocks", 0)), int(base.get("n_groups", 0))
 
     def _tol(self) -> float:
         return 1e-3 if self.dtype == np.float32 else 1e-8
@@ -295,6 +329,8 @@ class ArtifactWriter(DirectWriting):
             Ranks to report; default the basis widths (0 for raw groups).  For
             compressed groups they must equal the basis widths.
         """
+        if self.record.get("base"):
+            raise ValueError("a delta artifact (one with a base) is written with start_direct / finish_direct")
         written = self._written()
         missing = [g for g in range(self.n_groups) if g not in written]
         if missing:
@@ -392,6 +428,7 @@ class ArtifactWriter(DirectWriting):
             "input_nbytes": r["input_nbytes"],
             "input_raw_nbytes": r["input_raw_nbytes"],
             **({"source_layout": r["source_layout"]} if r.get("source_layout") else {}),
+            **({"base": r["base"]} if r.get("base") else {}),
             "created": _now(),
         }
 
@@ -400,8 +437,10 @@ class ArtifactWriter(DirectWriting):
         for g, members in enumerate(self.groups):
             block_group[members] = g
         block_ranks = np.where(kinds[block_group] == _KIND_RAW, self.rows, widths_r[block_group]).astype(np.int64)
+        sizes = block_ranks * self.widths
+        sizes[: self._base_counts[0]] = 0  # a delta holds only the blocks its base lacks
         coef_offsets = np.zeros(self.widths.size + 1, dtype=np.int64)
-        np.cumsum(block_ranks * self.widths, out=coef_offsets[1:])
+        np.cumsum(sizes, out=coef_offsets[1:])
         return block_group, block_ranks, coef_offsets
 
     def _part(self, parts: Location, entry: dict, key: str) -> np.ndarray:
@@ -432,7 +471,9 @@ class ArtifactWriter(DirectWriting):
         member_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
         np.cumsum([len(m) for m in self.groups], out=member_offsets[1:])
         basis_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
-        np.cumsum(widths_r, out=basis_offsets[1:])
+        own_widths = np.where(kinds == _KIND_SVD, widths_r, 0)
+        own_widths[: self._base_counts[1]] = 0  # the base's groups keep the base's bases
+        np.cumsum(own_widths, out=basis_offsets[1:])
         small = {
             "block_group": block_group,
             "block_ranks": block_ranks,
