@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import lapack as _lapack
 from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd and _eigh
 
 from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
@@ -102,6 +103,45 @@ def _keep_threshold(norm: float, tol: float) -> float:
     return max(tol, _NOISE_FLOOR) * norm
 
 
+# Residuals at least this wide get their basis from a Householder QR when it provably keeps
+# every direction (see _full_range_basis); narrower ones go straight to the SVD, which
+# costs no more there.
+_QR_WIDTH = 8
+# The QR route's lower bound on the smallest singular value is trusted only when the
+# triangular factor is better conditioned than this (its inverse is then accurate to
+# about 1e-10 relative).
+_QR_CONDITION = 1e6
+
+
+def _full_range_basis(residual: np.ndarray, threshold: float) -> np.ndarray | None:
+    """An orthonormal basis of the whole range of ``residual`` (m x n, m >= n), or None.
+
+    The SVD route keeps the left singular vectors whose singular values exceed
+    ``threshold``. When the smallest singular value provably exceeds twice the threshold,
+    it keeps all n, and any orthonormal basis of the range spans the same subspace: the
+    sketch and the residual bound depend on that span only (a rotation W O of the
+    extension rotates B = W^T A and leaves the small matrix's spectrum and the new basis
+    [Q W] V unchanged). A Householder QR R = W T gives one at a third of the SVD's cost
+    on 256 x 52, and s_min(R) = s_min(T) >= 1 / ||T^-1||_F. None (use the SVD) when that
+    bound does not clear twice the threshold or T is too ill-conditioned to trust it.
+    """
+    n = residual.shape[1]
+    qr, tau, _, info = _lapack.dgeqrf(residual)  # a column-major copy of the residual
+    if info != 0:
+        return None
+    t = np.triu(qr[:n])
+    inverse, info = _lapack.dtrtri(t)
+    if info != 0:  # a zero on T's diagonal: rank-deficient
+        return None
+    inverse_norm = math.sqrt(np.einsum("ij,ij->", inverse, inverse))
+    t_norm = math.sqrt(np.einsum("ij,ij->", t, t))
+    smallest = 1.0 / inverse_norm if inverse_norm > 0.0 else 0.0
+    if not (smallest > 2.0 * threshold and smallest * _QR_CONDITION > t_norm):  # also False on NaN
+        return None
+    basis, _, info = _lapack.dorgqr(qr, tau, overwrite_a=1)
+    return basis if info == 0 else None
+
+
 @dataclass
 class Extension:
     """How a block A splits against an orthonormal basis Q.
@@ -142,8 +182,12 @@ def extend_basis(
         u, s = _unit_column(residual)
         kept = u if s[0] > threshold else u[:, :0]
     else:
-        u, s = _svd(residual)
-        kept = u[:, s > threshold]  # (a column-major copy: products below depend on it bit for bit)
+        kept = None
+        if residual.shape[1] >= _QR_WIDTH and residual.shape[0] >= residual.shape[1]:
+            kept = _full_range_basis(residual, threshold)
+        if kept is None:
+            u, s = _svd(residual)
+            kept = u[:, s > threshold]  # (a column-major copy: products below depend on it bit for bit)
     if kept.shape[1]:
         # singular vectors of weak residual directions carry roundoff along q of size
         # ~eps*||A||/s_j: project it out, and re-orthonormalise if it was not negligible
