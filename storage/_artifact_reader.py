@@ -261,6 +261,20 @@ class Artifact:
             self._bases_cache[g] = self._read("bases", sel, f"basis of group {g}")
         return self._bases_cache[g]
 
+    def all_bases(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every group's basis side by side, in the stored dtype, and each group's column
+        range in it (``offsets``, G + 1; a raw group has none). A delta's base groups come
+        from its base."""
+        own = self._read("bases", (slice(None), slice(0, int(self.basis_offsets[-1]))), "bases")
+        if self.base is None:
+            return own, self.basis_offsets.astype(np.int64)
+        older, older_offsets = self.base.all_bases()
+        widths = np.diff(self.basis_offsets).astype(np.int64)
+        widths[: self._base_groups] = np.diff(older_offsets)
+        offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
+        np.cumsum(widths, out=offsets[1:])
+        return np.hstack([older, own]), offsets
+
     def coefficients(self, i: int) -> np.ndarray:
         """V_i (r, n_i) for block i (the block itself for a raw group)."""
         i = self._block(i)

@@ -193,6 +193,11 @@ class ArtifactWriter(DirectWriting):
         base = self.record.get("base") or {}
         return int(base.get("n_blocks", 0)), int(base.get("n_groups", 0))
 
+    @property
+    def base_blocks(self) -> int:
+        """Blocks whose coefficients the base artifact holds (0 without a base)."""
+        return self._base_counts[0]
+
     def _tol(self) -> float:
         return 1e-3 if self.dtype == np.float32 else 1e-8
 

@@ -109,6 +109,11 @@ class CertifyAndCompress:
 
     # -- compress --------------------------------------------------------------------------
 
+    def _artifact_base(self) -> tuple | None:
+        """The artifact the one being written extends (an incremental run's parent), as
+        :func:`tasks.stored_bases` takes it; None for a whole artifact."""
+        return None
+
     def stored_ranks(self, certified: dict) -> tuple[list[list[int]], np.ndarray]:
         """The certified groups and the rank compress stores each at (0: as it is), from
         the certify stage's arrays (:meth:`certify`)."""
@@ -141,9 +146,10 @@ class CertifyAndCompress:
             first = int(np.searchsorted(layout.coef_offsets, low, side="right")) - 1
             stop = int(np.searchsorted(layout.coef_offsets, high, side="left"))
             futures.append(self._submit("coef", c, tasks.coefficient_chunk, self._handle, artifact, c, first, stop,
-                                        labels[first:stop], ranks, group_shifts))
+                                        labels[first:stop], ranks, group_shifts, self._artifact_base()))
         n_basis = -(-int(layout.basis_offsets[-1]) // layout.basis_chunk)
-        bases = [self._submit("basis", c, tasks.basis_chunk, self._handle, artifact, c, ranks) for c in range(n_basis)]
+        bases = [self._submit("basis", c, tasks.basis_chunk, self._handle, artifact, c, ranks, self._artifact_base())
+                 for c in range(n_basis)]
         self._track("compress", futures + bases)  # one progress count for both kinds
         residual2: dict[int, float] = {}
         files: dict[str, dict] = {}

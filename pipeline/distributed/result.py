@@ -34,6 +34,12 @@ class DistributedResult:
         Seconds per stage (merge rounds summed under "merge").
     bytes_input, bytes_compressed : int
         Bytes on disk of the collection and of the compressed artifact.
+    lineage : dict
+        Empty for a full run. For an incremental run (:mod:`pipeline.distributed.update`):
+        ``parent_run``, ``root_run`` (the last full run), ``depth``, ``blocks_added``,
+        ``absorbed`` (new blocks that joined existing groups), ``groups_touched``,
+        ``new_groups``, ``seconds``, ``seconds_saved`` (against the root's stage
+        seconds), ``root_ratio``, and ``full_reason`` when a full run replaced it.
     """
 
     groups: list[list[int]]
@@ -50,6 +56,7 @@ class DistributedResult:
     artifact_label: str
     run_id: str
     params: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)
 
     @property
     def n_groups(self) -> int:

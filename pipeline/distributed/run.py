@@ -94,6 +94,7 @@ class ClusteringRun(CertifyAndCompress):
         keep_intermediate: bool = False,
         progress: Progress | None = None,
         lease_wait_s: float = 600.0,
+        lineage: dict | None = None,
     ):
         spec = ClusteringParams(rank=rank, eps=eps, method=method, order=order, oversampling=oversampling,
                                 patience=patience, tol=tol, shard_size=shard_size, merge_neighbours=merge_neighbours,
@@ -113,7 +114,7 @@ class ClusteringRun(CertifyAndCompress):
         self._certify_calls = 0  # certify's calls so far (each writes its ranges' basis stages)
         self.run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         # everything that can change the groups is part of the run's fingerprint
-        run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION}
+        run_params = {**spec.as_dict(), "checkpoint_version": CHECKPOINT_VERSION, **(lineage or {})}
         self._handle = tasks.Handle(
             collection.url, collection.name, self.run_id, json.dumps(run_params, sort_keys=True),
             collection.fingerprint(), json.dumps(collection.storage_options, sort_keys=True),
@@ -561,6 +562,7 @@ def cluster_collection(
     shard_size: int = 1000,
     batch_bytes: int = BATCH_BYTES,
     progress: Progress | None = None,
+    parent_run_id: str | None = None,
 ) -> DistributedResult:
     """Cluster and compress a stored collection on a Dask cluster with certified errors.
 
@@ -580,6 +582,12 @@ def cluster_collection(
     batch_bytes : int
         Data read per map task (scan, certify, compress).
     progress : callable(stage, done, total), optional
+    parent_run_id : str, optional
+        Update this finished run incrementally instead (:mod:`pipeline.distributed.update`):
+        the collection must be the run's collection grown by appends, and the parameters
+        must be the run's (``shard_size`` and ``batch_bytes`` are the run's too). When the
+        update drifts (:func:`~pipeline.distributed.update.needs_full_run`) a full run
+        replaces it, and ``result.lineage["full_reason"]`` says why.
 
     Returns
     -------
@@ -595,13 +603,35 @@ def cluster_collection(
                                dashboard_address="127.0.0.1:0")
         client = Client(cluster)
     try:
-        run = ClusteringRun(
-            collection, rank=rank, eps=eps, method=method, order=order, oversampling=oversampling,
-            patience=patience, client=client, run_id=run_id, shard_size=shard_size, batch_bytes=batch_bytes,
-            progress=progress,
-        )
-        return run.result()
+        full = dict(rank=rank, eps=eps, method=method, order=order, oversampling=oversampling, patience=patience,
+                    client=client, shard_size=shard_size, batch_bytes=batch_bytes, progress=progress)
+        if parent_run_id is None:
+            return ClusteringRun(collection, run_id=run_id, **full).result()
+        return _update_or_full(collection, parent_run_id, run_id, full)
     finally:
         if own_client:
             client.close()
             cluster.close()
+
+
+def _update_or_full(collection, parent_run_id: str, run_id: str | None, full: dict) -> DistributedResult:
+    """An incremental update of ``parent_run_id``, or a full run when the update drifted."""
+    from .update import UpdateRun, needs_full_run
+
+    parent_params = tasks.import_storage().read_run_record(collection, parent_run_id)["params"]
+    wanted = ClusteringParams(**{k: full[k] for k in ("rank", "eps", "method", "order", "oversampling", "patience")},
+                              tol=parent_params["tol"]).greedy_kwargs()
+    differ = sorted(k for k, v in wanted.items() if parent_params.get(k) != v)
+    if differ:
+        raise ValueError(f"run {parent_run_id!r} was made with other parameters ({', '.join(differ)}): "
+                         "an update keeps its parent's parameters")
+    update = UpdateRun(collection, parent_run_id=parent_run_id, client=full["client"], run_id=run_id,
+                       progress=full["progress"])
+    result = update.result()
+    reason = needs_full_run(result)
+    if reason is None:
+        return result
+    replacement = ClusteringRun(collection, **{**full, "shard_size": update.shard_size,
+                                               "batch_bytes": update._batch_bytes}).result()
+    replacement.lineage = {"full_reason": reason, "parent_run": parent_run_id, "replaced_update": update.run_id}
+    return replacement

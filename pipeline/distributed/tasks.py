@@ -401,10 +401,30 @@ def certified_basis(handle: Handle, g: int, width: int) -> np.ndarray:
     return _range_bases(handle, names[int(stage_of[g])])[:, start : start + width]
 
 
-def stored_bases(handle: Handle, groups, ranks: np.ndarray) -> dict[int, np.ndarray | None]:
+def stored_bases(handle: Handle, groups, ranks: np.ndarray, base: tuple | None = None) -> dict[int, np.ndarray | None]:
     """Basis each of ``groups`` is stored with (its ``ranks[g]`` leading optimal directions),
-    or None for a group stored as it is (rank 0)."""
-    return {int(g): certified_basis(handle, int(g), int(ranks[g])) if ranks[g] else None for g in groups}
+    or None for a group stored as it is (rank 0).
+
+    ``base`` = (artifact, n_groups) when the artifact written extends another one (an
+    incremental run): its first n_groups groups keep that artifact's bases, and group g
+    after them is the run's certified group g - n_groups."""
+    first = 0 if base is None else int(base[1])
+    out = {}
+    for g in map(int, groups):
+        if not ranks[g]:
+            out[g] = None
+        elif g < first:
+            out[g] = base_artifact(base[0]).basis(g)
+        else:
+            out[g] = certified_basis(handle, g - first, int(ranks[g]))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def base_artifact(artifact: tuple):
+    """A published artifact, opened once per worker: (url, collection, label, storage options json)."""
+    url, name, label, storage_options_json = artifact
+    return import_storage().open_artifact(url, name, label, storage_options=json.loads(storage_options_json))
 
 
 def _artifact_writer(artifact: tuple):
@@ -413,15 +433,19 @@ def _artifact_writer(artifact: tuple):
 
 
 def coefficient_chunk(handle: Handle, artifact: tuple, chunk: int, first: int, stop: int, labels: np.ndarray,
-                      ranks: np.ndarray, group_shifts: np.ndarray) -> tuple[dict[int, float], dict[str, dict]]:
+                      ranks: np.ndarray, group_shifts: np.ndarray, base: tuple | None = None
+                      ) -> tuple[dict[int, float], dict[str, dict]]:
     """Compute and write chunk ``chunk`` of the artifact's flat coefficients, which holds
-    (parts of) blocks first..stop-1 (``labels``: their groups). Returns the squared
-    residuals, per group, of the blocks whose coefficients start in this chunk (each
-    block counted once), and the written chunk file's size and sha256."""
+    (parts of) blocks first..stop-1 (``labels``: their groups; ``base`` as for
+    :func:`stored_bases`). Returns the squared residuals, per group, of the blocks whose
+    coefficients start in this chunk (each block counted once), and the written chunk
+    file's size and sha256."""
     writer = _artifact_writer(artifact)
     layout = writer.direct_layout()
+    if base is not None:  # blocks of the base keep their stored coefficients: not part of any chunk
+        labels = np.where(np.arange(first, stop) < writer.base_blocks, -1, labels)
     data, offsets = read_batch(handle, first, stop)
-    bases = stored_bases(handle, np.unique(labels), ranks)
+    bases = stored_bases(handle, np.unique(labels[labels >= 0]), ranks, base)
     with single_threaded_blas():
         parts = group_coefficients(data, offsets, labels, bases, group_shifts)
     low = chunk * layout.coefficient_chunk
@@ -447,9 +471,11 @@ def flat_positions(starts: np.ndarray, widths: np.ndarray, rows: int) -> np.ndar
     return starts[block][None, :] + np.arange(rows)[:, None] * widths[block][None, :] + within[None, :]
 
 
-def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) -> dict[str, dict]:
+def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray, base: tuple | None = None
+                ) -> dict[str, dict]:
     """Write column chunk ``chunk`` of the artifact's bases (each group's ``ranks[g]``
-    leading certified directions, side by side); returns the written files' hashes."""
+    leading certified directions, side by side; the groups of a ``base`` artifact have
+    none here, see :func:`stored_bases`); returns the written files' hashes."""
     writer = _artifact_writer(artifact)
     layout = writer.direct_layout()
     low = chunk * layout.basis_chunk
@@ -461,5 +487,6 @@ def basis_chunk(handle: Handle, artifact: tuple, chunk: int, ranks: np.ndarray) 
         begin, end = int(layout.basis_offsets[g]), int(layout.basis_offsets[g + 1])
         a, z = max(begin, low), min(end, high)
         if a < z:
-            columns[:, a - low : z - low] = certified_basis(handle, g, end - begin)[:, a - begin : z - begin]
+            basis = stored_bases(handle, [g], ranks, base)[g]
+            columns[:, a - low : z - low] = basis[:, a - begin : z - begin]
     return writer.write_basis_chunk(chunk, columns)

@@ -61,6 +61,9 @@ def test_a_delta_reads_its_base_groups_from_the_base_and_adds_its_own(root, rng,
     # the base's numbers are not copied: the delta holds only the new blocks and new bases
     own = sum(f["nbytes"] for f in delta.manifest["files"].values())
     assert delta.nbytes_stored > first.nbytes_stored > 0 and own < delta.nbytes_stored
+    bases, offsets = delta.all_bases()
+    assert offsets.tolist() == [0, 2, 5, 6, 6]
+    np.testing.assert_array_equal(bases, np.hstack([u[0], u[1], w]))
     delta.verify()
     again = storage.open_artifact(root, "c", "second", verify=True)
     np.testing.assert_array_equal(again.coefficients(4), delta.coefficients(4))

@@ -1,0 +1,396 @@
+"""Incremental runs: update a finished run's groups and artifact after blocks were appended.
+
+An :class:`UpdateRun` starts from a *parent* run whose artifact is published, on the
+collection as it is now (the parent's blocks plus blocks appended since, which keep the
+indices after them). Its stages, each checkpointed like a full run's:
+
+1. **absorb** (map over the batches holding new blocks; one read of the new data): every
+   new block is routed to the parent groups whose stored bases hold most of its
+   strongest direction, and its residual against each candidate's stored basis is
+   measured; the client then places blocks where the group's stored error stays <= eps
+   (:func:`pipeline.incremental.absorb`). Those groups keep their basis: nothing stored
+   for them changes, the new blocks' coefficients are added.
+2. **local** and **merge**: the blocks no group took (leftovers) are clustered among
+   themselves as a full run clusters all blocks: shards of at most ``shard_size``
+   leftovers, ordered by band and by their best parent group, then merge rounds.
+3. **certify**: the new groups only, exactly, from their data.
+4. **compress**: a *delta artifact* (``storage.create_artifact(base=...)``) that reads the
+   parent's groups, bases and coefficients from the parent's artifact and holds only the
+   new blocks' coefficients and the new groups' bases. Untouched groups cost nothing.
+
+Cost: one read of the new data in absorb and in compress, and of the leftovers in local
+and certify; worker work O(new blocks x parent bases x m) in the routing product; client
+O(new blocks log). Nothing of the parent's data is read again.
+
+Every group's stored error is measured on the written numbers and is <= eps: parent
+groups that took blocks by the exact residuals of :func:`pipeline.incremental.absorb`,
+new groups by certify. For a group that took blocks, ``errors`` reports that stored
+error (at least its exact rank-r error), for the others the parent's exact error.
+
+Drift: groups keep their bases, so new blocks that belong to a group but do not fit its
+stored basis end in groups of their own, where a full re-cluster would have re-fitted the
+basis. :meth:`UpdateRun._estimated_full_ratio` prices those blocks as members of their
+group; :func:`needs_full_run` says when the update's compression ratio falls below
+``DRIFT_FLOOR`` times that estimate, or when ``MAX_DEPTH`` updates follow one another: the
+caller then runs a full re-cluster and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..incremental import absorb
+from ..magnitude import band_pure, group_norms2, group_shifts
+from ..metrics import compression_ratio
+from . import tasks, update_tasks
+from .checkpoints import GroupSketches
+from .plan import pack_groups, unpack_groups
+from .result import DistributedResult
+from .run import ClusteringRun, Progress
+
+__all__ = ["UpdateRun", "ParentRun", "needs_full_run", "update_run_id", "DRIFT_FLOOR", "MAX_DEPTH", "UPDATE_CANDIDATES"]
+
+UPDATE_CANDIDATES = 3  # parent groups each new block is offered to, best first
+DRIFT_FLOOR = 0.97  # an update below this share of its root's compression ratio asks for a full run
+MAX_DEPTH = 20  # updates in a row before a full run is asked for (each adds a delta artifact to read through)
+_RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours",
+             "batch_bytes")
+
+
+@dataclass
+class ParentRun:
+    """What an update needs of a finished run: its groups and per-group numbers, its
+    blocks' magnitude shifts, its artifact and its lineage."""
+
+    run_id: str
+    params: dict
+    artifact: str
+    n_blocks: int
+    groups: list[list[int]]
+    errors: np.ndarray
+    bounds: np.ndarray
+    adaptive_ranks: np.ndarray
+    stored_errors: np.ndarray
+    stored_ranks: np.ndarray
+    shifts: np.ndarray
+    lineage: dict
+
+    @classmethod
+    def load(cls, collection, run_id: str) -> "ParentRun":
+        """Read a finished run (full or update) of ``collection`` from its run folder.
+
+        Raises
+        ------
+        storage.RunNotFoundError
+            No such run.
+        ValueError
+            The run has not published its artifact, or the collection no longer starts
+            with the run's blocks.
+        """
+        storage = tasks.import_storage()
+        record = storage.read_run_record(collection, run_id)
+        run = storage.open_run(collection.url, collection.name, run_id, record["params"], record["input_fingerprint"],
+                               storage_options=collection.storage_options)
+        if not run.is_complete("compress"):
+            raise ValueError(f"run {run_id!r} has not finished (no artifact published): it cannot be updated")
+        compressed, meta = run.load_stage("compress")
+        if "members" in compressed:  # an update: its compress stage holds every group's numbers
+            state, lineage = compressed, dict(meta["lineage"])
+        else:
+            certified = run.load_stage("certify")[0]
+            state = {**certified, **compressed, "shifts": run.load_stage("scan", ["shifts"])[0]["shifts"]}
+            lineage = None
+        groups = unpack_groups(state["members"], state["group_offsets"])
+        n_blocks = len(state["shifts"])
+        if n_blocks > collection.n_blocks or not np.array_equal(
+                np.asarray(storage.open_artifact(collection.url, collection.name, meta["artifact"],
+                                                 storage_options=collection.storage_options).widths),
+                collection.widths[:n_blocks]):
+            raise ValueError(f"collection {collection.name!r} does not start with the {n_blocks} blocks of run "
+                             f"{run_id!r}: only a collection grown by appends can be updated")
+        if lineage is None:  # a full run is the root of its lineage
+            shape = types.SimpleNamespace(rows=collection.rows, widths=collection.widths[:n_blocks])
+            seconds = sum(float(run.stage_meta(s).get("seconds", 0.0)) for s in run.stages()
+                          if s in ("scan", "partition", "local", "certify", "compress") or s.startswith("merge-"))
+            lineage = {"root_run": run_id, "depth": 0, "root_ratio": compression_ratio(shape, groups, record["params"]["rank"]),
+                       "root_seconds": seconds}
+        return cls(run_id=run_id, params=dict(record["params"]), artifact=str(meta["artifact"]), n_blocks=n_blocks,
+                   groups=groups, errors=np.asarray(state["errors"]), bounds=np.asarray(state["bounds"]),
+                   adaptive_ranks=np.asarray(state["adaptive_ranks"]),
+                   stored_errors=np.asarray(state["stored_errors"], dtype=np.float64),
+                   stored_ranks=np.asarray(state["stored_ranks"], dtype=np.int64),
+                   shifts=np.asarray(state["shifts"], dtype=np.int64), lineage=lineage)
+
+
+def update_run_id(parent_run_id: str, collection) -> str:
+    """The run id of the update of ``parent_run_id`` to the collection as it is: equal
+    updates share one run folder and resume."""
+    payload = json.dumps({"parent": parent_run_id, "input": collection.fingerprint()}, sort_keys=True)
+    return "update-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class UpdateRun(ClusteringRun):
+    """An incremental run over a finished parent run (see the module docstring).
+
+    Parameters
+    ----------
+    collection : storage.Collection
+        The collection now: the parent's blocks and those appended since.
+    parent_run_id : str
+        A finished run (full or update) of this collection; its parameters are used.
+    client, run_id, progress, lease_wait_s, keep_intermediate
+        As for :class:`ClusteringRun`; the default run id is :func:`update_run_id`.
+    """
+
+    def __init__(self, collection, *, parent_run_id: str, client=None, run_id: str | None = None,
+                 progress: Progress | None = None, lease_wait_s: float = 600.0, keep_intermediate: bool = False):
+        self.parent = ParentRun.load(collection, parent_run_id)
+        if collection.n_blocks == self.parent.n_blocks:
+            raise ValueError(f"collection {collection.name!r} has no blocks beyond the {self.parent.n_blocks} of run "
+                             f"{parent_run_id!r}: there is nothing to update")
+        super().__init__(collection, **{k: self.parent.params[k] for k in _RUN_KEYS}, client=client,
+                         run_id=run_id or update_run_id(parent_run_id, collection), progress=progress,
+                         lease_wait_s=lease_wait_s, keep_intermediate=keep_intermediate,
+                         lineage={"parent_run": parent_run_id})
+
+    @property
+    def n_new(self) -> int:
+        return self.collection.n_blocks - self.parent.n_blocks
+
+    def _parent_artifact(self) -> tuple:
+        coll = self.collection
+        return coll.url, coll.name, self.parent.artifact, json.dumps(coll.storage_options, sort_keys=True)
+
+    def _artifact_base(self) -> tuple | None:
+        return self._parent_artifact(), len(self.parent.groups)
+
+    # -- absorb --------------------------------------------------------------------------
+
+    def absorb(self) -> dict:
+        """Offer every new block to its best parent groups (see the module docstring)."""
+
+        def compute():
+            parent, bounds = self.parent, self._batch_bounds
+            shifts_of_groups = group_shifts(parent.shifts, parent.groups)
+            futures = []
+            for b in range(self.n_batches):
+                first, stop = max(int(bounds[b]), parent.n_blocks), int(bounds[b + 1])
+                if first < stop:
+                    futures.append(self._submit("offer", b, update_tasks.offer_batch, self._handle,
+                                                self._parent_artifact(), first, stop, shifts_of_groups,
+                                                UPDATE_CANDIDATES))
+            offers = sorted(self._gather("absorb", futures), key=lambda o: o["first"])
+            pick = lambda key: np.concatenate([o[key] for o in offers])  # noqa: E731
+            totals = group_norms2(self.collection.norms2, parent.shifts, parent.groups)
+            assigned, _, _ = absorb(pick("candidates"), pick("residual2"), pick("norms2"),
+                                    parent.stored_errors ** 2 * totals, totals, self.params["eps"])
+            taken = assigned >= 0
+            arrays = {"shifts": np.concatenate([parent.shifts, pick("shifts")]), "assigned": assigned,
+                      "best": pick("candidates")[:, 0], "best_share": pick("share")}
+            meta = {"parent_run": parent.run_id, "blocks_added": self.n_new, "absorbed": int(taken.sum()),
+                    "groups_touched": int(np.unique(assigned[taken]).size), "leftovers": int((~taken).sum())}
+            return arrays, meta
+
+        return self._timed("absorb", compute)
+
+    def scan(self) -> dict:
+        """The shifts of every block (the parent's and the new blocks', from absorb)."""
+        return self.absorb()
+
+    # -- leftovers: local and merge ------------------------------------------------------
+
+    def _leftovers(self) -> np.ndarray:
+        return self.parent.n_blocks + np.flatnonzero(np.asarray(self.absorb()["assigned"]) < 0)
+
+    def local(self) -> dict:
+        """The greedy on the leftovers, in shards of one band ordered by best parent group."""
+        absorbed = self.absorb()
+
+        def compute():
+            leftovers = self._leftovers()
+            shifts = np.asarray(absorbed["shifts"])[leftovers]
+            best = np.asarray(absorbed["best"])[leftovers - self.parent.n_blocks]
+            ordered = leftovers[np.lexsort((leftovers, best, shifts))]
+            shards = []
+            for band in np.split(ordered, np.flatnonzero(np.diff(np.sort(shifts))) + 1):
+                shards += [np.sort(band[i : i + self.shard_size]) for i in range(0, len(band), self.shard_size)]
+            futures = [self._submit("local", s, update_tasks.leftover_shard, self._handle, self._token,
+                                    dict(self.params), s, self._batch_picks(ids))
+                       for s, ids in enumerate(shards)]
+            results = self._gather("local", futures)
+            groups = [g for r in results for g in r["groups"]]
+            sketches = GroupSketches.of([(r["stage"], i, total, bound) for r in results
+                                         for i, (total, bound) in enumerate(zip(r["totals"], r["bounds"]))])
+            return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": len(shards)}
+
+        return self._timed("local", compute)
+
+    def _batch_picks(self, ids: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """Sorted block ids as (batch first, batch stop, positions in the batch)."""
+        return [(int(self._batch_bounds[b]), int(self._batch_bounds[b + 1]), positions)
+                for b, positions in self._picks_of(ids)]
+
+    def _bucket_keys(self, groups: list[list[int]], index: int) -> np.ndarray:
+        """Merge keys: even rounds the best parent group of a group's first block, odd
+        rounds one key per band (buckets then follow energy order)."""
+        if index % 2 == 0:
+            best = np.asarray(self.absorb()["best"])
+            keys = np.array([best[g[0] - self.parent.n_blocks] for g in groups], dtype=np.int64)
+        else:
+            keys = np.zeros(len(groups), dtype=np.int64)
+        return band_pure(keys, self._group_shifts(groups))
+
+    # -- compress and result -------------------------------------------------------------
+
+    def _all_groups(self, new_groups: list[list[int]]) -> list[list[int]]:
+        """The parent's groups with the blocks they took appended (in block order), then
+        the new groups."""
+        groups = [list(g) for g in self.parent.groups]
+        assigned = np.asarray(self.absorb()["assigned"])
+        for position in np.flatnonzero(assigned >= 0).tolist():
+            groups[int(assigned[position])].append(self.parent.n_blocks + position)
+        return groups + [list(g) for g in new_groups]
+
+    def compress(self) -> dict:
+        """Write the delta artifact and every group's numbers (the state a later update
+        starts from)."""
+        certified = self.certify()
+
+        def compute():
+            storage, coll, parent = tasks.import_storage(), self.collection, self.parent
+            new_groups, new_ranks = self.stored_ranks(certified)
+            groups = self._all_groups(new_groups)
+            ranks = np.concatenate([parent.stored_ranks, new_ranks]).astype(np.int64)
+            writer = storage.create_artifact(coll.url, coll.name, self.run_id, groups=groups, params=dict(self.params),
+                                             overwrite=True, storage_options=coll.storage_options,
+                                             base=parent.artifact)
+            residual2, files = self._write_artifact(writer, groups, ranks, self.run_id)
+            stored_errors = self._stored_errors(groups, residual2)
+            self._lease.check()  # publish only while this process is still the run's writer
+            artifact = writer.finish_direct(stored_errors.tolist(), files)
+            arrays = self._group_numbers(groups, certified, stored_errors, ranks)
+            lineage = {**parent.lineage, "depth": int(parent.lineage["depth"]) + 1, "parent_run": parent.run_id}
+            meta = {"artifact": self.run_id, "bytes_compressed": int(artifact.nbytes_stored), "lineage": lineage}
+            return arrays, meta
+
+        stage = self._timed("compress", compute)
+        if not self.keep_intermediate:
+            self.prune()
+        return stage
+
+    def _took(self, groups: list[list[int]]) -> np.ndarray:
+        """Which groups are parent groups that took new blocks."""
+        took = np.zeros(len(groups), dtype=bool)
+        took[: len(self.parent.groups)] = [len(g) > len(p) for g, p in zip(groups, self.parent.groups)]
+        return took
+
+    def _stored_errors(self, groups: list[list[int]], residual2: dict[int, float]) -> np.ndarray:
+        """Realised error of every group: untouched parent groups keep theirs; a parent
+        group that took blocks adds their measured residuals to its stored residual; new
+        groups as in a full run. A group above eps (impossible but for a broken invariant)
+        is an error, never published."""
+        parent, n_parent = self.parent, len(self.parent.groups)
+        totals = group_norms2(self.collection.norms2, np.asarray(self.absorb()["shifts"]), groups)
+        residual = np.array([residual2.get(g, 0.0) for g in range(len(groups))])
+        residual[:n_parent] += parent.stored_errors ** 2 * group_norms2(self.collection.norms2, parent.shifts,
+                                                                        parent.groups)
+        errors = np.sqrt(np.divide(residual, totals, out=np.zeros_like(residual), where=totals > 0))
+        took = self._took(groups)
+        errors[:n_parent] = np.where(took[:n_parent], errors[:n_parent], parent.stored_errors)
+        above = np.flatnonzero(took & (errors > self.params["eps"]))
+        if above.size:
+            g = int(above[0])
+            raise RuntimeError(f"group {g} would be stored at error {errors[g]:.6g} > eps = {self.params['eps']} "
+                               "after taking new blocks; nothing was published")
+        return errors
+
+    def _group_numbers(self, groups, certified: dict, stored_errors: np.ndarray, ranks: np.ndarray) -> dict:
+        """Every group's numbers, as the result and a later update read them: a parent
+        group that took blocks reports its stored error (its exact rank-r error is at most
+        that) and its stored rank."""
+        n_parent = len(self.parent.groups)
+        took = self._took(groups)[:n_parent]
+
+        def combined(old, new, touched):
+            return np.concatenate([np.where(took, np.asarray(touched)[:n_parent], old), np.asarray(new)])
+
+        members, offsets = pack_groups(groups)
+        return {
+            "members": members, "group_offsets": offsets,
+            "errors": combined(self.parent.errors, certified["errors"], stored_errors),
+            "bounds": combined(self.parent.bounds, certified["bounds"], stored_errors),
+            "adaptive_ranks": combined(self.parent.adaptive_ranks, certified["adaptive_ranks"], ranks).astype(np.int64),
+            "stored_errors": stored_errors, "stored_ranks": ranks,
+            "shifts": np.asarray(self.absorb()["shifts"]), "took_blocks": self._took(groups),
+        }
+
+    def stage_timings(self) -> dict[str, float]:
+        timings = super().stage_timings()
+        if self.run.is_complete("absorb"):
+            timings = {"absorb": float(self.run.stage_meta("absorb").get("seconds", 0.0)), **timings}
+        return timings
+
+    def result(self) -> DistributedResult:
+        """Run whatever is missing and assemble the result (``lineage`` says what changed)."""
+        compressed = self.compress()
+        meta, absorbed = compressed["meta"], self.run.stage_meta("absorb")
+        result = DistributedResult.assemble(
+            self.collection, unpack_groups(compressed["members"], compressed["group_offsets"]),
+            errors=compressed["errors"], bounds=compressed["bounds"], adaptive_ranks=compressed["adaptive_ranks"],
+            stored_errors=compressed["stored_errors"], stored_ranks=compressed["stored_ranks"],
+            timings=self.stage_timings(), bytes_compressed=meta["bytes_compressed"], artifact_label=meta["artifact"],
+            run_id=self.run_id, params=dict(self.params),
+        )
+        seconds = sum(result.timings.values())
+        result.lineage = {**meta["lineage"], "blocks_added": absorbed["blocks_added"],
+                          "absorbed": absorbed["absorbed"], "groups_touched": absorbed["groups_touched"],
+                          "new_groups": len(result.groups) - len(self.parent.groups),
+                          "seconds": seconds, "seconds_saved": max(0.0, float(meta["lineage"]["root_seconds"]) - seconds),
+                          "estimated_full_ratio": self._estimated_full_ratio(result, compressed)}
+        return result
+
+    def _estimated_full_ratio(self, result: DistributedResult, compressed: dict) -> float:
+        """The fixed-rank compression ratio a full re-cluster would reach, estimated: the
+        update's, with every *missed* new block (one whose strongest direction its best
+        parent group holds at least 1 - eps^2 of, but that no group took: a full run,
+        free to change that group's basis, would most likely have put it there) priced
+        as a member of that group (r columns per column) instead of its share of its own
+        group's numbers."""
+        absorbed, coll, rank = self.absorb(), self.collection, int(self.params["rank"])
+        n_parent, m = self.parent.n_blocks, coll.rows
+        missed = np.flatnonzero((np.asarray(absorbed["assigned"]) < 0)
+                                & (np.asarray(absorbed["best_share"]) >= 1.0 - self.params["eps"] ** 2))
+        if not missed.size:
+            return float(result.compression_ratio)
+        groups, widths = result.groups, coll.widths
+        labels = np.empty(coll.n_blocks, dtype=np.int64)
+        for g, members in enumerate(groups):
+            labels[members] = g
+        columns = np.array([int(widths[g].sum()) for g in groups])
+        sizes = np.array([len(g) for g in groups])
+        params = np.where(sizes == 1, m * columns, np.minimum(rank * (m + columns), m * columns)).astype(np.float64)
+        blocks = missed + n_parent
+        spent = params[labels[blocks]] * widths[blocks] / columns[labels[blocks]]
+        saved = float(np.sum(np.maximum(spent - rank * widths[blocks], 0.0)))
+        return float(m * widths.sum() / max(params.sum() - saved, 1.0))
+
+
+def needs_full_run(result: DistributedResult) -> str | None:
+    """Why an update's result should be replaced by a full re-cluster, or None."""
+    lineage = getattr(result, "lineage", None) or {}
+    if not lineage.get("parent_run"):
+        return None
+    if int(lineage.get("depth", 0)) > MAX_DEPTH:
+        return f"{lineage['depth']} updates in a row since the full run {lineage['root_run']!r} (at most {MAX_DEPTH})"
+    estimate = float(lineage["estimated_full_ratio"])
+    if result.compression_ratio < DRIFT_FLOOR * estimate:
+        return (f"compression ratio {result.compression_ratio:.4g} is below {DRIFT_FLOOR} x {estimate:.4g}, the ratio "
+                "a full re-cluster is estimated to reach (new blocks that fit existing groups could not join them "
+                "under their stored bases)")
+    return None
+
