@@ -18,6 +18,8 @@ Algorithms 1-3.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 
 import numpy as np
@@ -167,7 +169,7 @@ def group_bound(
 
 def _group_bound(layout: BlockLayout, rank: int, method: str, order: str, oversampling: int, tol: float) -> float:
     """:func:`group_bound` on a validated layout of the members."""
-    remaining = np.argsort(-layout.norms2, kind="stable")
+    remaining = _by_norm_descending(layout.norms2)
     n_seed = seed_split(remaining, layout.widths, rank)
     seed = layout.gather(remaining[:n_seed])
     alive = np.ones(layout.n_blocks, dtype=bool)
@@ -275,6 +277,7 @@ def cluster(
     params = check_params(rank, eps, method, order, patience, oversampling, tol)
     layout = as_layout(blocks, offsets)
     clusters, bounds, lazy = [], [], False
+    members_of, sizes_of = [], []  # every group's blocks, flat, and its size: for the labels
     with single_threaded_blas():
         # blocks of different magnitude bands never share a group (pipeline.magnitude)
         for members in _magnitude_bands(layout):
@@ -282,11 +285,20 @@ def cluster(
             found, found_bounds, _ = _greedy(part, **params, with_states=False)
             clusters += found if members is None else [members[g].tolist() for g in found]
             bounds += found_bounds
-            lazy = lazy or bool(found_bounds) and isinstance(found_bounds[-1], _SingletonBounds)  # always last
-    sizes = np.fromiter(map(len, clusters), dtype=np.int64, count=len(clusters))
+            pending = found_bounds[-1] if found_bounds and isinstance(found_bounds[-1], _SingletonBounds) else None
+            lazy = lazy or pending is not None  # always last
+            # the singletons left after patience (often most groups) are labelled as one array
+            grouped = found[: len(found) - (0 if pending is None else len(pending.blocks))]
+            sizes = np.fromiter(map(len, grouped), dtype=np.int64, count=len(grouped))
+            flat = np.fromiter(itertools.chain.from_iterable(grouped), dtype=np.int64, count=int(sizes.sum()))
+            if pending is not None:
+                flat = np.concatenate((flat, pending.blocks))
+                sizes = np.concatenate((sizes, np.ones(len(pending.blocks), dtype=np.int64)))
+            members_of.append(flat if members is None else members[flat])
+            sizes_of.append(sizes)
+    sizes = np.concatenate(sizes_of)
     labels = np.empty(layout.n_blocks, dtype=np.int64)
-    labels[np.fromiter(itertools.chain.from_iterable(clusters), dtype=np.int64, count=int(sizes.sum()))] = np.repeat(
-        np.arange(len(clusters)), sizes)
+    labels[np.concatenate(members_of)] = np.repeat(np.arange(len(clusters)), sizes)
     return ClusteringResult(clusters, labels, _PendingBounds(bounds) if lazy else np.asarray(bounds, dtype=np.float64),
                             params)
 
@@ -329,8 +341,11 @@ def greedy_groups(
 def _block_energies(layout: BlockLayout) -> np.ndarray:
     """Squared Frobenius norm of every block's columns, in one pass over the data.
 
-    Not ``layout.norms2``: those may be the real blocks' energies when the columns are
-    sketch factors, and a bound may only credit what the columns carry."""
+    ``layout.norms2`` only when the layout says they are these sums (``norms2_of_data``):
+    otherwise they may be the real blocks' energies when the columns are sketch factors,
+    and a bound may only credit what the columns carry."""
+    if layout.norms2_of_data:
+        return layout.norms2
     return segment_sums(np.einsum("ij,ij->j", layout.data, layout.data), layout.offsets)
 
 
@@ -391,7 +406,7 @@ def _column_major(layout: BlockLayout, method: str, order: str) -> BlockLayout:
     narrow = layout.n_blocks and np.median(layout.widths) <= _NARROW_WIDTH
     if not (reads_blocks and narrow) or layout.data.flags.f_contiguous:
         return layout
-    return BlockLayout(np.asfortranarray(layout.data), layout.offsets, layout.norms2)
+    return BlockLayout(np.asfortranarray(layout.data), layout.offsets, layout.norms2, None, layout.norms2_of_data)
 
 
 def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered: bool):
@@ -430,7 +445,7 @@ def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversamplin
     if fast and method == "max_norm" and order == "norm":
         return _greedy_weyl_norm(layout, rank, eps, patience, with_states)
     layout = _column_major(layout, method, order)
-    remaining = np.argsort(-layout.norms2, kind="stable")  # descending norm, sorted once
+    remaining = _by_norm_descending(layout.norms2)  # sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = ResidualOrderer(layout, rank, screen=screen) if order == "residual" else None
     clusters, bounds, states, misses, try_add = [], [], [], 0, _ScreenedAdd()
@@ -462,7 +477,8 @@ def _add_singletons(clusters, bounds, states, layout: BlockLayout, blocks: np.nd
     """Every block of ``blocks`` as its own group. Their bounds (and their states, unless
     ``states`` is None) are computed now only if states are asked for; otherwise one
     :class:`_SingletonBounds` stands for them in ``bounds`` until they are read."""
-    clusters.extend(blocks.reshape(-1, 1).tolist())  # [[block], ...], built in C
+    with _collector_paused():  # [[block], ...], built in C: thousands of lists, no cycles
+        clusters.extend(blocks.reshape(-1, 1).tolist())
     pending = _SingletonBounds(layout, blocks, rank, energies)
     if states is None:
         bounds.append(pending)
@@ -470,6 +486,31 @@ def _add_singletons(clusters, bounds, states, layout: BlockLayout, blocks: np.nd
     energy, totals = pending.energy_totals()
     bounds.extend(_error_bounds(energy, totals).tolist())
     states.extend(WeylBound.from_energy(e, rank, t) for e, t in zip(energy, totals))
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while many small lists are built at once:
+    they hold no cycles, and its passes over them cost a third of building them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _by_norm_descending(norms2: np.ndarray) -> np.ndarray:
+    """``np.argsort(-norms2, kind="stable")``: blocks by norm, largest first, ties by index.
+
+    Sorted by introsort (about half the stable sort's time), then checked for ties, which
+    only the stable sort orders by index; the permutation is the same."""
+    order = np.argsort(-norms2)
+    ordered = norms2[order]
+    if ordered.size > 1 and (ordered[1:] == ordered[:-1]).any():
+        return np.argsort(-norms2, kind="stable")
+    return order
 
 
 def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
@@ -481,7 +522,7 @@ def _greedy_weyl_norm(layout: BlockLayout, rank, eps, patience, with_states):
     unless the seed is wider than r. Every sum is taken over the same numbers in the same
     order as :func:`_greedy` does (same bits, same groups); only the per-group index
     bookkeeping (masks, fancy indexing, one bound object per group) is gone."""
-    order = np.argsort(-layout.norms2, kind="stable")
+    order = _by_norm_descending(layout.norms2)
     norms2, widths = layout.norms2[order], layout.widths[order]
     sorted_energies = None  # taken once a seed of at most r columns needs them
     clusters, bounds, states, misses = [], [], [], 0

@@ -78,12 +78,18 @@ class BlockLayout:
     shifts : ndarray of int64, shape (K,), or None
         Magnitude shift of every block (:mod:`pipeline.magnitude`): the columns of block
         ``i`` hold ``2^-shifts[i] A_i``. None means all 0: the data as given.
+    norms2_of_data : bool
+        True when ``norms2`` are the squared norms of the columns ``data`` holds, summed
+        per block as :func:`as_layout` sums them, so a bound may credit them as the energy
+        the columns carry. False (the default) when the columns may be sketch factors of
+        blocks whose real energies ``norms2`` holds.
     """
 
     data: np.ndarray
     offsets: np.ndarray
     norms2: np.ndarray
     shifts: np.ndarray | None = None
+    norms2_of_data: bool = False
 
     @property
     def rows(self) -> int:
@@ -139,7 +145,7 @@ class BlockLayout:
             return self
         data = self.gather(np.arange(self.n_blocks))
         norms2 = segment_sums(np.einsum("ij,ij->j", data, data), self.offsets)
-        return BlockLayout(data, self.offsets, norms2, np.full(self.n_blocks, common_shift(self.shifts)))
+        return BlockLayout(data, self.offsets, norms2, np.full(self.n_blocks, common_shift(self.shifts)), True)
 
     def subset(self, blocks: Sequence[int] | np.ndarray) -> "BlockLayout":
         """A new layout holding only ``blocks``, in the order given (each at its own shift)."""
@@ -147,7 +153,7 @@ class BlockLayout:
         widths = self.offsets[blocks + 1] - self.offsets[blocks]
         shifts = None if self.shifts is None else self.shifts[blocks].copy()
         return BlockLayout(self.data[:, self.column_index(blocks)], offsets_of(widths), self.norms2[blocks].copy(),
-                           shifts)
+                           shifts, self.norms2_of_data)
 
 
 def _check_offsets(offsets: np.ndarray, n_columns: int) -> np.ndarray:
@@ -238,4 +244,4 @@ def as_layout(blocks: object, offsets: object | None = None) -> BlockLayout:
     shifts = block_shifts(data, offsets)
     data = scale_blocks(data, offsets, shifts)  # a no-op unless magnitudes are extreme
     norms2 = segment_sums(np.einsum("ij,ij->j", data, data), offsets)
-    return BlockLayout(data, offsets, norms2, shifts if shifts.any() else None)
+    return BlockLayout(data, offsets, norms2, shifts if shifts.any() else None, True)
