@@ -96,6 +96,7 @@ def artifact_key(*parts: str) -> str:
 #: Share of the progress bar per stage.  Merge rounds split their share in halves
 #: (1/2, 1/4, ...) because their number is unknown in advance.
 STAGE_WEIGHTS = {
+    "absorb": 10.0,  # an incremental run's first stage (flows.cluster)
     "scan": 10.0,
     "partition": 5.0,
     "local": 30.0,

@@ -23,6 +23,7 @@ from ._common import TASK_OPTIONS, StageProgress, run_logger, stage_hook
 
 __all__ = [
     "RUN_KEYS",
+    "update_parent",
     "open_collection",
     "default_run_id",
     "stored_run_params",
@@ -78,10 +79,38 @@ def stored_run_params(collection: Any, run_id: str) -> dict[str, Any]:
     return {k: record["params"][k] for k in RUN_KEYS if k in record.get("params", {})}
 
 
-def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, client: Any, progress: StageProgress) -> Any:
-    """Construct the pipeline's ClusteringRun (opens or creates the run folder)."""
+def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> tuple[str | None, str]:
+    """The run an incremental update of ``collection`` builds on, and why.
+
+    That is the latest finished (compressed) distributed run with these parameters. It
+    is returned only when the collection grew since it; otherwise (None, the reason):
+    no such run, or the latest one already is of the collection as it is now.
+    """
+    import storage
+
+    for entry in reversed(storage.list_runs(collection)):
+        if not entry["compressed"] or entry["mode"] != "distributed":
+            continue
+        params = storage.read_run_record(collection, entry["run_id"]).get("params", {})
+        if any(params.get(k) != v for k, v in run_kwargs.items() if k in RUN_KEYS):
+            continue
+        if entry["current"]:
+            return None, f"run {entry['run_id']} is of the collection as it is now (nothing was appended since)"
+        return entry["run_id"], f"the collection grew since run {entry['run_id']}"
+    return None, "no finished run with these parameters to update"
+
+
+def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str | None, client: Any, progress: StageProgress,
+                   parent_run_id: str | None = None) -> Any:
+    """Construct the pipeline's ClusteringRun (opens or creates the run folder), or its
+    UpdateRun of ``parent_run_id`` (the default run id then derives from the parent)."""
     from pipeline.distributed import ClusteringRun
 
+    if parent_run_id is not None:
+        from pipeline.distributed.update import UpdateRun
+
+        return UpdateRun(collection, parent_run_id=parent_run_id, client=client, run_id=run_id,
+                         progress=progress.within)
     return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress.within)
 
 
@@ -132,6 +161,12 @@ def compress(run: Any) -> dict:
     return _stage(run, "compress", run.compress)[0]["meta"]
 
 
+@task(name="absorb", **TASK_OPTIONS)
+def absorb(run: Any) -> dict:
+    """Incremental run: offer the new blocks to the parent run's groups."""
+    return _stage(run, "absorb", run.absorb)[0]["meta"]
+
+
 @task(name="collect-result", **TASK_OPTIONS)
 def collect_result(run: Any) -> Any:
     """Assemble the DistributedResult from the checkpoints (computes nothing new)."""
@@ -139,10 +174,12 @@ def collect_result(run: Any) -> Any:
 
 
 def run_stages(run: Any, progress: StageProgress) -> None:
-    """scan -> partition -> local -> merge rounds -> certify -> compress, as tasks."""
+    """scan -> partition -> local -> merge rounds -> certify -> compress, as tasks (an
+    incremental run: absorb -> local -> merge rounds -> certify -> compress)."""
     from pipeline.distributed import MAX_MERGE_ROUNDS
 
-    for name, stage in (("scan", scan), ("partition", partition), ("local", local)):
+    first = (("absorb", absorb),) if hasattr(run, "absorb") else (("scan", scan), ("partition", partition))
+    for name, stage in first + (("local", local),):
         stage(run)
         progress.done(name)
     # certify would run any missing rounds itself (up to MAX_MERGE_ROUNDS); running

@@ -82,6 +82,7 @@ def summary_markdown(
         f"| worst stored error (realised, what the artifact stores) | {report['max_error']:.4g} |",
         f"| bytes in | {fmt_bytes(b['input'])} |",
         f"| bytes out | {fmt_bytes(b['compressed'])} ({ratio:.2f}x smaller) |",
+        *_lineage_rows(report.get("lineage") or {}),
         "",
         "| stage | seconds |",
         "|---|---|",
@@ -94,6 +95,20 @@ def summary_markdown(
         lines += [f"![{_PLOT_TITLES.get(rel, rel)}]({data_uri(png)})\n" for rel, png in plots.items()]
     lines += _files_markdown(urls, links or {}, report)
     return "\n".join(lines) + "\n"
+
+
+def _lineage_rows(lineage: dict) -> list[str]:
+    """Table rows of an incremental run: what it updated, added and saved (none for a full run)."""
+    if lineage.get("full_reason"):
+        return [f"| full run instead of an update of `{lineage.get('parent_run')}` | {lineage['full_reason']} |"]
+    if not lineage.get("parent_run"):
+        return []
+    return [
+        f"| update of run | `{lineage['parent_run']}` (last full run `{lineage['root_run']}`, {lineage['depth']} updates since) |",
+        f"| blocks added | {lineage['blocks_added']} ({lineage['absorbed']} joined existing groups) |",
+        f"| groups touched / new | {lineage['groups_touched']} / {lineage['new_groups']} |",
+        f"| time / saved against the full run | {lineage['seconds']:.1f} s / {lineage['seconds_saved']:.1f} s |",
+    ]
 
 
 def largest_groups_table(report: dict, limit: int = 20) -> list[dict[str, Any]]:

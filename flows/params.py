@@ -314,6 +314,16 @@ class ClusterParameters(StoreParameters, _NoScheduler):
         ),
     )
 
+    full: bool = Field(
+        default=False,
+        description=(
+            "Re-cluster the whole collection. False (default): when blocks were appended since the "
+            "latest finished run with these parameters, update that run incrementally (new blocks "
+            "join its groups where the error stays within eps; a full run replaces the update when "
+            "it drifts); otherwise a full run, which resumes or reuses a run of the same values."
+        ),
+    )
+
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``pipeline.distributed.ClusteringRun`` (numerics only): every
         field of ``pipeline.params.ClusteringParams``, the ones no flow parameter sets

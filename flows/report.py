@@ -71,6 +71,7 @@ def report_stage(collection: Any, result: Any, key_prefix: str, seconds_so_far: 
         "report_url": plots_and_report["report"],
         "report_link": link.url if link else None,  # for a browser; None on local stores
         "artifact_label": report["artifact_label"],
+        **({"lineage": report["lineage"]} if report.get("lineage") else {}),
     }
 
 

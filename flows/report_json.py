@@ -157,6 +157,9 @@ def build_report(collection: Any, result: Any, timings: dict[str, float] | None 
         "bytes": {"input": int(result.bytes_input), "compressed": int(result.bytes_compressed)},
         "timings": all_timings,
     }
+    lineage = getattr(result, "lineage", None)
+    if lineage:  # an incremental run (or the full run that replaced one): what it built on and changed
+        report["lineage"] = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in lineage.items()}
     if collection.passthrough_entries:
         report["passthrough"] = {"items": len(collection.passthrough_entries),
                                  "bytes": int(sum(int(e.get("nbytes", 0)) for e in collection.passthrough_entries))}

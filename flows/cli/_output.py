@@ -204,6 +204,7 @@ def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> di
         "timings": report["timings"],
         **({"baseline": report["baseline"]} if report.get("baseline") else {}),
         **({"passthrough": report["passthrough"]} if report.get("passthrough") else {}),
+        **({"lineage": report["lineage"]} if report.get("lineage") else {}),
         **({"files": urls} if urls else {}),
     }
 
@@ -234,6 +235,14 @@ def _print_summary(summary: dict, title: str) -> None:
     ok = summary["guarantee_ok"]
     r = summary.get("rank")
     table.add_row("run id", _esc(summary["run_id"]))
+    lineage = summary.get("lineage") or {}
+    if lineage.get("full_reason"):
+        table.add_row("full run", _esc(f"instead of an update of {lineage.get('parent_run')}: {lineage['full_reason']}"))
+    elif lineage.get("parent_run"):
+        table.add_row("update of", _esc(
+            f"{lineage['parent_run']}: {lineage['blocks_added']} blocks added, {lineage['absorbed']} joined "
+            f"{lineage['groups_touched']} existing groups, {lineage['new_groups']} new groups; "
+            f"{lineage['seconds']:.1f} s, {lineage['seconds_saved']:.1f} s less than the full run {lineage['root_run']}"))
     table.add_row("groups", f"{summary['groups']} ({summary['singletons']} single blocks) from {summary['blocks']} blocks")
     table.add_row("compression ratio", f"{summary['compression_ratio']:.3f}x at rank {r}")
     table.add_row("adaptive ratio", f"{summary['compression_ratio_adaptive']:.3f}x with per-group ranks")

@@ -48,12 +48,18 @@ def cluster_cmd(
     scheduler: Optional[str] = SchedulerOpt,
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes the run. Default: derived from the collection and the parameters."),
     compress: bool = typer.Option(True, "--compress/--no-compress", help="Also write the compressed artifact (else: 'cmsvd compress' later)."),
+    update: bool = typer.Option(False, "--update", help="Incremental: update the latest finished run with these parameters after blocks were appended (a full run when there is none, or when the update drifts)."),
+    parent: Optional[str] = typer.Option(None, "--parent", help="With --update: the run to update (default: the latest finished run with these parameters)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html beside report.json."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Cluster a collection into groups with a certified error <= eps (distributed by default)."""
     _check_eps(eps)
     _check_names(collection_name=collection, run_id=run_id)
+    if parent is not None:
+        _check_names(run_id=parent)
+    if (update or parent) and (sequential or not compress):
+        raise CLIError("--update works on distributed runs and writes their artifact: drop --sequential / --no-compress")
     coll = _open_collection(store, collection)
     bars = StageBars(quiet=as_json)
     if sequential:
@@ -76,13 +82,19 @@ def cluster_cmd(
         from pipeline.distributed import ClusteringRun
 
         run_kwargs = cparams.pipeline_kwargs()
-        run_id = run_id or default_run_id(coll, run_kwargs)
+        if update or parent:
+            parent, why = (parent, "asked for") if parent else _update_parent(coll, run_kwargs)
+            if parent is None and not as_json:
+                _out().print(f"full run: {why}", markup=False)
+        run_id = run_id or (None if parent else default_run_id(coll, run_kwargs))
         with bars, _DaskClient(scheduler) as client:
-            run = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars)
-            if compress:
-                result = run.result()
+            if parent:
+                result = _updated(coll, run_kwargs, parent, run_id, client, bars)
+                run_id = result.run_id
+            elif compress:
+                result = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars).result()
             else:
-                certified = run.certify()
+                certified = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars).certify()
                 errors = certified["errors"]
                 summary = {"run_id": run_id, "collection": coll.name, "groups": int(len(certified["group_offsets"]) - 1),
                            "max_certified_error": float(errors.max(initial=0.0)), "compressed": False}
@@ -97,6 +109,27 @@ def cluster_cmd(
         return
     _finish_compressed(coll, run_id, report, urls, html, as_json,
                        f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
+
+
+def _update_parent(coll, run_kwargs: dict) -> tuple[str | None, str]:
+    from flows._run import update_parent
+
+    return update_parent(coll, run_kwargs)
+
+
+def _updated(coll, run_kwargs: dict, parent: str, run_id: str | None, client, bars):
+    """The incremental update of run ``parent`` (or the full run that replaced it)."""
+    import storage
+    from pipeline.distributed import cluster_collection
+
+    keys = ("rank", "eps", "method", "order", "oversampling", "patience", "shard_size", "batch_bytes")
+    try:
+        return cluster_collection(coll, **{k: run_kwargs[k] for k in keys}, client=client, run_id=run_id,
+                                  progress=bars, parent_run_id=parent)
+    except storage.RunNotFoundError as exc:
+        raise CLIError(str(exc), EXIT_MISSING) from None
+    except ValueError as exc:
+        raise CLIError(f"cannot update run {parent!r}: {exc}") from None
 
 
 @_command("compress")

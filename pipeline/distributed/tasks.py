@@ -414,7 +414,7 @@ def stored_bases(handle: Handle, groups, ranks: np.ndarray, base: tuple | None =
         if not ranks[g]:
             out[g] = None
         elif g < first:
-            out[g] = base_artifact(base[0]).basis(g)
+            out[g] = base_basis(base[0], g)
         else:
             out[g] = certified_basis(handle, g - first, int(ranks[g]))
     return out
@@ -425,6 +425,20 @@ def base_artifact(artifact: tuple):
     """A published artifact, opened once per worker: (url, collection, label, storage options json)."""
     url, name, label, storage_options_json = artifact
     return import_storage().open_artifact(url, name, label, storage_options=json.loads(storage_options_json))
+
+
+@functools.lru_cache(maxsize=2)
+def base_bases(artifact: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Every basis of a published artifact side by side (stored dtype) and each group's
+    column offsets, read once per worker: a read per group would decode a chunk of many
+    groups' bases each time."""
+    return base_artifact(artifact).all_bases()
+
+
+def base_basis(artifact: tuple, g: int) -> np.ndarray:
+    """Group ``g``'s basis in a published artifact, as stored."""
+    bases, offsets = base_bases(artifact)
+    return bases[:, int(offsets[g]) : int(offsets[g + 1])]
 
 
 def _artifact_writer(artifact: tuple):

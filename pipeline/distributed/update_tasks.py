@@ -15,7 +15,7 @@ from ..layout import BlockLayout, offsets_of, take_columns
 from ..magnitude import block_shifts, scale_blocks
 from ..sharding import anchor_fractions, group_sketches, leading_directions
 from .checkpoints import groups_to_arrays
-from .tasks import Handle, _stage_groups, base_artifact, check_batch, collection_of, read_batch, run_of
+from .tasks import Handle, _stage_groups, base_basis, base_bases, check_batch, collection_of, read_batch, run_of
 
 __all__ = ["offer_batch", "leftover_shard"]
 
@@ -24,7 +24,7 @@ __all__ = ["offer_batch", "leftover_shard"]
 def _parent_bases(artifact: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The parent artifact's bases side by side (float64) and offsets, of its groups stored
     with a basis only, and those groups' ids."""
-    bases, offsets = base_artifact(artifact).all_bases()
+    bases, offsets = base_bases(artifact)
     with_basis = np.flatnonzero(np.diff(offsets) > 0)
     widths = np.diff(offsets)[with_basis]
     return bases.astype(np.float64), offsets_of(widths), with_basis
@@ -59,12 +59,11 @@ def offer_batch(handle: Handle, artifact: tuple, first: int, stop: int, group_sh
         picked = top_candidates(shares, eligible, n_candidates)
         candidates = np.where(picked >= 0, with_basis[np.maximum(picked, 0)], -1)
         best_share = np.where(picked[:, 0] >= 0, shares[np.maximum(picked[:, 0], 0), np.arange(stop - first)], 0.0)
-        parent = base_artifact(artifact)
         for c in range(n_candidates):
             labels = candidates[:, c]
             present = np.unique(labels[labels >= 0])
             with single_threaded_blas():
-                parts = group_coefficients(data, offsets, labels, {int(g): parent.basis(int(g)) for g in present},
+                parts = group_coefficients(data, offsets, labels, {int(g): base_basis(artifact, int(g)) for g in present},
                                            group_shifts)
             for blocks, _, block_residual2 in parts.values():
                 residual2[blocks, c] = block_residual2

@@ -1,0 +1,117 @@
+"""Incremental runs (pipeline.distributed.update) on the suite's real LocalCluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from distributed import Client
+
+import storage
+from pipeline.distributed import ClusteringRun, cluster_collection
+from pipeline.distributed.update import UpdateRun
+
+from .helpers import exact_error
+
+RANK, EPS = 4, 0.1
+KW = dict(rank=RANK, eps=EPS, shard_size=100, batch_bytes=8 * 1024)
+
+
+@pytest.fixture(scope="module")
+def client(dask_cluster):
+    with Client(dask_cluster) as c:
+        yield c
+
+
+def _blocks(rng, bases, n, noise=0.01):
+    out = []
+    for _ in range(n):
+        u = bases[rng.integers(len(bases))]
+        b = u @ rng.standard_normal((u.shape[1], 3))
+        out.append(b + noise * np.linalg.norm(b) / np.sqrt(b.size) * rng.standard_normal(b.shape))
+    return out
+
+
+def _subspaces(rng, n, rows=24, dim=2):
+    return [np.linalg.qr(rng.standard_normal((rows, dim)))[0] for _ in range(n)]
+
+
+@pytest.fixture
+def grown(tmp_path, client):
+    """A collection of 300 blocks from 6 subspaces with a finished full run, then 60
+    blocks appended: 30 from the same subspaces, 20 from 2 new ones, 10 of noise."""
+    rng = np.random.default_rng(7)
+    old = _subspaces(rng, 6)
+    blocks = _blocks(rng, old, 300)
+    coll = storage.ingest_blocks(str(tmp_path), "c", blocks)
+    full = cluster_collection(coll, client=client, run_id="full", **KW)
+    more = _blocks(rng, old, 30) + _blocks(rng, _subspaces(rng, 2), 20) + [rng.standard_normal((24, 3)) for _ in range(10)]
+    coll = storage.ingest_blocks(str(tmp_path), "c", more, append=True)
+    return coll, blocks + more, full
+
+
+def _check_guarantee(coll, blocks, result):
+    assert sorted(b for g in result.groups for b in g) == list(range(len(blocks)))
+    artifact = storage.open_artifact(coll.url, coll.name, result.artifact_label, verify=True)
+    for g, group in enumerate(result.groups):
+        exact = exact_error(blocks, group, RANK)
+        assert exact <= EPS * (1 + 1e-9), (g, exact)
+        assert exact <= result.errors[g] * (1 + 1e-9) + 1e-12  # errors: exact, or the stored error above it
+        residual = sum(np.sum((artifact.decompress(i) - blocks[i]) ** 2) for i in group)
+        energy = sum(np.sum(blocks[i] ** 2) for i in group)
+        stored = np.sqrt(residual / energy)
+        assert stored <= EPS * (1 + 1e-9)
+        assert abs(stored - result.stored_errors[g]) <= 1e-9
+    return artifact
+
+
+def test_an_update_keeps_the_guarantee_for_blocks_that_fit_form_groups_or_fit_nothing(client, grown):
+    coll, blocks, full = grown
+    parent = storage.open_artifact(coll.url, coll.name, full.artifact_label)
+    before = dict(parent.manifest)
+    result = cluster_collection(coll, client=client, parent_run_id="full", **KW)
+    lineage = result.lineage
+    assert lineage["parent_run"] == "full" and lineage["root_run"] == "full" and lineage["depth"] == 1
+    assert lineage["blocks_added"] == 60 and 25 <= lineage["absorbed"] < 60 and lineage["new_groups"] >= 2
+    assert lineage["groups_touched"] >= 1
+    artifact = _check_guarantee(coll, blocks, result)
+    # untouched groups are read from the parent's artifact, which is unchanged
+    assert artifact.base is not None and artifact.base.label == full.artifact_label
+    assert storage.open_artifact(coll.url, coll.name, full.artifact_label).manifest == before
+    for g, group in enumerate(full.groups):
+        assert result.groups[g][: len(group)] == group  # parent groups keep their members first
+
+
+def test_an_update_is_deterministic_resumes_and_chains(client, grown, tmp_path):
+    coll, blocks, full = grown
+    first = cluster_collection(coll, client=client, parent_run_id="full", run_id="u1", **KW)
+    again = cluster_collection(coll, client=client, parent_run_id="full", run_id="u2", **KW)
+    assert again.groups == first.groups
+    np.testing.assert_array_equal(again.stored_errors, first.stored_errors)
+    # a run stopped after some stages resumes from its checkpoints to the same result
+    stopped = UpdateRun(coll, parent_run_id="full", client=client, run_id="u3")
+    stopped.absorb()
+    stopped.local()
+    resumed = UpdateRun(coll, parent_run_id="full", client=client, run_id="u3").result()
+    assert resumed.groups == first.groups
+    # an update of an update: a delta of a delta
+    rng = np.random.default_rng(11)
+    extra = _blocks(rng, _subspaces(rng, 1), 15)
+    coll = storage.ingest_blocks(coll.url, "c", extra, append=True)
+    second = cluster_collection(coll, client=client, parent_run_id="u1", **KW)
+    assert second.lineage["depth"] == 2 and second.lineage["root_run"] == "full"
+    artifact = _check_guarantee(coll, blocks + extra, second)
+    assert artifact.base.label == "u1" and artifact.base.base.label == full.artifact_label
+
+
+def test_an_update_refuses_what_it_cannot_update(client, grown):
+    coll, _, _ = grown
+    with pytest.raises(ValueError, match="other parameters \\(eps\\)"):
+        cluster_collection(coll, client=client, parent_run_id="full", **{**KW, "eps": 0.2})
+    with pytest.raises(storage.RunNotFoundError):
+        cluster_collection(coll, client=client, parent_run_id="missing", **KW)
+    ClusteringRun(coll, client=client, run_id="unfinished", **KW).certify()
+    with pytest.raises(ValueError, match="has not finished"):
+        cluster_collection(coll, client=client, parent_run_id="unfinished", **KW)
+    done = cluster_collection(coll, client=client, run_id="now", **KW)
+    with pytest.raises(ValueError, match="nothing to update"):
+        cluster_collection(coll, client=client, parent_run_id=done.run_id, **KW)
