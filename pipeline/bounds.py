@@ -50,7 +50,12 @@ __all__ = ["DEFAULT_TOL", "GramSketch", "ResidualBound", "WeylBound", "make_boun
 _NOISE_FLOOR = 1e3 * np.finfo(np.float64).eps
 
 
+_add_reduce = np.add.reduce  # what ndarray.sum calls, without two Python wrappers (same bits)
+
+
 def _as_float64(block: np.ndarray) -> np.ndarray:
+    if type(block) is np.ndarray and block.dtype == np.float64 and block.ndim == 2:
+        return block  # the greedy's blocks: views of float64 data, nothing to check
     block = np.asarray(block, dtype=np.float64)
     if block.ndim != 2:
         raise ValueError(f"a block must be 2-D, got shape {block.shape}")
@@ -195,11 +200,15 @@ def extend_basis(
         kept = kept - q @ overlap
         if overlap.size and np.abs(overlap).max() > 1e-8:
             kept, _ = np.linalg.qr(kept)
-    new_coords = kept.T @ block
     dropped = 0.0
     if with_dropped:
-        outside = (residual - kept @ (kept.T @ residual)).ravel(order="K")
+        # W^T A = W^T R + (W^T Q)(Q^T A), and W^T Q is roundoff: W^T R serves as the new
+        # coordinates and as the kept part of the residual, one product for both
+        new_coords = kept.T @ residual
+        outside = (residual - kept @ new_coords).ravel(order="K")
         dropped = math.sqrt(outside.dot(outside))  # np.linalg.norm's arithmetic, without its wrapper
+    else:
+        new_coords = kept.T @ block
     return Extension(coords, kept, new_coords, dropped)
 
 
@@ -418,7 +427,7 @@ class GramSketch(_Bound):
         return sketch
 
     def _sketch_energy(self, eigenvalues: np.ndarray, slack: float) -> float:
-        head = float(eigenvalues[: self.rank].sum())  # kept descending; np.sum minus its dispatch
+        head = float(_add_reduce(eigenvalues[: self.rank]))  # kept descending; ndarray.sum minus its wrappers
         # math's sqrt and Python's ** give np.sqrt's and numpy's ** bits (libm's pow, which
         # is not always x * x), without numpy scalar calls
         return max(0.0, math.sqrt(head) - slack) ** 2
