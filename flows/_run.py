@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from prefect import task
 
@@ -24,6 +24,8 @@ from ._common import TASK_OPTIONS, StageProgress, run_logger, stage_hook
 __all__ = [
     "RUN_KEYS",
     "update_parent",
+    "UpdatePlan",
+    "reopened_run",
     "open_collection",
     "default_run_id",
     "stored_run_params",
@@ -79,13 +81,20 @@ def stored_run_params(collection: Any, run_id: str) -> dict[str, Any]:
     return {k: record["params"][k] for k in RUN_KEYS if k in record.get("params", {})}
 
 
-def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> tuple[str | None, str]:
-    """The run an incremental update of ``collection`` builds on, and why.
+class UpdatePlan(NamedTuple):
+    """What an incremental request finds (:func:`update_parent`): the run to update
+    (``parent``), or a finished run of the collection as it is now (``current``: reuse
+    it), or neither (a full run); ``reason`` says which, in words."""
 
-    That is the latest finished (compressed) distributed run with these parameters. It
-    is returned only when the collection grew since it; otherwise (None, the reason):
-    no such run, or the latest one already is of the collection as it is now.
-    """
+    parent: str | None
+    current: str | None
+    reason: str
+
+
+def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> UpdatePlan:
+    """The latest finished (compressed) distributed run of ``collection`` with these
+    parameters: the parent of an update when the collection grew since it, else the run
+    to reuse."""
     import storage
 
     for entry in reversed(storage.list_runs(collection)):
@@ -95,9 +104,24 @@ def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> tuple[str | No
         if any(params.get(k) != v for k, v in run_kwargs.items() if k in RUN_KEYS):
             continue
         if entry["current"]:
-            return None, f"run {entry['run_id']} is of the collection as it is now (nothing was appended since)"
-        return entry["run_id"], f"the collection grew since run {entry['run_id']}"
-    return None, "no finished run with these parameters to update"
+            return UpdatePlan(None, entry["run_id"],
+                              f"run {entry['run_id']} is of the collection as it is now (nothing was appended since)")
+        return UpdatePlan(entry["run_id"], None, f"the collection grew since run {entry['run_id']}")
+    return UpdatePlan(None, None, "no finished run with these parameters to update")
+
+
+def reopened_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, client: Any, progress: Any) -> Any:
+    """A finished run of the collection as it is, full or update, reopened to read its result."""
+    import storage
+
+    parent = storage.read_run_record(collection, run_id).get("params", {}).get("parent_run")
+    if parent:
+        from pipeline.distributed.update import UpdateRun
+
+        return UpdateRun(collection, parent_run_id=parent, client=client, run_id=run_id, progress=progress)
+    from pipeline.distributed import ClusteringRun
+
+    return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress)
 
 
 def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str | None, client: Any, progress: StageProgress,

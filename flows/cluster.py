@@ -30,8 +30,8 @@ from typing import Any
 from prefect import flow
 
 from ._common import FLOW_OPTIONS, StageProgress, artifact_key
-from ._run import (clustering_run, collect_result, default_run_id, open_collection, run_stages, stored_run_params,
-                   update_parent)
+from ._run import (clustering_run, collect_result, default_run_id, open_collection, reopened_run, run_stages,
+                   stored_run_params, update_parent)
 from .dask_cluster import dask_client
 from .params import ClusterParameters, RunParameters, validate_params
 from .report import report_task
@@ -58,7 +58,10 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str | None,
         description=f"cmsvd {'update of run ' + parent_run_id if parent_run_id else 'run'} on {collection.name}",
     )
     with dask_client() as client:
-        run = clustering_run(collection, run_kwargs, run_id, client, progress, parent_run_id)
+        if run_id is not None and parent_run_id is None and _is_update(collection, run_id):  # reused as it is
+            run = reopened_run(collection, run_kwargs, run_id, client, progress.within)
+        else:
+            run = clustering_run(collection, run_kwargs, run_id, client, progress, parent_run_id)
         run_stages(run, progress)
         result = collect_result(run)
         reason = needs_full_run(result) if parent_run_id else None
@@ -72,6 +75,15 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str | None,
     progress.finish()
     print(json.dumps(summary))
     return summary
+
+
+def _is_update(collection: Any, run_id: str) -> bool:
+    import storage
+
+    try:
+        return bool(storage.read_run_record(collection, run_id).get("params", {}).get("parent_run"))
+    except storage.RunNotFoundError:
+        return False
 
 
 @flow(
@@ -95,12 +107,12 @@ def cluster(params: ClusterParameters) -> dict[str, Any]:
     params = validate_params(ClusterParameters, params, "cmsvd-cluster")  # before any work
     collection = open_collection(params.store_url, params.collection)
     run_kwargs = params.pipeline_kwargs()
-    parent, why = (None, "asked for (full: true)") if params.full else update_parent(collection, run_kwargs)
+    parent, current, why = (None, None, "asked for (full: true)") if params.full else update_parent(collection, run_kwargs)
     if parent is not None:
         print(f"incremental update of run {parent} ({why}): collection {collection.name}, {collection.n_blocks} blocks")
         summary = _execute(collection, run_kwargs, params.run_id, parent)
     else:
-        run_id = params.run_id or default_run_id(collection, run_kwargs)
+        run_id = params.run_id or current or default_run_id(collection, run_kwargs)
         print(f"run {run_id} of collection {collection.name} ({collection.n_blocks} blocks); full run: {why}")
         summary = _execute(collection, run_kwargs, run_id)
     summary["seconds"] = round(time.perf_counter() - started, 3)

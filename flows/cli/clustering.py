@@ -82,15 +82,20 @@ def cluster_cmd(
         from pipeline.distributed import ClusteringRun
 
         run_kwargs = cparams.pipeline_kwargs()
-        if update or parent:
-            parent, why = (parent, "asked for") if parent else _update_parent(coll, run_kwargs)
+        current = None
+        if update and not parent:
+            parent, current, why = _update_parent(coll, run_kwargs)
             if parent is None and not as_json:
-                _out().print(f"full run: {why}", markup=False)
-        run_id = run_id or (None if parent else default_run_id(coll, run_kwargs))
+                _out().print(f"{'reused' if current else 'full run'}: {why}", markup=False)
+        run_id = run_id or current or (None if parent else default_run_id(coll, run_kwargs))
         with bars, _DaskClient(scheduler) as client:
             if parent:
                 result = _updated(coll, run_kwargs, parent, run_id, client, bars)
                 run_id = result.run_id
+            elif current:
+                from flows._run import reopened_run
+
+                result = reopened_run(coll, run_kwargs, current, client, bars).result()
             elif compress:
                 result = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars).result()
             else:
@@ -111,7 +116,7 @@ def cluster_cmd(
                        f"cmsvd cluster {coll.name}" + (" (sequential)" if sequential else ""))
 
 
-def _update_parent(coll, run_kwargs: dict) -> tuple[str | None, str]:
+def _update_parent(coll, run_kwargs: dict):
     from flows._run import update_parent
 
     return update_parent(coll, run_kwargs)

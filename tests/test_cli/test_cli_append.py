@@ -38,3 +38,43 @@ def test_appending_a_model_with_bias_tensors_is_refused_naming_one(capsys, tmp_p
                        "--store", store, "--append", "--prefix", "ckpt2/")
     assert code != 0 and "'ckpt2/bias'" in err and "blocks only" in err
     assert cli_json(capsys, "inspect", "m", "--store", store)["version"] == 1
+
+
+def test_cluster_update_after_an_append_end_to_end(capsys, tmp_path, dask_address):
+    """ingest -> cluster -> ingest --append -> cluster --update: the update builds on the
+    first run, its report says so, and the artifact gives every block back within eps."""
+    import json
+
+    import storage
+
+    rng = np.random.default_rng(3)
+    store = tmp_path / "store"
+    bases = [np.linalg.qr(rng.standard_normal((16, 2)))[0] for _ in range(3)]
+
+    def stack(n):
+        return np.stack([bases[i % 3] @ rng.standard_normal((2, 3)) + 1e-3 * rng.standard_normal((16, 3))
+                         for i in range(n)])
+
+    np.save(tmp_path / "day1.npy", stack(90))
+    np.save(tmp_path / "day2.npy", stack(12))
+    common = ("--store", store, "--rank", 4, "--eps", 0.1, "--scheduler", dask_address, "--no-html")
+    assert cli(capsys, "ingest", tmp_path / "day1.npy", "--name", "c", "--store", store)[0] == 0
+    first = cli_json(capsys, "cluster", "c", *common)
+    code, out, err = cli(capsys, "cluster", "c", *common, "--update")  # nothing appended: the run is reused, said so
+    assert code == 0, err
+    assert f"reused: run {first['run_id']} is of the collection as it is now" in out
+    assert cli(capsys, "ingest", tmp_path / "day2.npy", "--name", "c", "--store", store, "--append")[0] == 0
+    update = cli_json(capsys, "cluster", "c", *common, "--update")
+    lineage = update["lineage"]
+    assert lineage["parent_run"] == first["run_id"] and lineage["blocks_added"] == 12
+    assert 0 < lineage["absorbed"] <= 12 and update["max_error"] <= 0.1
+    coll = storage.open_collection(str(store), "c")
+    report = json.loads(open(store / "runs" / "c" / update["run_id"] / "report.json").read())
+    assert report["lineage"]["groups_touched"] == lineage["groups_touched"]
+    artifact = storage.open_artifact(str(store), "c", update["artifact_label"], verify=True)
+    for group in report["groups"]:  # the guarantee, per group, on what the artifact gives back
+        data = np.hstack([coll.block(i) for i in group["blocks"]])
+        back = np.hstack([artifact.decompress(i) for i in group["blocks"]])
+        assert np.linalg.norm(back - data) <= 0.1 * np.linalg.norm(data) * (1 + 1e-9)
+    code, out, _ = cli(capsys, "cluster", "c", *common, "--update")
+    assert code == 0 and "reused: run update-" in out and "update of" in out  # the same update, reused
