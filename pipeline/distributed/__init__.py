@@ -55,7 +55,10 @@ directly).
 Modules: :mod:`.run` (the driver: scan to merge), :mod:`.finish` (its certify and compress
 stages), :mod:`.tasks` (worker functions), :mod:`.plan` (batches, group ranges),
 :mod:`.checkpoints` (the group-stage schema), :mod:`.result` (the outcome), :mod:`.compress`
-(the rules both modes share, and the in-memory compressor), :mod:`.verify` (the verifier).
+(the rules both modes share, and the in-memory compressor), :mod:`.verify` (the verifier),
+:mod:`.update` and :mod:`.update_tasks` (incremental runs over a finished run after appends:
+new blocks join its groups under their stored bases, the rest form new groups, and the
+artifact is a delta of the parent's).
 """
 
 from .run import (
