@@ -115,3 +115,37 @@ def test_an_update_refuses_what_it_cannot_update(client, grown):
     done = cluster_collection(coll, client=client, run_id="now", **KW)
     with pytest.raises(ValueError, match="nothing to update"):
         cluster_collection(coll, client=client, parent_run_id=done.run_id, **KW)
+
+
+@pytest.mark.slow  # a LocalCluster of its own, and a worker killed and replaced
+@pytest.mark.parametrize("stage", ["absorb", "compress"])
+def test_a_worker_killed_during_an_update_does_not_change_it(tmp_path, stage):
+    import os
+    import signal
+    import threading
+
+    from distributed import LocalCluster
+
+    rng = np.random.default_rng(3)
+    old = _subspaces(rng, 4)
+    coll = storage.ingest_blocks(str(tmp_path), "c", _blocks(rng, old, 200))
+    # a cluster of its own on purpose: a worker of it is killed
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        cluster_collection(coll, client=c, run_id="full", **KW)
+        coll = storage.ingest_blocks(str(tmp_path), "c", _blocks(rng, old, 30) + _blocks(rng, _subspaces(rng, 1), 10),
+                                     append=True)
+        reference = cluster_collection(coll, client=c, parent_run_id="full", run_id="reference", **KW)
+        killed = threading.Event()
+        victim = sorted(c.run(os.getpid).values())[0]
+
+        def kill_one_worker(name, done, total):
+            if name == stage and not killed.is_set():
+                killed.set()
+                os.kill(victim, signal.SIGKILL)
+
+        result = cluster_collection(coll, client=c, parent_run_id="full", run_id="killed", progress=kill_one_worker,
+                                    **KW)
+        assert killed.is_set()
+    assert result.groups == reference.groups
+    np.testing.assert_array_equal(result.stored_errors, reference.stored_errors)
