@@ -149,3 +149,16 @@ def test_a_worker_killed_during_an_update_does_not_change_it(tmp_path, stage):
         assert killed.is_set()
     assert result.groups == reference.groups
     np.testing.assert_array_equal(result.stored_errors, reference.stored_errors)
+
+
+def test_a_drifted_update_is_replaced_by_a_full_run_that_says_why(client, grown, monkeypatch):
+    import pipeline.distributed.update as update
+
+    coll, blocks, _ = grown
+    monkeypatch.setattr(update, "DRIFT_FLOOR", 2.0)  # no update can reach twice the estimate
+    result = cluster_collection(coll, client=client, parent_run_id="full", **KW)
+    lineage = result.lineage
+    assert "estimated to reach" in lineage["full_reason"] and lineage["parent_run"] == "full"
+    assert lineage["replaced_update"].startswith("update-") and result.run_id != lineage["replaced_update"]
+    artifact = _check_guarantee(coll, blocks, result)
+    assert artifact.base is None  # a whole artifact, not a delta
