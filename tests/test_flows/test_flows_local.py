@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from flows_harness import check_certified, make_collection
+from flows_harness import check_certified, make_collection, run_cluster_flow
 
 EPS = 0.1
 
@@ -30,18 +30,9 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clustered(prefect_server, store, dask_address):
     """The cluster flow run once on ``store`` (run id ``local-1``): its final state and summary."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    from flows.cluster import cluster
-
     params = {"store_url": store, "collection": "demo", "rank": 6, "eps": EPS, "shard_size": 40,
               "run_id": "local-1"}
-    settings = {PREFECT_API_URL: prefect_server["url"], PREFECT_HOME: prefect_server["env"]["PREFECT_HOME"]}
-    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates=settings):
-        # the scheduler is the worker's (this process's) environment, not a parameter
-        mp.setenv("CMSVD_DASK_SCHEDULER", dask_address)
-        state = cluster(params=params, return_state=True)
-    assert state.is_completed(), state
+    state = run_cluster_flow(prefect_server, dask_address, params)
     return state, state.result()
 
 

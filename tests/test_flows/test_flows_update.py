@@ -4,22 +4,13 @@ deployment's behaviour), a full run when asked, the run reused when nothing chan
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from flows_harness import check_certified, make_collection
+from flows_harness import check_certified, make_collection, run_cluster_flow
 
 EPS = 0.1
 
 
 def _run_flow(prefect_server, dask_address, params):
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    from flows.cluster import cluster
-
-    settings = {PREFECT_API_URL: prefect_server["url"], PREFECT_HOME: prefect_server["env"]["PREFECT_HOME"]}
-    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates=settings):
-        mp.setenv("CMSVD_DASK_SCHEDULER", dask_address)
-        state = cluster(params=params, return_state=True)
-    assert state.is_completed(), state
+    state = run_cluster_flow(prefect_server, dask_address, params)
     return state, state.result()
 
 
