@@ -215,9 +215,10 @@ class UpdateRun(ClusteringRun):
             leftovers = self._leftovers()
             shifts = np.asarray(absorbed["shifts"])[leftovers]
             best = np.asarray(absorbed["best"])[leftovers - self.parent.n_blocks]
-            ordered = leftovers[np.lexsort((leftovers, best, shifts))]
+            order = np.lexsort((leftovers, best, shifts))  # band, then best parent group, then id
+            ordered, ordered_shifts = leftovers[order], shifts[order]
             shards = []
-            for band in np.split(ordered, np.flatnonzero(np.diff(np.sort(shifts))) + 1):
+            for band in np.split(ordered, np.flatnonzero(np.diff(ordered_shifts)) + 1):
                 shards += [np.sort(band[i : i + self.shard_size]) for i in range(0, len(band), self.shard_size)]
             futures = [self._submit("local", s, update_tasks.leftover_shard, self._handle, self._token,
                                     dict(self.params), s, self._batch_picks(ids))
