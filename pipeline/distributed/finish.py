@@ -18,9 +18,10 @@ from . import tasks
 from .compress import certify_with_splits, storage_plan
 from .plan import group_ranges, labels_of, pack_groups, unpack_groups
 
-__all__ = ["CertifyAndCompress", "GRAM_BYTES", "CERTIFY_GROUPS"]
+__all__ = ["CertifyAndCompress", "GRAM_BYTES", "CERTIFY_GROUPS", "CERTIFY_WAVE_BYTES"]
 
 GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
+CERTIFY_WAVE_BYTES = 2**30  # partial sums alive at once across the cluster while certifying
 CERTIFY_GROUPS = 64  # groups per certify task, at most
 CERTIFY_RANGES = 32  # certify tasks, at least, groups permitting (room for many workers)
 MIN_COEFFICIENT_CHUNK = 2**16  # elements per chunk of the artifact's coefficients, at least
@@ -33,7 +34,21 @@ class CertifyAndCompress:
     # -- certify ---------------------------------------------------------------------------
 
     def _certify_groups(self, groups: list[list[int]]) -> list[tuple]:
-        """Exact (error, adaptive rank, basis) of the given groups from the stored data.
+        """Exact (error, adaptive rank, basis) of the given groups from the stored data, in
+        waves of consecutive groups whose partial sums (per group its columns or its m x m
+        Gram, whichever is smaller) take at most CERTIFY_WAVE_BYTES across the cluster: one
+        read of the batches holding a wave's blocks per wave (one wave unless the groups'
+        sums are that large). A group's sum does not depend on the waves."""
+        m = self.collection.rows
+        columns = np.array([int(self.collection.widths[g].sum()) for g in groups], dtype=np.int64)
+        waves = group_ranges(np.minimum(columns, m) * m * 8, CERTIFY_WAVE_BYTES)
+        certified: list[tuple] = []
+        for wave in range(int(waves.max(initial=-1)) + 1):
+            certified += self._certify_wave([groups[g] for g in np.flatnonzero(waves == wave)])
+        return certified
+
+    def _certify_wave(self, groups: list[list[int]]) -> list[tuple]:
+        """:meth:`_certify_groups` for one wave.
 
         One read of the data: every batch task emits its Gram partials per group range
         (:func:`pipeline.certify.gram_partials`). Each range adds them up in batch-index

@@ -320,3 +320,24 @@ def test_guarantee_at_extreme_magnitudes(client, tmp_path, dtype, scales, bands)
     assert result.max_error <= 0.1
     # four bands cannot merge what one band merges, but nothing collapses either
     assert reference.n_groups <= result.n_groups <= 4 * reference.n_groups
+
+
+def test_certifying_in_waves_gives_the_same_bits(client, tmp_path, monkeypatch):
+    import pipeline.distributed.finish as finish
+
+    coll = _store(tmp_path, _subspace_blocks(200, seed=3))
+    kwargs = dict(rank=2, eps=0.1, shard_size=100, batch_bytes=SMALL_BATCH)
+    whole = cluster_collection(coll, client=client, run_id="one-wave", **kwargs)
+    waves, original = [], finish.CertifyAndCompress._certify_wave
+
+    def counted(self, groups):
+        waves.append(len(groups))
+        return original(self, groups)
+
+    monkeypatch.setattr(finish.CertifyAndCompress, "_certify_wave", counted)
+    monkeypatch.setattr(finish, "CERTIFY_WAVE_BYTES", 24 * 24 * 8)  # one group's Gram per wave
+    waved = cluster_collection(coll, client=client, run_id="waves", **kwargs)
+    assert whole.n_groups >= 3 and len(waves) >= whole.n_groups and max(waves) == 1
+    assert waved.groups == whole.groups
+    np.testing.assert_array_equal(waved.errors, whole.errors)
+    np.testing.assert_array_equal(waved.stored_errors, whole.stored_errors)
