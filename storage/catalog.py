@@ -44,8 +44,8 @@ def _glob(base, pattern: str) -> tuple[Any, list[str]]:
 
 
 def list_runs(collection) -> list[dict]:
-    """Runs of a collection, oldest first: ``run_id``, ``created``, ``mode``, the main
-    ``params``, ``compressed`` (its compress stage is complete), ``report`` (it has a
+    """Runs of a collection, oldest first: ``run_id``, ``created``, ``mode``,
+    ``parent_run`` (the run an incremental run updated, else None), the main ``params``, ``compressed`` (its compress stage is complete), ``report`` (it has a
     report.json) and ``current`` (made from the collection's present contents).
 
     Folders that are not valid run ids, or whose record does not parse, were not written
@@ -67,6 +67,7 @@ def list_runs(collection) -> list[dict]:
             "run_id": run_id,
             "created": record.get("created", ""),
             "mode": params.get("mode", "distributed"),
+            "parent_run": params.get("parent_run"),
             "params": {k: params.get(k) for k in ("rank", "eps", "method", "order")},
             "compressed": fs.exists(f"{run_dir}/compress/{STAGE_MANIFEST}"),
             "report": fs.exists(f"{run_dir}/report.json"),

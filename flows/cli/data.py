@@ -239,7 +239,8 @@ def inspect_cmd(
         for col in ("run id", "created", "mode", "rank", "eps", "method", "compressed", "report"):
             runs.add_column(col)
         for r in summary["runs"]:
-            runs.add_row(_esc(r["run_id"] + ("" if r["current"] else " (stale)")), _esc(r["created"]), _esc(r["mode"]),
+            mode = r["mode"] + (f" (update of {r['parent_run']})" if r.get("parent_run") else "")
+            runs.add_row(_esc(r["run_id"] + ("" if r["current"] else " (stale)")), _esc(r["created"]), _esc(mode),
                          _esc(r["params"]["rank"]), _esc(r["params"]["eps"]), _esc(r["params"]["method"]),
                          "yes" if r["compressed"] else "no",
                          "yes" if r["report"] else "no")

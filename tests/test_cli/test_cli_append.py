@@ -76,6 +76,8 @@ def test_cluster_update_after_an_append_end_to_end(capsys, tmp_path, dask_addres
         data = np.hstack([coll.block(i) for i in group["blocks"]])
         back = np.hstack([artifact.decompress(i) for i in group["blocks"]])
         assert np.linalg.norm(back - data) <= 0.1 * np.linalg.norm(data) * (1 + 1e-9)
+    runs = {r["run_id"]: r for r in cli_json(capsys, "inspect", "c", "--store", store)["runs"]}
+    assert runs[update["run_id"]]["parent_run"] == first["run_id"] and runs[first["run_id"]]["parent_run"] is None
     checked = cli_json(capsys, "verify", "c", "--run-id", update["run_id"], "--store", store)  # through the delta
     assert checked["ok"] and checked["max_error"] <= 0.1 and not checked["mismatches"]
     code, out, _ = cli(capsys, "cluster", "c", *common, "--update")
