@@ -24,6 +24,10 @@ __all__ = ["ABSORB_MARGIN", "absorb", "top_candidates"]
 #: on the same numbers.
 ABSORB_MARGIN = 1e-9
 
+#: Passes over the candidate rounds, at most: a block joining with a relative residual
+#: below eps^2 leaves its group more room, so a block turned away may fit a pass later.
+OFFER_PASSES = 4
+
 
 def top_candidates(shares: np.ndarray, eligible: np.ndarray, n_candidates: int) -> np.ndarray:
     """The ``n_candidates`` groups holding the largest share of each block's strongest
@@ -58,7 +62,9 @@ def absorb(candidates: np.ndarray, residual2: np.ndarray, norms2: np.ndarray, gr
     Round c offers every block not yet placed to its c-th candidate. A group takes the
     blocks offered to it in ascending relative residual (then block order) while its
     stored error stays <= eps with :data:`ABSORB_MARGIN`; later rounds see the budgets
-    earlier rounds left. Depends only on the inputs, never on how they were computed.
+    earlier rounds left. The rounds are repeated while they place blocks (at most
+    :data:`OFFER_PASSES` times). Depends only on the inputs, never on how they were
+    computed.
 
     Parameters
     ----------
@@ -87,13 +93,18 @@ def absorb(candidates: np.ndarray, residual2: np.ndarray, norms2: np.ndarray, gr
     assigned = np.full(len(norms2), -1, dtype=np.int64)
     floor = eps * eps * (1.0 - ABSORB_MARGIN)
     relative = residual2 / np.where(norms2 > 0, norms2, 1.0)[:, None]
-    for c in range(candidates.shape[1]):
-        offered = np.flatnonzero((assigned < 0) & (candidates[:, c] >= 0))
-        # by group, then ascending relative residual, then block: one stable sort
-        offered = offered[np.lexsort((offered, relative[offered, c], candidates[offered, c]))]
-        for block in offered.tolist():
-            g = int(candidates[block, c])
-            r, t = residual[g] + residual2[block, c], total[g] + norms2[block]
-            if r <= floor * t:
-                residual[g], total[g], assigned[block] = r, t, g
+    for _ in range(OFFER_PASSES):
+        placed = 0
+        for c in range(candidates.shape[1]):
+            offered = np.flatnonzero((assigned < 0) & (candidates[:, c] >= 0))
+            # by group, then ascending relative residual, then block: one stable sort
+            offered = offered[np.lexsort((offered, relative[offered, c], candidates[offered, c]))]
+            for block in offered.tolist():
+                g = int(candidates[block, c])
+                r, t = residual[g] + residual2[block, c], total[g] + norms2[block]
+                if r <= floor * t:
+                    residual[g], total[g], assigned[block] = r, t, g
+                    placed += 1
+        if not placed:  # a block that fits better than eps^2 widens its group's room: offer again
+            break
     return assigned, residual, total

@@ -56,3 +56,14 @@ def test_top_candidates_orders_by_share_within_eligible_groups():
     eligible = np.array([[True, True], [True, False], [False, True]])
     assert top_candidates(shares, eligible, 3).tolist() == [[0, 1, -1], [2, 0, -1]]
     assert top_candidates(shares, np.zeros_like(eligible), 2).tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_a_block_turned_away_is_offered_again_once_its_group_has_room():
+    eps = 0.1  # group 0 holds exactly eps: no room until a block fitting better than eps^2 joins
+    totals, residual = np.array([10.0, 10.0]), np.array([0.1, 0.1])
+    norms2 = np.array([1.0, 1.0])
+    residual2 = np.array([[0.015, np.inf], [0.5, 0.0]])  # block 0: only group 0; block 1: group 1 then 0
+    candidates = np.array([[0, -1], [1, 0]])
+    assigned, after, total = absorb(candidates, residual2, norms2, residual, totals, eps)
+    assert assigned.tolist() == [0, 0]  # block 1 joined in round 2, then block 0 in the second pass
+    assert np.all(after <= eps**2 * total)
