@@ -88,3 +88,29 @@ def test_sketch_and_residual_bound_agree_across_routes(monkeypatch):
     assert fast[0].slack <= 1e-12 * np.sqrt(fast[0].total)
     np.testing.assert_allclose(fast[1].lower_energy(), slow[1].lower_energy(), rtol=1e-12)
     np.testing.assert_allclose(fast[1].basis.T @ fast[1].basis, np.eye(fast[1].basis.shape[1]), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(256, 52), (60, 12)])
+def test_residual_bound_seed_from_qr_matches_the_svd(shape, monkeypatch):
+    rng = np.random.default_rng(4)
+    seed = rng.standard_normal(shape) @ np.diag(np.logspace(0, -3, shape[1]))
+    block = rng.standard_normal((shape[0], 3))
+    fast = ResidualBound(seed, 10)
+    assert fast.basis.shape == shape
+    np.testing.assert_allclose(fast.basis.T @ fast.basis, np.eye(shape[1]), atol=1e-13)
+    _svd_route(monkeypatch)
+    slow = ResidualBound(seed, 10)
+    np.testing.assert_allclose(fast.credited, slow.credited, rtol=1e-12)
+    np.testing.assert_allclose(fast.basis @ fast.basis.T, slow.basis @ slow.basis.T, atol=1e-12)
+    for bound in (fast, slow):
+        bound.add(block)
+    np.testing.assert_allclose(fast.lower_energy(), slow.lower_energy(), rtol=1e-12)
+
+
+def test_residual_bound_seed_keeps_the_svd_route_when_rank_deficient():
+    rng = np.random.default_rng(5)
+    seed = rng.standard_normal((40, 10))
+    seed[:, 9] = seed[:, 0]
+    bound = ResidualBound(seed, 4)
+    assert bound.basis.shape[1] == 9  # the dependent direction dropped, as the SVD drops it
+    np.testing.assert_allclose(bound.basis.T @ bound.basis, np.eye(9), atol=1e-13)
