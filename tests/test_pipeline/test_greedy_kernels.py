@@ -86,6 +86,12 @@ def test_a_shared_seed_svd_gives_the_same_bound(method):
     shared = make_bound(method, seed, 8, oversampling=2, svd=_svd(seed))
     for bound in (alone, shared):
         bound.add(block)
+    if method == "residuals":
+        # without a shared SVD the residual bound's seed takes the QR route (same span and
+        # values up to roundoff, see test_greedy_extension.py): equal to roundoff, not bits
+        np.testing.assert_allclose(alone.lower_energy(), shared.lower_energy(), rtol=1e-13)
+        np.testing.assert_allclose(alone.error_bound(), shared.error_bound(), rtol=1e-12)
+        return
     assert alone.lower_energy() == shared.lower_energy()
     assert alone.error_bound() == shared.error_bound()
 
