@@ -114,3 +114,21 @@ def test_residual_bound_seed_keeps_the_svd_route_when_rank_deficient():
     bound = ResidualBound(seed, 4)
     assert bound.basis.shape[1] == 9  # the dependent direction dropped, as the SVD drops it
     np.testing.assert_allclose(bound.basis.T @ bound.basis, np.eye(9), atol=1e-13)
+
+
+@pytest.mark.parametrize("shape,rank", [((256, 52), 20), ((120, 45), 30), ((120, 45), 50)])
+def test_sketch_seed_from_qr_matches_the_svd(shape, rank, monkeypatch):
+    rng = np.random.default_rng(6)
+    seed = rng.standard_normal(shape) @ np.diag(np.logspace(0, -2, shape[1]))
+    block = rng.standard_normal((shape[0], 5))
+    fast = GramSketch(seed, rank, oversampling=5)
+    monkeypatch.setattr(bounds, "_QR_SEED_WIDTH", 10**9)
+    slow = GramSketch(seed, rank, oversampling=5)
+    k = min(shape[1], rank + 5)
+    assert fast.basis.shape == slow.basis.shape == (shape[0], k)
+    np.testing.assert_allclose(fast.basis.T @ fast.basis, np.eye(k), atol=1e-13)
+    np.testing.assert_allclose(fast.eigenvalues, slow.eigenvalues, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(fast.basis.T @ slow.basis), np.eye(k), atol=1e-8)
+    for sketch in (fast, slow):
+        sketch.add(block)
+    np.testing.assert_allclose(fast.lower_energy(), slow.lower_energy(), rtol=1e-12)
