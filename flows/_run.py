@@ -111,7 +111,9 @@ def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> UpdatePlan:
 
 
 def reopened_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, client: Any, progress: Any) -> Any:
-    """A finished run of the collection as it is, full or update, reopened to read its result."""
+    """An existing run reopened by its id, full (a ClusteringRun with ``run_kwargs``) or
+    incremental (an UpdateRun of the parent its record names), to finish it or read its
+    result."""
     import storage
 
     parent = storage.read_run_record(collection, run_id).get("params", {}).get("parent_run")

@@ -78,6 +78,11 @@ def test_cluster_update_after_an_append_end_to_end(capsys, tmp_path, dask_addres
         assert np.linalg.norm(back - data) <= 0.1 * np.linalg.norm(data) * (1 + 1e-9)
     runs = {r["run_id"]: r for r in cli_json(capsys, "inspect", "c", "--store", store)["runs"]}
     assert runs[update["run_id"]]["parent_run"] == first["run_id"] and runs[first["run_id"]]["parent_run"] is None
+    again = cli_json(capsys, "compress", "c", "--run-id", update["run_id"], "--store", store, "--scheduler", dask_address,
+                     "--no-html")  # an update run reopens by its id alone, as any run
+    assert again["run_id"] == update["run_id"] and again["lineage"]["parent_run"] == first["run_id"]
+    code, _, err = cli(capsys, "report", "c", "--run-id", update["run_id"], "--store", store)
+    assert code == 0, err
     checked = cli_json(capsys, "verify", "c", "--run-id", update["run_id"], "--store", store)  # through the delta
     assert checked["ok"] and checked["max_error"] <= 0.1 and not checked["mismatches"]
     code, out, _ = cli(capsys, "cluster", "c", *common, "--update")

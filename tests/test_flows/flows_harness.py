@@ -199,18 +199,19 @@ def check_certified(store_url: str, name: str, label: str, eps: float) -> list[f
     return errors
 
 
-def run_cluster_flow(prefect_server: dict, dask_address: str, params: dict):
-    """The cmsvd-cluster flow run in this process against the session's Prefect server, on
-    the suite's Dask cluster (the worker's ``CMSVD_DASK_SCHEDULER``, not a parameter):
-    its final state, asserted completed."""
+def run_cluster_flow(prefect_server: dict, dask_address: str, params: dict, flow=None):
+    """The cmsvd-cluster flow (or ``flow``) run in this process against the session's
+    Prefect server, on the suite's Dask cluster (the worker's ``CMSVD_DASK_SCHEDULER``,
+    not a parameter): its final state, asserted completed."""
     import pytest
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     from flows.cluster import cluster
 
+    flow = flow or cluster
     settings = {PREFECT_API_URL: prefect_server["url"], PREFECT_HOME: prefect_server["env"]["PREFECT_HOME"]}
     with pytest.MonkeyPatch.context() as mp, temporary_settings(updates=settings):
         mp.setenv("CMSVD_DASK_SCHEDULER", dask_address)
-        state = cluster(params=params, return_state=True)
+        state = flow(params=params, return_state=True)
     assert state.is_completed(), state
     return state

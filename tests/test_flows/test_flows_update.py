@@ -44,6 +44,12 @@ def test_the_cluster_flow_updates_after_an_append_and_runs_in_full_when_asked(pr
     text = _markdown(state.state_details.flow_run_id)
     assert "update of run" in text and "blocks added" in text and "groups touched" in text
 
+    from flows.report import report
+
+    reported = run_cluster_flow(prefect_server, dask_address, {"store_url": store, "collection": "grow",
+                                                               "run_id": update["run_id"]}, report).result()
+    assert reported["lineage"]["groups_touched"] == lineage["groups_touched"]  # the report flow reopens an update
+
     _, again = _run_flow(prefect_server, dask_address, params)  # nothing appended: the update is reused
     assert again["run_id"] == update["run_id"] and again["lineage"]["parent_run"] == first["run_id"]
 
