@@ -112,8 +112,10 @@ def _keep_threshold(norm: float, tol: float) -> float:
 # every direction (see _full_range_basis); narrower ones go straight to the SVD, which
 # costs no more there.
 _QR_WIDTH = 8
-# Sketch seeds at least this wide get their sketch from a QR when it keeps every direction
-# (see GramSketch._seed_from_qr); on narrower ones the SVD costs no more.
+# Seeds at least this wide get their residual-bound basis (24) or sketch (40) from a QR when
+# it keeps every direction (see ResidualBound and GramSketch._seed_from_qr); on narrower
+# ones the SVD costs no more (128 x 16: 49 us against 52).
+_QR_RESIDUAL_SEED_WIDTH = 24
 _QR_SEED_WIDTH = 40
 # The QR route's lower bound on the smallest singular value is trusted only when the
 # triangular factor is better conditioned than this (its inverse is then accurate to
@@ -343,9 +345,9 @@ class ResidualBound(_Bound):
         threshold = _keep_threshold(np.sqrt(self.total), self.tol)
         # a seed whose every direction is kept needs only an orthonormal basis of its range
         # and its singular values: a QR seed = W T and the values of T (the same span and
-        # values as the SVD's, see _full_range_basis), 60% of an SVD on 256 x 52
+        # values as the SVD's, see _full_range_basis): 60% of an SVD on 256 x 52, 65% on 384 x 32
         factors = None
-        if svd is None and _QR_WIDTH <= seed.shape[1] <= seed.shape[0]:
+        if svd is None and _QR_RESIDUAL_SEED_WIDTH <= seed.shape[1] <= seed.shape[0]:
             factors = _full_range_qr(seed, threshold)
         if factors is not None:
             self.basis, s = np.ascontiguousarray(factors[0]), _singular_values(factors[1])
