@@ -222,6 +222,7 @@ STEPS = {
     "seed": ["greedy:_seed_state|bounds:make_bound"],
     "order": ["greedy:_order_candidates", "_greedy_order:CandidateOrder.prefix"],
     "extension": ["bounds:extend_basis"],
+    "qr": ["bounds:_full_range_qr"],  # the QR route of extensions and seeds (inside extension and seed)
     "eigen": ["bounds:_eigh|numpy.linalg._linalg:eigh"],
     "bound": ["bounds:ResidualBound._proposal_error", "bounds:GramSketch._proposal_error", "greedy:_grow_weyl"],
     "commit": ["bounds:ResidualBound._commit", "bounds:GramSketch._commit"],
