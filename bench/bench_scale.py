@@ -1,7 +1,7 @@
 """Scalable (map/merge) clustering benchmark: speed against the sequential greedy, near-
 linearity, distance to the I/O floor, BLAS oversubscription, memory, strong scaling.
 
-    python bench/bench_scale.py [--parts quality singles linear io blas memory parallel scaling]
+    python bench/bench_scale.py [--parts quality singles copies linear io blas memory parallel scaling]
                                 [--safetensors model.safetensors] [--workers 2] [--io-gib 0.5]
 
 * quality:  K=16,000 blocks of 128 x 4, ~40 blocks per rank-3 subspace, noise near eps
@@ -11,6 +11,9 @@ linearity, distance to the I/O floor, BLAS oversubscription, memory, strong scal
 * singles:  single-column blocks, like weight matrices cut into columns of length 384
             (r=32, eps=0.2): every 2-D encoder weight of ``--safetensors`` when given, else
             28,000 synthetic columns (targets: time <= 1.5x sequential, CR >= 0.98x).
+* copies:   the single columns plus, appended, a perturbed copy (1 % noise) of their first
+            half, like a collection holding a model and a later checkpoint of it: near-copies
+            far apart in block order (target: CR >= 0.98x sequential).
 * linear:   the quality generator at K=64,000: time(64k) / time(16k) (target <= 4.5).
 * io:       >= ``--io-gib`` GiB of 256 x 64 float32 blocks (r=16, eps=0.2): the whole run
             divided by one ``dask.array`` read of the same Zarr data with the same workers
@@ -145,6 +148,19 @@ def quality(root: str, args) -> None:
 def singles(root: str, args) -> None:
     layout, label = _singles(args.safetensors)
     _against_sequential(root, "singles", layout, 32, 0.2, args.workers, f"single columns: {label}")
+
+
+def copies(root: str, args) -> None:
+    from pipeline.layout import as_layout
+
+    layout, label = _singles(args.safetensors)
+    data = np.asarray(layout.data, dtype=np.float64)
+    half = data[:, : data.shape[1] // 2]
+    noise = np.random.default_rng(0).standard_normal(half.shape)
+    copy = half + 0.01 * np.linalg.norm(half, axis=0) / np.sqrt(half.shape[0]) * noise
+    both = np.hstack([data, copy])
+    _against_sequential(root, "copies", as_layout(both, np.arange(both.shape[1] + 1)), 32, 0.2, args.workers,
+                        f"near-copies: {label} and a perturbed copy of its first half")
 
 
 def linear(root: str, args) -> None:
@@ -296,7 +312,7 @@ def memory_and_parallelism(root: str, args, parts: set[str]) -> None:
         print("  stage seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in result.timings.items()))
 
 
-PARTS = {"quality": quality, "singles": singles, "linear": linear, "io": io, "blas": blas, "scaling": scaling,
+PARTS = {"quality": quality, "singles": singles, "copies": copies, "linear": linear, "io": io, "blas": blas, "scaling": scaling,
          "_timings": _timings}
 
 

@@ -267,11 +267,17 @@ def best_two_anchors(captured: np.ndarray) -> np.ndarray:
     return np.stack([best, np.argmax(masked, axis=0)], axis=1).astype(np.int64)
 
 
-def pack_shards(best_anchor: np.ndarray, shard_size: int) -> np.ndarray:
+def pack_shards(best_anchor: np.ndarray, shard_size: int, within: tuple[np.ndarray, ...] = ()) -> np.ndarray:
     """Shard index of every block: blocks of one anchor stay together, and anchors are packed
     in order into shards of about equal size (an anchor with more blocks than that size is
     cut into consecutive pieces), so shards are balanced and no shard exceeds the target by
     more than one piece.
+
+    Inside an anchor, blocks are ordered by the keys ``within`` (first key first), then by
+    index: with a block's second-best anchor and its share there as keys, blocks that lie
+    close together (near-copies, such as a weight column and the same column of a later
+    checkpoint) are adjacent and land in the same piece when a large anchor is cut, where
+    block order would put a collection's first and appended halves in different shards.
 
     The number of shards is the power of two at or above K / shard_size: shards then
     spread evenly over 2, 4, 8, ... workers (three shards on two workers would make one
@@ -280,7 +286,7 @@ def pack_shards(best_anchor: np.ndarray, shard_size: int) -> np.ndarray:
     n_blocks = best_anchor.size
     n_shards = min(1 << max(0, int(-(-n_blocks // shard_size)) - 1).bit_length(), max(n_blocks, 1))
     target = -(-n_blocks // n_shards)
-    order = np.lexsort((np.arange(n_blocks), best_anchor))
+    order = np.lexsort((np.arange(n_blocks), *reversed(within), best_anchor))
     cuts = np.flatnonzero(np.diff(best_anchor[order])) + 1
     shards = np.empty(n_blocks, dtype=np.int64)
     shard, filled = 0, 0

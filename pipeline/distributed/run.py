@@ -309,7 +309,9 @@ class ClusteringRun(CertifyAndCompress):
                     break
                 added, added_columns = self._adopt_orphans(found, best_two, shares, n_anchors)
                 n_anchors, columns = n_anchors + added, columns + added_columns
-            shards = band_pure(pack_shards(best_two[:, 0], self.shard_size), self._shifts())
+            # inside an anchor, by second anchor and the share there: near-copies stay together
+            shards = band_pure(pack_shards(best_two[:, 0], self.shard_size, within=(best_two[:, 1], -shares[:, 1])),
+                               self._shifts())
             meta = {"n_shards": int(shards.max()) + 1, "anchors": n_anchors, "anchor_columns": columns,
                     "orphans": orphans}
             return {"shards": shards, "block_anchors": best_two}, meta

@@ -271,3 +271,17 @@ def test_dominant_factors_keep_the_fewest_strongest_directions(seed, share):
         assert np.sum(kept**2) >= share * spectrum.sum() * (1 - 1e-9)
         assert t == 1 or spectrum[: t - 1].sum() < share * spectrum.sum() * (1 + 1e-9)
         np.testing.assert_allclose(np.linalg.svd(kept, compute_uv=False) ** 2, spectrum[:t], rtol=1e-8, atol=1e-10)
+
+
+def test_pack_shards_keeps_near_copies_together_when_it_cuts_an_anchor():
+    # one anchor of 4,000 blocks: the second half repeats the first (a later checkpoint of
+    # the same weights), so block i and i + 2,000 share their second anchor and share there
+    n = 4000
+    twin = np.arange(n) % (n // 2)
+    second, share = twin % 37, (twin * 0.61803) % 1.0
+    by_index = pack_shards(np.zeros(n, dtype=np.int64), 1000)
+    assert np.mean(by_index[: n // 2] == by_index[n // 2 :]) == 0.0  # block order splits every pair
+    shards = pack_shards(np.zeros(n, dtype=np.int64), 1000, within=(second, -share))
+    assert np.bincount(shards).max() <= 1000 + 1000 // 8  # still balanced
+    together = np.mean(shards[: n // 2] == shards[n // 2 :])
+    assert together >= 0.99  # only pairs at a cut are apart
