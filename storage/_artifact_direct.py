@@ -70,7 +70,8 @@ class DirectWriting:
             raise ValueError(f"ranks: expected {self.n_groups} values in 0..{self.rows}")
         kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW).astype(np.int8)
         base_ranks = np.asarray((self.record.get("base") or {}).get("ranks", []), dtype=np.int64)
-        changed = np.flatnonzero(ranks[: base_ranks.size] != base_ranks)
+        kept = self.base_groups()
+        changed = np.flatnonzero((ranks[: base_ranks.size] != base_ranks) & kept[: base_ranks.size])
         if changed.size:
             raise ValueError(f"ranks: group {int(changed[0])} keeps its base artifact's basis, of rank "
                              f"{int(base_ranks[changed[0]])}, not {int(ranks[changed[0]])}")
@@ -79,7 +80,7 @@ class DirectWriting:
         self._pack_small(grp, kinds, ranks, ranks, np.zeros(self.n_groups))
         _, _, coef_offsets = self._block_layout(kinds, ranks)
         cr, cc = default_chunks(self.rows, self.dtype)
-        bases_width = int(ranks[self._base_counts[1]:][kinds[self._base_counts[1]:] == _KIND_SVD].sum())
+        bases_width = int(ranks[~kept & (kinds == _KIND_SVD)].sum())
         for key, shape, chunks in (("bases", (self.rows, bases_width), (cr, cc)),
                                    ("coefficients", (int(coef_offsets[-1]),), (max(1, int(coefficient_chunk)),))):
             grp.create_array(key, shape=shape, chunks=chunks, dtype=self.dtype, compressors=default_codecs(),

@@ -162,6 +162,7 @@ class Artifact:
         #: None: blocks and groups below its counts are read from it.
         self.base: Artifact | None = None
         self._base_blocks = self._base_groups = 0
+        self._from_base = np.zeros(self.n_groups, dtype=bool)  # groups whose basis and blocks the base holds
         #: The source's layout recorded at ingest (safetensors: every tensor's dtype, shape
         #: and block range or passthrough reason), or None.
         self.source_layout: dict | None = meta.get("source_layout") or None
@@ -180,6 +181,13 @@ class Artifact:
             raise CorruptedFileError(f"artifact {self.label!r}: its base {base.label!r} does not match the record",
                                      path=self._loc.url)
         self.base, self._base_blocks, self._base_groups = base, n_blocks, n_groups
+        # base groups the delta re-wrote (re-certified with new blocks): held here, not in the base
+        self._from_base[:n_groups] = True
+        self._from_base[np.asarray(record.get("replaced", []), dtype=np.int64)] = False
+
+    def _in_base(self, i: int) -> bool:
+        """Whether block i's coefficients are read from the base artifact."""
+        return i < self._base_blocks and bool(self._from_base[self.labels[i]])
 
     def _check_file(self, rel: str) -> bytes:
         entry = self.manifest["files"][rel]
@@ -252,7 +260,7 @@ class Artifact:
             raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
         if self.kinds[g] == _KIND_RAW:
             raise ValueError(f"group {g} is stored raw (no basis)")
-        if g < self._base_groups:
+        if self._from_base[g]:
             return self.base.basis(g)
         if g not in self._bases_cache:
             if len(self._bases_cache) > 16:
@@ -269,16 +277,21 @@ class Artifact:
         if self.base is None:
             return own, self.basis_offsets.astype(np.int64)
         older, older_offsets = self.base.all_bases()
-        widths = np.diff(self.basis_offsets).astype(np.int64)
-        widths[: self._base_groups] = np.diff(older_offsets)
+        own_offsets = self.basis_offsets.astype(np.int64)
+        base = self._from_base[: self._base_groups]
+        starts = own_offsets[:-1] + older.shape[1]  # own columns sit after the base's in the stack below
+        starts[: self._base_groups][base] = older_offsets[:-1][base]
+        widths = np.diff(own_offsets)
+        widths[: self._base_groups][base] = np.diff(older_offsets)[base]
         offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
         np.cumsum(widths, out=offsets[1:])
-        return np.hstack([older, own]), offsets
+        columns = np.repeat(starts - offsets[:-1], widths) + np.arange(int(offsets[-1]))
+        return np.hstack([older, own])[:, columns], offsets
 
     def coefficients(self, i: int) -> np.ndarray:
         """V_i (r, n_i) for block i (the block itself for a raw group)."""
         i = self._block(i)
-        if i < self._base_blocks:
+        if self._in_base(i):
             return self.base.coefficients(i)
         flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
@@ -326,6 +339,11 @@ class Artifact:
         if first < self._base_blocks:  # the base's blocks from the base, the rest from here
             middle = min(stop, self._base_blocks)
             older = self.base.decompress_range(first, middle)
+            moved = first + np.flatnonzero(~self._from_base[self.labels[first:middle]])
+            if moved.size:  # blocks of groups this delta re-wrote
+                at = np.concatenate([[0], np.cumsum(self.widths[first:middle])])
+                for i in moved.tolist():
+                    older[:, at[i - first] : at[i - first + 1]] = self.decompress(i, form="columns")
             return older if middle == stop else np.hstack([older, self.decompress_range(middle, stop)])
         widths = self.widths[first:stop].astype(np.int64)
         col = np.concatenate([[0], np.cumsum(widths)])
@@ -351,7 +369,7 @@ class Artifact:
             if self.kinds[g] == _KIND_RAW:
                 part = v
             else:
-                if g < self._base_groups:
+                if self._from_base[g]:
                     u = self.basis(int(g))
                 elif self._all_bases is not None:
                     u = self._all_bases[:, int(self.basis_offsets[g]) : int(self.basis_offsets[g + 1])]

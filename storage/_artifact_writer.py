@@ -72,6 +72,7 @@ def create_artifact(
     overwrite: bool = False,
     storage_options: dict | None = None,
     base: str | None = None,
+    replaced: Sequence[int] = (),
 ) -> "ArtifactWriter":
     """Start writing an artifact for a grouping of a collection's blocks.
 
@@ -85,6 +86,9 @@ def create_artifact(
         first, in its order, each with its members first and only blocks it did not have
         added; those groups keep its bases and its blocks keep its coefficients, which are
         read from it, not copied. Only :meth:`ArtifactWriter.start_direct` writes deltas.
+    replaced : sequence of int
+        With ``base``: base groups this artifact re-writes whole (new basis, every member's
+        coefficients), e.g. re-certified with the blocks they took.
     params : dict, optional
         Parameters to record (eps, r, algorithm...).
     dtype : float32 or float64, optional
@@ -114,13 +118,15 @@ def create_artifact(
     if layout is not None:
         record["source_layout"] = layout
     if base is not None:
-        record["base"] = _base_record(url, collection_name, base, groups, record, storage_options)
+        record["base"] = _base_record(url, collection_name, base, groups, record, storage_options, replaced)
+    elif len(replaced):
+        raise ValueError("replaced groups need a base artifact")
     staging.write_json(record, "writer.json")
     return ArtifactWriter(root, final, staging, record)
 
 
 def _base_record(url: str, collection_name: str, label: str, groups: list[list[int]], record: dict,
-                 storage_options: dict | None) -> dict:
+                 storage_options: dict | None, replaced: Sequence[int]) -> dict:
     """What a delta artifact records of its base, after checking that ``groups`` extend
     the base's groups as :func:`create_artifact` describes."""
     base = open_artifact(url, collection_name, label, storage_options=storage_options)
@@ -134,8 +140,12 @@ def _base_record(url: str, collection_name: str, label: str, groups: list[list[i
         if extended[: len(members)] != members or any(b < base.n_blocks for b in extended[len(members):]):
             raise ValueError(f"group {g} does not extend group {g} of base artifact {label!r} "
                              "(its members must come first, and only blocks the base lacks may be added)")
+    replaced = sorted({int(g) for g in replaced})
+    if replaced and not 0 <= replaced[0] <= replaced[-1] < base.n_groups:
+        raise ValueError(f"replaced groups must be groups of base artifact {label!r} (0..{base.n_groups - 1})")
     return {"label": label, "manifest_sha256": manifest_digest(base.manifest), "n_blocks": base.n_blocks,
-            "n_groups": base.n_groups, "ranks": np.where(base.kinds == _KIND_SVD, base.ranks, 0).tolist()}
+            "n_groups": base.n_groups, "ranks": np.where(base.kinds == _KIND_SVD, base.ranks, 0).tolist(),
+            "replaced": replaced}
 
 
 def source_layout(coll: Any) -> dict | None:
@@ -195,8 +205,15 @@ class ArtifactWriter(DirectWriting):
 
     @property
     def base_blocks(self) -> int:
-        """Blocks whose coefficients the base artifact holds (0 without a base)."""
+        """Blocks below this index may be read from the base artifact (0 without a base)."""
         return self._base_counts[0]
+
+    def base_groups(self) -> np.ndarray:
+        """Which groups keep the base artifact's basis and coefficients (bool per group)."""
+        kept = np.zeros(self.n_groups, dtype=bool)
+        kept[: self._base_counts[1]] = True
+        kept[np.asarray((self.record.get("base") or {}).get("replaced", []), dtype=np.int64)] = False
+        return kept
 
     def _tol(self) -> float:
         return 1e-3 if self.dtype == np.float32 else 1e-8
@@ -443,7 +460,8 @@ class ArtifactWriter(DirectWriting):
             block_group[members] = g
         block_ranks = np.where(kinds[block_group] == _KIND_RAW, self.rows, widths_r[block_group]).astype(np.int64)
         sizes = block_ranks * self.widths
-        sizes[: self._base_counts[0]] = 0  # a delta holds only the blocks its base lacks
+        in_base = self.base_groups()[block_group] & (np.arange(self.widths.size) < self.base_blocks)
+        sizes[in_base] = 0  # a delta holds only what its base lacks
         coef_offsets = np.zeros(self.widths.size + 1, dtype=np.int64)
         np.cumsum(sizes, out=coef_offsets[1:])
         return block_group, block_ranks, coef_offsets
@@ -477,7 +495,7 @@ class ArtifactWriter(DirectWriting):
         np.cumsum([len(m) for m in self.groups], out=member_offsets[1:])
         basis_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
         own_widths = np.where(kinds == _KIND_SVD, widths_r, 0)
-        own_widths[: self._base_counts[1]] = 0  # the base's groups keep the base's bases
+        own_widths[self.base_groups()] = 0  # the base's groups keep the base's bases
         np.cumsum(own_widths, out=basis_offsets[1:])
         small = {
             "block_group": block_group,

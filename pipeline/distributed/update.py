@@ -57,7 +57,7 @@ __all__ = ["UpdateRun", "ParentRun", "needs_full_run", "update_run_id", "DRIFT_F
 
 UPDATE_CANDIDATES = 3  # parent groups each new block is offered to, best first
 DRIFT_FLOOR = 0.97  # an update below this share of its root's compression ratio asks for a full run
-MAX_DEPTH = 20  # updates in a row before a full run is asked for (each adds a delta artifact to read through)
+MAX_DEPTH = 10  # updates in a row before a full run is asked for: bounds the drift no estimate sees, and the deltas read through
 _RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours",
              "batch_bytes")
 

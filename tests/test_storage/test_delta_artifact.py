@@ -9,9 +9,9 @@ import storage
 from storage import CorruptedFileError
 
 
-def _write_direct(root, name, label, groups, bases, coefficients, errors, base=None):
+def _write_direct(root, name, label, groups, bases, coefficients, errors, base=None, replaced=()):
     """Write an artifact through the direct path: every chunk of the layout, in one call each."""
-    writer = storage.create_artifact(root, name, label, groups=groups, base=base)
+    writer = storage.create_artifact(root, name, label, groups=groups, base=base, replaced=replaced)
     ranks = [0 if b is None else b.shape[1] for b in bases]
     layout = writer.start_direct(ranks, 8)
     flat = np.zeros(int(layout.coef_offsets[-1]))
@@ -89,3 +89,27 @@ def test_a_replaced_or_missing_base_is_named_not_read(root, rng, grown):
                            errors=[0.0], overwrite=True)
     with pytest.raises(CorruptedFileError, match="builds on artifact 'first', which was replaced"):
         storage.open_artifact(root, "c", "second")
+
+
+def test_a_delta_may_rewrite_base_groups_whole(root, rng, grown):
+    first, u, blocks = grown
+    # group 1 re-written with a new basis of rank 4 that also holds block 4; block 5 joins group 0
+    # under its stored basis; block 6 is a new raw group
+    w = np.linalg.qr(np.hstack([blocks[1], blocks[3], blocks[4]]))[0][:, :4]
+    groups = [[0, 2, 5], [1, 3, 4], [6]]
+    coefs = {5: u[0].T @ blocks[5], 1: w.T @ blocks[1], 3: w.T @ blocks[3], 4: w.T @ blocks[4], 6: blocks[6]}
+    writer_bases = [u[0], w, None]
+    delta = _write_direct(root, "c", "second", groups, writer_bases, coefs, [0.5, 0.1, 0.0], base="first",
+                          replaced=[1])
+    np.testing.assert_allclose(delta.basis(1), w)
+    np.testing.assert_allclose(delta.basis(0), u[0])
+    for i in (1, 3, 4):
+        np.testing.assert_allclose(delta.decompress(i), w @ (w.T @ blocks[i]), atol=1e-12)
+    np.testing.assert_allclose(delta.decompress(0), blocks[0], atol=1e-12)  # from the base
+    whole = delta.decompress_range(0, 7)
+    np.testing.assert_allclose(whole, np.hstack([delta.decompress(i) for i in range(7)]))
+    bases, offsets = delta.all_bases()
+    assert offsets.tolist() == [0, 2, 6, 6]
+    np.testing.assert_array_equal(bases, np.hstack([u[0], w]))
+    with pytest.raises(ValueError, match="groups of base artifact"):
+        storage.create_artifact(root, "c", "bad", groups=groups, base="first", replaced=[5])
