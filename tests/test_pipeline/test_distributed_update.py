@@ -162,3 +162,22 @@ def test_a_drifted_update_is_replaced_by_a_full_run_that_says_why(client, grown,
     assert lineage["replaced_update"].startswith("update-") and result.run_id != lineage["replaced_update"]
     artifact = _check_guarantee(coll, blocks, result)
     assert artifact.base is None  # a whole artifact, not a delta
+
+
+def test_appended_blocks_of_extreme_magnitude_form_groups_of_their_own_band(client, tmp_path):
+    rng = np.random.default_rng(5)
+    old = _subspaces(rng, 3)
+    coll = storage.ingest_blocks(str(tmp_path), "c", _blocks(rng, old, 120))
+    cluster_collection(coll, client=client, run_id="full", **KW)
+    tiny = [b * 1e-200 for b in _blocks(rng, old, 6)]  # the same subspaces, far below the parent's band
+    huge = [b * 1e200 for b in _blocks(rng, old, 6)]
+    coll = storage.ingest_blocks(str(tmp_path), "c", tiny + huge + _blocks(rng, old, 6), append=True)
+    result = cluster_collection(coll, client=client, parent_run_id="full", **KW)
+    assert result.lineage["absorbed"] >= 6  # the ordinary ones fit their groups
+    for g in result.groups:  # no group mixes magnitude bands
+        scales = {round(np.log10(np.abs(coll.block(i)).max()) / 100) for i in g}
+        assert len(scales) == 1, g
+    assert result.max_error <= EPS
+    for g, group in enumerate(result.groups):
+        blocks = {i: coll.block(i) for i in group}
+        assert exact_error(blocks, group, RANK) <= EPS * (1 + 1e-9)
