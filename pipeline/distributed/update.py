@@ -32,7 +32,10 @@ stored basis end in groups of their own, where a full re-cluster would have re-f
 basis. :meth:`UpdateRun._estimated_full_ratio` prices those blocks as members of their
 group; :func:`needs_full_run` says when the update's compression ratio falls below
 ``DRIFT_FLOOR`` times that estimate, or when ``MAX_DEPTH`` updates follow one another: the
-caller then runs a full re-cluster and says why.
+caller then runs a full re-cluster and says why. The estimate does not see new blocks
+that are near-copies of parent blocks their group fits poorly or stores raw (a model and
+a later checkpoint of it): there a full re-cluster groups copies with their originals and
+the drift is bounded by ``MAX_DEPTH`` alone.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from .run import ClusteringRun, Progress
 __all__ = ["UpdateRun", "ParentRun", "needs_full_run", "update_run_id", "DRIFT_FLOOR", "MAX_DEPTH", "UPDATE_CANDIDATES"]
 
 UPDATE_CANDIDATES = 3  # parent groups each new block is offered to, best first
-DRIFT_FLOOR = 0.97  # an update below this share of its root's compression ratio asks for a full run
+DRIFT_FLOOR = 0.97  # an update below this share of the estimated full-run ratio asks for a full run
 MAX_DEPTH = 10  # updates in a row before a full run is asked for: bounds the drift no estimate sees, and the deltas read through
 _RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours",
              "batch_bytes")
