@@ -69,9 +69,9 @@ class DirectWriting:
         if ranks.shape != (self.n_groups,) or np.any(ranks < 0) or np.any(ranks > self.rows):
             raise ValueError(f"ranks: expected {self.n_groups} values in 0..{self.rows}")
         kinds = np.where(ranks > 0, _KIND_SVD, _KIND_RAW).astype(np.int8)
-        base_ranks = np.asarray((self.record.get("base") or {}).get("ranks", []), dtype=np.int64)
+        base_ranks = np.asarray((self.record.get("base") or {}).get("ranks", [0] * self.n_groups), dtype=np.int64)
         kept = self.base_groups()
-        changed = np.flatnonzero((ranks[: base_ranks.size] != base_ranks) & kept[: base_ranks.size])
+        changed = np.flatnonzero((ranks != base_ranks) & kept)
         if changed.size:
             raise ValueError(f"ranks: group {int(changed[0])} keeps its base artifact's basis, of rank "
                              f"{int(base_ranks[changed[0]])}, not {int(ranks[changed[0]])}")

@@ -162,7 +162,7 @@ class Artifact:
         #: None: blocks and groups below its counts are read from it.
         self.base: Artifact | None = None
         self._base_blocks = self._base_groups = 0
-        self._from_base = np.zeros(self.n_groups, dtype=bool)  # groups whose basis and blocks the base holds
+        self._base_group_of = np.full(self.n_groups, -1, dtype=np.int64)  # the base group each group keeps
         #: The source's layout recorded at ingest (safetensors: every tensor's dtype, shape
         #: and block range or passthrough reason), or None.
         self.source_layout: dict | None = meta.get("source_layout") or None
@@ -181,13 +181,17 @@ class Artifact:
             raise CorruptedFileError(f"artifact {self.label!r}: its base {base.label!r} does not match the record",
                                      path=self._loc.url)
         self.base, self._base_blocks, self._base_groups = base, n_blocks, n_groups
-        # base groups the delta re-wrote (re-certified with new blocks): held here, not in the base
-        self._from_base[:n_groups] = True
-        self._from_base[np.asarray(record.get("replaced", []), dtype=np.int64)] = False
+        group_map = np.asarray(record.get("group_map", range(n_groups)), dtype=np.int64)
+        self._base_group_of[: group_map.size] = group_map[: self.n_groups]
 
-    def _in_base(self, i: int) -> bool:
-        """Whether block i's coefficients are read from the base artifact."""
-        return i < self._base_blocks and bool(self._from_base[self.labels[i]])
+    def _in_base(self, blocks: np.ndarray) -> np.ndarray:
+        """Which of ``blocks`` the base artifact holds: members of a base group that their
+        group here keeps."""
+        blocks = np.asarray(blocks, dtype=np.int64)
+        held = blocks < self._base_blocks
+        kept = self._base_group_of[self.labels[blocks]]
+        held[held] &= self.base.labels[blocks[held]] == kept[held]
+        return held
 
     def _check_file(self, rel: str) -> bytes:
         entry = self.manifest["files"][rel]
@@ -260,8 +264,8 @@ class Artifact:
             raise IndexError(f"group index {g} out of range ({self.n_groups} groups)")
         if self.kinds[g] == _KIND_RAW:
             raise ValueError(f"group {g} is stored raw (no basis)")
-        if self._from_base[g]:
-            return self.base.basis(g)
+        if self._base_group_of[g] >= 0:
+            return self.base.basis(int(self._base_group_of[g]))
         if g not in self._bases_cache:
             if len(self._bases_cache) > 16:
                 self._bases_cache.clear()
@@ -278,11 +282,11 @@ class Artifact:
             return own, self.basis_offsets.astype(np.int64)
         older, older_offsets = self.base.all_bases()
         own_offsets = self.basis_offsets.astype(np.int64)
-        base = self._from_base[: self._base_groups]
+        kept = self._base_group_of >= 0
         starts = own_offsets[:-1] + older.shape[1]  # own columns sit after the base's in the stack below
-        starts[: self._base_groups][base] = older_offsets[:-1][base]
+        starts[kept] = older_offsets[:-1][self._base_group_of[kept]]
         widths = np.diff(own_offsets)
-        widths[: self._base_groups][base] = np.diff(older_offsets)[base]
+        widths[kept] = np.diff(older_offsets)[self._base_group_of[kept]]
         offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
         np.cumsum(widths, out=offsets[1:])
         columns = np.repeat(starts - offsets[:-1], widths) + np.arange(int(offsets[-1]))
@@ -291,7 +295,7 @@ class Artifact:
     def coefficients(self, i: int) -> np.ndarray:
         """V_i (r, n_i) for block i (the block itself for a raw group)."""
         i = self._block(i)
-        if self._in_base(i):
+        if self.base is not None and self._in_base([i])[0]:
             return self.base.coefficients(i)
         flat = self._read("coefficients", slice(int(self.coef_offsets[i]), int(self.coef_offsets[i + 1])), f"coefficients of block {i}")
         return flat.reshape(int(self.block_ranks[i]), int(self.widths[i]))
@@ -339,7 +343,7 @@ class Artifact:
         if first < self._base_blocks:  # the base's blocks from the base, the rest from here
             middle = min(stop, self._base_blocks)
             older = self.base.decompress_range(first, middle)
-            moved = first + np.flatnonzero(~self._from_base[self.labels[first:middle]])
+            moved = first + np.flatnonzero(~self._in_base(np.arange(first, middle)))
             if moved.size:  # blocks of groups this delta re-wrote
                 at = np.concatenate([[0], np.cumsum(self.widths[first:middle])])
                 for i in moved.tolist():
@@ -369,7 +373,7 @@ class Artifact:
             if self.kinds[g] == _KIND_RAW:
                 part = v
             else:
-                if self._from_base[g]:
+                if self._base_group_of[g] >= 0:
                     u = self.basis(int(g))
                 elif self._all_bases is not None:
                     u = self._all_bases[:, int(self.basis_offsets[g]) : int(self.basis_offsets[g + 1])]

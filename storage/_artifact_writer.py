@@ -72,7 +72,7 @@ def create_artifact(
     overwrite: bool = False,
     storage_options: dict | None = None,
     base: str | None = None,
-    replaced: Sequence[int] = (),
+    base_map: Sequence[int] | None = None,
 ) -> "ArtifactWriter":
     """Start writing an artifact for a grouping of a collection's blocks.
 
@@ -86,9 +86,11 @@ def create_artifact(
         first, in its order, each with its members first and only blocks it did not have
         added; those groups keep its bases and its blocks keep its coefficients, which are
         read from it, not copied. Only :meth:`ArtifactWriter.start_direct` writes deltas.
-    replaced : sequence of int
-        With ``base``: base groups this artifact re-writes whole (new basis, every member's
-        coefficients), e.g. re-certified with the blocks they took.
+    base_map : sequence of int, optional
+        With ``base``: per group, the base group whose basis and coefficients it keeps
+        (its members first), or -1 for a group written here whole. Default: group g keeps
+        base group g for every base group. A base group that no group keeps is dropped:
+        its blocks are written here, in the groups that hold them now.
     params : dict, optional
         Parameters to record (eps, r, algorithm...).
     dtype : float32 or float64, optional
@@ -118,34 +120,39 @@ def create_artifact(
     if layout is not None:
         record["source_layout"] = layout
     if base is not None:
-        record["base"] = _base_record(url, collection_name, base, groups, record, storage_options, replaced)
-    elif len(replaced):
-        raise ValueError("replaced groups need a base artifact")
+        record["base"] = _base_record(url, collection_name, base, groups, record, storage_options, base_map)
+    elif base_map is not None:
+        raise ValueError("base_map needs a base artifact")
     staging.write_json(record, "writer.json")
     return ArtifactWriter(root, final, staging, record)
 
 
 def _base_record(url: str, collection_name: str, label: str, groups: list[list[int]], record: dict,
-                 storage_options: dict | None, replaced: Sequence[int]) -> dict:
-    """What a delta artifact records of its base, after checking that ``groups`` extend
-    the base's groups as :func:`create_artifact` describes."""
+                 storage_options: dict | None, base_map: Sequence[int] | None) -> dict:
+    """What a delta artifact records of its base, after checking that every group that
+    keeps a base group (``base_map``, see :func:`create_artifact`) starts with that base
+    group's members."""
     base = open_artifact(url, collection_name, label, storage_options=storage_options)
     if (base.rows, base.dtype.name) != (record["rows"], record["dtype"]):
         raise ValueError(f"base artifact {label!r} holds {base.rows} rows of {base.dtype}, "
                          f"not {record['rows']} of {record['dtype']}")
-    if len(groups) < base.n_groups:
-        raise ValueError(f"base artifact {label!r} has {base.n_groups} groups; the new grouping only {len(groups)}")
-    for g, members in enumerate(base.groups):
-        extended = groups[g]
-        if extended[: len(members)] != members or any(b < base.n_blocks for b in extended[len(members):]):
-            raise ValueError(f"group {g} does not extend group {g} of base artifact {label!r} "
-                             "(its members must come first, and only blocks the base lacks may be added)")
-    replaced = sorted({int(g) for g in replaced})
-    if replaced and not 0 <= replaced[0] <= replaced[-1] < base.n_groups:
-        raise ValueError(f"replaced groups must be groups of base artifact {label!r} (0..{base.n_groups - 1})")
+    if base_map is None:
+        if len(groups) < base.n_groups:
+            raise ValueError(f"base artifact {label!r} has {base.n_groups} groups; the new grouping only {len(groups)}")
+        base_map = list(range(base.n_groups)) + [-1] * (len(groups) - base.n_groups)
+    base_map = [int(h) for h in base_map]
+    kept = [h for h in base_map if h >= 0]
+    if len(base_map) != len(groups) or len(set(kept)) != len(kept) or any(h >= base.n_groups for h in kept):
+        raise ValueError(f"base_map: one entry per group, each -1 or a distinct group of base artifact {label!r} "
+                         f"(0..{base.n_groups - 1})")
+    for g, h in enumerate(base_map):
+        if h >= 0 and groups[g][: len(base.groups[h])] != base.groups[h]:
+            raise ValueError(f"group {g} does not extend group {h} of base artifact {label!r} "
+                             "(that group's members must come first)")
     return {"label": label, "manifest_sha256": manifest_digest(base.manifest), "n_blocks": base.n_blocks,
-            "n_groups": base.n_groups, "ranks": np.where(base.kinds == _KIND_SVD, base.ranks, 0).tolist(),
-            "replaced": replaced}
+            "n_groups": base.n_groups, "group_map": base_map,
+            "kept_members": [len(base.groups[h]) if h >= 0 else 0 for h in base_map],
+            "ranks": [int(base.ranks[h]) if h >= 0 and base.kinds[h] == _KIND_SVD else 0 for h in base_map]}
 
 
 def source_layout(coll: Any) -> dict | None:
@@ -192,6 +199,7 @@ class ArtifactWriter(DirectWriting):
         self.widths = np.asarray(record["widths"], dtype=np.int64)
         self._cache: tuple[str, np.ndarray] | None = None  # the part file read last while packing
         self._direct: tuple | None = None  # (packed location, DirectLayout, version) once direct packing is opened
+        self._held: np.ndarray | None = None  # blocks the base artifact holds (held_by_base)
 
     @property
     def n_groups(self) -> int:
@@ -209,11 +217,21 @@ class ArtifactWriter(DirectWriting):
         return self._base_counts[0]
 
     def base_groups(self) -> np.ndarray:
-        """Which groups keep the base artifact's basis and coefficients (bool per group)."""
-        kept = np.zeros(self.n_groups, dtype=bool)
-        kept[: self._base_counts[1]] = True
-        kept[np.asarray((self.record.get("base") or {}).get("replaced", []), dtype=np.int64)] = False
-        return kept
+        """Which groups keep a base artifact's group: its basis and its members' coefficients
+        (bool per group)."""
+        group_map = (self.record.get("base") or {}).get("group_map")
+        return np.zeros(self.n_groups, dtype=bool) if group_map is None else np.asarray(group_map) >= 0
+
+    def held_by_base(self) -> np.ndarray:
+        """Which blocks the base artifact holds (bool per block): the base members of groups
+        that keep a base group. Their coefficients are not written here."""
+        if self._held is None:
+            kept_members = (self.record.get("base") or {}).get("kept_members") or []
+            self._held = np.zeros(self.widths.size, dtype=bool)
+            for g, count in enumerate(kept_members):
+                if count:
+                    self._held[self.groups[g][:count]] = True
+        return self._held
 
     def _tol(self) -> float:
         return 1e-3 if self.dtype == np.float32 else 1e-8
@@ -460,8 +478,7 @@ class ArtifactWriter(DirectWriting):
             block_group[members] = g
         block_ranks = np.where(kinds[block_group] == _KIND_RAW, self.rows, widths_r[block_group]).astype(np.int64)
         sizes = block_ranks * self.widths
-        in_base = self.base_groups()[block_group] & (np.arange(self.widths.size) < self.base_blocks)
-        sizes[in_base] = 0  # a delta holds only what its base lacks
+        sizes[self.held_by_base()] = 0  # a delta holds only what its base lacks
         coef_offsets = np.zeros(self.widths.size + 1, dtype=np.int64)
         np.cumsum(sizes, out=coef_offsets[1:])
         return block_group, block_ranks, coef_offsets

@@ -405,18 +405,19 @@ def stored_bases(handle: Handle, groups, ranks: np.ndarray, base: tuple | None =
     """Basis each of ``groups`` is stored with (its ``ranks[g]`` leading optimal directions),
     or None for a group stored as it is (rank 0).
 
-    ``base`` = (artifact, n_groups) when the artifact written extends another one (an
-    incremental run): its first n_groups groups keep that artifact's bases, and group g
-    after them is the run's certified group g - n_groups."""
-    first = 0 if base is None else int(base[1])
+    ``base`` = (artifact, kept, fresh) when the artifact written extends another one (an
+    incremental run): group g keeps that artifact's group ``kept[g]`` and its basis, or is
+    the run's certified group ``fresh[g]``."""
     out = {}
     for g in map(int, groups):
         if not ranks[g]:
             out[g] = None
-        elif g < first:
-            out[g] = base_basis(base[0], g)
+        elif base is None:
+            out[g] = certified_basis(handle, g, int(ranks[g]))
+        elif g in base[1]:
+            out[g] = base_basis(base[0], base[1][g])
         else:
-            out[g] = certified_basis(handle, g - first, int(ranks[g]))
+            out[g] = certified_basis(handle, base[2][g], int(ranks[g]))
     return out
 
 
@@ -456,8 +457,8 @@ def coefficient_chunk(handle: Handle, artifact: tuple, chunk: int, first: int, s
     file's size and sha256."""
     writer = _artifact_writer(artifact)
     layout = writer.direct_layout()
-    if base is not None:  # blocks of the base keep their stored coefficients: not part of any chunk
-        labels = np.where(np.arange(first, stop) < writer.base_blocks, -1, labels)
+    if base is not None:  # blocks the base holds keep their stored coefficients: not part of any chunk
+        labels = np.where(writer.held_by_base()[first:stop], -1, labels)
     data, offsets = read_batch(handle, first, stop)
     bases = stored_bases(handle, np.unique(labels[labels >= 0]), ranks, base)
     with single_threaded_blas():

@@ -130,6 +130,19 @@ class ParentRun:
                    shifts=np.asarray(state["shifts"], dtype=np.int64), lineage=lineage)
 
 
+@dataclass
+class _Layout:
+    """An update's grouping: per group its members, the parent group it keeps (-1: none),
+    its index among the certified new groups (-1: none) and its stored rank; and the
+    parent groups dropped (their raw blocks regrouped with new ones)."""
+
+    groups: list[list[int]]
+    parent_of: np.ndarray
+    certified_of: np.ndarray
+    ranks: np.ndarray
+    dropped: list[int]
+
+
 def update_run_id(parent_run_id: str, collection) -> str:
     """The run id of the update of ``parent_run_id`` to the collection as it is: equal
     updates share one run folder and resume."""
@@ -153,6 +166,7 @@ class UpdateRun(ClusteringRun):
     def __init__(self, collection, *, parent_run_id: str, client=None, run_id: str | None = None,
                  progress: Progress | None = None, lease_wait_s: float = 600.0, keep_intermediate: bool = False):
         self.parent = ParentRun.load(collection, parent_run_id)
+        self._current_layout: _Layout | None = None  # the grouping compress writes
         if collection.n_blocks == self.parent.n_blocks:
             raise ValueError(f"collection {collection.name!r} has no blocks beyond the {self.parent.n_blocks} of run "
                              f"{parent_run_id!r}: there is nothing to update")
@@ -168,9 +182,6 @@ class UpdateRun(ClusteringRun):
     def _parent_artifact(self) -> tuple:
         coll = self.collection
         return coll.url, coll.name, self.parent.artifact, json.dumps(coll.storage_options, sort_keys=True)
-
-    def _artifact_base(self) -> tuple | None:
-        return self._parent_artifact(), len(self.parent.groups)
 
     # -- absorb --------------------------------------------------------------------------
 
@@ -211,15 +222,21 @@ class UpdateRun(ClusteringRun):
         return self.parent.n_blocks + np.flatnonzero(np.asarray(self.absorb()["assigned"]) < 0)
 
     def local(self) -> dict:
-        """The greedy on the leftovers, in shards of one band ordered by best parent group."""
+        """The greedy on the leftovers, and on the blocks of the parent's raw groups that
+        hold near copies of them (:meth:`_pull`), in shards of one band ordered by best
+        parent group (pulled blocks next to their copy)."""
         absorbed = self.absorb()
 
         def compute():
+            n_old = self.parent.n_blocks
             leftovers = self._leftovers()
-            shifts = np.asarray(absorbed["shifts"])[leftovers]
-            best = np.asarray(absorbed["best"])[leftovers - self.parent.n_blocks]
-            order = np.lexsort((leftovers, best, shifts))  # band, then best parent group, then id
-            ordered, ordered_shifts = leftovers[order], shifts[order]
+            pulled, partners = self._pull(leftovers)
+            best = np.asarray(absorbed["best"])
+            ids = np.concatenate([leftovers, pulled])
+            partner = np.concatenate([leftovers, partners])  # a leftover is its own partner
+            shifts = np.asarray(absorbed["shifts"])[ids]
+            order = np.lexsort((ids < n_old, partner, best[partner - n_old], shifts))
+            ordered, ordered_shifts = ids[order], shifts[order]
             shards = []
             for band in np.split(ordered, np.flatnonzero(np.diff(ordered_shifts)) + 1):
                 shards += [np.sort(band[i : i + self.shard_size]) for i in range(0, len(band), self.shard_size)]
@@ -230,9 +247,35 @@ class UpdateRun(ClusteringRun):
             groups = [g for r in results for g in r["groups"]]
             sketches = GroupSketches.of([(r["stage"], i, total, bound) for r in results
                                          for i, (total, bound) in enumerate(zip(r["totals"], r["bounds"]))])
-            return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": len(shards)}
+            arrays = {**self._save_groups(groups, sketches), "pulled": pulled, "pulled_key": best[partners - n_old]}
+            return arrays, {"n_groups": len(groups), "n_shards": len(shards), "pulled": int(pulled.size)}
 
         return self._timed("local", compute)
+
+    def _pull(self, leftovers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The blocks of the parent's groups stored raw (too few columns for rank r to pay)
+        in which some block has a near copy among the leftovers (1 - eps^2 of its strongest
+        direction; say a weight column and the same column of a later checkpoint), and for
+        each pulled block the leftover it sits next to in the shards. A full run would
+        group such copies with their originals; under frozen bases they would stay apart.
+        The raw groups' blocks are read once, on the workers."""
+        parent = self.parent
+        raw_groups = [h for h, rank in enumerate(parent.stored_ranks.tolist()) if rank == 0]
+        empty = np.zeros(0, dtype=np.int64)
+        if not leftovers.size or not raw_groups:
+            return empty, empty
+        group_of = {b: h for h in raw_groups for b in parent.groups[h]}
+        reference = self._submit("pull", "copies", update_tasks.unit_directions, self._handle,
+                                 self._batch_picks(leftovers))
+        floor = 1.0 - self.params["eps"] ** 2
+        futures = [self._submit("pull", b, update_tasks.near_copies, self._handle, [pick], reference, floor)
+                   for b, pick in enumerate(self._batch_picks(np.array(sorted(group_of), dtype=np.int64)))]
+        copy_of: dict[int, int] = {}  # per pulled raw group, the copy its first near block has
+        for near, copies in self._gather("local", futures):
+            for block, copy in zip(near.tolist(), copies.tolist()):
+                copy_of.setdefault(group_of[block], copy)
+        pulled = [(b, copy_of[h]) for h in sorted(copy_of) for b in parent.groups[h]]
+        return np.array([p[0] for p in pulled], dtype=np.int64), np.array([p[1] for p in pulled], dtype=np.int64)
 
     def _batch_picks(self, ids: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """Sorted block ids as (batch first, batch stop, positions in the batch)."""
@@ -243,22 +286,44 @@ class UpdateRun(ClusteringRun):
         """Merge keys: even rounds the best parent group of a group's first block, odd
         rounds one key per band (buckets then follow energy order)."""
         if index % 2 == 0:
-            best = np.asarray(self.absorb()["best"])
-            keys = np.array([best[g[0] - self.parent.n_blocks] for g in groups], dtype=np.int64)
+            best, n_old = np.asarray(self.absorb()["best"]), self.parent.n_blocks
+            local = self.local()
+            pulled = dict(zip(np.asarray(local["pulled"]).tolist(), np.asarray(local["pulled_key"]).tolist()))
+            keys = np.array([best[g[0] - n_old] if g[0] >= n_old else pulled[g[0]] for g in groups], dtype=np.int64)
         else:
             keys = np.zeros(len(groups), dtype=np.int64)
         return band_pure(keys, self._group_shifts(groups))
 
     # -- compress and result -------------------------------------------------------------
 
-    def _all_groups(self, new_groups: list[list[int]]) -> list[list[int]]:
-        """The parent's groups with the blocks they took appended (in block order), then
-        the new groups."""
-        groups = [list(g) for g in self.parent.groups]
-        assigned = np.asarray(self.absorb()["assigned"])
-        for position in np.flatnonzero(assigned >= 0).tolist():
-            groups[int(assigned[position])].append(self.parent.n_blocks + position)
-        return groups + [list(g) for g in new_groups]
+    def _layout(self, certified: dict) -> "_Layout":
+        """The updated grouping: the parent's groups that stay (with the blocks they took
+        appended, in block order), then the new groups. A raw parent group pulled into the
+        leftovers (:meth:`_pull`) whose blocks end as one group again stays as it was;
+        the others are dropped, their blocks now in new groups."""
+        parent, n_old = self.parent, self.parent.n_blocks
+        new_groups, new_ranks = self.stored_ranks(certified)
+        pulled = set(np.asarray(self.local()["pulled"]).tolist())
+        pulled_groups = {h: tuple(sorted(g)) for h, g in enumerate(parent.groups) if g[0] in pulled}
+        as_before = {members: h for h, members in pulled_groups.items()}
+        back = {k for k, g in enumerate(new_groups) if tuple(sorted(g)) in as_before}  # regrouped as they were
+        dropped = sorted(set(pulled_groups) - {as_before[tuple(sorted(new_groups[k]))] for k in back})
+        kept = np.setdiff1d(np.arange(len(parent.groups)), dropped)
+        joined = np.asarray(self.absorb()["assigned"])
+        taken: dict[int, list[int]] = {}
+        for position in np.flatnonzero(joined >= 0).tolist():
+            taken.setdefault(int(joined[position]), []).append(n_old + position)
+        new = [k for k in range(len(new_groups)) if k not in back]
+        groups = [parent.groups[h] + taken.get(int(h), []) for h in kept] + [new_groups[k] for k in new]
+        ranks = np.concatenate([parent.stored_ranks[kept], new_ranks[new]]).astype(np.int64)
+        return _Layout(groups, np.concatenate([kept, np.full(len(new), -1)]).astype(np.int64),
+                       np.concatenate([np.full(len(kept), -1), new]).astype(np.int64), ranks, dropped)
+
+    def _artifact_base(self) -> tuple | None:
+        layout = self._current_layout
+        kept = {g: int(h) for g, h in enumerate(layout.parent_of.tolist()) if h >= 0}
+        fresh = {g: int(k) for g, k in enumerate(layout.certified_of.tolist()) if k >= 0}
+        return self._parent_artifact(), kept, fresh
 
     def compress(self) -> dict:
         """Write the delta artifact and every group's numbers (the state a later update
@@ -267,19 +332,19 @@ class UpdateRun(ClusteringRun):
 
         def compute():
             storage, coll, parent = tasks.import_storage(), self.collection, self.parent
-            new_groups, new_ranks = self.stored_ranks(certified)
-            groups = self._all_groups(new_groups)
-            ranks = np.concatenate([parent.stored_ranks, new_ranks]).astype(np.int64)
+            layout = self._current_layout = self._layout(certified)
+            groups, ranks = layout.groups, layout.ranks
             writer = storage.create_artifact(coll.url, coll.name, self.run_id, groups=groups, params=dict(self.params),
                                              overwrite=True, storage_options=coll.storage_options,
-                                             base=parent.artifact)
+                                             base=parent.artifact, base_map=layout.parent_of.tolist())
             residual2, files = self._write_artifact(writer, groups, ranks, self.run_id)
-            stored_errors = self._stored_errors(groups, residual2)
+            stored_errors = self._stored_errors(layout, residual2)
             self._lease.check()  # publish only while this process is still the run's writer
             artifact = writer.finish_direct(stored_errors.tolist(), files)
-            arrays = self._group_numbers(groups, certified, stored_errors, ranks)
+            arrays = self._group_numbers(layout, certified, stored_errors)
             lineage = {**parent.lineage, "depth": int(parent.lineage["depth"]) + 1, "parent_run": parent.run_id}
-            meta = {"artifact": self.run_id, "bytes_compressed": int(artifact.nbytes_stored), "lineage": lineage}
+            meta = {"artifact": self.run_id, "bytes_compressed": int(artifact.nbytes_stored), "lineage": lineage,
+                    "raw_regrouped": len(layout.dropped)}
             return arrays, meta
 
         stage = self._timed("compress", compute)
@@ -287,25 +352,26 @@ class UpdateRun(ClusteringRun):
             self.prune()
         return stage
 
-    def _took(self, groups: list[list[int]]) -> np.ndarray:
-        """Which groups are parent groups that took new blocks."""
-        took = np.zeros(len(groups), dtype=bool)
-        took[: len(self.parent.groups)] = [len(g) > len(p) for g, p in zip(groups, self.parent.groups)]
-        return took
+    def _took(self, layout: "_Layout") -> np.ndarray:
+        """Which groups are parent groups that took new blocks (under their stored basis)."""
+        return np.array([h >= 0 and len(g) > len(self.parent.groups[h]) for g, h in
+                         zip(layout.groups, layout.parent_of.tolist())], dtype=bool)
 
-    def _stored_errors(self, groups: list[list[int]], residual2: dict[int, float]) -> np.ndarray:
+    def _stored_errors(self, layout: "_Layout", residual2: dict[int, float]) -> np.ndarray:
         """Realised error of every group: untouched parent groups keep theirs; a parent
         group that took blocks adds their measured residuals to its stored residual; new
         groups as in a full run. A group above eps (impossible but for a broken invariant)
         is an error, never published."""
-        parent, n_parent = self.parent, len(self.parent.groups)
+        parent, groups = self.parent, layout.groups
+        kept = layout.parent_of >= 0
+        h = layout.parent_of[kept]
         totals = group_norms2(self.collection.norms2, np.asarray(self.absorb()["shifts"]), groups)
         residual = np.array([residual2.get(g, 0.0) for g in range(len(groups))])
-        residual[:n_parent] += parent.stored_errors ** 2 * group_norms2(self.collection.norms2, parent.shifts,
-                                                                        parent.groups)
+        parent_totals = group_norms2(self.collection.norms2, parent.shifts, parent.groups)
+        residual[kept] += parent.stored_errors[h] ** 2 * parent_totals[h]
         errors = np.sqrt(np.divide(residual, totals, out=np.zeros_like(residual), where=totals > 0))
-        took = self._took(groups)
-        errors[:n_parent] = np.where(took[:n_parent], errors[:n_parent], parent.stored_errors)
+        took = self._took(layout)
+        errors[kept] = np.where(took[kept], errors[kept], parent.stored_errors[h])
         above = np.flatnonzero(took & (errors > self.params["eps"]))
         if above.size:
             g = int(above[0])
@@ -313,24 +379,27 @@ class UpdateRun(ClusteringRun):
                                "after taking new blocks; nothing was published")
         return errors
 
-    def _group_numbers(self, groups, certified: dict, stored_errors: np.ndarray, ranks: np.ndarray) -> dict:
+    def _group_numbers(self, layout: "_Layout", certified: dict, stored_errors: np.ndarray) -> dict:
         """Every group's numbers, as the result and a later update read them: a parent
         group that took blocks reports its stored error (its exact rank-r error is at most
-        that) and its stored rank."""
-        n_parent = len(self.parent.groups)
-        took = self._took(groups)[:n_parent]
+        that) and its stored rank; new groups their certified numbers."""
+        parent, took = self.parent, self._took(layout)
+        kept, new = layout.parent_of >= 0, layout.certified_of >= 0
 
-        def combined(old, new, touched):
-            return np.concatenate([np.where(took, np.asarray(touched)[:n_parent], old), np.asarray(new)])
+        def combined(old, fresh, touched):
+            out = np.empty(len(layout.groups), dtype=np.asarray(old).dtype)
+            out[kept] = np.where(took[kept], np.asarray(touched)[kept], np.asarray(old)[layout.parent_of[kept]])
+            out[new] = np.asarray(fresh)[layout.certified_of[new]]
+            return out
 
-        members, offsets = pack_groups(groups)
+        members, offsets = pack_groups(layout.groups)
         return {
             "members": members, "group_offsets": offsets,
-            "errors": combined(self.parent.errors, certified["errors"], stored_errors),
-            "bounds": combined(self.parent.bounds, certified["bounds"], stored_errors),
-            "adaptive_ranks": combined(self.parent.adaptive_ranks, certified["adaptive_ranks"], ranks).astype(np.int64),
-            "stored_errors": stored_errors, "stored_ranks": ranks,
-            "shifts": np.asarray(self.absorb()["shifts"]), "took_blocks": self._took(groups),
+            "errors": combined(parent.errors, certified["errors"], stored_errors),
+            "bounds": combined(parent.bounds, certified["bounds"], stored_errors),
+            "adaptive_ranks": combined(parent.adaptive_ranks, certified["adaptive_ranks"], layout.ranks),
+            "stored_errors": stored_errors, "stored_ranks": layout.ranks,
+            "shifts": np.asarray(self.absorb()["shifts"]), "took_blocks": took,
         }
 
     def stage_timings(self) -> dict[str, float]:
@@ -353,7 +422,8 @@ class UpdateRun(ClusteringRun):
         seconds = sum(result.timings.values())
         result.lineage = {**meta["lineage"], "blocks_added": absorbed["blocks_added"],
                           "absorbed": absorbed["absorbed"], "groups_touched": absorbed["groups_touched"],
-                          "new_groups": len(result.groups) - len(self.parent.groups),
+                          "new_groups": len(result.groups) - len(self.parent.groups) + int(meta.get("raw_regrouped", 0)),
+                          "raw_regrouped": int(meta.get("raw_regrouped", 0)),
                           "seconds": seconds, "seconds_saved": max(0.0, float(meta["lineage"]["root_seconds"]) - seconds),
                           "estimated_full_ratio": self._estimated_full_ratio(result, compressed)}
         return result

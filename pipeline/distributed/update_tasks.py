@@ -17,7 +17,7 @@ from ..sharding import anchor_fractions, group_sketches, leading_directions
 from .checkpoints import groups_to_arrays
 from .tasks import Handle, _stage_groups, base_basis, base_bases, check_batch, collection_of, read_batch, run_of
 
-__all__ = ["offer_batch", "leftover_shard"]
+__all__ = ["offer_batch", "leftover_shard", "unit_directions", "near_copies"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,17 +84,8 @@ def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int,
         groups, sketches = _stage_groups(handle, stage)
     else:
         coll = collection_of(handle)
-        columns, widths, ids = [], [], []
-        for first, stop, positions in picks:
-            data, offsets = read_batch(handle, first, stop)
-            picked = take_columns(data, offsets, positions)
-            picked_offsets = offsets_of(offsets[positions + 1] - offsets[positions])
-            columns.append(scale_blocks(picked, picked_offsets, block_shifts(picked, picked_offsets)))
-            widths.append(np.diff(picked_offsets))
-            ids.append(first + positions)
-        ids = np.concatenate(ids)
-        layout = BlockLayout(np.hstack(columns), offsets_of(np.concatenate(widths)),
-                             np.asarray(coll.norms2[ids], dtype=np.float64))
+        data, offsets, ids = _picked_blocks(handle, picks)
+        layout = BlockLayout(data, offsets, np.asarray(coll.norms2[ids], dtype=np.float64))
         with single_threaded_blas():
             clusters, _, states = greedy_groups(layout, **params)
             sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
@@ -102,3 +93,42 @@ def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int,
         run.save_stage(stage, groups_to_arrays(groups, sketches, layout.rows))
     return {"groups": groups, "stage": stage, "totals": [s.total for s in sketches],
             "bounds": [s.error_bound() for s in sketches]}
+
+
+def _picked_blocks(handle: Handle, picks: list[tuple[int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks ``picks`` names ((batch first, stop, positions)), each at its magnitude
+    shift, side by side in float64, their offsets and their ids."""
+    columns, widths, ids = [], [], []
+    for first, stop, positions in picks:
+        data, offsets = read_batch(handle, first, stop)
+        picked = take_columns(data, offsets, positions)
+        picked_offsets = offsets_of(offsets[positions + 1] - offsets[positions])
+        columns.append(scale_blocks(picked, picked_offsets, block_shifts(picked, picked_offsets)))
+        widths.append(np.diff(picked_offsets))
+        ids.append(first + positions)
+    return np.hstack(columns), offsets_of(np.concatenate(widths)), np.concatenate(ids)
+
+
+def unit_directions(handle: Handle, picks: list[tuple[int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each named block's strongest direction, of unit norm (m x K; a zero block gives a
+    zero column), and the blocks' ids."""
+    data, offsets, ids = _picked_blocks(handle, picks)
+    with single_threaded_blas():
+        directions = leading_directions(data, offsets)
+    norms = np.sqrt(np.einsum("ij,ij->j", directions, directions))
+    return np.divide(directions, norms, out=np.zeros_like(directions), where=norms > 0), ids
+
+
+def near_copies(handle: Handle, picks: list[tuple[int, int, np.ndarray]], reference: tuple[np.ndarray, np.ndarray],
+                floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the named blocks have a near-copy among ``reference`` (unit directions and
+    ids, from :func:`unit_directions`): a reference direction holding at least ``floor`` of
+    the block's strongest direction. Returns those blocks' ids and, for each, the id of the
+    reference block holding most of it (ties: the first)."""
+    units, ids = unit_directions(handle, picks)
+    directions, reference_ids = reference
+    with single_threaded_blas():
+        shares = np.square(directions.T @ units)  # (references, blocks)
+    best = np.argmax(shares, axis=0) if shares.size else np.zeros(len(ids), dtype=np.int64)
+    near = shares[best, np.arange(len(ids))] >= floor if shares.size else np.zeros(len(ids), dtype=bool)
+    return ids[near], reference_ids[best[near]]

@@ -181,3 +181,27 @@ def test_appended_blocks_of_extreme_magnitude_form_groups_of_their_own_band(clie
     for g, group in enumerate(result.groups):
         blocks = {i: coll.block(i) for i in group}
         assert exact_error(blocks, group, RANK) <= EPS * (1 + 1e-9)
+
+
+def test_raw_parent_groups_with_near_copies_appended_are_regrouped_with_them(client, tmp_path):
+    """A model and a later checkpoint of it: blocks the parent stored raw (no group fits
+    them) get a near copy appended; the update groups each with its copy, as a full run
+    would, dropping the raw parent groups; the rest of the parent is read, not copied."""
+    rng = np.random.default_rng(9)
+    lone = [rng.standard_normal((24, 3)) for _ in range(30)]  # fit nothing: stored raw
+    blocks = _blocks(rng, _subspaces(rng, 3), 90) + lone
+    coll = storage.ingest_blocks(str(tmp_path), "c", blocks)
+    full = cluster_collection(coll, client=client, run_id="full", **KW)
+    raw = [h for h, rank in enumerate(storage.open_artifact(coll.url, "c", full.artifact_label).ranks) if rank == 0]
+    assert len(raw) >= 5  # alone or a few together
+    copies = [b + 0.003 * rng.standard_normal(b.shape) for b in lone[:12]]
+    coll = storage.ingest_blocks(str(tmp_path), "c", copies, append=True)
+    result = cluster_collection(coll, client=client, parent_run_id="full", **KW)
+    assert result.lineage["raw_regrouped"] >= 6
+    artifact = _check_guarantee(coll, blocks + copies, result)
+    label = {b: g for g, members in enumerate(result.groups) for b in members}
+    together = sum(label[90 + k] == label[120 + k] for k in range(12))
+    assert together >= 6  # originals and their copies share groups
+    assert artifact.base.label == full.artifact_label
+    regrouped = cluster_collection(coll, client=client, run_id="again", **KW)
+    assert result.compression_ratio >= 0.97 * regrouped.compression_ratio

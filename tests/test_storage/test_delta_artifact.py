@@ -9,9 +9,9 @@ import storage
 from storage import CorruptedFileError
 
 
-def _write_direct(root, name, label, groups, bases, coefficients, errors, base=None, replaced=()):
+def _write_direct(root, name, label, groups, bases, coefficients, errors, base=None, base_map=None):
     """Write an artifact through the direct path: every chunk of the layout, in one call each."""
-    writer = storage.create_artifact(root, name, label, groups=groups, base=base, replaced=replaced)
+    writer = storage.create_artifact(root, name, label, groups=groups, base=base, base_map=base_map)
     ranks = [0 if b is None else b.shape[1] for b in bases]
     layout = writer.start_direct(ranks, 8)
     flat = np.zeros(int(layout.coef_offsets[-1]))
@@ -100,7 +100,7 @@ def test_a_delta_may_rewrite_base_groups_whole(root, rng, grown):
     coefs = {5: u[0].T @ blocks[5], 1: w.T @ blocks[1], 3: w.T @ blocks[3], 4: w.T @ blocks[4], 6: blocks[6]}
     writer_bases = [u[0], w, None]
     delta = _write_direct(root, "c", "second", groups, writer_bases, coefs, [0.5, 0.1, 0.0], base="first",
-                          replaced=[1])
+                          base_map=[0, -1, -1])
     np.testing.assert_allclose(delta.basis(1), w)
     np.testing.assert_allclose(delta.basis(0), u[0])
     for i in (1, 3, 4):
@@ -111,5 +111,28 @@ def test_a_delta_may_rewrite_base_groups_whole(root, rng, grown):
     bases, offsets = delta.all_bases()
     assert offsets.tolist() == [0, 2, 6, 6]
     np.testing.assert_array_equal(bases, np.hstack([u[0], w]))
-    with pytest.raises(ValueError, match="groups of base artifact"):
-        storage.create_artifact(root, "c", "bad", groups=groups, base="first", replaced=[5])
+    with pytest.raises(ValueError, match="a distinct group of base artifact"):
+        storage.create_artifact(root, "c", "bad", groups=groups, base="first", base_map=[0, 0, -1])
+
+
+def test_a_delta_may_drop_base_groups_and_renumber(root, rng, grown):
+    first, u, blocks = grown
+    # base group 0 ([0, 2]) is dropped: its blocks join new groups; base group 1 is kept as group 0
+    w = np.linalg.qr(np.hstack([blocks[0], blocks[5]]))[0][:, :4]
+    groups = [[1, 3, 4], [0, 5], [2, 6]]
+    coefs = {4: u[1].T @ blocks[4], 0: w.T @ blocks[0], 5: w.T @ blocks[5], 2: blocks[2], 6: blocks[6]}
+    delta = _write_direct(root, "c", "second", groups, [u[1], w, None], coefs, [0.0, 0.2, 0.0], base="first",
+                          base_map=[1, -1, -1])
+    assert delta.groups == groups
+    np.testing.assert_allclose(delta.basis(0), u[1])
+    for i in (1, 3, 4):  # the kept group: from the base, and block 4 written here
+        np.testing.assert_allclose(delta.decompress(i), blocks[i], atol=1e-12)
+    np.testing.assert_allclose(delta.decompress(0), w @ (w.T @ blocks[0]), atol=1e-12)
+    np.testing.assert_allclose(delta.decompress(2), blocks[2], atol=1e-12)  # moved, stored raw here
+    np.testing.assert_allclose(delta.decompress_range(0, 7), np.hstack([delta.decompress(i) for i in range(7)]))
+    bases, offsets = delta.all_bases()
+    assert offsets.tolist() == [0, 3, 7, 7]
+    np.testing.assert_array_equal(bases, np.hstack([u[1], w]))
+    with pytest.raises(ValueError, match="group 0 does not extend group 1"):
+        storage.create_artifact(root, "c", "bad", groups=[[3, 1, 4], [0, 5], [2, 6]], base="first",
+                                base_map=[1, -1, -1])
