@@ -37,6 +37,13 @@ atomically); on object stores packed into a fresh version prefix ``<label>/v-<ti
 whose manifest is then written to ``<label>/manifest.json`` with ``"version"`` set: that
 object is the pointer, switched last, and older versions are removed afterwards.
 
+Delta artifacts (an incremental run's, ``create_artifact(..., base=LABEL, base_map=...)``):
+``attrs["cmsvd"]["base"]`` names the base artifact (label, sha256 of its manifest, its
+block and group counts) and per group the base group it keeps (``group_map``; -1: stored
+here). A kept group's basis and its base members' coefficients are read from the base
+(``basis_offsets`` and ``coef_offsets`` give them no room here); everything else is
+stored as above. Opening a delta opens its base and checks the manifest's sha256.
+
 Integrity: arrays end with a crc32c codec and every chunk is written; readers go through
 :class:`storage._integrity.StrictStore` (missing chunk or checksum mismatch raises,
 naming the chunk and the group or block); the manifest is sealed (sha256 of itself) and

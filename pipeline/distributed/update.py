@@ -12,15 +12,22 @@ indices after them). Its stages, each checkpointed like a full run's:
    for them changes, the new blocks' coefficients are added.
 2. **local** and **merge**: the blocks no group took (leftovers) are clustered among
    themselves as a full run clusters all blocks: shards of at most ``shard_size``
-   leftovers, ordered by band and by their best parent group, then merge rounds.
+   leftovers, ordered by band and by their best parent group, then merge rounds. The
+   parent's groups stored raw (too few columns for rank r to pay) that hold a near copy
+   of a leftover join this clustering (:meth:`UpdateRun._pull`): a model's column that no
+   group fits and the same column of a later checkpoint then share a group, as in a full
+   run. A raw group whose blocks end as one group again stays as it was; the others are
+   dropped from the artifact, their blocks written in the new groups.
 3. **certify**: the new groups only, exactly, from their data.
 4. **compress**: a *delta artifact* (``storage.create_artifact(base=...)``) that reads the
    parent's groups, bases and coefficients from the parent's artifact and holds only the
    new blocks' coefficients and the new groups' bases. Untouched groups cost nothing.
 
 Cost: one read of the new data in absorb and in compress, and of the leftovers in local
-and certify; worker work O(new blocks x parent bases x m) in the routing product; client
-O(new blocks log). Nothing of the parent's data is read again.
+and certify; one read of the parent's raw groups (when there are leftovers) to find near
+copies, and of the raw groups pulled; worker work O(new blocks x parent bases x m) in the
+routing product and O(leftovers x raw blocks x m) in the copy search; client O(new
+blocks log). Nothing else of the parent's data is read again.
 
 Every group's stored error is measured on the written numbers and is <= eps: parent
 groups that took blocks by the exact residuals of :func:`pipeline.incremental.absorb`,
@@ -32,10 +39,9 @@ stored basis end in groups of their own, where a full re-cluster would have re-f
 basis. :meth:`UpdateRun._estimated_full_ratio` prices those blocks as members of their
 group; :func:`needs_full_run` says when the update's compression ratio falls below
 ``DRIFT_FLOOR`` times that estimate, or when ``MAX_DEPTH`` updates follow one another: the
-caller then runs a full re-cluster and says why. The estimate does not see new blocks
-that are near-copies of parent blocks their group fits poorly or stores raw (a model and
-a later checkpoint of it): there a full re-cluster groups copies with their originals and
-the drift is bounded by ``MAX_DEPTH`` alone.
+caller then runs a full re-cluster and says why. Near copies of blocks that a parent
+group fits poorly are not seen by the estimate; the drift they cause is bounded by
+``MAX_DEPTH`` alone.
 """
 
 from __future__ import annotations
