@@ -65,6 +65,7 @@ from .run import ClusteringRun, Progress
 __all__ = ["UpdateRun", "ParentRun", "needs_full_run", "update_run_id", "DRIFT_FLOOR", "MAX_DEPTH", "UPDATE_CANDIDATES"]
 
 UPDATE_CANDIDATES = 3  # parent groups each new block is offered to, best first
+PULL_COLUMNS = 8  # raw parent columns searched for near copies, at most this many times the new columns
 DRIFT_FLOOR = 0.97  # an update below this share of the estimated full-run ratio asks for a full run
 MAX_DEPTH = 10  # updates in a row before a full run is asked for: bounds the drift no estimate sees, and the deltas read through
 _RUN_KEYS = ("rank", "eps", "method", "order", "oversampling", "patience", "tol", "shard_size", "merge_neighbours",
@@ -264,12 +265,15 @@ class UpdateRun(ClusteringRun):
         direction; say a weight column and the same column of a later checkpoint), and for
         each pulled block the leftover it sits next to in the shards. A full run would
         group such copies with their originals; under frozen bases they would stay apart.
-        The raw groups' blocks are read once, on the workers."""
-        parent = self.parent
+        The raw groups' blocks are read once, on the workers; not at all when they hold
+        more than PULL_COLUMNS times the new columns (a mostly incompressible collection:
+        the search would cost several updates)."""
+        parent, widths = self.parent, self.collection.widths
         raw_groups = [h for h, rank in enumerate(parent.stored_ranks.tolist()) if rank == 0]
         empty = np.zeros(0, dtype=np.int64)
-        if not leftovers.size or not raw_groups:
-            return empty, empty
+        raw_columns = sum(int(widths[parent.groups[h]].sum()) for h in raw_groups)
+        if not leftovers.size or not raw_groups or raw_columns > PULL_COLUMNS * int(widths[parent.n_blocks:].sum()):
+            return empty, empty  # nothing to search, or a search that would cost more than the update
         group_of = {b: h for h in raw_groups for b in parent.groups[h]}
         reference = self._submit("pull", "copies", update_tasks.unit_directions, self._handle,
                                  self._batch_picks(leftovers))
