@@ -239,6 +239,12 @@ def leading_directions(factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return block_factors(factors, offsets, 1)[0]
 
 
+def unit_columns(directions: np.ndarray) -> np.ndarray:
+    """``directions`` with every column scaled to unit norm (float64; a zero column stays zero)."""
+    norms = np.sqrt(np.einsum("ij,ij->j", directions, directions))
+    return np.divide(directions, norms, out=np.zeros_like(directions, dtype=np.float64), where=norms > 0)
+
+
 def anchor_fractions(anchors: np.ndarray, anchor_offsets: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """Share of each direction's energy inside each anchor subspace, in [0, 1].
 
@@ -246,9 +252,7 @@ def anchor_fractions(anchors: np.ndarray, anchor_offsets: np.ndarray, directions
     column scores 0 everywhere), so the shares compare across blocks: a block whose best
     share is small lies in a subspace that no anchor represents. One float32 product for
     every anchor and column (plenty for routing). Returns (n_anchors, K) float32."""
-    norms = np.sqrt(np.einsum("ij,ij->j", directions, directions))
-    unit = np.divide(directions, norms, out=np.zeros_like(directions, dtype=np.float64), where=norms > 0)
-    projected = anchors.T.astype(np.float32) @ unit.astype(np.float32)
+    projected = anchors.T.astype(np.float32) @ unit_columns(directions).astype(np.float32)
     np.square(projected, out=projected)
     return np.add.reduceat(projected, anchor_offsets[:-1], axis=0)
 

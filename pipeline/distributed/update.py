@@ -248,7 +248,7 @@ class UpdateRun(ClusteringRun):
             for band in np.split(ordered, np.flatnonzero(np.diff(ordered_shifts)) + 1):
                 shards += [np.sort(band[i : i + self.shard_size]) for i in range(0, len(band), self.shard_size)]
             futures = [self._submit("local", s, update_tasks.leftover_shard, self._handle, self._token,
-                                    dict(self.params), s, self._batch_picks(ids))
+                                    dict(self.params), s, ids)
                        for s, ids in enumerate(shards)]
             results = self._gather("local", futures)
             groups = [g for r in results for g in r["groups"]]
@@ -275,11 +275,10 @@ class UpdateRun(ClusteringRun):
         if not leftovers.size or not raw_groups or raw_columns > PULL_COLUMNS * int(widths[parent.n_blocks:].sum()):
             return empty, empty  # nothing to search, or a search that would cost more than the update
         group_of = {b: h for h in raw_groups for b in parent.groups[h]}
-        reference = self._submit("pull", "copies", update_tasks.unit_directions, self._handle,
-                                 self._batch_picks(leftovers))
+        reference = self._submit("pull", "copies", update_tasks.unit_directions, self._handle, leftovers)
         floor = 1.0 - self.params["eps"] ** 2
-        futures = [self._submit("pull", b, update_tasks.near_copies, self._handle, [pick], reference, floor)
-                   for b, pick in enumerate(self._batch_picks(np.array(sorted(group_of), dtype=np.int64)))]
+        futures = [self._submit("pull", b, update_tasks.near_copies, self._handle, ids, reference, floor)
+                   for b, ids in enumerate(self._by_batch(np.array(sorted(group_of), dtype=np.int64)))]
         copy_of: dict[int, int] = {}  # per pulled raw group, the copy its first near block has
         for near, copies in self._gather("local", futures):
             for block, copy in zip(near.tolist(), copies.tolist()):
@@ -287,10 +286,9 @@ class UpdateRun(ClusteringRun):
         pulled = [(b, copy_of[h]) for h in sorted(copy_of) for b in parent.groups[h]]
         return np.array([p[0] for p in pulled], dtype=np.int64), np.array([p[1] for p in pulled], dtype=np.int64)
 
-    def _batch_picks(self, ids: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        """Sorted block ids as (batch first, batch stop, positions in the batch)."""
-        return [(int(self._batch_bounds[b]), int(self._batch_bounds[b + 1]), positions)
-                for b, positions in self._picks_of(ids)]
+    def _by_batch(self, ids: np.ndarray) -> list[np.ndarray]:
+        """Sorted block ids cut where batches end: a task's worth of data each."""
+        return [self._batch_bounds[b] + positions for b, positions in self._picks_of(ids)]
 
     def _bucket_keys(self, groups: list[list[int]], index: int) -> np.ndarray:
         """Merge keys: even rounds the best parent group of a group's first block, odd

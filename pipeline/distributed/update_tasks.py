@@ -11,9 +11,9 @@ from .._threads import single_threaded_blas
 from ..certify import group_coefficients
 from ..greedy import greedy_groups
 from ..incremental import top_candidates
-from ..layout import BlockLayout, offsets_of, take_columns
+from ..layout import BlockLayout, offsets_of
 from ..magnitude import block_shifts, scale_blocks
-from ..sharding import anchor_fractions, group_sketches, leading_directions
+from ..sharding import anchor_fractions, group_sketches, leading_directions, unit_columns
 from .checkpoints import groups_to_arrays
 from .tasks import Handle, _stage_groups, base_basis, base_bases, check_batch, collection_of, read_batch, run_of
 
@@ -71,11 +71,10 @@ def offer_batch(handle: Handle, artifact: tuple, first: int, stop: int, group_sh
             "share": best_share.astype(np.float64)}
 
 
-def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int,
-                   picks: list[tuple[int, int, np.ndarray]]) -> dict:
-    """The sequential greedy on new blocks that no existing group took, on their exact
-    data at their shift (one magnitude band per shard). ``picks`` lists (first, stop,
-    positions) per batch, the blocks in id order. Their sketches are checkpointed as
+def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int, ids: np.ndarray) -> dict:
+    """The sequential greedy on blocks ``ids`` (sorted; new blocks no existing group took,
+    and the parent's raw blocks pulled beside them), on their exact data at their shift
+    (one magnitude band per shard). Their sketches are checkpointed as
     ``sketches-local-<shard>``, as the local stage of a full run does; returns what
     :func:`tasks.local_shard` returns."""
     stage = f"sketches-local-{shard:05d}"
@@ -83,9 +82,8 @@ def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int,
     if run.is_complete(stage):  # a retried task: the same groups, already checkpointed
         groups, sketches = _stage_groups(handle, stage)
     else:
-        coll = collection_of(handle)
-        data, offsets, ids = _picked_blocks(handle, picks)
-        layout = BlockLayout(data, offsets, np.asarray(coll.norms2[ids], dtype=np.float64))
+        data, offsets = _scaled_blocks(handle, ids)
+        layout = BlockLayout(data, offsets, np.asarray(collection_of(handle).norms2[ids], dtype=np.float64))
         with single_threaded_blas():
             clusters, _, states = greedy_groups(layout, **params)
             sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
@@ -95,37 +93,28 @@ def leftover_shard(handle: Handle, token: str | None, params: dict, shard: int,
             "bounds": [s.error_bound() for s in sketches]}
 
 
-def _picked_blocks(handle: Handle, picks: list[tuple[int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The blocks ``picks`` names ((batch first, stop, positions)), each at its magnitude
-    shift, side by side in float64, their offsets and their ids."""
-    columns, widths, ids = [], [], []
-    for first, stop, positions in picks:
-        data, offsets = read_batch(handle, first, stop)
-        picked = take_columns(data, offsets, positions)
-        picked_offsets = offsets_of(offsets[positions + 1] - offsets[positions])
-        columns.append(scale_blocks(picked, picked_offsets, block_shifts(picked, picked_offsets)))
-        widths.append(np.diff(picked_offsets))
-        ids.append(first + positions)
-    return np.hstack(columns), offsets_of(np.concatenate(widths)), np.concatenate(ids)
+def _scaled_blocks(handle: Handle, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks ``ids`` side by side, each at its magnitude shift (float64), and their
+    offsets; only the chunks holding them are read (``Collection.blocks``)."""
+    data, offsets = collection_of(handle).blocks(np.asarray(ids).tolist())
+    return scale_blocks(data, offsets, block_shifts(data, offsets)), offsets
 
 
-def unit_directions(handle: Handle, picks: list[tuple[int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each named block's strongest direction, of unit norm (m x K; a zero block gives a
-    zero column), and the blocks' ids."""
-    data, offsets, ids = _picked_blocks(handle, picks)
+def unit_directions(handle: Handle, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of blocks ``ids``' strongest direction, of unit norm (m x K; a zero block gives
+    a zero column), and the ids."""
+    data, offsets = _scaled_blocks(handle, ids)
     with single_threaded_blas():
-        directions = leading_directions(data, offsets)
-    norms = np.sqrt(np.einsum("ij,ij->j", directions, directions))
-    return np.divide(directions, norms, out=np.zeros_like(directions), where=norms > 0), ids
+        return unit_columns(leading_directions(data, offsets)), np.asarray(ids)
 
 
-def near_copies(handle: Handle, picks: list[tuple[int, int, np.ndarray]], reference: tuple[np.ndarray, np.ndarray],
+def near_copies(handle: Handle, ids: np.ndarray, reference: tuple[np.ndarray, np.ndarray],
                 floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which of the named blocks have a near-copy among ``reference`` (unit directions and
+    """Which of blocks ``ids`` have a near copy among ``reference`` (unit directions and
     ids, from :func:`unit_directions`): a reference direction holding at least ``floor`` of
     the block's strongest direction. Returns those blocks' ids and, for each, the id of the
     reference block holding most of it (ties: the first)."""
-    units, ids = unit_directions(handle, picks)
+    units, ids = unit_directions(handle, ids)
     directions, reference_ids = reference
     with single_threaded_blas():
         shares = np.square(directions.T @ units)  # (references, blocks)
