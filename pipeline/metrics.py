@@ -21,6 +21,7 @@ from .layout import as_layout
 from .spectra import adaptive_rank, relative_error, squared_singular_values
 
 __all__ = [
+    "group_params",
     "group_spectra",
     "group_errors",
     "compression_ratio",
@@ -56,16 +57,22 @@ def _group_columns(widths: np.ndarray, clusters) -> np.ndarray:
     return np.array([int(widths[list(group)].sum()) for group in clusters], dtype=np.int64)
 
 
+def group_params(blocks, clusters, rank: int) -> np.ndarray:
+    """Numbers each group costs at fixed rank r (the paper's): m N_C for a single block,
+    else min(r (m + N_C), m N_C). ``blocks`` as for :func:`compression_ratio`."""
+    (m, widths), rank = _shape(blocks), check_rank(rank)
+    columns = _group_columns(widths, clusters)
+    sizes = np.array([len(group) for group in clusters])
+    return np.where(sizes == 1, m * columns, np.minimum(rank * (m + columns), m * columns))
+
+
 def compression_ratio(blocks, clusters, rank: int) -> float:
     """The paper's effective compression ratio at fixed rank r.
 
     ``blocks`` may be the collection or any object with ``rows`` and ``widths``.
     """
-    (m, widths), rank = _shape(blocks), check_rank(rank)
-    columns = _group_columns(widths, clusters)
-    sizes = np.array([len(group) for group in clusters])
-    params = np.where(sizes == 1, m * columns, np.minimum(rank * (m + columns), m * columns))
-    return float(m * widths.sum() / params.sum())
+    m, widths = _shape(blocks)
+    return float(m * widths.sum() / group_params(blocks, clusters, rank).sum())
 
 
 def adaptive_ranks(blocks, clusters, eps: float, spectra: list[np.ndarray] | None = None) -> np.ndarray:

@@ -508,12 +508,7 @@ class ClusteringRun(CertifyAndCompress):
 
     def stage_timings(self) -> dict[str, float]:
         """Compute seconds of every completed stage (merge rounds summed under "merge")."""
-        timings: dict[str, float] = {}
-        for stage in self.run.stages():
-            name = "merge" if stage.startswith("merge-") else stage
-            if name in STAGES:
-                timings[name] = timings.get(name, 0.0) + float(self.run.stage_meta(stage).get("seconds", 0.0))
-        return {k: timings[k] for k in STAGES if k in timings}
+        return stage_timings(self.run)
 
     def result(self) -> DistributedResult:
         """Run whatever is missing and assemble the result."""
@@ -526,6 +521,17 @@ class ClusteringRun(CertifyAndCompress):
             timings=self.stage_timings(), bytes_compressed=compressed["meta"]["bytes_compressed"],
             artifact_label=compressed["meta"]["artifact"], run_id=self.run_id, params=dict(self.params),
         )
+
+
+def stage_timings(run, stages: tuple[str, ...] = STAGES) -> dict[str, float]:
+    """Compute seconds of every completed stage of a run folder among ``stages``, in that
+    order (merge rounds summed under "merge")."""
+    timings: dict[str, float] = {}
+    for stage in run.stages():
+        name = "merge" if stage.startswith("merge-") else stage
+        if name in stages:
+            timings[name] = timings.get(name, 0.0) + float(run.stage_meta(stage).get("seconds", 0.0))
+    return {k: timings[k] for k in stages if k in timings}
 
 
 def _apply_merges(groups, sketches: GroupSketches, buckets, results) -> tuple[list[list[int]], GroupSketches, int]:

@@ -55,12 +55,12 @@ import numpy as np
 
 from ..incremental import absorb
 from ..magnitude import band_pure, group_norms2, group_shifts
-from ..metrics import compression_ratio
+from ..metrics import compression_ratio, group_params
 from . import tasks, update_tasks
 from .checkpoints import GroupSketches
-from .plan import pack_groups, unpack_groups
+from .plan import labels_of, pack_groups, unpack_groups
 from .result import DistributedResult
-from .run import ClusteringRun, Progress
+from .run import STAGES, ClusteringRun, Progress, stage_timings
 
 __all__ = ["UpdateRun", "ParentRun", "needs_full_run", "update_run_id", "DRIFT_FLOOR", "MAX_DEPTH", "UPDATE_CANDIDATES"]
 
@@ -125,8 +125,7 @@ class ParentRun:
                              f"{run_id!r}: only a collection grown by appends can be updated")
         if lineage is None:  # a full run is the root of its lineage
             shape = types.SimpleNamespace(rows=collection.rows, widths=collection.widths[:n_blocks])
-            seconds = sum(float(run.stage_meta(s).get("seconds", 0.0)) for s in run.stages()
-                          if s in ("scan", "partition", "local", "certify", "compress") or s.startswith("merge-"))
+            seconds = sum(stage_timings(run).values())
             lineage = {"root_run": run_id, "depth": 0, "root_ratio": compression_ratio(shape, groups, record["params"]["rank"]),
                        "root_seconds": seconds}
         return cls(run_id=run_id, params=dict(record["params"]), artifact=str(meta["artifact"]), n_blocks=n_blocks,
@@ -411,10 +410,7 @@ class UpdateRun(ClusteringRun):
         }
 
     def stage_timings(self) -> dict[str, float]:
-        timings = super().stage_timings()
-        if self.run.is_complete("absorb"):
-            timings = {"absorb": float(self.run.stage_meta("absorb").get("seconds", 0.0)), **timings}
-        return timings
+        return stage_timings(self.run, ("absorb",) + STAGES)
 
     def result(self) -> DistributedResult:
         """Run whatever is missing and assemble the result (``lineage`` says what changed)."""
@@ -450,12 +446,9 @@ class UpdateRun(ClusteringRun):
         if not missed.size:
             return float(result.compression_ratio)
         groups, widths = result.groups, coll.widths
-        labels = np.empty(coll.n_blocks, dtype=np.int64)
-        for g, members in enumerate(groups):
-            labels[members] = g
-        columns = np.array([int(widths[g].sum()) for g in groups])
-        sizes = np.array([len(g) for g in groups])
-        params = np.where(sizes == 1, m * columns, np.minimum(rank * (m + columns), m * columns)).astype(np.float64)
+        labels = labels_of(groups, coll.n_blocks)
+        columns = np.bincount(labels, weights=widths, minlength=len(groups))
+        params = group_params(coll, groups, rank).astype(np.float64)
         blocks = missed + n_parent
         spent = params[labels[blocks]] * widths[blocks] / columns[labels[blocks]]
         saved = float(np.sum(np.maximum(spent - rank * widths[blocks], 0.0)))
