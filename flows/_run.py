@@ -25,7 +25,6 @@ __all__ = [
     "RUN_KEYS",
     "update_parent",
     "UpdatePlan",
-    "reopened_run",
     "open_collection",
     "default_run_id",
     "stored_run_params",
@@ -110,34 +109,27 @@ def update_parent(collection: Any, run_kwargs: dict[str, Any]) -> UpdatePlan:
     return UpdatePlan(None, None, "no finished run with these parameters to update")
 
 
-def reopened_run(collection: Any, run_kwargs: dict[str, Any], run_id: str, client: Any, progress: Any) -> Any:
-    """An existing run reopened by its id, full (a ClusteringRun with ``run_kwargs``) or
-    incremental (an UpdateRun of the parent its record names), to finish it or read its
-    result."""
+def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str | None, client: Any, progress: Any,
+                   parent_run_id: str | None = None) -> Any:
+    """The pipeline's run (opening or creating its folder): an UpdateRun of
+    ``parent_run_id`` when given (the default run id then derives from the parent), or of
+    the parent an existing run's record names (an update reopened by its id alone), else
+    a ClusteringRun with ``run_kwargs``. ``progress`` is the ``(stage, done, total)``
+    callback."""
     import storage
 
-    parent = storage.read_run_record(collection, run_id).get("params", {}).get("parent_run")
-    if parent:
-        from pipeline.distributed.update import UpdateRun
-
-        return UpdateRun(collection, parent_run_id=parent, client=client, run_id=run_id, progress=progress)
-    from pipeline.distributed import ClusteringRun
-
-    return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress)
-
-
-def clustering_run(collection: Any, run_kwargs: dict[str, Any], run_id: str | None, client: Any, progress: StageProgress,
-                   parent_run_id: str | None = None) -> Any:
-    """Construct the pipeline's ClusteringRun (opens or creates the run folder), or its
-    UpdateRun of ``parent_run_id`` (the default run id then derives from the parent)."""
-    from pipeline.distributed import ClusteringRun
-
+    if parent_run_id is None and run_id is not None:
+        try:
+            parent_run_id = storage.read_run_record(collection, run_id).get("params", {}).get("parent_run")
+        except storage.RunNotFoundError:  # a new run
+            pass
     if parent_run_id is not None:
         from pipeline.distributed.update import UpdateRun
 
-        return UpdateRun(collection, parent_run_id=parent_run_id, client=client, run_id=run_id,
-                         progress=progress.within)
-    return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress.within)
+        return UpdateRun(collection, parent_run_id=parent_run_id, client=client, run_id=run_id, progress=progress)
+    from pipeline.distributed import ClusteringRun
+
+    return ClusteringRun(collection, **run_kwargs, client=client, run_id=run_id, progress=progress)
 
 
 def _stage(run: Any, stage: str, method: Callable[[], Any]) -> tuple[Any, float]:

@@ -30,8 +30,8 @@ from typing import Any
 from prefect import flow
 
 from ._common import FLOW_OPTIONS, StageProgress, artifact_key
-from ._run import (clustering_run, collect_result, default_run_id, open_collection, reopened_run, run_stages,
-                   stored_run_params, update_parent)
+from ._run import (clustering_run, collect_result, default_run_id, open_collection, run_stages, stored_run_params,
+                   update_parent)
 from .dask_cluster import dask_client
 from .params import ClusterParameters, RunParameters, validate_params
 from .report import report_task
@@ -58,16 +58,13 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str | None,
         description=f"cmsvd {'update of run ' + parent_run_id if parent_run_id else 'run'} on {collection.name}",
     )
     with dask_client() as client:
-        if run_id is not None and parent_run_id is None and _is_update(collection, run_id):  # reused as it is
-            run = reopened_run(collection, run_kwargs, run_id, client, progress.within)
-        else:
-            run = clustering_run(collection, run_kwargs, run_id, client, progress, parent_run_id)
+        run = clustering_run(collection, run_kwargs, run_id, client, progress.within, parent_run_id)
         run_stages(run, progress)
         result = collect_result(run)
         reason = needs_full_run(result) if parent_run_id else None
         if reason is not None:
             print(f"full run instead of the update {result.run_id}: {reason}")
-            run = clustering_run(collection, run_kwargs, default_run_id(collection, run_kwargs), client, progress)
+            run = clustering_run(collection, run_kwargs, default_run_id(collection, run_kwargs), client, progress.within)
             run_stages(run, progress)
             result = collect_result(run)
             result.lineage = {"full_reason": reason, "parent_run": parent_run_id}
@@ -75,15 +72,6 @@ def _execute(collection: Any, run_kwargs: dict[str, Any], run_id: str | None,
     progress.finish()
     print(json.dumps(summary))
     return summary
-
-
-def _is_update(collection: Any, run_id: str) -> bool:
-    import storage
-
-    try:
-        return bool(storage.read_run_record(collection, run_id).get("params", {}).get("parent_run"))
-    except storage.RunNotFoundError:
-        return False
 
 
 @flow(

@@ -92,7 +92,7 @@ def report(params: RunParameters) -> dict[str, Any]:
     Refuses a run whose compress stage is not complete (finish it with the
     cmsvd-compress flow, or by re-running cmsvd-cluster with its run id).
     """
-    from ._run import collect_result, open_collection, reopened_run, stored_run_params
+    from ._run import clustering_run, collect_result, open_collection, stored_run_params
 
     # validated here, not by Prefect, so a run created with validation off fails at once
     # with every bad field on one line (see flows.cluster)
@@ -103,7 +103,7 @@ def report(params: RunParameters) -> dict[str, Any]:
     key_prefix = artifact_key("cmsvd", collection.name)
     progress = StageProgress(f"{key_prefix}-progress", ["report"], description=f"cmsvd report of run {params.run_id}")
     # a finished run reads back from its checkpoints: no Dask cluster needed
-    run = reopened_run(collection, run_kwargs, params.run_id, None, progress.within)
+    run = clustering_run(collection, run_kwargs, params.run_id, None, progress.within)
     if not run.run.is_complete("compress"):
         raise ValueError(
             f"run {params.run_id!r} of {collection.name!r} has no complete compress stage: "

@@ -246,6 +246,6 @@ def _write_html(coll, run_id: str, report: dict, sweep: list[dict] | None = None
 
 def _distributed_result(coll, run_id: str, client, bars: StageBars):
     """Finish (or load) a distributed run and return its DistributedResult."""
-    from flows._run import reopened_run, stored_run_params
+    from flows._run import clustering_run, stored_run_params
 
-    return reopened_run(coll, stored_run_params(coll, run_id), run_id, client, bars).result()
+    return clustering_run(coll, stored_run_params(coll, run_id), run_id, client, bars).result()

@@ -78,8 +78,7 @@ def cluster_cmd(
             report, urls = _write_run_report(coll, result)
     else:
         cparams = _cluster_params(store, collection, rank, eps, method, order, oversampling, patience, shard_size, run_id)
-        from flows._run import default_run_id
-        from pipeline.distributed import ClusteringRun
+        from flows._run import clustering_run, default_run_id
 
         run_kwargs = cparams.pipeline_kwargs()
         current = None
@@ -92,14 +91,10 @@ def cluster_cmd(
             if parent:
                 result = _updated(coll, run_kwargs, parent, run_id, client, bars)
                 run_id = result.run_id
-            elif current:
-                from flows._run import reopened_run
-
-                result = reopened_run(coll, run_kwargs, current, client, bars).result()
-            elif compress:
-                result = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars).result()
+            elif compress:  # a full run, or the finished run of the collection as it is (``current``) reused
+                result = clustering_run(coll, run_kwargs, run_id, client, bars).result()
             else:
-                certified = ClusteringRun(coll, **run_kwargs, client=client, run_id=run_id, progress=bars).certify()
+                certified = clustering_run(coll, run_kwargs, run_id, client, bars).certify()
                 errors = certified["errors"]
                 summary = {"run_id": run_id, "collection": coll.name, "groups": int(len(certified["group_offsets"]) - 1),
                            "max_certified_error": float(errors.max(initial=0.0)), "compressed": False}

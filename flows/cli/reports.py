@@ -114,11 +114,11 @@ def report_cmd(
                 raise CLIError(f"run {run_id!r} is not compressed yet: cmsvd compress {collection} --run-id {run_id}", EXIT_MISSING)
             report, _ = _write_run_report(coll, _sequential_result(coll, run))
         else:
-            from flows._run import reopened_run, stored_run_params
+            from flows._run import clustering_run, stored_run_params
 
             with bars, _DaskClient(scheduler) as client:
                 if report is None:
-                    run = reopened_run(coll, stored_run_params(coll, run_id), run_id, client, bars)
+                    run = clustering_run(coll, stored_run_params(coll, run_id), run_id, client, bars)
                     if not run.run.is_complete("compress"):
                         raise CLIError(f"run {run_id!r} is not compressed yet: cmsvd compress {collection} --run-id {run_id}", EXIT_MISSING)
                     report, _ = _write_run_report(coll, run.result())
