@@ -46,7 +46,6 @@ class DirectLayout:
     basis_row_chunks: int
 
 
-
 class DirectWriting:
     """``start_direct`` / ``write_coefficient_chunk`` / ``write_basis_chunk`` /
     ``finish_direct`` of an artifact writer (it provides the locations, the record and
@@ -77,11 +76,9 @@ class DirectWriting:
                              f"{int(base_ranks[changed[0]])}, not {int(ranks[changed[0]])}")
         packed, version = self._new_packed()
         grp = zarr.open_group(store=packed.zarr_store(), mode="w")
-        self._pack_small(grp, kinds, ranks, ranks, np.zeros(self.n_groups))
-        _, _, coef_offsets = self._block_layout(kinds, ranks)
+        coef_offsets, basis_offsets = self._pack_small(grp, kinds, ranks, ranks, np.zeros(self.n_groups))
         cr, cc = default_chunks(self.rows, self.dtype)
-        bases_width = int(ranks[~kept & (kinds == _KIND_SVD)].sum())
-        for key, shape, chunks in (("bases", (self.rows, bases_width), (cr, cc)),
+        for key, shape, chunks in (("bases", (self.rows, int(basis_offsets[-1])), (cr, cc)),
                                    ("coefficients", (int(coef_offsets[-1]),), (max(1, int(coefficient_chunk)),))):
             grp.create_array(key, shape=shape, chunks=chunks, dtype=self.dtype, compressors=default_codecs(),
                              fill_value=0, config=ARRAY_CONFIG)

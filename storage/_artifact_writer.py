@@ -505,7 +505,8 @@ class ArtifactWriter(DirectWriting):
         flat = self._part(parts, entry, "coef")[entry["coef_at"] : entry["coef_at"] + rows * entry["columns"]]
         return flat.reshape(rows, entry["columns"])
 
-    def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> None:
+    def _pack_small(self, grp: zarr.Group, kinds, widths_r, ranks, errors) -> tuple[np.ndarray, np.ndarray]:
+        """Write the index arrays; returns the coefficient and basis offsets written."""
         block_group, block_ranks, coef_offsets = self._block_layout(kinds, widths_r)
         members = np.concatenate([np.asarray(m, dtype=np.int64) for m in self.groups])
         member_offsets = np.zeros(self.n_groups + 1, dtype=np.int64)
@@ -532,6 +533,7 @@ class ArtifactWriter(DirectWriting):
                 compressors=default_codecs(), fill_value=0, config=ARRAY_CONFIG,
             )
             arr[...] = value
+        return coef_offsets, basis_offsets
 
     def _pack_bases(self, grp: zarr.Group, parts: Location, kinds, widths_r, info: list[dict]) -> None:
         cr, cc = default_chunks(self.rows, self.dtype)
