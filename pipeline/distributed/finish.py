@@ -9,7 +9,6 @@ They are a mixin of the driver: they use its Dask helpers (``_submit``, ``_gathe
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 
@@ -26,6 +25,16 @@ CERTIFY_GROUPS = 64  # groups per certify task, at most
 CERTIFY_RANGES = 32  # certify tasks, at least, groups permitting (room for many workers)
 MIN_COEFFICIENT_CHUNK = 2**16  # elements per chunk of the artifact's coefficients, at least
 MAX_COEFFICIENT_CHUNK = 2**22  # and at most (a compress task writes one chunk)
+
+
+def residual_array(residual2: dict[int, float], n_groups: int) -> np.ndarray:
+    """The compress tasks' squared residuals per group (0 for a group they did not write)."""
+    return np.array([residual2.get(g, 0.0) for g in range(n_groups)], dtype=np.float64)
+
+
+def relative_errors(residual2: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """sqrt(residual / total) per group, 0 for a group of total 0."""
+    return np.sqrt(np.divide(residual2, totals, out=np.zeros_like(residual2), where=totals > 0))
 
 
 class CertifyAndCompress:
@@ -189,9 +198,7 @@ class CertifyAndCompress:
                                              overwrite=True, storage_options=coll.storage_options)
             residual2, files = self._write_artifact(writer, groups, ranks, label)
             totals = group_norms2(coll.norms2, self._shifts(), groups)  # at each group's shift, as residual2
-            stored_errors = np.array([
-                math.sqrt(residual2.get(g, 0.0) / totals[g]) if totals[g] > 0 else 0.0 for g in range(len(groups))
-            ])
+            stored_errors = relative_errors(residual_array(residual2, len(groups)), totals)
             self._lease.check()  # publish only while this process is still the run's writer
             artifact = writer.finish_direct(stored_errors.tolist(), files)
             arrays = {"stored_errors": stored_errors, "stored_ranks": ranks}

@@ -58,6 +58,7 @@ from ..magnitude import band_pure, group_norms2, group_shifts
 from ..metrics import compression_ratio, group_params
 from . import tasks, update_tasks
 from .checkpoints import GroupSketches
+from .finish import relative_errors, residual_array
 from .plan import labels_of, pack_groups, unpack_groups
 from .result import DistributedResult
 from .run import STAGES, ClusteringRun, Progress, stage_timings
@@ -373,10 +374,10 @@ class UpdateRun(ClusteringRun):
         kept = layout.parent_of >= 0
         h = layout.parent_of[kept]
         totals = group_norms2(self.collection.norms2, np.asarray(self.absorb()["shifts"]), groups)
-        residual = np.array([residual2.get(g, 0.0) for g in range(len(groups))])
+        residual = residual_array(residual2, len(groups))
         parent_totals = group_norms2(self.collection.norms2, parent.shifts, parent.groups)
         residual[kept] += parent.stored_errors[h] ** 2 * parent_totals[h]
-        errors = np.sqrt(np.divide(residual, totals, out=np.zeros_like(residual), where=totals > 0))
+        errors = relative_errors(residual, totals)
         took = self._took(layout)
         errors[kept] = np.where(took[kept], errors[kept], parent.stored_errors[h])
         above = np.flatnonzero(took & (errors > self.params["eps"]))
