@@ -225,6 +225,8 @@ STEPS = {
     "qr": ["bounds:_full_range_qr"],  # the QR route of extensions and seeds (inside extension and seed)
     "eigen": ["bounds:_eigh|numpy.linalg._linalg:eigh"],
     "bound": ["bounds:ResidualBound._proposal_error", "bounds:GramSketch._proposal_error", "greedy:_grow_weyl"],
+    "cheap": ["bounds:LazySketch.gains", "bounds:LazySketch.cheap_run", "bounds:LazySketch.accept"],
+    "fold": ["bounds:LazySketch.try_fold", "bounds:LazySketch.settled"],  # includes their extension and eigen-solve
     "commit": ["bounds:ResidualBound._commit", "bounds:GramSketch._commit"],
     "screen": ["bounds:surely_exceeds"],
     "singletons": ["greedy:_singleton_energies"],

@@ -43,7 +43,7 @@ from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd a
 from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
 from .spectra import error_from_energy, stacked_top_energy, top_energy
 
-__all__ = ["DEFAULT_TOL", "GramSketch", "ResidualBound", "WeylBound", "make_bound", "surely_exceeds"]
+__all__ = ["DEFAULT_TOL", "GramSketch", "LazySketch", "ResidualBound", "WeylBound", "make_bound", "surely_exceeds"]
 
 # Residual directions weaker than this (relative to the block's norm) are below the
 # accuracy of a twice-orthogonalised residual and are dropped whatever tol says.
@@ -531,6 +531,132 @@ class GramSketch(_Bound):
         )
 
 
+# A block's energy inside a fixed basis (see LazySketch) is credited less this fraction of its
+# whole energy: the roundoff of the product and of the basis's orthonormality, ~1e-14,
+# is far below it, and it is far below any useful eps^2.
+_GAIN_MARGIN = 1e-12
+
+
+class LazySketch(_Bound):
+    """The greedy's Gram sketch ("approximate"), re-solved only when a cheap bound fails.
+
+    A :class:`GramSketch` (Q, lam, slack) of the blocks *folded* so far, and the blocks
+    accepted since (*pending*), credited through the sketch's top-r basis U = Q[:, :r]
+    alone. For any orthonormal U of r columns, E_r(M) >= ||U^T M||_F^2 (Ky Fan), and
+    ||U^T M||_F^2 = ||U^T M_folded||_F^2 + sum over pending ||U^T A||_F^2, with
+    ||U^T M_folded||_F >= sqrt(sum of the top r lam) - slack (as in
+    :meth:`GramSketch.lower_energy`). So
+
+        lower_energy() = (sqrt(top r lam) - slack)^2 + sum over pending ||U^T A||_F^2
+
+    is certified, and accepting a block whose energy inside U keeps it above
+    (1 - eps^2) ||M||_F^2 needs one small product, no extension and no eigen-solve.
+
+    When that cheap test fails, the pending blocks and the candidate are folded into the
+    sketch at once (:meth:`try_fold`: one rank-revealing extension and one eigen-solve of
+    the truncated sketch, the slack carried as in :class:`GramSketch`). Folding several
+    blocks at once keeps the top of G + sum A A^T, which is at least what truncating after
+    every block keeps (truncation only removes PSD parts), so the fold certifies whatever
+    the block-by-block sketch would, and the cheap test certifies more blocks on top.
+
+    Parameters
+    ----------
+    sketch : GramSketch
+        The seed's sketch; it is owned (and updated) by this object.
+    """
+
+    def __init__(self, sketch: GramSketch):
+        self.sketch, self.rank, self.total = sketch, sketch.rank, sketch.total
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        sketch = self.sketch
+        self.pending: list[np.ndarray] = []
+        self.pending_columns = 0
+        self.pending_norm2 = 0.0  # sum of the pending blocks' energies, credited or not
+        self.head = sketch.basis[:, : self.rank]
+        self.floor, self.gain = sketch.lower_energy(), 0.0
+
+    def lower_energy(self) -> float:
+        return self.floor + self.gain
+
+    def gains(self, columns: np.ndarray, offsets: np.ndarray, norms2: np.ndarray) -> np.ndarray:
+        """The certified energy ||U^T A||_F^2 (less the margin) of each block of ``columns``
+        (blocks side by side, boundaries ``offsets``, energies ``norms2``), one product."""
+        if not self.head.shape[1]:
+            return np.zeros(len(norms2))
+        inside = self.head.T @ columns
+        gained = np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1]) if columns.shape[1] else inside[:0, 0]
+        return np.maximum(gained - _GAIN_MARGIN * norms2, 0.0)
+
+    def cheap_run(self, gains: np.ndarray, norms2: np.ndarray, max_error: float) -> int:
+        """How many of the blocks (in order) the cheap test accepts, one after another: the
+        first index whose running error bound exceeds ``max_error``, or all of them.
+
+        The running sums are the ones :meth:`accept` forms, in the same order (same bits),
+        and the error is :func:`error_from_energy`'s arithmetic."""
+        energy = self.floor + np.cumsum(np.concatenate(([self.gain], gains)))[1:]
+        total = np.cumsum(np.concatenate(([self.total], norms2)))[1:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            error = np.where(total > 0.0, np.sqrt(np.maximum(0.0, 1.0 - energy / total)), 0.0)
+        fails = error > max_error
+        return int(np.argmax(fails)) if fails.any() else len(fails)
+
+    def accept(self, blocks: list[np.ndarray], gains: np.ndarray, norms2: np.ndarray) -> None:
+        """Add blocks that :meth:`cheap_run` accepted (their gains and energies), unsolved."""
+        self.pending += blocks
+        self.pending_columns += sum(block.shape[1] for block in blocks)
+        for g, n in zip(gains.tolist(), norms2.tolist()):  # sequential sums, as cheap_run's
+            self.gain += g
+            self.total += n
+            self.pending_norm2 += n
+
+    def _gain(self, block: np.ndarray, norm2: float) -> np.ndarray:
+        return self.gains(block, np.array([0, block.shape[1]]), np.array([norm2]))
+
+    def add(self, block: np.ndarray, norm2: float | None = None) -> None:
+        """Add ``block`` unconditionally (pending, credited through U)."""
+        block = _as_float64(block)
+        norm2 = self._norm2(block, norm2)
+        self.accept([block], self._gain(block, norm2), np.array([norm2]))
+
+    def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None) -> bool:
+        """The cheap test, then (if it fails) the fold; on False the state is unchanged."""
+        block = _as_float64(block)
+        norm2 = self._norm2(block, norm2)
+        gain = self._gain(block, norm2)
+        if self.cheap_run(gain, np.array([norm2]), max_error):
+            self.accept([block], gain, np.array([norm2]))
+            return True
+        return self.try_fold(block, max_error, norm2)
+
+    def try_fold(self, block: np.ndarray, max_error: float, norm2: float) -> bool:
+        """Fold the pending blocks and ``block`` into the sketch (one extension, one
+        eigen-solve) if its certified error then stays <= ``max_error``; on False the state
+        is unchanged."""
+        columns = np.concatenate(self.pending + [block], axis=1) if self.pending else block
+        added = self.pending_norm2 + float(norm2)
+        sketch = self.sketch
+        proposal = sketch._propose(columns, added)
+        total = self.total + float(norm2)
+        if error_from_energy(sketch._sketch_energy(proposal[2], proposal[3]), total) > max_error:
+            return False
+        sketch._commit(proposal)
+        self.total = sketch.total = total  # the running sum, so the error reported is the one tested
+        self._reset_pending()
+        return True
+
+    def settled(self) -> GramSketch:
+        """The sketch with every pending block folded in (unconditionally): a
+        :class:`GramSketch` of the whole group, for merges and checkpoints."""
+        if self.pending:
+            columns = np.concatenate(self.pending, axis=1)
+            self.sketch._commit(self.sketch._propose(columns, self.pending_norm2))
+            self.sketch.total = self.total
+            self._reset_pending()
+        return self.sketch
+
+
 # Screens (see surely_exceeds) reject only when the cheap energy, raised by this fraction of
 # its matrix's trace, still fails: far above the roundoff that separates the two solves.
 _SCREEN_MARGIN = 1e-8
@@ -551,9 +677,17 @@ def surely_exceeds(bound, block: np.ndarray, max_error: float, norm2: float) -> 
       B^T B]] (L the eigenvalues, Y = Q^T A, B = W^T A the extension's coordinates), and
       B^T B <= R^T R = A^T A - Y^T Y, so they are at most those of the Gram of
       [Q L^1/2, A]; the slack only grows;
-    * residual bound: the credited values s(B)^2 are at most the eigenvalues of R^T R.
+    * residual bound: the credited values s(B)^2 are at most the eigenvalues of R^T R;
+    * lazy sketch: asked about :meth:`LazySketch.try_fold`, which folds the pending blocks
+      P with ``block``; E_r is subadditive, so E_r(G + P P^T + A A^T) <= E_r(G + A A^T) +
+      ||P||_F^2, the sketch's ceiling plus the pending energy.
     """
-    if isinstance(bound, GramSketch):
+    if isinstance(bound, LazySketch):
+        energy, trace = _sketch_ceiling(bound.sketch, _as_float64(block))
+        slack = bound.sketch.slack
+        if energy is not None:
+            energy, trace = energy + bound.pending_norm2, trace + bound.pending_norm2
+    elif isinstance(bound, GramSketch):
         energy, trace = _sketch_ceiling(bound, _as_float64(block))
         slack = bound.slack
     elif isinstance(bound, ResidualBound):

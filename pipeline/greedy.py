@@ -27,8 +27,8 @@ import numpy as np
 from ._checks import METHODS, ORDERS, check_choice, check_rank
 from ._greedy_order import ResidualOrderer, prefix
 from ._threads import single_threaded_blas
-from .bounds import DEFAULT_TOL, WeylBound, _svd, make_bound, surely_exceeds
-from .layout import BlockLayout, as_layout, segment_sums
+from .bounds import DEFAULT_TOL, LazySketch, WeylBound, _svd, make_bound, surely_exceeds
+from .layout import BlockLayout, as_layout, offsets_of, segment_sums
 from .params import ClusteringParams
 from .spectra import stacked_top_energy
 
@@ -40,6 +40,14 @@ _STACK_ITEMS = 1 << 22
 _NARROW_WIDTH = 8
 # First window of the Weyl bound's running sums (see _grow_weyl).
 _FIRST_WINDOW = 64
+# Candidates given the lazy sketch's cheap test at once, at first (see _grow_lazy).
+_FIRST_CHUNK = 4
+# The lazy sketch's pending blocks are folded once they hold this many columns (see _grow_lazy).
+_PENDING_COLUMNS = 64
+# The lazy sketch is used where this many blocks of the median width fit in the pending columns.
+_LAZY_WIDTHS = 4
+# The cheap test is asked where at least 1 in this many asks passed (see _CheapTest).
+_CHEAP_RATE = 8
 # Rejection rates of the screen are kept for this many positions in a group (see _ScreenedAdd).
 _SCREEN_POSITIONS = 8
 
@@ -206,17 +214,20 @@ class _ScreenedAdd:
     def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
         at = min(position, _SCREEN_POSITIONS - 1)
         worth = 4 * self.rejected[at] >= self.proposed[at]
-        added = not (worth and surely_exceeds(bound, block, eps, norm2)) and bound.try_add(block, eps, norm2)
+        add = bound.try_fold if isinstance(bound, LazySketch) else bound.try_add  # a lazy sketch's cheap test failed
+        added = not (worth and surely_exceeds(bound, block, eps, norm2)) and add(block, eps, norm2)
         self.proposed[at] += 1
         self.rejected[at] += not added
         return added
 
 
-def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_add) -> list[int]:
+def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_add, cheap=None) -> list[int]:
     """Add candidates in order until one would push the bound above eps (``try_add``: a
-    :class:`_ScreenedAdd`)."""
+    :class:`_ScreenedAdd`; ``cheap``: the lazy sketch's :class:`_CheapTest`)."""
     if isinstance(bound, WeylBound):
         return _grow_weyl(bound, layout.norms2, candidates, eps)
+    if isinstance(bound, LazySketch):
+        return _grow_lazy(bound, layout, candidates, eps, try_add, cheap)
     accepted, size = [], _FIRST_WINDOW
     while True:  # in windows, so a lazy residual order is only materialised as far as needed
         window = prefix(candidates, size)
@@ -224,6 +235,75 @@ def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_ad
             if not try_add(bound, layout.block(block), eps, layout.norms2[block], len(accepted)):
                 return accepted
             accepted.append(block)
+        if len(window) < size:
+            return accepted
+        size *= 4
+
+
+class _CheapTest:
+    """When the lazy sketch's cheap test is worth asking at a position in a group.
+
+    It costs a product per candidate and saves a fold when it passes; where it seldom
+    passes (in norm order a group of narrow blocks usually folds its first candidate), the
+    candidate is folded at once. Pass rates are kept per position, as the screen's
+    (:class:`_ScreenedAdd`). It decides cost only: a candidate the test would accept and
+    is folded instead is accepted too (the fold certifies at least what the test does, up
+    to the slack)."""
+
+    def __init__(self):
+        self.tried, self.passed = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS
+
+    def worth(self, position: int) -> bool:
+        at = min(position, _SCREEN_POSITIONS - 1)
+        return _CHEAP_RATE * self.passed[at] >= self.tried[at]
+
+    def record(self, position: int, run: int, tested: int) -> None:
+        """``tested`` candidates from ``position`` were tested; the first ``run`` passed."""
+        for i in range(min(tested, run + 1, _SCREEN_POSITIONS)):
+            at = min(position + i, _SCREEN_POSITIONS - 1)
+            self.tried[at] += 1
+            self.passed[at] += i < run
+
+
+def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, try_add, cheap: _CheapTest) -> list[int]:
+    """:func:`_grow` for the lazy sketch: the cheap test of a run of candidates at once (one
+    product with the sketch's top-r basis), accepting its longest passing prefix; at the
+    first candidate it fails, the fold (screened, see :class:`_ScreenedAdd`). The pending
+    blocks are folded (settled) once they hold ``_PENDING_COLUMNS`` columns: a fold's cost
+    grows with the cube of its width."""
+    accepted, size, chunk = [], _FIRST_WINDOW, _FIRST_CHUNK
+    offsets, norms2 = layout.offsets, layout.norms2
+    while True:  # in windows, so a lazy residual order is only materialised as far as needed
+        window = prefix(candidates, size)
+        position = len(accepted)
+        while position < len(window):
+            if bound.pending_columns >= _PENDING_COLUMNS:
+                bound.settled()
+            run = 0
+            if cheap.worth(len(accepted)):
+                ids = window[position : position + chunk]
+                widths = offsets[ids + 1] - offsets[ids]
+                gains = bound.gains(layout.gather(ids), offsets_of(widths), norms2[ids])
+                run = bound.cheap_run(gains, norms2[ids], eps)
+                cheap.record(len(accepted), run, len(ids))
+                room = int(np.searchsorted(np.cumsum(widths[:run]), _PENDING_COLUMNS - bound.pending_columns, "right"))
+                take = min(run, room if bound.pending else max(room, 1))
+                if take:
+                    bound.accept([layout.block(b) for b in ids[:take].tolist()], gains[:take], norms2[ids[:take]])
+                    accepted += ids[:take].tolist()
+                    position += take
+                if take < run:  # the pending blocks are full: settle and test the rest again
+                    bound.settled()
+                    continue
+                if run == len(ids):  # all passed: try more at once next time
+                    chunk *= 2
+                    continue
+                chunk = max(_FIRST_CHUNK, 2 * run)
+            block = int(window[position])
+            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted)):
+                return accepted
+            accepted.append(block)
+            position += 1
         if len(window) < size:
             return accepted
         size *= 4
@@ -409,17 +489,19 @@ def _column_major(layout: BlockLayout, method: str, order: str) -> BlockLayout:
     return BlockLayout(np.asfortranarray(layout.data), layout.offsets, layout.norms2, None, layout.norms2_of_data)
 
 
-def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered: bool):
+def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered: bool,
+                lazy: bool = False):
     """The seed's columns (None when nothing needs them), their ``_svd`` (None unless
     ``ordered``: the residual order needs it too, and one decomposition serves both) and
-    the seed's bound state."""
+    the seed's bound state (a :class:`LazySketch` when ``lazy``)."""
     total = float(layout.norms2[seed_ids].sum())
     if energies is not None and widths[seed_ids].sum() <= rank:
         bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
         return (layout.gather(seed_ids) if ordered else None), None, bound
     seed = layout.gather(seed_ids)
     svd = _svd(seed) if ordered else None
-    return seed, svd, make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total, svd=svd)
+    bound = make_bound(method, seed, rank, oversampling=oversampling, tol=tol, total=total, svd=svd)
+    return seed, svd, (LazySketch(bound) if lazy else bound)
 
 
 def _without_group(remaining: np.ndarray, alive: np.ndarray, n_seed: int, n_accepted: int, tail: bool) -> np.ndarray:
@@ -434,36 +516,49 @@ def _without_group(remaining: np.ndarray, alive: np.ndarray, n_seed: int, n_acce
     return remaining[alive[remaining]]
 
 
+def _lazy_pays(widths: np.ndarray) -> bool:
+    """Whether the approximate bound grows lazily (:class:`pipeline.bounds.LazySketch`):
+    when several typical blocks fit in the pending columns. A fold's cost grows with the
+    cube of its width, so wide blocks are folded one by one as they come (the
+    block-by-block :class:`pipeline.bounds.GramSketch`), where the cheap test saves nothing."""
+    return bool(widths.size) and _LAZY_WIDTHS * float(np.median(widths)) <= _PENDING_COLUMNS
+
+
 def _greedy(layout: BlockLayout, rank, eps, method, order, patience, oversampling, tol, with_states=True, screen=True,
-            fast=True):
+            fast=True, lazy=None):
     """:func:`greedy_groups` with BLAS threads already bounded; ``states`` is None unless
     ``with_states`` (building thousands of singleton bound objects is wasted on callers
     that only want the groups). ``screen=False`` orders by residual in float64 throughout
     (the reference the screened order must reproduce); ``fast=False`` runs the seed bound
     in norm order through the general loop (the reference :func:`_greedy_weyl_norm` must
-    reproduce)."""
+    reproduce); ``lazy`` chooses the approximate bound's state (None: :func:`_lazy_pays`;
+    False: the block-by-block sketch)."""
     if fast and method == "max_norm" and order == "norm":
         return _greedy_weyl_norm(layout, rank, eps, patience, with_states)
     layout = _column_major(layout, method, order)
     remaining = _by_norm_descending(layout.norms2)  # sorted once
     alive = np.ones(layout.n_blocks, dtype=bool)
     orderer = ResidualOrderer(layout, rank, screen=screen) if order == "residual" else None
-    clusters, bounds, states, misses, try_add = [], [], [], 0, _ScreenedAdd()
+    clusters, bounds, states, misses, try_add, cheap = [], [], [], 0, _ScreenedAdd(), _CheapTest()
     # a seed of at most r columns keeps all its energy: the Weyl bound needs no SVD of it
     energies = _block_energies(layout) if method == "max_norm" else None
     widths = layout.widths  # computed from the offsets on every access: once here
+    if lazy is None:
+        lazy = method == "approximate" and _lazy_pays(widths)
     while remaining.size:
         n_seed = seed_split(remaining, widths, rank)
         seed_ids, candidates = remaining[:n_seed], remaining[n_seed:]
         alive[seed_ids] = False
         ordered = orderer is not None and candidates.size > 0
-        seed, svd, bound = _seed_state(layout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered)
+        seed, svd, bound = _seed_state(layout, widths, seed_ids, method, rank, oversampling, tol, energies, ordered,
+                                       lazy)
         candidates = _order_candidates(candidates, seed, rank, orderer, alive, svd)
-        accepted = _grow(bound, layout, candidates, eps, try_add)
+        accepted = _grow(bound, layout, candidates, eps, try_add, cheap)
         group = [int(b) for b in seed_ids] + accepted
         clusters.append(group)
         bounds.append(bound.error_bound())
-        states.append(bound)
+        if with_states:  # a lazy sketch folds its pending blocks: a sketch of the whole group
+            states.append(bound.settled() if isinstance(bound, LazySketch) else bound)
         alive[group] = False
         remaining = _without_group(remaining, alive, n_seed, len(accepted), orderer is None)
         misses = misses + 1 if not accepted and len(candidates) else 0
