@@ -4,6 +4,10 @@ Both modes end with these: the distributed stages (:mod:`pipeline.distributed`) 
 workers, batch by batch, and the in-memory compressor of the sequential mode
 (:mod:`pipeline.distributed.compress`).
 
+* :func:`projected_partials` / :func:`combine_projected` / :func:`certify_projected` -
+  the Rayleigh-Ritz route: each group's data projected on the orthonormal basis Q of its
+  clustering sketch (k = r + p columns), its k x k Gram and exact energy summed over
+  batches in a fixed order; the best rank-r basis inside span(Q) and its exact error;
 * :func:`gram_partials` / :func:`combine_partials` / :func:`certify_partial` /
   :func:`certify_gram` - exact per-group spectra from Gram matrices (or, for groups of few
   columns, the columns themselves) summed over batches in a fixed order;
@@ -26,6 +30,9 @@ from .magnitude import rescale
 from .spectra import adaptive_rank
 
 __all__ = [
+    "projected_partials",
+    "combine_projected",
+    "certify_projected",
     "gram_partials",
     "combine_partials",
     "partial_gram",
@@ -52,6 +59,66 @@ def _at_shift(x: np.ndarray, shift: int) -> np.ndarray:
 
 def _shift_of(group_shifts: np.ndarray | None, label: int) -> int:
     return 0 if group_shifts is None else int(group_shifts[label])
+
+
+def projected_partials(
+    data: np.ndarray, offsets: np.ndarray, labels: np.ndarray, bases: dict, group_shifts: np.ndarray | None = None
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Per group label (>= 0) present in a batch: (P P^T, ||X||_F^2) with X the group's
+    columns (at its shift, float64) and P = Q^T X, Q = ``bases[label]`` (m x k, orthonormal
+    columns). k x k numbers per group, however many columns: these partials cost the
+    network almost nothing. Add them up with :func:`combine_projected`."""
+    out = {}
+    for label, blocks in _blocks_by_label(labels):
+        x = _at_shift(take_columns(data, offsets, blocks).astype(np.float64), _shift_of(group_shifts, label))
+        p = np.asarray(bases[label], dtype=np.float64).T @ x
+        out[label] = (p @ p.T, float(np.einsum("ij,ij->", x, x)))
+    return out
+
+
+def combine_projected(left: dict, right: dict) -> dict:
+    """Sum two :func:`projected_partials` results group by group, ``left`` first (callers
+    fix the order: it is part of the bits). Neither input is modified."""
+    out = dict(left)
+    for label, (h, total) in right.items():
+        if label in out:
+            out[label] = (out[label][0] + h, out[label][1] + total)
+        else:
+            out[label] = (h, total)
+    return out
+
+
+def certify_projected(part: tuple[np.ndarray, float], basis: np.ndarray, rank: int,
+                      eps: float) -> GramCertificate | None:
+    """Rayleigh-Ritz certificate of one group from its summed projected partial, or None
+    when it cannot certify eps.
+
+    With H = Q^T M M^T Q (k x k) and theta its eigenvalues, descending, the basis
+    W_j = Q V_j (V_j: the top j eigenvectors of H) is the best rank-j basis inside
+    span(Q), and its error is exactly ``||M||^2 - sum(theta[:j])``: an upper bound on the
+    exact rank-j error, equal to it when span(Q) holds the group's top-j left singular
+    subspace. Q being the basis of the group's clustering sketch, whose certified bound
+    is <= eps, W_r meets eps in exact arithmetic; when roundoff, or a sketch that holds
+    too little, says otherwise the result is None and the caller certifies the group from
+    its Gram (:func:`certify_partial`).
+
+    The error is ``total - head`` as for :func:`certify_gram`, with absolute error about
+    ``k * eps_mach * ||M||^2``, and the adaptive rank keeps the same 1e-9 relative margin
+    on the energy.
+    """
+    h, total = part
+    basis = np.asarray(basis, dtype=np.float64)
+    if total <= 0.0:
+        return GramCertificate(0.0, 0, np.zeros((basis.shape[0], 0)))
+    theta, vecs = np.linalg.eigh(h)
+    theta, vecs = np.clip(theta[::-1], 0.0, None), vecs[:, ::-1]
+    tails = np.concatenate([[total], total - np.cumsum(theta[: min(rank, theta.size)])])
+    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
+    if not meets.size:
+        return None
+    r_c = int(meets[0])
+    error = float(np.sqrt(max(tails[-1], 0.0) / total))
+    return GramCertificate(error, r_c, np.ascontiguousarray(basis @ vecs[:, :r_c]))
 
 
 def gram_partials(
@@ -173,7 +240,8 @@ class GramCertificate:
     Attributes
     ----------
     error : float
-        Exact relative rank-r error.
+        Relative rank-r error: exact (:func:`certify_gram`, :func:`certify_partial`), or
+        that of the returned basis's span at rank r (:func:`certify_projected`).
     adaptive_rank : int
         Smallest rank whose exact error is <= eps (with a 1e-9 relative safety margin on
         the energy, so that the basis computed from the same Gram meets eps when used);

@@ -28,12 +28,17 @@ of at most ``shard_size`` blocks, W workers:
    anchors (odd rounds), cut to at most MERGE_BUCKET groups; inside a bucket groups merge
    through their Gram sketches while the certified bound stays <= eps (no data read).
    No stage compares all pairs of groups or blocks. Client: O(K log K) per round.
-5. **certify** (map over B batches, one read): every batch emits, per group, its columns
-   (few) or the upper triangle of its Gram matrix; each group range adds them up in batch
-   order (a chain of syrk updates that stays on the worker holding the sum: the same bits
-   for any number of workers, and only the data crosses the network), then every group's
-   exact rank-r error, adaptive rank and optimal basis; a group above eps (possible only
-   through floating point) is split in two and certified again.
+5. **certify** (map over B batches, one read): Rayleigh-Ritz on each group's clustering
+   sketch: every batch emits, per group, (Q^T A)(Q^T A)^T (k x k, k = r + p) and its
+   exact energy; each group range adds them up in batch order (a chain of small tasks
+   that stays on the worker holding the sum: the same bits for any number of workers),
+   then every group's certified error (exact for the basis Q V_r, an upper bound on the
+   exact rank-r error and at most the sketch's bound), adaptive rank and basis
+   (:func:`pipeline.certify.certify_projected`). A group this cannot certify (roundoff)
+   goes the Gram route: the same pass with its columns (few) or the upper triangle of its
+   m x m Gram, exact error and optimal basis; a group above eps even there (possible only
+   through floating point) is split in two and certified again. Worker work per batch
+   O(data x k); client O(G).
 6. **compress** (map over chunks of the artifact's flat coefficients, each about one
    batch of data; one read): coefficients V_i = U_C^T A_i written by each task straight
    into its chunk of the artifact's packed layout (bases likewise, by column chunk), with

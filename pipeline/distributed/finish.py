@@ -42,55 +42,93 @@ class CertifyAndCompress:
 
     # -- certify ---------------------------------------------------------------------------
 
-    def _certify_groups(self, groups: list[list[int]]) -> list[tuple]:
-        """Exact (error, adaptive rank, basis) of the given groups from the stored data, in
-        waves of consecutive groups whose partial sums (per group its columns or its m x m
-        Gram, whichever is smaller) take at most CERTIFY_WAVE_BYTES across the cluster: one
-        read of the batches holding a wave's blocks per wave (one wave unless the groups'
-        sums are that large). A group's sum does not depend on the waves."""
+    def _certify_groups(self, groups: list[list[int]], refs: list | None = None) -> list[tuple]:
+        """(error, adaptive rank, basis reference) of the given groups from the stored data.
+
+        Groups with a clustering sketch (``refs[g]``: its (stage, index), or None) go the
+        Rayleigh-Ritz route first (:meth:`_certify_projected`): one read, k x k numbers
+        per group. The others, and any that route cannot certify, go the Gram route
+        (:meth:`_certify_exact`)."""
+        certified: list = [None] * len(groups)
+        sketched = [g for g in range(len(groups)) if refs is not None and refs[g] is not None]
+        if sketched:
+            ritz = self._certify_projected([groups[g] for g in sketched], [refs[g] for g in sketched])
+            for g, cert in zip(sketched, ritz):
+                certified[g] = cert
+        rest = [g for g in range(len(groups)) if certified[g] is None]
+        self._gram_route += len(rest)
+        for g, cert in zip(rest, self._certify_exact([groups[g] for g in rest]) if rest else []):
+            certified[g] = cert
+        return certified
+
+    def _certify_exact(self, groups: list[list[int]]) -> list[tuple]:
+        """Exact (error, adaptive rank, basis) of the given groups from their Gram matrices,
+        in waves of consecutive groups whose partial sums (per group its columns or its
+        m x m Gram, whichever is smaller) take at most CERTIFY_WAVE_BYTES across the
+        cluster: one read of the batches holding a wave's blocks per wave (one wave unless
+        the groups' sums are that large). A group's sum does not depend on the waves."""
         m = self.collection.rows
         columns = np.array([int(self.collection.widths[g].sum()) for g in groups], dtype=np.int64)
         waves = group_ranges(np.minimum(columns, m) * m * 8, CERTIFY_WAVE_BYTES)
         certified: list[tuple] = []
         for wave in range(int(waves.max(initial=-1)) + 1):
-            certified += self._certify_wave([groups[g] for g in np.flatnonzero(waves == wave)])
+            part = [groups[g] for g in np.flatnonzero(waves == wave)]
+            certified += self._summed_pass("gram", part, m * m * 8, tasks.gram_batch, lambda labels: (),
+                                           tasks.combine_range, lambda stage, sums, members: (tasks.certify_range, stage, sums))
         return certified
 
-    def _certify_wave(self, groups: list[list[int]]) -> list[tuple]:
-        """:meth:`_certify_groups` for one wave.
+    def _certify_projected(self, groups: list[list[int]], refs: list[tuple[str, int]]) -> list[tuple | None]:
+        """Rayleigh-Ritz certificates (:func:`pipeline.certify.certify_projected`) of groups
+        with clustering sketches: the best rank-r basis inside each sketch's span and its
+        exact error, from one read; None for a group this cannot certify."""
+        k = self.params["rank"] + self.params["oversampling"]
+        by_group = dict(enumerate(refs))
 
-        One read of the data: every batch task emits its Gram partials per group range
-        (:func:`pipeline.certify.gram_partials`). Each range adds them up in batch-index
-        order, a chain of small tasks that stays on the worker holding the sum, so the
-        bits do not depend on the number of workers and only the data crosses the
-        network; ranges run in parallel and are certified on the workers."""
-        m = self.collection.rows
+        def leaf_args(labels: np.ndarray) -> tuple:
+            return ({int(g): by_group[int(g)] for g in np.unique(labels[labels >= 0])},)
+
+        def finish(stage: str, sums, members: np.ndarray) -> tuple:
+            return tasks.certify_projected_range, stage, sums, {int(g): by_group[int(g)] for g in members}
+
+        return self._summed_pass("ritz", groups, k * k * 8, tasks.projected_batch, leaf_args,
+                                 tasks.combine_projected_range, finish)
+
+    def _summed_pass(self, kind: str, groups: list[list[int]], group_bytes: int, batch_task, leaf_args,
+                     combine, finish) -> list:
+        """One read of the data for ``groups``: every batch task (``batch_task``) emits its
+        partials per group range, each range adds them up in batch-index order (a chain of
+        small tasks that stays on the worker holding the sum, so the bits do not depend on
+        the number of workers and only the partials cross the network), and one task per
+        range (``finish``) certifies its groups on the workers, checkpointing their bases.
+        ``leaf_args(labels)`` gives a batch task's extra arguments, ``finish(stage, sums,
+        members)`` the range task and its arguments before rank and eps."""
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
-        # ranges of few groups: their sums and eigen-solves run in parallel. At least two per
+        # ranges of few groups: their sums and certificates run in parallel. At least two per
         # batch, up to CERTIFY_RANGES, groups permitting: as many as the data can keep busy
         # (small collections pay no task overhead for it; the count depends on the data alone)
         wanted = min(CERTIFY_RANGES, 2 * self.n_batches)
         per_range = int(np.clip(-(-len(groups) // max(wanted, 1)), 1, CERTIFY_GROUPS))
-        ranges = group_ranges(np.full(len(groups), m * m * 8), GRAM_BYTES, max_groups=per_range)
+        ranges = group_ranges(np.full(len(groups), group_bytes), GRAM_BYTES, max_groups=per_range)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
         leaves = []
         for i, (first, stop, part) in enumerate(self._batches_of(labels)):
-            leaf = self._submit("gram", i, tasks.gram_batch, self._handle, first, stop, part, ranges, n_ranges,
-                                group_shifts)
+            leaf = self._submit(kind, i, batch_task, self._handle, first, stop, part, ranges, n_ranges, group_shifts,
+                                *leaf_args(part))
             leaves.append(leaf)
             for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
                 # the range's slice as its own small result: the sum, the larger input, stays put
-                piece = self._submit("gram-piece", f"{r}-{i}", tasks.pick_range, leaf, r, priority=1)
+                piece = self._submit(f"{kind}-piece", f"{r}-{i}", tasks.pick_range, leaf, r, priority=1)
                 sums[r] = piece if sums[r] is None else self._submit(
-                    "gram-sum", f"{r}-{i}", tasks.combine_range, sums[r], piece, priority=1)
+                    f"{kind}-sum", f"{r}-{i}", combine, sums[r], piece, priority=1)
         self._certify_calls += 1  # a split group is certified again: its ranges get new stages
         call = self._certify_calls
-        certs = [self._submit("certify", r, tasks.certify_range, self._handle, self._token,
-                              f"certify-bases-{call:02d}-{r:05d}", sums[r], self.params["rank"], self.params["eps"],
-                              priority=2)
-                 for r in range(n_ranges)]
+        certs = []
+        for r in range(n_ranges):
+            func, *args = finish(f"certify-{kind}-{call:02d}-{r:05d}", sums[r], np.flatnonzero(ranges == r))
+            certs.append(self._submit("certify", r, func, self._handle, self._token, *args, self.params["rank"],
+                                      self.params["eps"], priority=2))
         self._track("certify", leaves)
         certified: dict[int, tuple] = {}
         for part in self._gather("certify-ranges", certs):
@@ -98,13 +136,21 @@ class CertifyAndCompress:
         return [certified[g] for g in range(len(groups))]
 
     def certify(self) -> dict:
-        """Exact rank-r error of every group; groups above eps are split and re-certified."""
+        """Certified rank-r error, adaptive rank and basis of every group (the Rayleigh-Ritz
+        route on the group's clustering sketch, else its Gram); groups above eps are split
+        and re-certified."""
         self._ensure_merged()
 
         def compute():
             groups, sketches = self._final_groups()
             bounds = [float(b) for b in sketches.bounds]
-            groups, certified, split, splits = certify_with_splits(groups, self._certify_groups, self.params["eps"])
+            sketch_of = {tuple(g): ref for g, ref in zip(groups, sketches.refs(range(len(groups))))}
+
+            def certify(part: list[list[int]]) -> list[tuple]:  # split halves have no sketch
+                return self._certify_groups(part, [sketch_of.get(tuple(g)) for g in part])
+
+            self._gram_route = 0
+            groups, certified, split, splits = certify_with_splits(groups, certify, self.params["eps"])
             bounds = [0.0 if was_split else bounds[g] for g, was_split in enumerate(split)]  # a half has no sketch
             errors = np.array([c[0] for c in certified])
             ranks = np.array([c[1] for c in certified], dtype=np.int64)
@@ -121,7 +167,7 @@ class CertifyAndCompress:
                 "basis_stage": np.array([index[c[2][0]] for c in certified], dtype=np.int64),
                 "basis_start": np.array([c[2][1] for c in certified], dtype=np.int64),
             }
-            meta = {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0)),
+            meta = {"n_groups": len(groups), "splits": splits, "gram_route": self._gram_route, "max_error": float(errors.max(initial=0.0)),
                     "basis_stages": stages}
             return arrays, meta
 

@@ -18,7 +18,9 @@ class DistributedResult:
     groups : list of list of int
         Block indices per group.
     errors : ndarray
-        Certified exact relative rank-r error per group (from the stored data).
+        Certified relative rank-r error per group, from the stored data: the exact error
+        of the group's certified basis, so an upper bound on its exact rank-r error
+        (equal to it for groups certified from their Gram).
     bounds : ndarray
         Certified sketch bound each group was formed under (0 for groups split at certify).
     ranks : ndarray

@@ -18,9 +18,12 @@ from .._threads import single_threaded_blas
 from ..bounds import GramSketch
 from ..certify import (
     certify_partial,
+    certify_projected,
     combine_partials,
+    combine_projected,
     gram_partials,
     group_coefficients,
+    projected_partials,
 )
 from ..greedy import greedy_groups
 from ..layout import BlockLayout, offsets_of, segment_sums, take_columns
@@ -342,6 +345,56 @@ def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges
     for label, part in parts.items():
         out[int(ranges[label])][label] = part
     return out
+
+
+def sketch_basis(handle: Handle, ref: tuple[str, int]) -> np.ndarray:
+    """The orthonormal basis Q of the clustering sketch at ``ref`` = (sketch stage, index)."""
+    name, index = ref
+    return _stage_groups(handle, name)[1][int(index)].basis
+
+
+def projected_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges: np.ndarray, n_ranges: int,
+                    group_shifts: np.ndarray, refs: dict[int, tuple[str, int]]) -> list[dict]:
+    """One read of a batch: per group range, the projected partials of its groups present
+    on their sketches' bases (``refs``: group -> sketch reference), at their shifts."""
+    data, offsets = read_batch(handle, first, stop)
+    present = np.unique(labels[labels >= 0])
+    bases = {int(g): sketch_basis(handle, refs[int(g)]) for g in present}
+    with single_threaded_blas():
+        parts = projected_partials(data, offsets, labels, bases, group_shifts)
+    out: list[dict] = [{} for _ in range(n_ranges)]
+    for label, part in parts.items():
+        out[int(ranges[label])][label] = part
+    return out
+
+
+def combine_projected_range(left: dict, right: dict) -> dict:
+    """Add a batch's projected partials to a range's running sum (left first)."""
+    return combine_projected(left, right)
+
+
+def certify_projected_range(handle: Handle, token: str | None, stage: str, partials: dict,
+                            refs: dict[int, tuple[str, int]], rank: int, eps: float) -> dict:
+    """:func:`certify_range` through the Rayleigh-Ritz route
+    (:func:`pipeline.certify.certify_projected`); a group it cannot certify maps to None
+    (the driver certifies it from its Gram)."""
+    run = run_of(handle).require_lease(token)
+    if run.is_complete(stage):  # a retried task: the same results, already checkpointed
+        arrays = run.load_stage(stage, ["labels", "errors", "ranks", "failed"])[0]
+    else:
+        labels = np.fromiter(partials, dtype=np.int64, count=len(partials))
+        with single_threaded_blas():
+            certs = [certify_projected(partials[g], sketch_basis(handle, refs[int(g)]), rank, eps) for g in labels]
+        kept = [c for c in certs if c is not None]
+        rows = kept[0].basis.shape[0] if kept else collection_of(handle).rows
+        arrays = {"labels": labels, "failed": np.array([c is None for c in certs], dtype=bool),
+                  "errors": np.array([np.nan if c is None else c.error for c in certs], dtype=np.float64),
+                  "ranks": np.array([0 if c is None else c.adaptive_rank for c in certs], dtype=np.int64)}
+        run.save_stage(stage, {**arrays, "bases": np.hstack([c.basis for c in kept]) if kept else np.zeros((rows, 0))})
+    starts = offsets_of(arrays["ranks"])
+    return {int(g): None if failed else (float(e), int(k), (stage, int(starts[j])))
+            for j, (g, e, k, failed) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"],
+                                                        arrays["failed"]))}
 
 
 def pick_range(parts: list[dict], index: int) -> dict:
