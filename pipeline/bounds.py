@@ -538,26 +538,29 @@ _GAIN_MARGIN = 1e-12
 
 
 class LazySketch(_Bound):
-    """The greedy's Gram sketch ("approximate"), re-solved only when a cheap bound fails.
+    """The greedy's Gram sketch ("approximate"), solved only when cheap bounds fail.
 
     A :class:`GramSketch` (Q, lam, slack) of the blocks *folded* so far, and the blocks
-    accepted since (*pending*), credited through the sketch's top-r basis U = Q[:, :r]
-    alone. For any orthonormal U of r columns, E_r(M) >= ||U^T M||_F^2 (Ky Fan), and
-    ||U^T M||_F^2 = ||U^T M_folded||_F^2 + sum over pending ||U^T A||_F^2, with
-    ||U^T M_folded||_F >= sqrt(sum of the top r lam) - slack (as in
-    :meth:`GramSketch.lower_energy`). So
+    accepted since (*pending*, P). Two certified lower bounds on E_r of the group:
 
-        lower_energy() = (sqrt(top r lam) - slack)^2 + sum over pending ||U^T A||_F^2
+    * through the sketch's top-r basis U = Q[:, :r]: for any orthonormal U of r columns
+      E_r(M) >= ||U^T M||_F^2 (Ky Fan), ||U^T M||_F^2 = ||U^T M_folded||_F^2 + ||U^T P||_F^2
+      and ||U^T M_folded||_F >= sqrt(sum of the top r lam) - slack (as in
+      :meth:`GramSketch.lower_energy`), so ``floor + gain`` =
+      (sqrt(top r lam) - slack)^2 + sum over pending ||U^T A||_F^2 is certified: accepting
+      a block by it (:meth:`cheap_run`) costs one small product;
+    * ``exact``, the last *eigenvalue test* passed (:meth:`try_exact`): the sketch's factor
+      rows and the pending blocks side by side, F = [Q lam^1/2, P, A], have
+      F F^T = G + P P^T + A A^T <= M~ M~^T (M~ the group less what the sketch dropped,
+      ||M - M~||_F <= slack), so E_r(M) >= (sqrt(E_r(F F^T)) - slack)^2, with E_r(F F^T)
+      the top r eigenvalues of the small Gram F^T F (no extension, no eigenvectors). Adding
+      blocks never lowers E_r, so it stays a bound as the group grows.
 
-    is certified, and accepting a block whose energy inside U keeps it above
-    (1 - eps^2) ||M||_F^2 needs one small product, no extension and no eigen-solve.
-
-    When that cheap test fails, the pending blocks and the candidate are folded into the
-    sketch at once (:meth:`try_fold`: one rank-revealing extension and one eigen-solve of
-    the truncated sketch, the slack carried as in :class:`GramSketch`). Folding several
-    blocks at once keeps the top of G + sum A A^T, which is at least what truncating after
-    every block keeps (truncation only removes PSD parts), so the fold certifies whatever
-    the block-by-block sketch would, and the cheap test certifies more blocks on top.
+    ``lower_energy()`` is the larger. The eigenvalue test certifies at least what folding
+    P and A into the sketch would (the fold keeps a compression of G + P P^T + A A^T and
+    only adds slack), so folds are only made to refresh U and keep the pending blocks few
+    (:meth:`settled`, one rank-revealing extension and one eigen-solve for all of them):
+    the truncated sketch, its slack and the extension stay the bound's backbone.
 
     Parameters
     ----------
@@ -567,6 +570,7 @@ class LazySketch(_Bound):
 
     def __init__(self, sketch: GramSketch):
         self.sketch, self.rank, self.total = sketch, sketch.rank, sketch.total
+        self.exact = 0.0
         self._reset_pending()
 
     def _reset_pending(self) -> None:
@@ -578,24 +582,24 @@ class LazySketch(_Bound):
         self.floor, self.gain = sketch.lower_energy(), 0.0
 
     def lower_energy(self) -> float:
-        return self.floor + self.gain
+        return max(self.floor + self.gain, self.exact)
 
     def gains(self, columns: np.ndarray, offsets: np.ndarray, norms2: np.ndarray) -> np.ndarray:
         """The certified energy ||U^T A||_F^2 (less the margin) of each block of ``columns``
         (blocks side by side, boundaries ``offsets``, energies ``norms2``), one product."""
-        if not self.head.shape[1]:
+        if not self.head.shape[1] or not columns.shape[1]:
             return np.zeros(len(norms2))
         inside = self.head.T @ columns
-        gained = np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1]) if columns.shape[1] else inside[:0, 0]
+        gained = np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1])
         return np.maximum(gained - _GAIN_MARGIN * norms2, 0.0)
 
     def cheap_run(self, gains: np.ndarray, norms2: np.ndarray, max_error: float) -> int:
-        """How many of the blocks (in order) the cheap test accepts, one after another: the
-        first index whose running error bound exceeds ``max_error``, or all of them.
+        """How many of the blocks (in order) the bounds accept one after another without a
+        solve: the first index whose running error bound exceeds ``max_error``, or all.
 
         The running sums are the ones :meth:`accept` forms, in the same order (same bits),
         and the error is :func:`error_from_energy`'s arithmetic."""
-        energy = self.floor + np.cumsum(np.concatenate(([self.gain], gains)))[1:]
+        energy = np.maximum(self.floor + np.cumsum(np.concatenate(([self.gain], gains)))[1:], self.exact)
         total = np.cumsum(np.concatenate(([self.total], norms2)))[1:]
         with np.errstate(divide="ignore", invalid="ignore"):
             error = np.where(total > 0.0, np.sqrt(np.maximum(0.0, 1.0 - energy / total)), 0.0)
@@ -621,34 +625,34 @@ class LazySketch(_Bound):
         self.accept([block], self._gain(block, norm2), np.array([norm2]))
 
     def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None) -> bool:
-        """The cheap test, then (if it fails) the fold; on False the state is unchanged."""
+        """The cheap test, then (if it fails) the eigenvalue test; on False the state is
+        unchanged."""
         block = _as_float64(block)
         norm2 = self._norm2(block, norm2)
         gain = self._gain(block, norm2)
         if self.cheap_run(gain, np.array([norm2]), max_error):
             self.accept([block], gain, np.array([norm2]))
             return True
-        return self.try_fold(block, max_error, norm2)
+        return self.try_exact(block, max_error, norm2, float(gain[0]))
 
-    def try_fold(self, block: np.ndarray, max_error: float, norm2: float) -> bool:
-        """Fold the pending blocks and ``block`` into the sketch (one extension, one
-        eigen-solve) if its certified error then stays <= ``max_error``; on False the state
-        is unchanged."""
+    def try_exact(self, block: np.ndarray, max_error: float, norm2: float, gain: float) -> bool:
+        """Add ``block`` (pending; ``gain`` its energy inside U, from :meth:`gains`) if the
+        eigenvalue test certifies the group with it; on False the state is unchanged."""
         columns = np.concatenate(self.pending + [block], axis=1) if self.pending else block
-        added = self.pending_norm2 + float(norm2)
-        sketch = self.sketch
-        proposal = sketch._propose(columns, added)
-        total = self.total + float(norm2)
-        if error_from_energy(sketch._sketch_energy(proposal[2], proposal[3]), total) > max_error:
+        energy, _ = _sketch_ceiling(self.sketch, columns)
+        if energy is None:  # the eigenvalue solver failed: no certificate
             return False
-        sketch._commit(proposal)
-        self.total = sketch.total = total  # the running sum, so the error reported is the one tested
-        self._reset_pending()
+        certified = max(0.0, math.sqrt(energy) - self.sketch.slack) ** 2
+        if error_from_energy(certified, self.total + float(norm2)) > max_error:
+            return False
+        self.accept([block], np.array([gain]), np.array([float(norm2)]))
+        self.exact = max(self.exact, certified)
         return True
 
     def settled(self) -> GramSketch:
         """The sketch with every pending block folded in (unconditionally): a
-        :class:`GramSketch` of the whole group, for merges and checkpoints."""
+        :class:`GramSketch` of the whole group, for merges and checkpoints, and a fresh
+        basis U for the cheap test."""
         if self.pending:
             columns = np.concatenate(self.pending, axis=1)
             self.sketch._commit(self.sketch._propose(columns, self.pending_norm2))

@@ -19,6 +19,7 @@ Algorithms 1-3.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import itertools
 
@@ -206,15 +207,20 @@ class _ScreenedAdd:
     proposal when it rejects, so it pays only where rejections are frequent: in norm order
     a group of wide blocks usually accepts its first candidate and rejects its second; in
     residual order a group accepts dozens. Rates are kept per position in the group (the
-    last one counting every later position). It never changes a decision."""
+    last one counting every later position). It never changes a decision.
+
+    ``add`` replaces ``bound.try_add`` (the lazy sketch's eigenvalue test, whose cheap test
+    already failed); the screen is skipped when ``screened`` is False (that test with no
+    pending blocks costs what the screen does)."""
 
     def __init__(self):
         self.proposed, self.rejected = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS  # lists: no numpy scalars
 
-    def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
+    def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int, add=None,
+                 screened: bool = True) -> bool:
         at = min(position, _SCREEN_POSITIONS - 1)
-        worth = 4 * self.rejected[at] >= self.proposed[at]
-        add = bound.try_fold if isinstance(bound, LazySketch) else bound.try_add  # a lazy sketch's cheap test failed
+        worth = screened and 4 * self.rejected[at] >= self.proposed[at]
+        add = bound.try_add if add is None else add
         added = not (worth and surely_exceeds(bound, block, eps, norm2)) and add(block, eps, norm2)
         self.proposed[at] += 1
         self.rejected[at] += not added
@@ -268,26 +274,27 @@ class _CheapTest:
 def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, try_add, cheap: _CheapTest) -> list[int]:
     """:func:`_grow` for the lazy sketch: the cheap test of a run of candidates at once (one
     product with the sketch's top-r basis), accepting its longest passing prefix; at the
-    first candidate it fails, the fold (screened, see :class:`_ScreenedAdd`). The pending
-    blocks are folded (settled) once they hold ``_PENDING_COLUMNS`` columns: a fold's cost
-    grows with the cube of its width."""
+    first candidate it fails, the eigenvalue test (screened, see :class:`_ScreenedAdd`).
+
+    The pending blocks are folded into the sketch (settled) once they hold
+    ``_PENDING_COLUMNS`` columns, before the cheap test accepts more (they would dilute its
+    basis) or an eigenvalue test is made (its matrix grows with them): a fold's cost grows
+    with the cube of its width. A candidate the screen rejects needs no fold."""
     accepted, size, chunk = [], _FIRST_WINDOW, _FIRST_CHUNK
     offsets, norms2 = layout.offsets, layout.norms2
     while True:  # in windows, so a lazy residual order is only materialised as far as needed
         window = prefix(candidates, size)
         position = len(accepted)
         while position < len(window):
-            if bound.pending_columns >= _PENDING_COLUMNS:
-                bound.settled()
-            run = 0
-            if cheap.worth(len(accepted)):
+            gain = None
+            if cheap.worth(len(accepted)):  # with the basis U as it is: settled only if it passes
                 ids = window[position : position + chunk]
                 widths = offsets[ids + 1] - offsets[ids]
                 gains = bound.gains(layout.gather(ids), offsets_of(widths), norms2[ids])
                 run = bound.cheap_run(gains, norms2[ids], eps)
-                cheap.record(len(accepted), run, len(ids))
                 room = int(np.searchsorted(np.cumsum(widths[:run]), _PENDING_COLUMNS - bound.pending_columns, "right"))
                 take = min(run, room if bound.pending else max(room, 1))
+                cheap.record(len(accepted), run, len(ids) if take == run else take + 1)
                 if take:
                     bound.accept([layout.block(b) for b in ids[:take].tolist()], gains[:take], norms2[ids[:take]])
                     accepted += ids[:take].tolist()
@@ -299,14 +306,27 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, t
                     chunk *= 2
                     continue
                 chunk = max(_FIRST_CHUNK, 2 * run)
+                gain = float(gains[run])
             block = int(window[position])
-            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted)):
+            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted),
+                           add=functools.partial(_exact_test, bound, gain=gain), screened=bool(bound.pending)):
                 return accepted
             accepted.append(block)
             position += 1
         if len(window) < size:
             return accepted
         size *= 4
+
+
+def _exact_test(bound: LazySketch, block: np.ndarray, eps: float, norm2: float, gain: float | None) -> bool:
+    """The lazy sketch's eigenvalue test of ``block``, its pending blocks settled first if
+    they are many; ``gain`` is its cheap test's (None: computed here)."""
+    if bound.pending_columns >= _PENDING_COLUMNS:
+        bound.settled()
+        gain = None
+    if gain is None:
+        gain = float(bound.gains(block, np.array([0, block.shape[1]]), np.array([norm2]))[0])
+    return bound.try_exact(block, eps, norm2, gain)
 
 
 def cluster(

@@ -103,3 +103,19 @@ def test_greedy_groups_give_settled_sketches():
         if len(group) > 1:
             assert isinstance(state, GramSketch)
             assert state.total == pytest.approx(float(layout.norms2[group].sum()), rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rank=st.integers(1, 6), eps=st.sampled_from([0.05, 0.1, 0.3]),
+       width=st.integers(1, 4))
+def test_the_lazy_sketch_accepts_what_the_block_by_block_sketch_accepts(seed, rank, eps, width):
+    # in order, stopping at the first rejection (the greedy's grow loop): the eigenvalue
+    # test sees G + P P^T + A A^T, which dominates what truncating after every block keeps
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((16, 3))
+    blocks = [basis @ rng.standard_normal((3, width)) + 0.05 * rng.standard_normal((16, width)) for _ in range(30)]
+    eager = GramSketch(blocks[0], rank, oversampling=2)
+    lazy = LazySketch(GramSketch(blocks[0], rank, oversampling=2))
+    eager_run = next((i for i, b in enumerate(blocks[1:]) if not eager.try_add(b, eps)), len(blocks) - 1)
+    lazy_run = next((i for i, b in enumerate(blocks[1:]) if not lazy.try_add(b, eps)), len(blocks) - 1)
+    assert lazy_run >= eager_run
