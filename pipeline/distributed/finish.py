@@ -23,6 +23,7 @@ GRAM_BYTES = 64 * 2**20  # Gram matrices per group range in certify
 CERTIFY_WAVE_BYTES = 2**30  # partial sums alive at once across the cluster while certifying
 CERTIFY_GROUPS = 64  # groups per certify task, at most
 CERTIFY_RANGES = 32  # certify tasks, at least, groups permitting (room for many workers)
+RITZ_RANGE_BYTES = 8 * 2**20  # sums or bases per group range on the Rayleigh-Ritz route
 MIN_COEFFICIENT_CHUNK = 2**16  # elements per chunk of the artifact's coefficients, at least
 MAX_COEFFICIENT_CHUNK = 2**22  # and at most (a compress task writes one chunk)
 
@@ -73,7 +74,13 @@ class CertifyAndCompress:
         certified: list[tuple] = []
         for wave in range(int(waves.max(initial=-1)) + 1):
             part = [groups[g] for g in np.flatnonzero(waves == wave)]
-            certified += self._summed_pass("gram", part, m * m * 8, tasks.gram_batch, lambda labels: (),
+            # ranges of few groups: their sums and eigen-solves run in parallel. At least two per
+            # batch, up to CERTIFY_RANGES, groups permitting: as many as the data can keep busy
+            # (small collections pay no task overhead for it; the count depends on the data alone)
+            wanted = min(CERTIFY_RANGES, 2 * self.n_batches)
+            per_range = int(np.clip(-(-len(part) // max(wanted, 1)), 1, CERTIFY_GROUPS))
+            ranges = group_ranges(np.full(len(part), m * m * 8), GRAM_BYTES, max_groups=per_range)
+            certified += self._summed_pass("gram", part, ranges, tasks.gram_batch, lambda labels: (),
                                            tasks.combine_range, lambda stage, sums, members: (tasks.certify_range, stage, sums))
         return certified
 
@@ -90,26 +97,26 @@ class CertifyAndCompress:
         def finish(stage: str, sums, members: np.ndarray) -> tuple:
             return tasks.certify_projected_range, stage, sums, {int(g): by_group[int(g)] for g in members}
 
-        return self._summed_pass("ritz", groups, k * k * 8, tasks.projected_batch, leaf_args,
+        # ranges cut by bytes alone (k x k sums, m x r bases written by the range's task):
+        # many groups per range keep the chains of sums short (a few tasks per batch cost
+        # more than the sums themselves), while the bases' writes still spread over workers
+        rows, rank = self.collection.rows, self.params["rank"]
+        ranges = group_ranges(np.full(len(groups), max(k * k, rows * rank) * 8), RITZ_RANGE_BYTES)
+        return self._summed_pass("ritz", groups, ranges, tasks.projected_batch, leaf_args,
                                  tasks.combine_projected_range, finish)
 
-    def _summed_pass(self, kind: str, groups: list[list[int]], group_bytes: int, batch_task, leaf_args,
+    def _summed_pass(self, kind: str, groups: list[list[int]], ranges: np.ndarray, batch_task, leaf_args,
                      combine, finish) -> list:
         """One read of the data for ``groups``: every batch task (``batch_task``) emits its
         partials per group range, each range adds them up in batch-index order (a chain of
         small tasks that stays on the worker holding the sum, so the bits do not depend on
         the number of workers and only the partials cross the network), and one task per
         range (``finish``) certifies its groups on the workers, checkpointing their bases.
+        ``ranges`` gives each group's range.
         ``leaf_args(labels)`` gives a batch task's extra arguments, ``finish(stage, sums,
         members)`` the range task and its arguments before rank and eps."""
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
-        # ranges of few groups: their sums and certificates run in parallel. At least two per
-        # batch, up to CERTIFY_RANGES, groups permitting: as many as the data can keep busy
-        # (small collections pay no task overhead for it; the count depends on the data alone)
-        wanted = min(CERTIFY_RANGES, 2 * self.n_batches)
-        per_range = int(np.clip(-(-len(groups) // max(wanted, 1)), 1, CERTIFY_GROUPS))
-        ranges = group_ranges(np.full(len(groups), group_bytes), GRAM_BYTES, max_groups=per_range)
         n_ranges = int(ranges.max(initial=-1)) + 1
         sums: list = [None] * n_ranges
         leaves = []
