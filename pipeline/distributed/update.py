@@ -18,7 +18,7 @@ indices after them). Its stages, each checkpointed like a full run's:
    group fits and the same column of a later checkpoint then share a group, as in a full
    run. A raw group whose blocks end as one group again stays as it was; the others are
    dropped from the artifact, their blocks written in the new groups.
-3. **certify**: the new groups only, exactly, from their data.
+3. **certify**: the new groups only, from their data (as a full run certifies).
 4. **compress**: a *delta artifact* (``storage.create_artifact(base=...)``) that reads the
    parent's groups, bases and coefficients from the parent's artifact and holds only the
    new blocks' coefficients and the new groups' bases. Untouched groups cost nothing.
@@ -32,7 +32,7 @@ blocks log). Nothing else of the parent's data is read again.
 Every group's stored error is measured on the written numbers and is <= eps: parent
 groups that took blocks by the exact residuals of :func:`pipeline.incremental.absorb`,
 new groups by certify. For a group that took blocks, ``errors`` reports that stored
-error (at least its exact rank-r error), for the others the parent's exact error.
+error (at least its exact rank-r error), for the others the parent's certified error.
 
 Drift: groups keep their bases, so new blocks that belong to a group but do not fit its
 stored basis end in groups of their own, where a full re-cluster would have re-fitted the
