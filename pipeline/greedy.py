@@ -286,7 +286,7 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, t
         window = prefix(candidates, size)
         position = len(accepted)
         while position < len(window):
-            gain = None
+            gain = 0.0  # no credit through U unless the cheap test computed it (a product saved)
             if cheap.worth(len(accepted)):  # with the basis U as it is: settled only if it passes
                 ids = window[position : position + chunk]
                 widths = offsets[ids + 1] - offsets[ids]
@@ -309,7 +309,7 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, t
                 gain = float(gains[run])
             block = int(window[position])
             if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted),
-                           add=functools.partial(_exact_test, bound, gain=gain), screened=bool(bound.pending)):
+                           add=functools.partial(_exact_test, bound, gain=gain), screened=False):
                 return accepted
             accepted.append(block)
             position += 1
@@ -318,14 +318,13 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, t
         size *= 4
 
 
-def _exact_test(bound: LazySketch, block: np.ndarray, eps: float, norm2: float, gain: float | None) -> bool:
+def _exact_test(bound: LazySketch, block: np.ndarray, eps: float, norm2: float, gain: float) -> bool:
     """The lazy sketch's eigenvalue test of ``block``, its pending blocks settled first if
-    they are many; ``gain`` is its cheap test's (None: computed here)."""
+    they are many; ``gain`` is its energy inside U from the cheap test, or 0 (a valid
+    credit: the cheap test was skipped, or U changed with the settling)."""
     if bound.pending_columns >= _PENDING_COLUMNS:
         bound.settled()
-        gain = None
-    if gain is None:
-        gain = float(bound.gains(block, np.array([0, block.shape[1]]), np.array([norm2]))[0])
+        gain = 0.0
     return bound.try_exact(block, eps, norm2, gain)
 
 
