@@ -25,7 +25,7 @@ DEFAULT_BATCH_BYTES = 32 * 2**20  # data per map task of the distributed stages
 #: Version of the distributed stages' checkpoints: recorded with every distributed run and
 #: part of its run id, so a run folder written by a cmsvd whose stages differ is never
 #: resumed (its auto id differs, and an explicit id is refused as a parameter mismatch).
-CHECKPOINT_VERSION = 3  # 3: sketches and bases in stages of their own; idle merge rounds refer to earlier ones
+CHECKPOINT_VERSION = 4  # 4: local stages keep their last group's factors (refill); certify by Rayleigh-Ritz
 
 #: The parameters of the sequential greedy (the distributed run adds the others).
 GREEDY_FIELDS = ("rank", "eps", "method", "order", "patience", "oversampling", "tol")

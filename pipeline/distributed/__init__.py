@@ -22,7 +22,10 @@ of at most ``shard_size`` blocks, W workers:
    above K / ``shard_size`` (shards spread evenly over 2, 4, 8, ... workers, and S depends
    on K alone). Client: O(K log K).
 3. **local** (map over S shards; worker work O(shard_size^2) per shard): the sequential
-   greedy inside each shard on the factors with exact norms.
+   greedy inside each shard on the factors with exact norms. A shard's end cuts its last
+   group short: the last groups of neighbouring shards of one band are pooled (at most
+   shard_size blocks a pool) and the greedy runs again on each pool, whose groups replace
+   them where they are fewer (refill; about one more task per shard_size cut groups).
 4. **merge** (rounds, each its own stage, map over buckets): groups fall into disjoint
    buckets by the anchor their blocks vote for most (even rounds) or by their two best
    anchors (odd rounds), cut to at most MERGE_BUCKET groups; inside a bucket groups merge

@@ -411,12 +411,50 @@ class ClusteringRun(CertifyAndCompress):
                                     shard, batches_of[shard])
                        for shard in range(n_shards)]
             results = self._gather("local", futures)
+            results, refilled = self._refill(results)
             groups = [g for r in results for g in r["groups"]]
             sketches = GroupSketches.of([(r["stage"], i, total, bound) for r in results
                                          for i, (total, bound) in enumerate(zip(r["totals"], r["bounds"]))])
-            return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": n_shards}
+            return self._save_groups(groups, sketches), {"n_groups": len(groups), "n_shards": n_shards,
+                                                         "refilled": refilled}
 
         return self._timed("local", compute)
+
+    def _refill(self, results: list[dict]) -> tuple[list[dict], list[int]]:
+        """Each shard's end cuts its last group short. The last groups of consecutive shards
+        of one band (neighbours in anchor order) are pooled, at most ``shard_size`` blocks
+        a pool, and the greedy runs on each pool on the workers (:func:`tasks.refill_shard`).
+        A pool's groups replace its shards' last groups where they are fewer; otherwise the
+        last groups stay. Returns the results with the replaced last groups dropped and the
+        pools' groups appended, and per pool the groups it saved (0: kept as they were).
+        Depends on the shards alone, never on the workers."""
+        shifts = self._shifts()
+        pools, size, band = [], 0, None
+        for k, r in enumerate(results):
+            if not r["groups"]:
+                continue
+            tail = r["groups"][-1]
+            if not pools or int(shifts[tail[0]]) != band or size + len(tail) > self.shard_size:
+                pools.append([])
+                size, band = 0, int(shifts[tail[0]])
+            pools[-1].append(k)
+            size += len(tail)
+        pools = [pool for pool in pools if len(pool) > 1]
+        futures = [self._submit("refill", i, tasks.refill_shard, self._handle, self._token, dict(self.params), i,
+                                [results[k]["stage"] for k in pool])
+                   for i, pool in enumerate(pools)]
+        saved, replaced = [], set()
+        out = [dict(r) for r in results]
+        for pool, refill in zip(pools, self._gather("local", futures)):
+            gain = len(pool) - len(refill["groups"])
+            saved.append(max(gain, 0))
+            if gain <= 0:
+                continue
+            replaced.update(pool)
+            out.append(refill)
+        for k in replaced:  # the shard's last group now lives in its pool's groups
+            out[k] = {**out[k], **{key: out[k][key][:-1] for key in ("groups", "totals", "bounds")}}
+        return out, saved
 
     def _bucket_keys(self, groups: list[list[int]], index: int) -> np.ndarray:
         """Merge keys of round ``index``: even rounds group by the anchor a group's blocks

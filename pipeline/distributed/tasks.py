@@ -269,23 +269,64 @@ def _load_shard(handle: Handle, shard: int, batches: list[int]) -> tuple[np.ndar
 
 def local_shard(handle: Handle, token: str | None, params: dict, shard: int, batches: list[int]) -> dict:
     """The sequential greedy inside one shard. Its sketches (whose slack includes the
-    factors' float32 rounding) are checkpointed here as ``sketches-local-<shard>``;
-    returns the groups in global block ids, that stage, and each sketch's exact total
-    energy and certified bound."""
+    factors' float32 rounding) are checkpointed here as ``sketches-local-<shard>``, with the
+    factors of its last group (``tail_*``: the group the shard's end cut short, which
+    :func:`refill_shard` may form again with other shards' last groups); returns the
+    groups in global block ids, that stage, and each sketch's exact total energy and
+    certified bound."""
     stage = f"sketches-local-{shard:05d}"
     run = run_of(handle).require_lease(token)
     if not run.is_complete(stage):
         ids, layout, dropped = _load_shard(handle, shard, batches)
-        with single_threaded_blas():
-            clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
-            sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
-            for group, sketch in zip(clusters, sketches):
-                # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
-                sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
-        groups = [ids[g].tolist() for g in clusters]
-        run.save_stage(stage, groups_to_arrays(groups, sketches, layout.rows))
+        groups, sketches = _greedy_sketches(params, ids, layout, dropped)
+        tail = np.searchsorted(ids, groups[-1]) if groups else np.zeros(0, dtype=np.int64)
+        run.save_stage(stage, {**groups_to_arrays(groups, sketches, layout.rows), **_tail_arrays(ids, layout, dropped, tail)})
     else:  # a retried task: the same groups, already checkpointed
         groups, sketches = _stage_groups(handle, stage)
+    return _group_result(groups, stage, sketches)
+
+
+def refill_shard(handle: Handle, token: str | None, params: dict, index: int, sources: list[str]) -> dict:
+    """The sequential greedy over the last groups of the local stages ``sources`` pooled
+    (each shard's end cuts its last group short; pooled, they fill whole groups), its
+    sketches checkpointed as ``sketches-refill-<index>``; returns as :func:`local_shard`."""
+    stage = f"sketches-refill-{index:05d}"
+    run = run_of(handle).require_lease(token)
+    if not run.is_complete(stage):
+        names = ("ids", "factors", "offsets", "norms2", "dropped")
+        parts = [run.load_stage(source, [f"tail_{n}" for n in names])[0] for source in sources]
+        pick = lambda name: [p[f"tail_{name}"] for p in parts]  # noqa: E731
+        ids = np.concatenate(pick("ids"))
+        offsets = offsets_of(np.concatenate([np.diff(o) for o in pick("offsets")]))
+        layout = BlockLayout(np.hstack(pick("factors")), offsets, np.concatenate(pick("norms2")))
+        groups, sketches = _greedy_sketches(params, ids, layout, np.concatenate(pick("dropped")))
+        run.save_stage(stage, groups_to_arrays(groups, sketches, layout.rows))
+    else:
+        groups, sketches = _stage_groups(handle, stage)
+    return _group_result(groups, stage, sketches)
+
+
+def _greedy_sketches(params: dict, ids: np.ndarray, layout: BlockLayout,
+                     dropped: np.ndarray) -> tuple[list[list[int]], list[GramSketch]]:
+    """The greedy on a shard's factors: groups in global ids and their sketches, whose
+    slack includes the factors' rounding drops."""
+    with single_threaded_blas():
+        clusters, _, states = greedy_groups(layout, **dict(params, eps=rounding_eps(params["eps"])))
+        sketches = group_sketches(layout, clusters, states, params["rank"], params["oversampling"], params["tol"])
+        for group, sketch in zip(clusters, sketches):
+            # ||Delta||_F of the whole group: the drops are per block, orthogonal in columns
+            sketch.slack += float(np.sqrt(np.sum(dropped[group] ** 2)))
+    return [ids[g].tolist() for g in clusters], sketches
+
+
+def _tail_arrays(ids: np.ndarray, layout: BlockLayout, dropped: np.ndarray, tail: np.ndarray) -> dict:
+    """The factors of a shard's blocks at positions ``tail``, as :func:`refill_shard` reads them."""
+    part = layout.subset(tail)
+    return {"tail_ids": ids[tail], "tail_factors": part.data, "tail_offsets": part.offsets,
+            "tail_norms2": part.norms2, "tail_dropped": dropped[tail]}
+
+
+def _group_result(groups: list[list[int]], stage: str, sketches: list[GramSketch]) -> dict:
     return {"groups": groups, "stage": stage, "totals": [s.total for s in sketches],
             "bounds": [s.error_bound() for s in sketches]}
 

@@ -374,3 +374,21 @@ def test_ritz_route_certifies_what_the_gram_route_does(client, tmp_path, monkeyp
     # span(Q) holds the top subspace of these groups: the same adaptive ranks
     np.testing.assert_array_equal(ritz.ranks, gram.ranks)
     _check_result(coll, blocks, ritz, 3, 0.08)
+
+
+def test_refill_pools_the_groups_shards_cut_short(client, tmp_path, monkeypatch):
+    from pipeline.distributed.run import ClusteringRun
+
+    blocks = _subspace_blocks(400, seed=7)
+    coll = _store(tmp_path, blocks)
+    kwargs = dict(rank=6, eps=0.1, shard_size=40, batch_bytes=SMALL_BATCH)  # ten shards: ten cut groups
+    refilled = cluster_collection(coll, client=client, run_id="refill", **kwargs)
+    monkeypatch.setattr(ClusteringRun, "_refill", lambda self, results: (results, []))
+    plain = cluster_collection(coll, client=client, run_id="plain", **kwargs)
+    local = {run: ClusteringRun(coll, client=None, run_id=run, **kwargs).local()["meta"] for run in ("refill", "plain")}
+    assert sum(local["refill"]["refilled"]) > 0
+    # pooled, the cut groups fill whole ones: fewer groups out of the local stage, and
+    # never more at the end
+    assert local["refill"]["n_groups"] < local["plain"]["n_groups"]
+    assert refilled.n_groups <= plain.n_groups
+    _check_result(coll, blocks, refilled, 6, 0.1)
