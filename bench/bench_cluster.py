@@ -225,8 +225,11 @@ STEPS = {
     "qr": ["bounds:_full_range_qr"],  # the QR route of extensions and seeds (inside extension and seed)
     "eigen": ["bounds:_eigh|numpy.linalg._linalg:eigh"],
     "bound": ["bounds:ResidualBound._proposal_error", "bounds:GramSketch._proposal_error", "greedy:_grow_weyl"],
+    # the lazy sketch (approximate on narrow blocks): its cheap test, its eigenvalue test, and
+    # its folds of the pending blocks (which include their extension and eigen-solve)
     "cheap": ["bounds:LazySketch.gains", "bounds:LazySketch.cheap_run", "bounds:LazySketch.accept"],
-    "fold": ["bounds:LazySketch.try_fold", "bounds:LazySketch.settled"],  # includes their extension and eigen-solve
+    "exact": ["bounds:LazySketch.try_exact"],
+    "fold": ["bounds:LazySketch.settled"],
     "commit": ["bounds:ResidualBound._commit", "bounds:GramSketch._commit"],
     "screen": ["bounds:surely_exceeds"],
     "singletons": ["greedy:_singleton_energies"],

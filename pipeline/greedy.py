@@ -14,6 +14,13 @@ Blocks are sorted once by Frobenius norm, descending. While blocks remain:
 
 Every block ends in exactly one group. Reference: M. Shamrai, arXiv 2601.11626 (2026),
 Algorithms 1-3.
+
+On narrow blocks the approximate bound grows lazily (:class:`pipeline.bounds.LazySketch`):
+a candidate is accepted by its energy inside the sketch's top-r basis, or else by the
+eigenvalues of the sketch plus the blocks accepted since, and the sketch is re-solved only
+to refresh that basis. It certifies at least what the paper's block-by-block sketch does, so
+a group takes at least the candidates that sketch would; groups may differ from the
+paper's from then on.
 """
 
 from __future__ import annotations
