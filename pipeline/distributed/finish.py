@@ -81,7 +81,8 @@ class CertifyAndCompress:
             per_range = int(np.clip(-(-len(part) // max(wanted, 1)), 1, CERTIFY_GROUPS))
             ranges = group_ranges(np.full(len(part), m * m * 8), GRAM_BYTES, max_groups=per_range)
             certified += self._summed_pass("gram", part, ranges, tasks.gram_batch, lambda labels: (),
-                                           tasks.combine_range, lambda stage, sums, members: (tasks.certify_range, stage, sums))
+                                           tasks.combine_range,
+                                           lambda stage, sums, members: (tasks.certify_range, stage, sums))
         return certified
 
     def _certify_projected(self, groups: list[list[int]], refs: list[tuple[str, int]]) -> list[tuple | None]:
@@ -91,7 +92,7 @@ class CertifyAndCompress:
         k = self.params["rank"] + self.params["oversampling"]
         by_group = dict(enumerate(refs))
 
-        def leaf_args(labels: np.ndarray) -> tuple:
+        def batch_args(labels: np.ndarray) -> tuple:
             return ({int(g): by_group[int(g)] for g in np.unique(labels[labels >= 0])},)
 
         def finish(stage: str, sums, members: np.ndarray) -> tuple:
@@ -102,19 +103,19 @@ class CertifyAndCompress:
         # more than the sums themselves), while the bases' writes still spread over workers
         rows, rank = self.collection.rows, self.params["rank"]
         ranges = group_ranges(np.full(len(groups), max(k * k, rows * rank) * 8), RITZ_RANGE_BYTES)
-        return self._summed_pass("ritz", groups, ranges, tasks.projected_batch, leaf_args,
+        return self._summed_pass("ritz", groups, ranges, tasks.projected_batch, batch_args,
                                  tasks.combine_projected_range, finish)
 
-    def _summed_pass(self, kind: str, groups: list[list[int]], ranges: np.ndarray, batch_task, leaf_args,
+    def _summed_pass(self, kind: str, groups: list[list[int]], ranges: np.ndarray, batch_task, batch_args,
                      combine, finish) -> list:
         """One read of the data for ``groups``: every batch task (``batch_task``) emits its
         partials per group range, each range adds them up in batch-index order (a chain of
         small tasks that stays on the worker holding the sum, so the bits do not depend on
         the number of workers and only the partials cross the network), and one task per
         range (``finish``) certifies its groups on the workers, checkpointing their bases.
-        ``ranges`` gives each group's range.
-        ``leaf_args(labels)`` gives a batch task's extra arguments, ``finish(stage, sums,
-        members)`` the range task and its arguments before rank and eps."""
+        ``ranges`` gives each group's range, ``batch_args(labels)`` a batch task's extra
+        arguments, ``finish(stage, sums, members)`` the range task and its arguments before
+        rank and eps."""
         labels = labels_of(groups, self.collection.n_blocks)
         group_shifts = self._group_shifts(groups)
         n_ranges = int(ranges.max(initial=-1)) + 1
@@ -122,7 +123,7 @@ class CertifyAndCompress:
         leaves = []
         for i, (first, stop, part) in enumerate(self._batches_of(labels)):
             leaf = self._submit(kind, i, batch_task, self._handle, first, stop, part, ranges, n_ranges, group_shifts,
-                                *leaf_args(part))
+                                *batch_args(part))
             leaves.append(leaf)
             for r in range(n_ranges):  # submitted right after the leaf, so sums are formed (and freed) early
                 # the range's slice as its own small result: the sum, the larger input, stays put
@@ -132,8 +133,10 @@ class CertifyAndCompress:
         self._certify_calls += 1  # a split group is certified again: its ranges get new stages
         call = self._certify_calls
         certs = []
+        by_range = np.argsort(ranges, kind="stable")
+        members = np.split(by_range, np.searchsorted(ranges[by_range], np.arange(1, n_ranges)))
         for r in range(n_ranges):
-            func, *args = finish(f"certify-{kind}-{call:02d}-{r:05d}", sums[r], np.flatnonzero(ranges == r))
+            func, *args = finish(f"certify-{kind}-{call:02d}-{r:05d}", sums[r], members[r])
             certs.append(self._submit("certify", r, func, self._handle, self._token, *args, self.params["rank"],
                                       self.params["eps"], priority=2))
         self._track("certify", leaves)
