@@ -17,7 +17,7 @@ __all__ = ["summary_markdown", "largest_groups_table", "publish_report_artifacts
 
 #: Most PNG bytes embedded in the summary artifact (as data URIs); beyond, only links.
 _EMBED_MAX_BYTES = 2 * 2**20
-_PLOT_TITLES = {PLOT_FILES[0]: "Certified bound against exact error, per group", PLOT_FILES[1]: "Group sizes"}
+_PLOT_TITLES = {PLOT_FILES[0]: "Certified bound against certified error, per group", PLOT_FILES[1]: "Group sizes"}
 
 
 def _until(link: BrowserLink) -> str:

@@ -71,7 +71,7 @@ def fmt_bytes(n: float) -> str:
 def honest_numbers(report: dict) -> dict[str, Any]:
     """The labelled figures every summary shows, from a report.json dict (also old ones).
 
-    ``max_certified_error_compressed``: worst exact rank-r error over groups stored
+    ``max_certified_error_compressed``: worst certified rank-r error over groups stored
     compressed (what the guarantee is about); ``raw_blocks`` / ``raw_groups``: blocks and
     groups stored as they are; ``max_error``: the realised error of what is stored (0 for
     raw groups); ``raw_unfit_blocks`` / ``raw_block_errors``: how many single blocks are raw
@@ -273,12 +273,14 @@ def render_html(
             f"{verification.get('violations', 0)} violation(s).</p>",
         ]
     plots_ok = have_matplotlib()
-    parts.append("<h2>Certified bound vs exact error</h2>")
+    parts.append("<h2>Certified bound vs certified error</h2>")
     if plots_ok:
-        parts.append(_img(bounds_png(report), "bound vs exact error"))
+        parts.append(_img(bounds_png(report), "bound vs certified error"))
         parts.append(
             "<p class='note'>One point per group: the bound (x) is what the clustering certified while it "
-            "grew the group; the exact error (y) comes from the group's full spectrum. Valid bounds lie on or "
+            "grew the group; the certified error (y) is that of the group's certified basis on its data: the exact "
+            "rank-r error (from the group's Gram) or an upper bound on it (Rayleigh-Ritz on the group's sketch, "
+            "never above the bound). Valid bounds lie on or "
             "below the diagonal; every group lies below the red line. Groups split at certification have bound 0.</p>"
         )
     else:

@@ -1,8 +1,8 @@
 """The plots of a run's reports (matplotlib, Agg, PNG bytes).
 
-- :func:`report_plots`: the PNGs written beside report.json (bound against exact error,
+- :func:`report_plots`: the PNGs written beside report.json (bound against certified error,
   group sizes);
-- for report.html (:mod:`flows.html_report`): certified bound against exact error, one
+- for report.html (:mod:`flows.html_report`): certified bound against certified error, one
   point per group (every point must lie left of / below ``eps``, and above the diagonal
   when the bound is valid); group sizes (blocks per group, and share of the columns per
   group size); singular-value decay of the largest groups (from
@@ -63,7 +63,9 @@ def _png(fig, dpi: int = 110) -> bytes:
 
 
 def bounds_png(report: dict) -> bytes:
-    """Certified sketch bound against exact rank-r error, one point per group."""
+    """Certified sketch bound against the group's certified rank-r error (that of its
+    certified basis, measured on its data: the exact error or an upper bound on it), one point
+    per group."""
     plt = _pyplot()
     eps = report["params"].get("eps")
     groups = report["groups"]
@@ -85,15 +87,15 @@ def bounds_png(report: dict) -> bytes:
         ax.scatter(bound[~multi], error[~multi], s=10, marker="x", color="grey", alpha=0.7,
                    label=f"single blocks ({int((~multi).sum())})")
     hi = max(float(np.max(bound, initial=0.0)), float(np.max(error, initial=0.0)), float(eps or 0.0)) * 1.08 or 1.0
-    ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="exact = bound")
+    ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--", label="error = bound")
     if eps is not None:
         ax.axhline(eps, color="red", lw=1.0, label=f"eps = {eps:g}")
         ax.axvline(eps, color="red", lw=1.0, ls=":")
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_xlabel("certified bound the group was formed under")
-    ax.set_ylabel(f"exact relative error at rank {report['params'].get('rank')}")
-    ax.set_title("Certified bound vs exact error per group")
+    ax.set_ylabel(f"certified relative error at rank {report['params'].get('rank')}")
+    ax.set_title("Certified bound vs certified error per group")
     ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
 

@@ -191,7 +191,7 @@ def _summary_from_report(report: dict, urls: dict[str, str] | None = None) -> di
         "rank": report["params"].get("rank"),
         "compression_ratio": report["compression_ratio"],
         "compression_ratio_adaptive": report["compression_ratio_adaptive"],
-        # worst exact rank-r error over the groups stored compressed (raw ones store no approximation)
+        # worst certified rank-r error over the groups stored compressed (raw ones store no approximation)
         "max_certified_error": honest["max_certified_error_compressed"],
         "max_error": report["max_error"],
         "raw_blocks": honest["raw_blocks"],

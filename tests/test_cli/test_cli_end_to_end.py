@@ -83,7 +83,7 @@ def test_ingest_cluster_verify_decompress(capsys, store, stack_file, dask_addres
     check_report_contract(report, n_blocks=N_BLOCKS, rows=ROWS, eps=EPS)
     assert {"scan", "certify", "compress", "report"} <= set(report["timings"])
     page = Path(summary["files"]["report.html"]).read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "Certified bound vs exact error" in page
+    assert page.count("data:image/png;base64,") >= 3 and "Certified bound vs certified error" in page
 
     verified = cli_json(capsys, "verify", "blocks", "--store", store)  # latest artifact = e2e
     assert verified["ok"] and verified["artifact"] == "e2e" and verified["max_error"] <= EPS
