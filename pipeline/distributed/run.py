@@ -269,9 +269,19 @@ class ClusteringRun(CertifyAndCompress):
         scan instead of leaving all workers but one idle after it. :meth:`partition` picks
         the future up."""
         if picks:
-            self._anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
-                                         self._with_firsts(picks),
-                                         *[scans[b] for b, _ in picks], priority=2)
+            self._anchors = self._sample_anchors(picks, "0", scans)
+
+    def _sample_anchors(self, picks: list[tuple[int, np.ndarray]], tag: str, scans: list | None = None):
+        """A future of the anchors from the greedy on the sampled blocks ``picks`` ((batch,
+        positions) pairs): one task per batch reads and reduces its share
+        (:func:`tasks.sample_part`, after the batch's scan future when ``scans`` is given),
+        one task runs the greedy on them all."""
+        params = dict(self.params)
+        parts = [self._submit("sample", f"{tag}-{b}", tasks.sample_part, self._handle, params, b,
+                              int(self._batch_bounds[b]), picked, *([scans[b]] if scans is not None else []),
+                              priority=2)
+                 for b, picked in picks]
+        return self._submit("anchors", tag, tasks.sample_anchors, params, *parts, priority=2)
 
     def _shifts(self) -> np.ndarray:
         """Every block's magnitude shift (:mod:`pipeline.magnitude`), from the scan."""
@@ -296,8 +306,7 @@ class ClusteringRun(CertifyAndCompress):
             # a computed future, not scattered data: a restarted worker recomputes it
             anchors, self._anchors = self._anchors, None  # started by the scan, if this process ran it
             if anchors is None:
-                anchors = self._submit("anchors", 0, tasks.sample_anchors, self._handle, dict(self.params),
-                                       self._with_firsts(self._sample_picks()))
+                anchors = self._sample_anchors(self._sample_picks(), "0")
             best_two, shares = self._route(None, anchors, "all")
             anchor_offsets = anchors.result()[1]
             n_anchors, columns, orphans = len(anchor_offsets) - 1, int(anchor_offsets[-1]), []
@@ -318,10 +327,6 @@ class ClusteringRun(CertifyAndCompress):
 
         return self._timed("partition", compute)
 
-    def _with_firsts(self, picks: list[tuple[int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
-        """(batch, its first block, positions): the form the sample task takes."""
-        return [(b, int(self._batch_bounds[b]), picked) for b, picked in picks]
-
     def _picks_of(self, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Sorted block ids as (batch, positions in the batch), the form tasks read."""
         batch_of = np.searchsorted(self._batch_bounds, ids, side="right") - 1
@@ -329,8 +334,7 @@ class ClusteringRun(CertifyAndCompress):
 
     def _anchors_of(self, ids: np.ndarray, tag: str):
         """A future of the anchors from the greedy on the blocks ``ids`` (sorted)."""
-        return self._submit("anchors", tag, tasks.sample_anchors, self._handle, dict(self.params),
-                            self._with_firsts(self._picks_of(ids)))
+        return self._sample_anchors(self._picks_of(ids), tag)
 
     def _route(self, ids: np.ndarray | None, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
         """Best two anchors of the blocks ``ids`` (sorted; None: every block) and their

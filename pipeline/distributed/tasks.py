@@ -181,28 +181,34 @@ def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
     return unround_factors(factors, exponents, offsets), offsets, norms2, dropped
 
 
-def sample_anchors(handle: Handle, params: dict, picks: list[tuple[int, int, np.ndarray]], *scanned
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor bases from the greedy on a sample: ``picks`` lists (batch, its first block,
-    block positions); ``scanned`` are the scan results of those batches, passed only so
-    that the task waits for them.
+def sample_part(handle: Handle, params: dict, batch: int, first: int, picked: np.ndarray, *scanned
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch's share of a partition sample: the blocks at positions ``picked`` of batch
+    ``batch`` (whose first block is ``first``) as :func:`sample_anchors` takes them, from
+    the batch's scan checkpoint; ``scanned`` is the batch's scan result, passed only so
+    that the task waits for it. One task per batch, so the reads and reductions run in
+    parallel, beside the rest of the scan.
 
     Blocks factored to r + p columns enter by their dominant directions
-    (:func:`pipeline.sharding.dominant_factors`, all but (eps/2)^2 of their energy). Each
-    sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
-    Returns the bases side by side (m x total width) and their column offsets."""
-    data, widths, norms2, factored = [], [], [], []
+    (:func:`pipeline.sharding.dominant_factors`, all but (eps/2)^2 of their energy).
+    Returns the factors, their column offsets and the blocks' exact squared norms."""
     coll = collection_of(handle)
     cap = min(params["rank"] + params["oversampling"], coll.rows)
-    for batch, first, picked in picks:
-        factors, offsets, batch_norms2, _ = load_factors(handle, batch, picked)
-        data.append(factors)
-        widths.append(np.diff(offsets))
-        norms2.append(batch_norms2)
-        factored.append(coll.widths[first + picked] > cap)
-    dominant, offsets = dominant_factors(np.hstack(data), offsets_of(np.concatenate(widths)),
-                                         1.0 - (params["eps"] / 2) ** 2, np.concatenate(factored))
-    layout = BlockLayout(dominant, offsets, np.concatenate(norms2))
+    factors, offsets, norms2, _ = load_factors(handle, batch, picked)
+    with single_threaded_blas():
+        dominant, offsets = dominant_factors(factors, offsets, 1.0 - (params["eps"] / 2) ** 2,
+                                             coll.widths[first + picked] > cap)
+    return dominant, offsets, norms2
+
+
+def sample_anchors(params: dict, *parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor bases from the greedy on a sample, given as :func:`sample_part` results.
+
+    Each sample group's sketch gives one anchor (:func:`pipeline.sharding.anchor_basis`).
+    Returns the bases side by side (m x total width) and their column offsets."""
+    dominant = np.hstack([p[0] for p in parts])
+    offsets = offsets_of(np.concatenate([np.diff(p[1]) for p in parts]))
+    layout = BlockLayout(dominant, offsets, np.concatenate([p[2] for p in parts]))
     heads = []
     with single_threaded_blas():
         clusters, _, states = greedy_groups(layout, **dict(params, method="approximate", order="residual"))
