@@ -16,7 +16,6 @@ from storage import (
     CorruptedFileError,
     EmptyInputError,
     ingest_safetensors,
-    open_artifact,
     open_collection,
     read_safetensors_header,
     write_artifact,
@@ -185,7 +184,7 @@ def test_decompress_range_equals_block_by_block(root, rng):
     from storage import ingest_blocks
 
     blocks = [rng.standard_normal((6, 1 + i % 3)) for i in range(20)]
-    coll = ingest_blocks(root, "r", blocks)
+    ingest_blocks(root, "r", blocks)
     groups = [[i, i + 1] for i in range(0, 20, 2)]  # 10 groups: every basis read at once
     bases, coefs, errors = [], [None] * 20, []
     for g, members in enumerate(groups):
