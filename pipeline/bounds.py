@@ -20,6 +20,9 @@ Approximation, and Error-Constrained Clustering", arXiv 2601.11626 (2026):
   mutually orthogonal subspaces.
 * :class:`GramSketch` ("approximate"): an incremental truncated eigen-sketch G <= M M^T that
   also merges across disjoint groups without touching data (:meth:`GramSketch.merge`).
+  The greedy grows it lazily on narrow blocks (:class:`LazySketch`): blocks are accepted
+  through the sketch's top-r basis or the eigenvalues of the sketch plus the blocks
+  accepted since, and folded into it only now and then.
 
 Numerical care. Extension bases are computed from a twice-orthogonalised residual, cut at a
 relative threshold, projected once more and re-orthonormalised, so they are orthonormal

@@ -26,7 +26,6 @@ paper's from then on.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import itertools
 
@@ -214,21 +213,15 @@ class _ScreenedAdd:
     proposal when it rejects, so it pays only where rejections are frequent: in norm order
     a group of wide blocks usually accepts its first candidate and rejects its second; in
     residual order a group accepts dozens. Rates are kept per position in the group (the
-    last one counting every later position). It never changes a decision.
-
-    ``add`` replaces ``bound.try_add`` (the lazy sketch's eigenvalue test, whose cheap test
-    already failed); the screen is skipped when ``screened`` is False (that test with no
-    pending blocks costs what the screen does)."""
+    last one counting every later position). It never changes a decision."""
 
     def __init__(self):
         self.proposed, self.rejected = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS  # lists: no numpy scalars
 
-    def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int, add=None,
-                 screened: bool = True) -> bool:
+    def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
         at = min(position, _SCREEN_POSITIONS - 1)
-        worth = screened and 4 * self.rejected[at] >= self.proposed[at]
-        add = bound.try_add if add is None else add
-        added = not (worth and surely_exceeds(bound, block, eps, norm2)) and add(block, eps, norm2)
+        worth = 4 * self.rejected[at] >= self.proposed[at]
+        added = not (worth and surely_exceeds(bound, block, eps, norm2)) and bound.try_add(block, eps, norm2)
         self.proposed[at] += 1
         self.rejected[at] += not added
         return added
@@ -236,11 +229,12 @@ class _ScreenedAdd:
 
 def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_add, cheap=None) -> list[int]:
     """Add candidates in order until one would push the bound above eps (``try_add``: a
-    :class:`_ScreenedAdd`; ``cheap``: the lazy sketch's :class:`_CheapTest`)."""
+    :class:`_ScreenedAdd`; ``cheap``: the lazy sketch's :class:`_CheapTest`, which takes its
+    place)."""
     if isinstance(bound, WeylBound):
         return _grow_weyl(bound, layout.norms2, candidates, eps)
     if isinstance(bound, LazySketch):
-        return _grow_lazy(bound, layout, candidates, eps, try_add, cheap)
+        return _grow_lazy(bound, layout, candidates, eps, cheap)
     accepted, size = [], _FIRST_WINDOW
     while True:  # in windows, so a lazy residual order is only materialised as far as needed
         window = prefix(candidates, size)
@@ -256,12 +250,10 @@ def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_ad
 class _CheapTest:
     """When the lazy sketch's cheap test is worth asking at a position in a group.
 
-    It costs a product per candidate and saves a fold when it passes; where it seldom
-    passes (in norm order a group of narrow blocks usually folds its first candidate), the
-    candidate is folded at once. Pass rates are kept per position, as the screen's
-    (:class:`_ScreenedAdd`). It decides cost only: a candidate the test would accept and
-    is folded instead is accepted too (the fold certifies at least what the test does, up
-    to the slack)."""
+    It costs a product per candidate and saves an eigenvalue test when it passes; where it
+    seldom passes (in norm order a group of narrow blocks usually takes its first candidate
+    by the eigenvalue test), that test is made at once. Pass rates are kept per position,
+    as the screen's (:class:`_ScreenedAdd`)."""
 
     def __init__(self):
         self.tried, self.passed = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS
@@ -278,15 +270,15 @@ class _CheapTest:
             self.passed[at] += i < run
 
 
-def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, try_add, cheap: _CheapTest) -> list[int]:
+def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, cheap: _CheapTest) -> list[int]:
     """:func:`_grow` for the lazy sketch: the cheap test of a run of candidates at once (one
     product with the sketch's top-r basis), accepting its longest passing prefix; at the
-    first candidate it fails, the eigenvalue test (screened, see :class:`_ScreenedAdd`).
+    first candidate it fails, the eigenvalue test (not screened: the screen would cost as
+    much). The group stops at the first candidate neither accepts.
 
     The pending blocks are folded into the sketch (settled) once they hold
-    ``_PENDING_COLUMNS`` columns, before the cheap test accepts more (they would dilute its
-    basis) or an eigenvalue test is made (its matrix grows with them): a fold's cost grows
-    with the cube of its width. A candidate the screen rejects needs no fold."""
+    ``_PENDING_COLUMNS`` columns, before the cheap test accepts more or an eigenvalue test
+    is made (its matrix grows with them): a fold's cost grows with the cube of its width."""
     accepted, size, chunk = [], _FIRST_WINDOW, _FIRST_CHUNK
     offsets, norms2 = layout.offsets, layout.norms2
     while True:  # in windows, so a lazy residual order is only materialised as far as needed
@@ -315,8 +307,7 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, t
                 chunk = max(_FIRST_CHUNK, 2 * run)
                 gain = float(gains[run])
             block = int(window[position])
-            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted),
-                           add=functools.partial(_exact_test, bound, gain=gain), screened=False):
+            if not _exact_test(bound, layout.block(block), eps, norms2[block], gain):
                 return accepted
             accepted.append(block)
             position += 1
