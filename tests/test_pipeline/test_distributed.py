@@ -137,7 +137,7 @@ def test_rerun_with_same_run_id_skips_completed_stages(client, tmp_path):
 
 
 @pytest.mark.slow  # a LocalCluster per stage, and a worker killed and replaced
-@pytest.mark.parametrize("stage", ["scan", "partition", "merge", "certify", "compress"])
+@pytest.mark.parametrize("stage", ["scan", "partition", "local", "merge", "certify", "compress"])
 def test_killed_worker_does_not_change_the_result(tmp_path, stage):
     coll = _store(tmp_path, _subspace_blocks(seed=7))
     kwargs = dict(rank=6, eps=0.1, shard_size=150, batch_bytes=SMALL_BATCH)
