@@ -237,13 +237,14 @@ def render_html(
         _card(f"compression ratio (rank {r})", f"{report['compression_ratio']:.2f}x"),
         _card("compression ratio (adaptive ranks)", f"{report['compression_ratio_adaptive']:.2f}x"),
         *([_card("baseline: per-block truncated SVD at eps", f"{base['compression_ratio']:.2f}x")] if "compression_ratio" in base else []),
-        _card(f"worst certified error, groups stored compressed (exact rank-{r})", f"{worst:.4g}", "ok" if ok else "bad"),
+        _card(f"worst certified error, groups stored compressed (rank-{r}, certified bases)", f"{worst:.4g}", "ok" if ok else "bad"),
         _card("blocks stored raw (as they are, error 0)", f"{honest['raw_blocks']} of {c['blocks']}"),
         _card("worst realised error of what is stored", f"{report['max_error']:.4g}"),
         _card("bytes on disk", f"{fmt_bytes(b['input'])} → {fmt_bytes(b['compressed'])}"),
         _card("total seconds", f"{sum(report['timings'].values()):.1f}"),
         "</div>",
-        f"<p>Every group of two or more blocks has an exact rank-{p.get('rank')} relative error "
+        f"<p>Every group of two or more blocks has a certified rank-{p.get('rank')} relative error (at least its "
+        "exact one) "
         f"{'<b class=ok>at or below</b>' if ok else '<b class=bad>ABOVE</b>'} eps = {eps}. "
         f"Largest realised error of what the artifact stores: {report['max_error']:.4g}. "
         f"{len(groups) - len(multi)} single blocks; {honest['raw_blocks']} blocks in {honest['raw_groups']} groups are "
@@ -319,7 +320,7 @@ def render_html(
     parts.append("<h2>Largest groups</h2>")
     biggest = sorted(groups, key=lambda g: (-g["columns"], g["id"]))[:25]
     parts.append(_table(
-        ["group", "blocks", "columns", "stored rank (0: raw)", "bound", f"exact rank-{r} error", "stored error", "first blocks"],
+        ["group", "blocks", "columns", "stored rank (0: raw)", "bound", f"certified rank-{r} error", "stored error", "first blocks"],
         [(g["id"], len(g["blocks"]), g["columns"], g["rank"], f"{g['bound']:.4g}", f"{g['error']:.4g}",
           f"{g.get('stored_error', float('nan')):.4g}", first_blocks(g, 10)) for g in biggest],
     ))

@@ -251,7 +251,7 @@ def _print_summary(summary: dict, title: str) -> None:
         table.add_row("per-block SVD", f"{base['compression_ratio']:.3f}x (baseline: each block alone at its own "
                                        f"smallest rank meeting eps; {base['raw_blocks']} blocks raw)")
     table.add_row("worst certified error", f"[{'green' if ok else 'red'}]{summary['max_certified_error']:.4g}[/] "
-                                           f"(eps = {summary['eps']}; exact rank-{r} error, groups stored compressed)")
+                                           f"(eps = {summary['eps']}; rank-{r} error of the certified bases, groups stored compressed)")
     raw = summary.get("raw_blocks", 0)
     table.add_row("blocks stored raw", f"{raw} of {summary['blocks']} ({summary.get('raw_groups', 0)} groups; as they "
                                        "are, error 0: no rank-r form is smaller or fits eps)")
