@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from ..certify import combine_projected
 from ..magnitude import group_norms2
 from . import tasks
 from .compress import certify_with_splits, storage_plan
@@ -57,7 +58,6 @@ class CertifyAndCompress:
             for g, cert in zip(sketched, ritz):
                 certified[g] = cert
         rest = [g for g in range(len(groups)) if certified[g] is None]
-        self._gram_route += len(rest)
         for g, cert in zip(rest, self._certify_exact([groups[g] for g in rest]) if rest else []):
             certified[g] = cert
         return certified
@@ -104,7 +104,7 @@ class CertifyAndCompress:
         rows, rank = self.collection.rows, self.params["rank"]
         ranges = group_ranges(np.full(len(groups), max(k * k, rows * rank) * 8), RITZ_RANGE_BYTES)
         return self._summed_pass("ritz", groups, ranges, tasks.projected_batch, batch_args,
-                                 tasks.combine_projected_range, finish)
+                                 combine_projected, finish)
 
     def _summed_pass(self, kind: str, groups: list[list[int]], ranges: np.ndarray, batch_task, batch_args,
                      combine, finish) -> list:
@@ -159,7 +159,6 @@ class CertifyAndCompress:
             def certify(part: list[list[int]]) -> list[tuple]:  # split halves have no sketch
                 return self._certify_groups(part, [sketch_of.get(tuple(g)) for g in part])
 
-            self._gram_route = 0
             groups, certified, split, splits = certify_with_splits(groups, certify, self.params["eps"])
             bounds = [0.0 if was_split else bounds[g] for g, was_split in enumerate(split)]  # a half has no sketch
             errors = np.array([c[0] for c in certified])
@@ -177,8 +176,10 @@ class CertifyAndCompress:
                 "basis_stage": np.array([index[c[2][0]] for c in certified], dtype=np.int64),
                 "basis_start": np.array([c[2][1] for c in certified], dtype=np.int64),
             }
-            meta = {"n_groups": len(groups), "splits": splits, "gram_route": self._gram_route, "max_error": float(errors.max(initial=0.0)),
-                    "basis_stages": stages}
+            meta = {"n_groups": len(groups), "splits": splits, "max_error": float(errors.max(initial=0.0)),
+                    "basis_stages": stages,
+                    # groups whose basis the Gram route gave (the Ritz route could not certify them)
+                    "gram_route": sum(name.startswith("certify-gram-") for name, _ in (c[2] for c in certified))}
             return arrays, meta
 
         return self._timed("certify", compute)

@@ -20,7 +20,6 @@ from ..certify import (
     certify_partial,
     certify_projected,
     combine_partials,
-    combine_projected,
     gram_partials,
     group_coefficients,
     projected_partials,
@@ -387,7 +386,11 @@ def gram_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, ranges
     (each group at its magnitude shift ``group_shifts[g]``)."""
     data, offsets = read_batch(handle, first, stop)
     with single_threaded_blas():
-        parts = gram_partials(data, offsets, labels, group_shifts)
+        return _by_range(gram_partials(data, offsets, labels, group_shifts), ranges, n_ranges)
+
+
+def _by_range(parts: dict, ranges: np.ndarray, n_ranges: int) -> list[dict]:
+    """A batch's partials (group -> partial) split by group range ``ranges[group]``."""
     out: list[dict] = [{} for _ in range(n_ranges)]
     for label, part in parts.items():
         out[int(ranges[label])][label] = part
@@ -408,16 +411,7 @@ def projected_batch(handle: Handle, first: int, stop: int, labels: np.ndarray, r
     present = np.unique(labels[labels >= 0])
     bases = {int(g): sketch_basis(handle, refs[int(g)]) for g in present}
     with single_threaded_blas():
-        parts = projected_partials(data, offsets, labels, bases, group_shifts)
-    out: list[dict] = [{} for _ in range(n_ranges)]
-    for label, part in parts.items():
-        out[int(ranges[label])][label] = part
-    return out
-
-
-def combine_projected_range(left: dict, right: dict) -> dict:
-    """Add a batch's projected partials to a range's running sum (left first)."""
-    return combine_projected(left, right)
+        return _by_range(projected_partials(data, offsets, labels, bases, group_shifts), ranges, n_ranges)
 
 
 def certify_projected_range(handle: Handle, token: str | None, stage: str, partials: dict,
@@ -425,23 +419,8 @@ def certify_projected_range(handle: Handle, token: str | None, stage: str, parti
     """:func:`certify_range` through the Rayleigh-Ritz route
     (:func:`pipeline.certify.certify_projected`); a group it cannot certify maps to None
     (the driver certifies it from its Gram)."""
-    run = run_of(handle).require_lease(token)
-    if run.is_complete(stage):  # a retried task: the same results, already checkpointed
-        arrays = run.load_stage(stage, ["labels", "errors", "ranks", "failed"])[0]
-    else:
-        labels = np.fromiter(partials, dtype=np.int64, count=len(partials))
-        with single_threaded_blas():
-            certs = [certify_projected(partials[g], sketch_basis(handle, refs[int(g)]), rank, eps) for g in labels]
-        kept = [c for c in certs if c is not None]
-        rows = kept[0].basis.shape[0] if kept else collection_of(handle).rows
-        arrays = {"labels": labels, "failed": np.array([c is None for c in certs], dtype=bool),
-                  "errors": np.array([np.nan if c is None else c.error for c in certs], dtype=np.float64),
-                  "ranks": np.array([0 if c is None else c.adaptive_rank for c in certs], dtype=np.int64)}
-        run.save_stage(stage, {**arrays, "bases": np.hstack([c.basis for c in kept]) if kept else np.zeros((rows, 0))})
-    starts = offsets_of(arrays["ranks"])
-    return {int(g): None if failed else (float(e), int(k), (stage, int(starts[j])))
-            for j, (g, e, k, failed) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"],
-                                                        arrays["failed"]))}
+    return _certified_range(handle, token, stage, partials, lambda g, part: certify_projected(
+        part, sketch_basis(handle, refs[g]), rank, eps))
 
 
 def pick_range(parts: list[dict], index: int) -> dict:
@@ -463,20 +442,31 @@ def certify_range(handle: Handle, token: str | None, stage: str, partials: dict,
     the run's lease ``token``), where the compress tasks read them: they never pass
     through the client. Returns per group its error, adaptive rank and (stage, first
     column) of its basis."""
+    return _certified_range(handle, token, stage, partials, lambda g, part: certify_partial(part, rank, eps))
+
+
+def _certified_range(handle: Handle, token: str | None, stage: str, partials: dict, certify) -> dict:
+    """``certify(group, partial)`` (a certificate, or None: not certified here) of every
+    group of a range, checkpointed as ``stage`` with the bases side by side (a retried
+    task reads them back); per group None or (error, adaptive rank, (stage, first column
+    of its basis))."""
     run = run_of(handle).require_lease(token)
     if run.is_complete(stage):  # a retried task: the same results, already checkpointed
-        arrays = run.load_stage(stage, ["labels", "errors", "ranks"])[0]
+        arrays = run.load_stage(stage, ["labels", "errors", "ranks", "failed"])[0]
     else:
+        labels = np.fromiter(partials, dtype=np.int64, count=len(partials))
         with single_threaded_blas():
-            certs = [certify_partial(part, rank, eps) for part in partials.values()]
-        rows = certs[0].basis.shape[0] if certs else 0
-        arrays = {"labels": np.fromiter(partials, dtype=np.int64, count=len(partials)),
-                  "errors": np.array([c.error for c in certs], dtype=np.float64),
-                  "ranks": np.array([c.adaptive_rank for c in certs], dtype=np.int64)}
-        run.save_stage(stage, {**arrays, "bases": np.hstack([c.basis for c in certs]) if certs else np.zeros((rows, 0))})
+            certs = [certify(int(g), partials[g]) for g in labels]
+        kept = [c for c in certs if c is not None]
+        rows = kept[0].basis.shape[0] if kept else collection_of(handle).rows
+        arrays = {"labels": labels, "failed": np.array([c is None for c in certs], dtype=bool),
+                  "errors": np.array([np.nan if c is None else c.error for c in certs], dtype=np.float64),
+                  "ranks": np.array([0 if c is None else c.adaptive_rank for c in certs], dtype=np.int64)}
+        run.save_stage(stage, {**arrays, "bases": np.hstack([c.basis for c in kept]) if kept else np.zeros((rows, 0))})
     starts = offsets_of(arrays["ranks"])
-    return {int(g): (float(e), int(k), (stage, int(starts[j])))
-            for j, (g, e, k) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"]))}
+    return {int(g): None if failed else (float(e), int(k), (stage, int(starts[j])))
+            for j, (g, e, k, failed) in enumerate(zip(arrays["labels"], arrays["errors"], arrays["ranks"],
+                                                        arrays["failed"]))}
 
 
 @functools.lru_cache(maxsize=8)
