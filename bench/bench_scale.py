@@ -223,16 +223,43 @@ def _dask_read_seconds(coll, client) -> float:
     return time.perf_counter() - start
 
 
-def _io_run(coll, n_workers: int) -> tuple[float, float, object]:
+def _io_run(coll, n_workers: int, profile: bool = False) -> tuple[float, float, object]:
+    from distributed import get_task_stream
+
     from pipeline.distributed import cluster_collection
 
     with _cluster(n_workers) as client:
         client.run(lambda: None)
         read = _dask_read_seconds(coll, client)
-        start = time.perf_counter()
-        result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"io-{n_workers}w-{time.time_ns()}")
-        whole = time.perf_counter() - start
+        with get_task_stream(client) if profile else contextlib.nullcontext() as stream:
+            start = time.perf_counter()
+            result = cluster_collection(coll, rank=16, eps=0.2, client=client,
+                                        run_id=f"io-{n_workers}w-{time.time_ns()}")
+            whole = time.perf_counter() - start
+        if profile:
+            _print_task_profile(stream.data, n_workers)
     return read, whole, result
+
+
+def _print_task_profile(records: list[dict], n_workers: int) -> None:
+    """Per task kind (the stage in its key): tasks, compute seconds in all, longest task,
+    and its window (first start to last stop) from the first task's start; the window
+    times the workers against the compute shows how busy that kind kept them."""
+    kinds: dict[str, list] = {}
+    for rec in records:
+        key = rec["key"] if isinstance(rec["key"], str) else str(rec["key"])
+        kind = key.split("-")[1] if key.startswith("cmsvd-") else key.split("-")[0]
+        starts = [s["start"] for s in rec["startstops"] if s["action"] == "compute"]
+        stops = [s["stop"] for s in rec["startstops"] if s["action"] == "compute"]
+        if starts:
+            kinds.setdefault(kind, []).append((min(starts), max(stops), sum(b - a for a, b in zip(starts, stops))))
+    origin = min(t[0] for ts in kinds.values() for t in ts)
+    print(f"  task profile ({n_workers} workers): kind tasks compute longest window", flush=True)
+    for kind, ts in sorted(kinds.items(), key=lambda kv: min(t[0] for t in kv[1])):
+        first, last = min(t[0] for t in ts) - origin, max(t[1] for t in ts) - origin
+        compute = sum(t[2] for t in ts)
+        print(f"    {kind:>14} {len(ts):5d} {compute:7.2f} {max(t[2] for t in ts):6.3f} "
+              f"{first:6.2f}-{last:6.2f} busy {compute / max((last - first) * n_workers, 1e-9):4.2f}", flush=True)
 
 
 def io(root: str, args) -> None:
@@ -248,7 +275,7 @@ def scaling(root: str, args) -> None:
     coll = _big_collection(root, args.io_gib, "io")
     base = None
     for n in args.scaling_workers:
-        read, whole, result = _io_run(coll, n)
+        read, whole, result = _io_run(coll, n, profile=args.profile)
         base = base or (n, whole)
         print(f"{n:3d} workers: whole run {whole:6.1f} s (read {read:5.1f} s, {whole / read:4.1f}x), speed-up over "
               f"{base[0]} workers {base[1] / whole:4.2f}x; stages "
@@ -324,6 +351,7 @@ def main() -> None:
     parser.add_argument("--io-gib", type=float, default=0.5)
     parser.add_argument("--memory-gib", type=float, default=3.3)
     parser.add_argument("--scaling-workers", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--profile", action="store_true", help="scaling: print each task kind's profile")
     parser.add_argument("--root", default=None, help="keep the stores here (default: a temporary folder)")
     args = parser.parse_args()
     parts = set(args.parts)

@@ -223,11 +223,12 @@ class ClusteringRun(CertifyAndCompress):
             bounds = self._batch_bounds
             picks = self._sample_picks() if self._wants_sample() else []
             first = {b for b, _ in picks}  # scanned first, so that the sample starts early
-            futures = [
-                self._submit("scan", b, tasks.scan_batch, self._handle, self._token, b, int(bounds[b]),
-                             int(bounds[b + 1]), self.width_cap, self.params["eps"], priority=int(b in first))
-                for b in range(self.n_batches)
-            ]
+            futures: list = [None] * self.n_batches
+            # submitted first too: workers take tasks as they arrive, before later priorities are seen
+            for b in sorted(range(self.n_batches), key=lambda b: b not in first):
+                futures[b] = self._submit("scan", b, tasks.scan_batch, self._handle, self._token, b, int(bounds[b]),
+                                          int(bounds[b + 1]), self.width_cap, self.params["eps"],
+                                          priority=int(b in first))
             self._start_sample(picks, futures)
             try:
                 results = sorted(self._gather("scan", futures), key=lambda r: r[0])
@@ -340,7 +341,8 @@ class ClusteringRun(CertifyAndCompress):
         """Best two anchors of the blocks ``ids`` (sorted; None: every block) and their
         shares, on the workers."""
         picks = [(b, None) for b in range(self.n_batches)] if ids is None else self._picks_of(ids)
-        futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, anchors, picked)
+        saved = self._submit("anchors-save", tag, tasks.save_anchors, self._handle, self._token, tag, anchors, priority=2)
+        futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, saved, picked)
                    for b, picked in picks]
         routed = self._gather("partition", futures)
         return np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
@@ -414,8 +416,7 @@ class ClusteringRun(CertifyAndCompress):
             futures = [self._submit("local", shard, tasks.local_shard, self._handle, self._token, dict(self.params),
                                     shard, batches_of[shard])
                        for shard in range(n_shards)]
-            results = self._gather("local", futures)
-            results, refilled = self._refill(results)
+            results, refilled = self._refill(futures)
             groups = [g for r in results for g in r["groups"]]
             sketches = GroupSketches.of([(r["stage"], i, total, bound) for r in results
                                          for i, (total, bound) in enumerate(zip(r["totals"], r["bounds"]))])
@@ -424,32 +425,49 @@ class ClusteringRun(CertifyAndCompress):
 
         return self._timed("local", compute)
 
-    def _refill(self, results: list[dict]) -> tuple[list[dict], list[int]]:
-        """Each shard's end cuts its last group short. The last groups of consecutive shards
+    def _refill(self, futures: list) -> tuple[list[dict], list[int]]:
+        """The local tasks' results (``futures``, in shard order), refilled.
+
+        Each shard's end cuts its last group short. The last groups of consecutive shards
         of one band (neighbours in anchor order) are pooled, at most ``shard_size`` blocks
-        a pool, and the greedy runs on each pool on the workers (:func:`tasks.refill_shard`).
+        a pool, and the greedy runs on each pool on the workers (:func:`tasks.refill_shard`),
+        submitted as soon as the pool's shards are in: pools run beside the last shards.
         A pool's groups replace its shards' last groups where they are fewer; otherwise the
         last groups stay. Returns the results with the replaced last groups dropped and the
         pools' groups appended, and per pool the groups it saved (0: kept as they were).
-        Depends on the shards alone, never on the workers."""
+        Depends on the shards alone, never on the workers or on the order tasks finish."""
+        from distributed import as_completed
+
         shifts = self._shifts()
-        pools, size, band = [], 0, None
-        for k, r in enumerate(results):
-            if not r["groups"]:
-                continue
-            tail = r["groups"][-1]
-            if not pools or int(shifts[tail[0]]) != band or size + len(tail) > self.shard_size:
-                pools.append([])
-                size, band = 0, int(shifts[tail[0]])
-            pools[-1].append(k)
-            size += len(tail)
-        pools = [pool for pool in pools if len(pool) > 1]
-        futures = [self._submit("refill", i, tasks.refill_shard, self._handle, self._token, dict(self.params), i,
-                                [results[k]["stage"] for k in pool])
-                   for i, pool in enumerate(pools)]
+        position = {f.key: k for k, f in enumerate(futures)}
+        results: list = [None] * len(futures)
+        pools, refills, pool, size, band, ready = [], [], [], 0, None, 0
+
+        def close(pool: list[int]) -> None:
+            if len(pool) > 1:
+                refills.append(self._submit("refill", len(pools), tasks.refill_shard, self._handle, self._token,
+                                            dict(self.params), len(pools), [results[k]["stage"] for k in pool],
+                                            priority=1))
+                pools.append(pool)
+
+        self._report("local", 0, len(futures))
+        for done, future in enumerate(as_completed(futures), 1):
+            results[position[future.key]] = future.result()
+            self._report("local", done, len(futures))
+            while ready < len(results) and results[ready] is not None:  # shards in order, as they come in
+                tail = results[ready]["groups"][-1] if results[ready]["groups"] else None
+                if tail is not None:
+                    if pool and (int(shifts[tail[0]]) != band or size + len(tail) > self.shard_size):
+                        close(pool)
+                        pool, size = [], 0
+                    band = int(shifts[tail[0]])
+                    pool.append(ready)
+                    size += len(tail)
+                ready += 1
+        close(pool)
         saved, replaced = [], set()
         out = [dict(r) for r in results]
-        for pool, refill in zip(pools, self._gather("local", futures)):
+        for pool, refill in zip(pools, self._gather("local", refills)):
             gain = len(pool) - len(refill["groups"])
             saved.append(max(gain, 0))
             if gain <= 0:
@@ -536,12 +554,12 @@ class ClusteringRun(CertifyAndCompress):
         return groups, sketches
 
     def prune(self) -> int:
-        """Delete the per-batch checkpoints (``scan-*``, ``split-*``, ``sketches-*``) once certify is
+        """Delete the per-batch checkpoints (``scan-*``, ``split-*``, ``sketches-*``, ``anchors-*``) once certify is
         complete: no later stage reads them. The stage manifests stay, so a re-run still
         skips every stage. Returns the number of checkpoints removed."""
         if not self.run.is_complete("certify"):
             return 0
-        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-", "sketches-"))]
+        pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-", "sketches-", "anchors-"))]
         if pieces:
             with self._writing():
                 for stage in pieces:

@@ -221,14 +221,28 @@ def sample_anchors(params: dict, *parts: tuple[np.ndarray, np.ndarray, np.ndarra
     return np.hstack(heads), offsets_of(np.array([h.shape[1] for h in heads], dtype=np.int64))
 
 
-def route_batch(handle: Handle, batch: int, anchors: tuple[np.ndarray, np.ndarray],
+def save_anchors(handle: Handle, token: str | None, tag: str,
+                 anchors: tuple[np.ndarray, np.ndarray]) -> tuple[str, np.ndarray]:
+    """Checkpoint :func:`sample_anchors`' result as the stage ``anchors-<tag>``; returns
+    the stage and the anchors' column offsets. Every route task needs the bases: read
+    from the store, they do not draw all of those tasks onto the one worker holding a
+    large result."""
+    stage = f"anchors-{tag}"
+    run = run_of(handle).require_lease(token)
+    if not run.is_complete(stage):
+        run.save_stage(stage, {"bases": anchors[0], "offsets": anchors[1]})
+    return stage, anchors[1]
+
+
+def route_batch(handle: Handle, batch: int, anchors: tuple[str, np.ndarray],
                 picked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The two anchors holding most of each block's strongest direction (ids, K_batch x 2)
-    and the shares of it they hold (float32, K_batch x 2); of the blocks at positions
-    ``picked`` only, when given."""
+    """The two anchors (:func:`sample_anchors`' stage and offsets) holding most of each
+    block's strongest direction (ids, K_batch x 2) and the shares of it they hold
+    (float32, K_batch x 2); of the blocks at positions ``picked`` only, when given."""
     factors, offsets, _, _ = load_factors(handle, batch, picked)
+    bases = run_of(handle).load_stage(anchors[0], ["bases"])[0]["bases"]
     with single_threaded_blas():
-        shares = anchor_fractions(anchors[0], anchors[1], leading_directions(factors, offsets))
+        shares = anchor_fractions(bases, anchors[1], leading_directions(factors, offsets))
         best_two = best_two_anchors(shares)
         return best_two, np.take_along_axis(shares, best_two.T, axis=0).T
 

@@ -383,7 +383,7 @@ def test_refill_pools_the_groups_shards_cut_short(client, tmp_path, monkeypatch)
     coll = _store(tmp_path, blocks)
     kwargs = dict(rank=6, eps=0.1, shard_size=40, batch_bytes=SMALL_BATCH)  # ten shards: ten cut groups
     refilled = cluster_collection(coll, client=client, run_id="refill", **kwargs)
-    monkeypatch.setattr(ClusteringRun, "_refill", lambda self, results: (results, []))
+    monkeypatch.setattr(ClusteringRun, "_refill", lambda self, futures: (self._gather("local", futures), []))
     plain = cluster_collection(coll, client=client, run_id="plain", **kwargs)
     local = {run: ClusteringRun(coll, client=None, run_id=run, **kwargs).local()["meta"] for run in ("refill", "plain")}
     assert sum(local["refill"]["refilled"]) > 0
