@@ -341,7 +341,10 @@ class ClusteringRun(CertifyAndCompress):
         """Best two anchors of the blocks ``ids`` (sorted; None: every block) and their
         shares, on the workers."""
         picks = [(b, None) for b in range(self.n_batches)] if ids is None else self._picks_of(ids)
-        saved = self._submit("anchors-save", tag, tasks.save_anchors, self._handle, self._token, tag, anchors, priority=2)
+        # waited for here, so the route tasks depend on no future: a task that does is placed
+        # on the worker holding it, and all of them would queue there
+        saved = self._submit("anchors-save", tag, tasks.save_anchors, self._handle, self._token, tag, anchors,
+                             priority=2).result()
         futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, saved, picked)
                    for b, picked in picks]
         routed = self._gather("partition", futures)
