@@ -392,3 +392,23 @@ def test_refill_pools_the_groups_shards_cut_short(client, tmp_path, monkeypatch)
     assert local["refill"]["n_groups"] < local["plain"]["n_groups"]
     assert refilled.n_groups <= plain.n_groups
     _check_result(coll, blocks, refilled, 6, 0.1)
+
+
+def test_refill_does_not_depend_on_the_order_shards_finish(client, tmp_path, monkeypatch):
+    import distributed
+
+    coll = _store(tmp_path, _subspace_blocks(400, seed=7))
+    kwargs = dict(rank=6, eps=0.1, shard_size=40, batch_bytes=SMALL_BATCH, client=client)
+    forward = ClusteringRun(coll, run_id="forward", **kwargs)
+    forward_local = forward.local()
+
+    def last_shard_first(futures):  # every local task done, reported last shard first
+        distributed.wait(futures)
+        return iter(list(futures)[::-1])
+
+    monkeypatch.setattr(distributed, "as_completed", last_shard_first)
+    backward = ClusteringRun(coll, run_id="backward", **kwargs)
+    backward_local = backward.local()
+    assert sum(forward_local["meta"]["refilled"]) > 0
+    assert backward_local["meta"]["refilled"] == forward_local["meta"]["refilled"]
+    assert backward._groups_after(-1)[0] == forward._groups_after(-1)[0]
