@@ -24,7 +24,8 @@ linearity, distance to the I/O floor, BLAS oversubscription, memory, strong scal
             restarted, client peak RSS (target < 1 GiB).
 * parallel: the scan stage with 2 workers vs 1 (target >= 1.6x).
 * scaling:  the io collection with each of ``--scaling-workers`` (for a 16-core machine:
-            2 4 8 16; target >= 5x from 2 to 16).
+            2 4 8 16; target >= 5x from 2 to 16); ``--profile`` adds each task kind's
+            count, summed compute time, longest task and window from a Dask task stream.
 
 Figures are printed; nothing is asserted. Stores live in a temporary folder (or --root).
 """
