@@ -311,11 +311,14 @@ class ClusteringRun(CertifyAndCompress):
             best_two, shares = self._route(None, anchors, "all")
             anchor_offsets = anchors.result()[1]
             n_anchors, columns, orphans = len(anchor_offsets) - 1, int(anchor_offsets[-1]), []
-            for _ in range(ORPHAN_ROUNDS):
+            for round_ in range(ORPHAN_ROUNDS):
                 found = np.flatnonzero(shares[:, 0] < ORPHAN_SHARE)
                 orphans.append(int(found.size))
-                if found.size < max(2, ORPHAN_MIN_FRACTION * n_blocks) or not self._orphans_are_missed(
-                        found, str(n_anchors)):
+                if found.size < max(2, ORPHAN_MIN_FRACTION * n_blocks):
+                    break
+                # once the first probe found missed subspaces, the data has subspaces to find:
+                # later rounds adopt without a probe (one anchors task less on the critical path)
+                if round_ == 0 and not self._orphans_are_missed(found, str(n_anchors)):
                     break
                 added, added_columns = self._adopt_orphans(found, best_two, shares, n_anchors)
                 n_anchors, columns = n_anchors + added, columns + added_columns

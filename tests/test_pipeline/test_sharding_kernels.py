@@ -115,6 +115,23 @@ def test_anchor_fractions_are_shares_that_add_up_over_a_split_of_the_space(direc
     assert abs(anchor_fractions(basis, cuts, inside)[0, 0] - 1.0) < 1e-5
 
 
+def test_anchor_fractions_of_many_directions_match_float64_and_do_not_depend_on_the_others():
+    """Past a few hundred directions the products run in pieces: every share still matches
+    the float64 value, and a direction's shares do not depend on which others come with it."""
+    rng = np.random.default_rng(3)
+    rows, widths = 64, rng.integers(1, 9, size=40)
+    cuts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    anchors = np.hstack([np.linalg.qr(rng.standard_normal((rows, w)))[0] for w in widths])
+    directions = rng.standard_normal((rows, 1000)) * rng.uniform(0.1, 10.0, size=1000)
+    shares = anchor_fractions(anchors, cuts, directions)
+    units = directions / np.linalg.norm(directions, axis=0)
+    projected = (anchors.T @ units) ** 2
+    expected = np.add.reduceat(projected, cuts[:-1], axis=0)
+    np.testing.assert_allclose(shares, expected, rtol=1e-4, atol=1e-6)
+    some = rng.permutation(1000)[:300]
+    np.testing.assert_allclose(anchor_fractions(anchors, cuts, directions[:, some]), shares[:, some], rtol=1e-6, atol=0)
+
+
 # ---- merge_buckets -------------------------------------------------------------------------------
 
 
