@@ -279,8 +279,8 @@ def scaling(root: str, args) -> None:
         read, whole, result = _io_run(coll, n, profile=args.profile)
         base = base or (n, whole)
         print(f"{n:3d} workers: whole run {whole:6.1f} s (read {read:5.1f} s, {whole / read:4.1f}x), speed-up over "
-              f"{base[0]} workers {base[1] / whole:4.2f}x; {result.n_groups} groups, CR {result.compression_ratio:.2f}, "
-              f"guarantee holds: {_guarantee_holds(result, 0.2)}; stages "
+              f"{base[0]} workers {base[1] / whole:4.2f}x; {result.n_groups} groups, "
+              f"CR {result.compression_ratio:.2f}, guarantee holds: {_guarantee_holds(result, 0.2)}; stages "
               + ", ".join(f"{s} {t:.1f}" for s, t in result.timings.items()), flush=True)
 
 

@@ -17,11 +17,11 @@ of at most ``shard_size`` blocks, W workers:
    one product per batch for all anchors. Blocks that no anchor holds half of (orphans:
    their subspaces had no block in the sample) get anchors from a sample of their own, at
    most twice, when a held-out probe before the first round shows that anchors from some
-   orphans hold the others (data with no subspace structure, such as single weight columns,
-   orphans most blocks either way and skips this). The anchors pass through the run store, so that the route
-   tasks depend on no worker's result. Anchors are packed into S shards, S the power of two at or
-   above K / ``shard_size`` (shards spread evenly over 2, 4, 8, ... workers, and S depends
-   on K alone). Client: O(K log K).
+   orphans hold the others (data with no subspace structure, such as single weight
+   columns, orphans most blocks either way and skips this). The anchors pass through the
+   run store, so that the route tasks depend on no worker's result. Anchors are packed
+   into S shards, S the power of two at or above K / ``shard_size`` (shards spread evenly
+   over 2, 4, 8, ... workers, and S depends on K alone). Client: O(K log K).
 3. **local** (map over S shards; worker work O(shard_size^2) per shard): the sequential
    greedy inside each shard on the factors with exact norms. A shard's end cuts its last
    group short: the last groups of neighbouring shards of one band are pooled (at most

@@ -560,9 +560,10 @@ class ClusteringRun(CertifyAndCompress):
         return groups, sketches
 
     def prune(self) -> int:
-        """Delete the per-batch checkpoints (``scan-*``, ``split-*``, ``sketches-*``, ``anchors-*``) once certify is
-        complete: no later stage reads them. The stage manifests stay, so a re-run still
-        skips every stage. Returns the number of checkpoints removed."""
+        """Delete the intermediate checkpoints (``scan-*``, ``split-*``, ``sketches-*``,
+        ``anchors-*``) once certify is complete: no later stage reads them. The stage
+        manifests stay, so a re-run still skips every stage. Returns the number of
+        checkpoints removed."""
         if not self.run.is_complete("certify"):
             return 0
         pieces = [s for s in self.run.stages() if s.startswith(("scan-", "split-", "sketches-", "anchors-"))]
