@@ -112,13 +112,21 @@ def certify_projected(part: tuple[np.ndarray, float], basis: np.ndarray, rank: i
         return GramCertificate(0.0, 0, np.zeros((basis.shape[0], 0)))
     theta, vecs = np.linalg.eigh(h)
     theta, vecs = np.clip(theta[::-1], 0.0, None), vecs[:, ::-1]
-    tails = np.concatenate([[total], total - np.cumsum(theta[: min(rank, theta.size)])])
-    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
-    if not meets.size:
+    error, r_c = _error_and_rank(theta, total, rank, eps)
+    if r_c is None:
         return None
-    r_c = int(meets[0])
-    error = float(np.sqrt(max(tails[-1], 0.0) / total))
     return GramCertificate(error, r_c, np.ascontiguousarray(basis @ vecs[:, :r_c]))
+
+
+def _error_and_rank(values: np.ndarray, total: float, rank: int, eps: float) -> tuple[float, int | None]:
+    """From the top eigenvalues of a group's Gram (descending, clipped at 0) and its total
+    energy: the relative error at rank ``min(rank, len(values))``, ``total - head`` with
+    absolute error about ``rank * eps_mach * total``; and the smallest rank whose left-out
+    energy meets eps with a 1e-9 relative margin on the energy, so that the basis computed
+    from the same numbers meets eps when used (None: no rank up to that one does)."""
+    tails = np.concatenate([[total], total - np.cumsum(values[:rank])])
+    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
+    return float(np.sqrt(max(tails[-1], 0.0) / total)), (int(meets[0]) if meets.size else None)
 
 
 def gram_partials(
@@ -291,13 +299,8 @@ def certify_gram(gram: np.ndarray, rank: int, eps: float) -> GramCertificate:
     k = min(rank, rows)
     lam, vecs = scipy.linalg.eigh(gram, subset_by_index=[rows - k, rows - 1], driver="evr", check_finite=False)
     lam, vecs = np.clip(lam[::-1], 0.0, None), vecs[:, ::-1]
-    head = np.cumsum(lam)
-    error = float(np.sqrt(max(total - head[-1], 0.0) / total))
+    error, r_c = _error_and_rank(lam, total, k, eps)
     if error > eps:
         return GramCertificate(error, 0, np.zeros((rows, 0)))
-    # tails[j] = energy left out at rank j, with a 1e-9 relative margin on the energy so
-    # that the basis computed from this same Gram meets eps when used
-    tails = np.concatenate([[total], total - head])
-    meets = np.flatnonzero(tails <= eps * eps * (1.0 - 1e-9) * total)
-    r_c = int(meets[0]) if meets.size else k
+    r_c = k if r_c is None else r_c
     return GramCertificate(error, r_c, np.ascontiguousarray(vecs[:, :r_c]))
