@@ -240,7 +240,7 @@ def route_batch(handle: Handle, batch: int, anchors: tuple[str, np.ndarray],
     block's strongest direction (ids, K_batch x 2) and the shares of it they hold
     (float32, K_batch x 2); of the blocks at positions ``picked`` only, when given."""
     factors, offsets, _, _ = load_factors(handle, batch, picked)
-    bases = run_of(handle).load_stage(anchors[0], ["bases"])[0]["bases"]
+    bases = _stage_bases(handle, anchors[0])
     with single_threaded_blas():
         shares = anchor_fractions(bases, anchors[1], leading_directions(factors, offsets))
         best_two = best_two_anchors(shares)
@@ -484,8 +484,9 @@ def _certified_range(handle: Handle, token: str | None, stage: str, partials: di
 
 
 @functools.lru_cache(maxsize=8)
-def _range_bases(handle: Handle, stage: str) -> np.ndarray:
-    """The bases of one certify range, side by side (read once per worker)."""
+def _stage_bases(handle: Handle, stage: str) -> np.ndarray:
+    """The bases side by side of a stage that stores them (a certify range, the partition's
+    anchors), read once per worker."""
     return run_of(handle).load_stage(stage, ["bases"])[0]["bases"]
 
 
@@ -502,7 +503,7 @@ def certified_basis(handle: Handle, g: int, width: int) -> np.ndarray:
     """The ``width`` leading optimal directions of certified group ``g``."""
     names, stage_of, start_of = _basis_refs(handle)
     start = int(start_of[g])
-    return _range_bases(handle, names[int(stage_of[g])])[:, start : start + width]
+    return _stage_bases(handle, names[int(stage_of[g])])[:, start : start + width]
 
 
 def stored_bases(handle: Handle, groups, ranks: np.ndarray, base: tuple | None = None) -> dict[int, np.ndarray | None]:
