@@ -308,8 +308,7 @@ class ClusteringRun(CertifyAndCompress):
             anchors, self._anchors = self._anchors, None  # started by the scan, if this process ran it
             if anchors is None:
                 anchors = self._sample_anchors(self._sample_picks(), "0")
-            best_two, shares = self._route(None, anchors, "all")
-            anchor_offsets = anchors.result()[1]
+            best_two, shares, anchor_offsets = self._route(None, anchors, "all")
             n_anchors, columns, orphans = len(anchor_offsets) - 1, int(anchor_offsets[-1]), []
             for round_ in range(ORPHAN_ROUNDS):
                 found = np.flatnonzero(shares[:, 0] < ORPHAN_SHARE)
@@ -340,9 +339,10 @@ class ClusteringRun(CertifyAndCompress):
         """A future of the anchors from the greedy on the blocks ``ids`` (sorted)."""
         return self._sample_anchors(self._picks_of(ids), tag)
 
-    def _route(self, ids: np.ndarray | None, anchors, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    def _route(self, ids: np.ndarray | None, anchors, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best two anchors of the blocks ``ids`` (sorted; None: every block) and their
-        shares, on the workers."""
+        shares, on the workers; and the anchors' column offsets (the bases themselves stay
+        on the workers and in the run store)."""
         picks = [(b, None) for b in range(self.n_batches)] if ids is None else self._picks_of(ids)
         # waited for here, so the route tasks depend on no future: a task that does is placed
         # on the worker holding it, and all of them would queue there
@@ -351,7 +351,7 @@ class ClusteringRun(CertifyAndCompress):
         futures = [self._submit("route", f"{tag}-{b}", tasks.route_batch, self._handle, b, saved, picked)
                    for b, picked in picks]
         routed = self._gather("partition", futures)
-        return np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed])
+        return np.concatenate([r[0] for r in routed]), np.concatenate([r[1] for r in routed]), saved[1]
 
     def _orphans_are_missed(self, orphans: np.ndarray, tag: str) -> bool:
         """Whether anchors from some orphans hold most of other orphans (a held-out probe of
@@ -375,7 +375,7 @@ class ClusteringRun(CertifyAndCompress):
         in place. Returns the number of anchors and anchor columns added."""
         tag = f"orphans-{n_anchors}"
         extra = self._anchors_of(orphans[:: max(1, -(-orphans.size // self._sample_size()))], tag)
-        new_ids, new_shares = self._route(orphans, extra, tag)
+        new_ids, new_shares, offsets = self._route(orphans, extra, tag)
         ids = np.hstack([best_two[orphans], new_ids + n_anchors])
         candidates = np.hstack([shares[orphans], new_shares]).astype(np.float64)
         candidates[:, 1][ids[:, 1] == ids[:, 0]] = -1.0  # a single anchor names itself twice
@@ -383,7 +383,6 @@ class ClusteringRun(CertifyAndCompress):
         top = np.argsort(-candidates, axis=1, kind="stable")[:, :2]  # ties: the older anchor
         best_two[orphans] = np.take_along_axis(ids, top, axis=1)
         shares[orphans] = np.take_along_axis(candidates, top, axis=1)
-        offsets = extra.result()[1]
         return len(offsets) - 1, int(offsets[-1])
 
     # -- local and merge -------------------------------------------------------------------
