@@ -8,7 +8,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -154,15 +154,19 @@ class ClusteringRun(CertifyAndCompress):
         if self.progress is not None:
             self.progress(stage, done, total)
 
-    def _track(self, stage: str, futures: list) -> None:
-        """Wait for futures, reporting progress as they finish; results stay on the workers."""
+    def _finishing(self, stage: str, futures: list) -> Iterator:
+        """The futures as they finish, progress reported for each."""
         from distributed import as_completed
 
-        done = 0
         self._report(stage, 0, len(futures))
-        for _ in as_completed(futures):
-            done += 1
+        for done, future in enumerate(as_completed(futures), 1):
             self._report(stage, done, len(futures))
+            yield future
+
+    def _track(self, stage: str, futures: list) -> None:
+        """Wait for futures, reporting progress as they finish; results stay on the workers."""
+        for _ in self._finishing(stage, futures):
+            pass
 
     def _gather(self, stage: str, futures: list) -> list:
         """Results of futures in submission order (only for small results)."""
@@ -441,8 +445,6 @@ class ClusteringRun(CertifyAndCompress):
         last groups stay. Returns the results with the replaced last groups dropped and the
         pools' groups appended, and per pool the groups it saved (0: kept as they were).
         Depends on the shards alone, never on the workers or on the order tasks finish."""
-        from distributed import as_completed
-
         shifts = self._shifts()
         position = {f.key: k for k, f in enumerate(futures)}
         results: list = [None] * len(futures)
@@ -455,10 +457,8 @@ class ClusteringRun(CertifyAndCompress):
                                             priority=1))
                 pools.append(pool)
 
-        self._report("local", 0, len(futures))
-        for done, future in enumerate(as_completed(futures), 1):
+        for future in self._finishing("local", futures):
             results[position[future.key]] = future.result()
-            self._report("local", done, len(futures))
             while ready < len(results) and results[ready] is not None:  # shards in order, as they come in
                 tail = results[ready]["groups"][-1] if results[ready]["groups"] else None
                 if tail is not None:
