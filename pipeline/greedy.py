@@ -205,7 +205,25 @@ def _grow_weyl(bound: WeylBound, norms2: np.ndarray, candidates: np.ndarray, eps
     return accepted.tolist()
 
 
-class _ScreenedAdd:
+class _PositionRates:
+    """How often something paid at each position in a group (the last kept position
+    counting every later one): the screen's rejections, the cheap test's passes."""
+
+    def __init__(self):
+        self.asked, self.paid = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS  # lists: no numpy scalars
+
+    def _pays(self, position: int, one_in: int) -> bool:
+        """Whether at least 1 in ``one_in`` asks at ``position`` paid so far (or none was made)."""
+        at = min(position, _SCREEN_POSITIONS - 1)
+        return one_in * self.paid[at] >= self.asked[at]
+
+    def _count(self, position: int, paid: bool) -> None:
+        at = min(position, _SCREEN_POSITIONS - 1)
+        self.asked[at] += 1
+        self.paid[at] += paid
+
+
+class _ScreenedAdd(_PositionRates):
     """``bound.try_add``, first asking :func:`pipeline.bounds.surely_exceeds` at positions in
     the group where at least a quarter of the proposals so far were rejected.
 
@@ -215,15 +233,10 @@ class _ScreenedAdd:
     residual order a group accepts dozens. Rates are kept per position in the group (the
     last one counting every later position). It never changes a decision."""
 
-    def __init__(self):
-        self.proposed, self.rejected = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS  # lists: no numpy scalars
-
     def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
-        at = min(position, _SCREEN_POSITIONS - 1)
-        worth = 4 * self.rejected[at] >= self.proposed[at]
+        worth = self._pays(position, 4)
         added = not (worth and surely_exceeds(bound, block, eps, norm2)) and bound.try_add(block, eps, norm2)
-        self.proposed[at] += 1
-        self.rejected[at] += not added
+        self._count(position, not added)
         return added
 
 
@@ -247,7 +260,7 @@ def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_ad
         size *= 4
 
 
-class _CheapTest:
+class _CheapTest(_PositionRates):
     """When the lazy sketch's cheap test is worth asking at a position in a group.
 
     It costs a product per candidate and saves an eigenvalue test when it passes; where it
@@ -255,19 +268,13 @@ class _CheapTest:
     by the eigenvalue test), that test is made at once. Pass rates are kept per position,
     as the screen's (:class:`_ScreenedAdd`)."""
 
-    def __init__(self):
-        self.tried, self.passed = [0] * _SCREEN_POSITIONS, [0] * _SCREEN_POSITIONS
-
     def worth(self, position: int) -> bool:
-        at = min(position, _SCREEN_POSITIONS - 1)
-        return _CHEAP_RATE * self.passed[at] >= self.tried[at]
+        return self._pays(position, _CHEAP_RATE)
 
     def record(self, position: int, run: int, tested: int) -> None:
         """``tested`` candidates from ``position`` were tested; the first ``run`` passed."""
         for i in range(min(tested, run + 1, _SCREEN_POSITIONS)):
-            at = min(position + i, _SCREEN_POSITIONS - 1)
-            self.tried[at] += 1
-            self.passed[at] += i < run
+            self._count(position + i, i < run)
 
 
 def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, cheap: _CheapTest) -> list[int]:
