@@ -66,3 +66,65 @@ def test_seed_bound_in_norm_order_on_indices_equals_the_general_loop(seed, rank,
     np.testing.assert_array_equal(fast[1], general[1])
     assert [s.lower_energy() for s in fast[2]] == [s.lower_energy() for s in general[2]]
     assert [s.total for s in fast[2]] == [s.total for s in general[2]]
+
+
+def factor_layout(seed, n_blocks=240, rows=32, width=12, cap=8):
+    """Blocks around rank-2 subspaces as the scan stores them: factors A V_k, strongest
+    direction first, so that the screen reads their heads only."""
+    from pipeline.sharding import block_factors
+
+    rng = np.random.default_rng(seed)
+    bases = np.linalg.qr(rng.standard_normal((12, rows, 2)))[0]
+    blocks = [bases[i % 12] @ rng.standard_normal((2, width)) + 0.02 * rng.standard_normal((rows, width))
+              for i in range(n_blocks)]
+    raw = as_layout(blocks)
+    factors, offsets, _ = block_factors(raw.data, raw.offsets, cap)
+    from pipeline.layout import BlockLayout
+
+    return BlockLayout(factors, offsets, raw.norms2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_head_screened_order_equals_the_exact_order_prefix_by_prefix(seed):
+    layout = factor_layout(seed)
+    rng = np.random.default_rng(100 + seed)
+    orderer = ResidualOrderer(layout, 6)
+    assert orderer._heads is not None and orderer._data.shape[1] < layout.data.shape[1] / 2  # heads screened
+    basis = np.linalg.qr(layout.gather([seed, seed + 12, seed + 24]))[0][:, :6]  # near some blocks' subspace
+    candidates = rng.permutation(layout.n_blocks)
+    alive = np.ones(layout.n_blocks, dtype=bool)
+    exact = ResidualOrderer(layout, 6, screen=False).order(basis, candidates, alive)
+    lazy = orderer.order(basis, candidates, alive)
+    for n in (1, 3, 10, 60, layout.n_blocks):
+        np.testing.assert_array_equal(lazy.prefix(n), exact[:n])
+
+
+def test_heads_leave_at_most_their_share_and_tails_are_the_rest():
+    from pipeline._greedy_order import _HEAD_TAIL, _heads
+
+    layout = factor_layout(3)
+    column2 = np.einsum("ij,ij->j", layout.data, layout.data)
+    heads, tails = _heads(column2, layout.offsets)
+    for i in range(layout.n_blocks):
+        part = column2[layout.offsets[i] : layout.offsets[i + 1]]
+        mask = heads[layout.offsets[i] : layout.offsets[i + 1]]
+        assert mask[0] and np.all(np.diff(mask.astype(int)) <= 0)  # a leading run of columns
+        assert tails[i] == pytest.approx(part[~mask].sum(), rel=1e-12, abs=0)
+        assert tails[i] <= _HEAD_TAIL * part.sum() * (1 + 1e-12)
+    # raw blocks of unsorted columns keep most columns: no heads then
+    raw = as_layout(awkward_collection(0, 20, 60, 5))
+    assert _heads(np.einsum("ij,ij->j", raw.data, raw.data), raw.offsets)[0] is None
+
+
+@pytest.mark.parametrize("method, eps", [("approximate", 0.1), ("residuals", 0.7)])
+def test_head_screened_greedy_groups_equal_the_unscreened_ones(method, eps, monkeypatch):
+    layout = factor_layout(7, n_blocks=480)
+    params = dict(rank=6, eps=eps, method=method, order="residual", patience=10, oversampling=3, tol=1e-12)
+    exact = _greedy(layout, **params, screen=False)
+    screened = _greedy(layout, **params)
+    assert screened[0] == exact[0] and len(exact[0]) < 0.6 * layout.n_blocks  # real groups
+    np.testing.assert_array_equal(screened[1], exact[1])
+    import pipeline.greedy as greedy_module
+
+    monkeypatch.setattr(greedy_module, "_LEAST_WINDOW", 1)  # windows only set how far the order is materialised
+    assert _greedy(layout, **params)[0] == exact[0]
