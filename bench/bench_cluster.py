@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import importlib
 import json
 import multiprocessing as mp
@@ -156,8 +157,12 @@ def start_burner():
 
 
 def time_project(layout, method, order, rank, eps, repeat):
+    """Median time of ``repeat`` runs, each from a collected heap: the previous row's
+    groups (up to K lists) must not be left for this row's garbage collections to walk."""
     times, result = [], None
     for _ in range(repeat):
+        result = None
+        gc.collect()
         start = CLOCK()
         result = pipeline.cluster(layout, rank=rank, eps=eps, method=method, order=order)
         times.append(CLOCK() - start)
@@ -180,6 +185,7 @@ def run(args) -> list[dict]:
         for regime in args.regimes:
             layout, rank, eps, source = make_layout(regime, args.scale, args.safetensors)
             for method, order in args.combos:
+                clusters = None  # freed before the timing (see time_project)
                 elapsed, clusters = time_project(layout, method, order, rank, eps, args.repeat)
                 s = summarize(layout, clusters, rank=rank, eps=eps)
                 row = dict(regime=regime, source=source, K=layout.n_blocks, method=method, order=order, time=elapsed,

@@ -18,6 +18,8 @@ linearity, distance to the I/O floor, BLAS oversubscription, memory, strong scal
 * io:       >= ``--io-gib`` GiB of 256 x 64 float32 blocks (r=16, eps=0.2): the whole run
             divided by one ``dask.array`` read of the same Zarr data with the same workers
             (target <= 4x with 2 workers).
+* small:    many small groups on wide float32 blocks: 4,096 of 256 x 64 around 1,024
+            rank-4 subspaces, 4 blocks each (r=16, eps=0.2): whole run and stages, twice.
 * blas:     the quality run in a fresh process with the default environment and with
             OPENBLAS_NUM_THREADS=1 (target: merge and total within 20%).
 * memory:   >= 3 GiB on disk, 2 workers with a 1 GiB memory limit each: no worker
@@ -181,8 +183,8 @@ def linear(root: str, args) -> None:
 
 _MAKE_BIG = r"""
 import sys, numpy as np, storage
-root, name, n_blocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows, width, n_sub = 256, 64, 400
+root, name, n_blocks, n_sub = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows, width = 256, 64
 rng = np.random.default_rng(0)
 bases = np.linalg.qr(rng.standard_normal((n_sub, rows, 4)))[0].astype(np.float32)
 def blocks():
@@ -194,7 +196,9 @@ storage.ingest_blocks(root, name, blocks(), dtype=np.float32, overwrite=True)
 """
 
 
-def _big_collection(root: str, gib: float, name: str):
+def _big_collection(root: str, gib: float, name: str, n_sub: int = 400):
+    """256 x 64 float32 blocks around ``n_sub`` rank-4 subspaces, block i near subspace
+    i mod n_sub, ``gib`` GiB in all."""
     import storage
 
     n_blocks = int(gib * 2**30 / (256 * 64 * 4))
@@ -206,7 +210,7 @@ def _big_collection(root: str, gib: float, name: str):
         pass
     start = time.perf_counter()
     # a separate process, so that the generator does not count in this client's RSS
-    subprocess.run([sys.executable, "-c", _MAKE_BIG, root, name, str(n_blocks)], check=True)
+    subprocess.run([sys.executable, "-c", _MAKE_BIG, root, name, str(n_blocks), str(n_sub)], check=True)
     coll = storage.open_collection(root, name)
     print(f"built {coll.n_blocks} blocks of 256x64 float32: {coll.nbytes / 2**30:.2f} GiB raw, "
           f"{coll.nbytes_stored / 2**30:.2f} GiB on disk, in {time.perf_counter() - start:.0f} s", flush=True)
@@ -270,6 +274,21 @@ def io(root: str, args) -> None:
           f"{read:.1f} s, whole run {whole:.1f} s = {whole / read:.1f}x the read (target <= 4); "
           f"{result.n_groups} groups, CR {result.compression_ratio:.2f}, guarantee holds: {_guarantee_holds(result, 0.2)}")
     print("  stage seconds: " + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
+
+
+def small(root: str, args) -> None:
+    coll = _big_collection(root, 0.25, "small", n_sub=1024)
+    from pipeline.distributed import cluster_collection
+
+    with _cluster(args.workers) as client:
+        client.run(lambda: None)
+        for _ in range(2):
+            start = time.perf_counter()
+            result = cluster_collection(coll, rank=16, eps=0.2, client=client, run_id=f"small-{time.time_ns()}")
+            print(f"many small groups, {coll.n_blocks} of 256 x 64 float32 around 1,024 subspaces, {args.workers} "
+                  f"workers: whole run {time.perf_counter() - start:.1f} s, {result.n_groups} groups, CR "
+                  f"{result.compression_ratio:.3f}, guarantee holds: {_guarantee_holds(result, 0.2)}; stages "
+                  + ", ".join(f"{s} {t:.2f}" for s, t in result.timings.items()), flush=True)
 
 
 def scaling(root: str, args) -> None:
@@ -341,7 +360,7 @@ def memory_and_parallelism(root: str, args, parts: set[str]) -> None:
         print("  stage seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in result.timings.items()))
 
 
-PARTS = {"quality": quality, "singles": singles, "copies": copies, "linear": linear, "io": io, "blas": blas, "scaling": scaling,
+PARTS = {"quality": quality, "singles": singles, "copies": copies, "linear": linear, "io": io, "small": small, "blas": blas, "scaling": scaling,
          "_timings": _timings}
 
 
