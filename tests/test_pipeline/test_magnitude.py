@@ -126,6 +126,21 @@ def test_shift_zero_for_ordinary_and_float32_data():
     assert block_shifts(extreme, np.arange(5)).tolist() == [BAND_BITS, -BAND_BITS, -BAND_BITS, BAND_BITS]
 
 
+@pytest.mark.parametrize("values", [
+    np.array([np.finfo(np.float32).max, np.finfo(np.float32).smallest_subnormal, np.inf, -np.inf, np.nan, 0.0],
+             dtype=np.float32),
+    np.array([np.finfo(np.float16).max, np.finfo(np.float16).smallest_subnormal, 0.0], dtype=np.float16),
+    np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0], dtype=np.int64),
+    np.array([np.iinfo(np.uint64).max, 0], dtype=np.uint64),
+])
+def test_narrow_dtypes_take_shift_zero_without_a_pass_and_agree_with_float64(values):
+    data = values.reshape(1, -1)
+    offsets = np.arange(data.shape[1] + 1)
+    assert block_shifts(data, offsets).tolist() == [0] * data.shape[1]
+    with np.errstate(invalid="ignore"):
+        assert block_shifts(data.astype(np.float64), offsets).tolist() == [0] * data.shape[1]
+
+
 def test_norms_of_pieces_add_up_to_the_blocks_norm():
     rng = np.random.default_rng(1)
     block = rng.standard_normal((5, 6)) * 1e-250
