@@ -65,7 +65,9 @@ def _cluster(n_workers: int, memory_limit: str | None = None):
 
 
 def _import_pipeline() -> None:
-    import pipeline.distributed.tasks  # noqa: F401
+    import pipeline.distributed.tasks
+
+    pipeline.distributed.tasks.import_storage()  # the tasks import it on first use (the client has it)
 
 
 def _store(root: str, name: str, layout):
