@@ -22,7 +22,9 @@ Approximation, and Error-Constrained Clustering", arXiv 2601.11626 (2026):
   also merges across disjoint groups without touching data (:meth:`GramSketch.merge`).
   The greedy grows it lazily on narrow blocks (:class:`LazySketch`): blocks are accepted
   through the sketch's top-r basis or the eigenvalues of the sketch plus the blocks
-  accepted since, and folded into it only now and then.
+  accepted since, and folded into it only now and then. On wide blocks of few rows, in
+  residual order, it keeps the group's exact m x m Gram matrix instead (:class:`ExactGram`):
+  its certificates are never below the sketch's.
 
 Numerical care. Extension bases are computed from a twice-orthogonalised residual, cut at a
 relative threshold, projected once more and re-orthonormalised, so they are orthonormal
@@ -40,13 +42,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import blas as _blas
 from scipy.linalg import lapack as _lapack
 from numpy.linalg import _umath_linalg  # numpy's own LAPACK gufuncs, see _svd and _eigh
 
 from ._checks import DEFAULT_TOL, check_nonnegative_int, check_rank, check_tol
 from .spectra import error_from_energy, stacked_top_energy, top_energy
 
-__all__ = ["DEFAULT_TOL", "GramSketch", "LazySketch", "ResidualBound", "WeylBound", "make_bound", "surely_exceeds"]
+__all__ = ["DEFAULT_TOL", "ExactGram", "GramSketch", "LazySketch", "ResidualBound", "WeylBound", "make_bound", "surely_exceeds"]
 
 # Residual directions weaker than this (relative to the block's norm) are below the
 # accuracy of a twice-orthogonalised residual and are dropped whatever tol says.
@@ -532,6 +535,116 @@ class GramSketch(_Bound):
             self.basis.copy(), self.eigenvalues.copy(), self.total, self.rank,
             oversampling=self.oversampling, tol=self.tol, slack=self.slack,
         )
+
+
+# The exact Gram route's energies are credited less this fraction of the group's energy: the
+# roundoff of the Gram sums (about n u for n columns) and of the Ritz basis's orthonormality
+# is far below it, and it is far below any useful eps^2.
+_GRAM_MARGIN = 1e-9
+
+
+class ExactGram(_Bound):
+    """The greedy's "approximate" bound on blocks of few rows: the group's exact Gram matrix.
+
+    Where the m x m Gram matrix G = M M^T is small next to the sketch's work per block (m
+    at most a few times r + p + the block width), it is kept exactly (blocks are added by
+    rank-k updates, batched), together with k = r + p orthonormal directions V of which the
+    first r, W, certify: for any orthonormal W, E_r(M) >= tr(W^T M M^T W) (Ky Fan). A
+    candidate A is accepted
+
+    * by the *cheap test*, tr(W^T G W) + ||W^T A||_F^2 with W fixed (one small product);
+    * else by the *Ritz test*: the top-r Ritz values of G + A A^T on span(V, A) (a QR and a
+      (k + width)-sized eigen-solve), which also refresh V;
+    * else by the *exact test*: the top r eigenvalues of G + A A^T, the best certificate
+      there is, so a rejection means the group's exact rank-r error with A exceeds eps.
+
+    Every certificate is exact up to roundoff, covered by crediting ``_GRAM_MARGIN`` of the
+    group's energy less; so the group takes at least what the block-by-block sketch
+    (:class:`GramSketch`, whose energy never exceeds the exact one) would at each step.
+
+    Parameters
+    ----------
+    seed : ndarray, shape (m, n_seed)
+    rank : int
+    oversampling : int
+    total : float, optional
+        The seed's exact squared norm (computed when None).
+    svd : tuple, optional
+        The seed's ``(U, s)`` when the caller has it.
+    """
+
+    def __init__(self, seed: np.ndarray, rank: int, *, oversampling: int = 5, total: float | None = None, svd=None):
+        seed = _as_float64(seed)
+        self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
+        self.total = _seed_total(seed, total)
+        self.gram = _blas.dsyrk(1.0, seed, trans=0, lower=1)  # the lower triangle holds G
+        u, sv = _svd(seed) if svd is None else svd
+        self.basis = np.ascontiguousarray(u[:, : self.rank + self.oversampling])
+        self.energy = float(_add_reduce(sv[: self.rank] ** 2))  # tr(W^T G W), W = basis[:, :r]
+        self.pending: list[np.ndarray] = []  # accepted by the cheap test, not yet in G
+
+    def lower_energy(self) -> float:
+        return max(0.0, self.energy - _GRAM_MARGIN * self.total)
+
+    def gains(self, columns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """||W^T A||_F^2 of each block of ``columns`` (blocks side by side), one product."""
+        inside = self.basis[:, : self.rank].T @ columns
+        return np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1])
+
+    def cheap_run(self, gains: np.ndarray, norms2: np.ndarray, max_error: float) -> int:
+        """How many of the blocks (in order) the cheap test accepts one after another."""
+        energy = self.energy + np.cumsum(gains)
+        total = self.total + np.cumsum(norms2)
+        fails = energy - _GRAM_MARGIN * total < (1.0 - max_error * max_error) * total
+        return int(np.argmax(fails)) if fails.any() else len(fails)
+
+    def accept(self, blocks: list[np.ndarray], gains: np.ndarray, norms2: np.ndarray) -> None:
+        """Add blocks the cheap test accepted (W unchanged)."""
+        self.pending += blocks
+        self.energy += float(gains.sum())
+        self.total += float(norms2.sum())
+
+    def _folded(self) -> np.ndarray:
+        """G with the pending blocks added (one rank-k update for all of them)."""
+        if self.pending:
+            columns = np.concatenate(self.pending, axis=1)
+            self.gram = _blas.dsyrk(1.0, columns, beta=1.0, c=self.gram, trans=0, lower=1, overwrite_c=1)
+            self.pending = []
+        return self.gram
+
+    def try_solve(self, block: np.ndarray, max_error: float, norm2: float) -> bool:
+        """The Ritz test, then the exact test, of ``block``; on False the state keeps G and V."""
+        gram = _blas.dsyrk(1.0, block, beta=1.0, c=self._folded(), trans=0, lower=1)
+        full = np.tril(gram) + np.tril(gram, -1).T
+        total = self.total + float(norm2)
+        floor = (1.0 - max_error * max_error + _GRAM_MARGIN) * total
+        rows, k = full.shape[0], self.basis.shape[1]
+        if k + block.shape[1] < rows:  # Ritz values on span(V, A)
+            trial, _ = np.linalg.qr(np.concatenate((self.basis, block), axis=1))
+            values, vectors = _eigh(trial.T @ (full @ trial))
+            if float(_add_reduce(values[-self.rank :])) >= floor:
+                self._take(gram, total, trial @ vectors[:, ::-1][:, : self.rank + self.oversampling], values[::-1])
+                return True
+        values, vectors = _eigh(full)
+        if float(_add_reduce(values[-self.rank :])) < floor:
+            return False
+        self._take(gram, total, vectors[:, ::-1][:, : self.rank + self.oversampling], values[::-1])
+        return True
+
+    def _take(self, gram: np.ndarray, total: float, basis: np.ndarray, values: np.ndarray) -> None:
+        self.gram, self.total = gram, total
+        self.basis = np.ascontiguousarray(basis)
+        self.energy = float(_add_reduce(np.maximum(values[: self.rank], 0.0)))
+
+    def settled(self) -> GramSketch:
+        """A :class:`GramSketch` of the group: G's top r + p eigenpairs, with the margin as
+        slack ((sqrt(E) - sqrt(d))^2 <= E - d for d <= E)."""
+        gram = self._folded()
+        values, vectors = _eigh(np.tril(gram) + np.tril(gram, -1).T)
+        keep = min(self.rank + self.oversampling, values.size)
+        return GramSketch.from_parts(vectors[:, ::-1][:, :keep], np.maximum(values[::-1][:keep], 0.0), self.total,
+                                     self.rank, oversampling=self.oversampling,
+                                     slack=math.sqrt(_GRAM_MARGIN * self.total))
 
 
 # A block's energy inside a fixed basis (see LazySketch) is credited less this fraction of its
