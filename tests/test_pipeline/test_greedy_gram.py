@@ -87,3 +87,15 @@ def test_exact_test_rejects_only_above_eps():
     assert not bound.try_solve(outside, exact * (1 - 1e-6), 1.0)
     assert bound.try_solve(outside, exact * (1 + 1e-6), 1.0)
     assert bound_is_valid(bound.error_bound(), exact) and bound.error_bound() <= exact * (1 + 1e-6)
+
+
+def test_groups_after_a_short_one_take_the_sketch(monkeypatch):
+    layout = wide_layout(5)
+    params = check_params(6, 0.08, "approximate", "residual", 10, 5, 1e-12)
+    sketch_only = _greedy(layout, **params, gram=False, with_states=False)[0]
+    calls = solves(monkeypatch)
+    _greedy(layout, **params, with_states=False)
+    assert calls  # the route is taken after long groups
+    monkeypatch.setattr(greedy, "_GRAM_LEAST_RUN", 10**9)  # no group follows a long enough one
+    calls.clear()
+    assert _greedy(layout, **params, with_states=False)[0] == sketch_only and not calls
