@@ -269,14 +269,26 @@ def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_ad
         return _grow_lazy(bound, layout, candidates, eps, cheap)
     if isinstance(bound, ExactGram):
         return _grow_gram(bound, layout, candidates, eps, first)
-    accepted, size = [], first
-    while True:  # in windows, so a lazy residual order is only materialised as far as needed
-        window = prefix(candidates, size)
+
+    def walk(window: np.ndarray, accepted: list[int]) -> bool:
         for block in window[len(accepted) :].tolist():
             if not try_add(bound, layout.block(block), eps, layout.norms2[block], len(accepted)):
-                return accepted
+                return False
             accepted.append(block)
-        if len(window) < size:
+        return True
+
+    return _in_windows(candidates, first, walk)
+
+
+def _in_windows(candidates, first: int, walk) -> list[int]:
+    """The blocks a group accepts: ``walk(window, accepted)`` extends ``accepted`` along a
+    prefix of the candidates (``window``) and returns False once a candidate is refused.
+    The prefixes hold ``first`` candidates, then four times as many each time, so that a
+    lazy residual order is only materialised as far as needed."""
+    accepted, size = [], first
+    while True:
+        window = prefix(candidates, size)
+        if not walk(window, accepted) or len(window) < size:
             return accepted
         size *= 4
 
@@ -307,10 +319,11 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, c
     The pending blocks are folded into the sketch (settled) once they hold
     ``_PENDING_COLUMNS`` columns, before the cheap test accepts more or an eigenvalue test
     is made (its matrix grows with them): a fold's cost grows with the cube of its width."""
-    accepted, size, chunk = [], _FIRST_WINDOW, _FIRST_CHUNK
     offsets, norms2 = layout.offsets, layout.norms2
-    while True:  # in windows, so a lazy residual order is only materialised as far as needed
-        window = prefix(candidates, size)
+    chunk = _FIRST_CHUNK
+
+    def walk(window: np.ndarray, accepted: list[int]) -> bool:
+        nonlocal chunk
         position = len(accepted)
         while position < len(window):
             gain = 0.0  # no credit through U unless the cheap test computed it (a product saved)
@@ -336,22 +349,23 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, c
                 gain = float(gains[run])
             block = int(window[position])
             if not _exact_test(bound, layout.block(block), eps, norms2[block], gain):
-                return accepted
+                return False
             accepted.append(block)
             position += 1
-        if len(window) < size:
-            return accepted
-        size *= 4
+        return True
+
+    return _in_windows(candidates, _FIRST_WINDOW, walk)
 
 
 def _grow_gram(bound: ExactGram, layout: BlockLayout, candidates, eps: float, first: int) -> list[int]:
     """:func:`_grow` for the exact Gram route: the cheap test of a run of candidates at once
     (one product with W), accepting its longest passing prefix; at the first candidate it
     fails, the Ritz and exact tests. The group stops at the first candidate none accepts."""
-    accepted, size, chunk = [], first, _FIRST_CHUNK
     offsets, norms2 = layout.offsets, layout.norms2
-    while True:  # in windows, so a lazy residual order is only materialised as far as needed
-        window = prefix(candidates, size)
+    chunk = _FIRST_CHUNK
+
+    def walk(window: np.ndarray, accepted: list[int]) -> bool:
+        nonlocal chunk
         position = len(accepted)
         while position < len(window):
             ids = window[position : position + chunk]
@@ -367,12 +381,12 @@ def _grow_gram(bound: ExactGram, layout: BlockLayout, candidates, eps: float, fi
             chunk = max(_FIRST_CHUNK, 2 * run)
             block = int(window[position])
             if not bound.try_solve(layout.block(block), eps, float(norms2[block])):
-                return accepted
+                return False
             accepted.append(block)
             position += 1
-        if len(window) < size:
-            return accepted
-        size *= 4
+        return True
+
+    return _in_windows(candidates, first, walk)
 
 
 def _exact_test(bound: LazySketch, block: np.ndarray, eps: float, norm2: float, gain: float) -> bool:
