@@ -537,6 +537,13 @@ class GramSketch(_Bound):
         )
 
 
+def _inside_energies(basis: np.ndarray, columns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """||basis^T A_i||_F^2 of every block A_i of ``columns`` (blocks side by side, boundaries
+    ``offsets``, every block at least one column): one product for all of them."""
+    inside = basis.T @ columns
+    return np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1])
+
+
 # The exact Gram route's energies are credited less this fraction of the group's energy: the
 # roundoff of the Gram sums (about n u for n columns) and of the Ritz basis's orthonormality
 # is far below it, and it is far below any useful eps^2.
@@ -588,8 +595,7 @@ class ExactGram(_Bound):
 
     def gains(self, columns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """||W^T A||_F^2 of each block of ``columns`` (blocks side by side), one product."""
-        inside = self.basis[:, : self.rank].T @ columns
-        return np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1])
+        return _inside_energies(self.basis[:, : self.rank], columns, offsets)
 
     def cheap_run(self, gains: np.ndarray, norms2: np.ndarray, max_error: float) -> int:
         """How many of the blocks (in order) the cheap test accepts one after another."""
@@ -614,21 +620,21 @@ class ExactGram(_Bound):
 
     def try_solve(self, block: np.ndarray, max_error: float, norm2: float) -> bool:
         """The Ritz test, then the exact test, of ``block``; on False the state keeps G and V."""
+        # G + A A^T in the lower triangle, which is all the eigen-solvers and dsymm read
         gram = _blas.dsyrk(1.0, block, beta=1.0, c=self._folded(), trans=0, lower=1)
-        full = np.tril(gram) + np.tril(gram, -1).T
         total = self.total + float(norm2)
         floor = (1.0 - max_error * max_error + _GRAM_MARGIN) * total
-        rows, k = full.shape[0], self.basis.shape[1]
+        rows, k = gram.shape[0], self.basis.shape[1]
         if k + block.shape[1] < rows:  # Ritz values on span(V, A)
             trial, _ = np.linalg.qr(np.concatenate((self.basis, block), axis=1))
-            values, vectors = _eigh(trial.T @ (full @ trial))
+            values, vectors = _eigh(trial.T @ _blas.dsymm(1.0, gram, trial, lower=1))
             if float(_add_reduce(values[-self.rank :])) >= floor:
                 self._take(gram, total, trial @ vectors[:, ::-1][:, : self.rank + self.oversampling], values[::-1])
                 return True
-        values = _eigenvalues(full)  # values only: most exact tests end a group
+        values = _eigenvalues(gram)  # values only: most exact tests end a group
         if values is None or float(_add_reduce(values[-self.rank :])) < floor:
             return False
-        values, vectors = _eigh(full)
+        values, vectors = _eigh(gram)
         self._take(gram, total, vectors[:, ::-1][:, : self.rank + self.oversampling], values[::-1])
         return True
 
@@ -641,7 +647,7 @@ class ExactGram(_Bound):
         """A :class:`GramSketch` of the group: G's top r + p eigenpairs, with the margin as
         slack ((sqrt(E) - sqrt(d))^2 <= E - d for d <= E)."""
         gram = self._folded()
-        values, vectors = _eigh(np.tril(gram) + np.tril(gram, -1).T)
+        values, vectors = _eigh(gram)  # the lower triangle
         keep = min(self.rank + self.oversampling, values.size)
         return GramSketch.from_parts(vectors[:, ::-1][:, :keep], np.maximum(values[::-1][:keep], 0.0), self.total,
                                      self.rank, oversampling=self.oversampling,
@@ -706,9 +712,7 @@ class LazySketch(_Bound):
         (blocks side by side, boundaries ``offsets``, energies ``norms2``), one product."""
         if not self.head.shape[1] or not columns.shape[1]:
             return np.zeros(len(norms2))
-        inside = self.head.T @ columns
-        gained = np.add.reduceat(np.einsum("ij,ij->j", inside, inside), offsets[:-1])
-        return np.maximum(gained - _GAIN_MARGIN * norms2, 0.0)
+        return np.maximum(_inside_energies(self.head, columns, offsets) - _GAIN_MARGIN * norms2, 0.0)
 
     def cheap_run(self, gains: np.ndarray, norms2: np.ndarray, max_error: float) -> int:
         """How many of the blocks (in order) the bounds accept one after another without a
