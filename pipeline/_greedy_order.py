@@ -110,10 +110,12 @@ class ResidualOrderer:
         # the largest magnitude from max and min: np.abs would copy the whole collection
         self._screen = bool(screen) and data.size > 0 and max(float(data.max()), -float(data.min())) < _SCREEN_MAX_ABS
         self._heads = None  # per column of the layout: whether the screen reads it
-        self._tails = 0.0  # per block: energy of the columns the screen does not read
+        self._copy_widths = self._widths  # per block: its columns in the screened copy
         if self._screen:
             column2 = np.einsum("ij,ij->j", data, data)
             self._heads, self._tails = _heads(column2, layout.offsets)
+            if self._heads is not None:
+                self._copy_widths = segment_sums(self._heads, layout.offsets).astype(np.int64)
             self._error = self._screen_error(rank, column2)
         self._reset(np.arange(layout.n_blocks))
 
@@ -126,27 +128,22 @@ class ResidualOrderer:
         2 sqrt(r) ||a|| delta + r delta^2, the float32 sum of squares by (r + 2) u (1 + .)
         ||a||^2. Doubled for safety, plus float64 roundoff of both residuals.
         """
-        rows, offsets = self._layout.rows, self._layout.offsets
+        rows = self._layout.rows
+        energy = segment_sums(column2, self._layout.offsets)
         if self._heads is not None:  # the screened columns only
-            column2, offsets = column2[self._heads], offsets_of(self._head_widths(np.arange(self._layout.n_blocks)))
+            column2 = column2[self._heads]
+        offsets = offsets_of(self._copy_widths)
         norm = np.sqrt(column2)
         delta = (rows + 4) * _U32 * norm + (rows + 1) * _TINY32
         product = 2.0 * np.sqrt(rank) * norm * delta + rank * delta * delta
         summed = (rank + 2) * _U32 * (column2 + product)
         underflow = 2 * (rank + 2) * _TINY32  # squares and sums of tiny entries in float32
         per_block = segment_sums(2.0 * (product + summed + underflow), offsets)
-        energy = segment_sums(column2, offsets) + self._tails
         return per_block + 1e-12 * (energy + np.abs(self._layout.norms2))
-
-    def _head_widths(self, block_ids: np.ndarray) -> np.ndarray:
-        """Columns of each block in the screened copy."""
-        if self._heads is None:
-            return self._widths[block_ids]
-        return segment_sums(self._heads, self._layout.offsets)[block_ids].astype(np.int64)
 
     def _reset(self, block_ids: np.ndarray) -> None:
         self._ids = block_ids
-        self._offsets = offsets_of(self._head_widths(block_ids))
+        self._offsets = offsets_of(self._copy_widths[block_ids])
         whole = len(block_ids) == self._layout.n_blocks
         data = self._layout.data if whole else self._layout.gather(block_ids)
         if self._heads is not None:
@@ -169,7 +166,7 @@ class ResidualOrderer:
         else:
             self._data = data[:, columns]
         self._ids = self._ids[keep]
-        self._offsets = offsets_of(self._head_widths(self._ids))
+        self._offsets = offsets_of(self._copy_widths[self._ids])
 
     def _inside(self, basis: np.ndarray, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         projected = basis.T @ data
@@ -218,21 +215,20 @@ class ResidualOrderer:
         inside = self._screened_inside(basis)
         screened = self._layout.norms2[candidates] - inside[self._position(candidates)]
         error = self._error[candidates]
-        tails = self._tails[candidates] if self._heads is not None else 0.0
-        lower, upper = screened - error - tails, np.maximum(screened + error, 0.0)
+        lower, upper = screened - error - self._tails[candidates], np.maximum(screened + error, 0.0)
         return CandidateOrder(candidates, lower, upper, lambda at: self.exact_residuals(basis, candidates[at]))
 
 
-def _heads(column2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | float]:
+def _heads(column2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """Which columns the screen reads (a mask over the layout's columns) and each block's
-    energy in the others; ``(None, 0.0)`` when heads would not save enough.
+    energy in the others; ``(None, zeros)`` when heads would not save enough.
 
     A block's head is its fewest first columns after which at most ``_HEAD_TAIL`` of its
     energy is left (at least one column)."""
     column2 = np.asarray(column2, dtype=np.float64)
     widths = np.diff(offsets)
     if not column2.size:
-        return None, 0.0
+        return None, np.zeros(len(widths))
     block_of = np.repeat(np.arange(len(widths)), widths)
     energy = segment_sums(column2, offsets)
     running = np.concatenate([[0.0], np.cumsum(column2)])
@@ -241,7 +237,7 @@ def _heads(column2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray | None,
     first[offsets[:-1][widths > 0]] = True
     heads = first | (energy[block_of] - before > _HEAD_TAIL * energy[block_of])
     if np.count_nonzero(heads) > _HEAD_USE * column2.size:
-        return None, 0.0
+        return None, np.zeros(len(widths))
     return heads, segment_sums(np.where(heads, 0.0, column2), offsets)
 
 
