@@ -585,7 +585,8 @@ def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversamplin
                 lazy: bool = False, gram: bool = False):
     """The seed's columns (None when nothing needs them), their ``_svd`` (None unless
     ``ordered``: the residual order needs it too, and one decomposition serves both) and
-    the seed's bound state (a :class:`LazySketch` when ``lazy``)."""
+    the seed's bound state (a :class:`LazySketch` when ``lazy``, an :class:`ExactGram` when
+    ``gram``)."""
     total = float(layout.norms2[seed_ids].sum())
     if energies is not None and widths[seed_ids].sum() <= rank:
         bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
