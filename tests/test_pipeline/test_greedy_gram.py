@@ -42,7 +42,7 @@ def test_every_group_holds_the_guarantee_and_compresses_as_well(seed, monkeypatc
         assert bound_is_valid(bound, exact), (group, bound, exact)
         if len(group) > 1:
             assert bound_is_valid(0.08, exact)
-    eager = _greedy(layout, **params, lazy=False, gram=False, with_states=False)[0]
+    eager = _greedy(layout, **params, lazy=False, gram=False, factor=False, with_states=False)[0]
     assert result.n_groups < layout.n_blocks / 4  # real groups
     assert (summarize(layout, result.clusters, rank=6, eps=0.08).compression_ratio
             >= summarize(layout, eager, rank=6, eps=0.08).compression_ratio)

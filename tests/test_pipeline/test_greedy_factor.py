@@ -1,0 +1,105 @@
+"""The approximate bound kept as a factor (``pipeline.bounds.FactorSketch``): norm order, wide blocks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pipeline
+from pipeline.bounds import FactorSketch, GramSketch
+from pipeline.greedy import _greedy, check_params
+from pipeline.layout import as_layout
+from pipeline.metrics import summarize
+from pipeline.synthetic import union_of_subspaces
+
+from .helpers import awkward_collection, bound_is_valid, exact_error
+
+
+def wide_layout(seed):
+    # blocks too wide for the lazy sketch (4 x 20 > 64 pending columns): the route is the default
+    return union_of_subspaces(240, rows=64, width=20, blocks_per_subspace=30, subspace_rank=3, noise=0.03, seed=seed)[0]
+
+
+def counted(monkeypatch) -> list:
+    calls = []
+    original = FactorSketch.try_add
+    monkeypatch.setattr(FactorSketch, "try_add", lambda self, *a, **k: calls.append(original(self, *a, **k)) or calls[-1])
+    return calls
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_group_holds_the_guarantee_and_matches_the_sketch(seed, monkeypatch):
+    layout = wide_layout(seed)
+    params = check_params(6, 0.08, "approximate", "norm", 10, 5, 1e-12)
+    calls = counted(monkeypatch)
+    result = pipeline.cluster(layout, **params)
+    assert any(calls) and not all(calls)  # the route was taken; it accepted and rejected
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    for group, bound in zip(result.clusters, result.bounds):
+        exact = exact_error(blocks, group, 6)
+        assert bound_is_valid(bound, exact), (group, bound, exact)
+        if len(group) > 1:
+            assert bound_is_valid(0.08, exact)
+    sketch = _greedy(layout, **params, lazy=False, gram=False, factor=False, with_states=False)[0]
+    assert result.n_groups < layout.n_blocks * 0.8  # real groups
+    # it certifies at least what the block-by-block sketch does: here, the very same groups
+    assert result.clusters == sketch or (summarize(layout, result.clusters, rank=6, eps=0.08).compression_ratio
+                                         >= summarize(layout, sketch, rank=6, eps=0.08).compression_ratio)
+    again = pipeline.cluster(layout, **params)
+    assert again.clusters == result.clusters and np.array_equal(again.bounds, result.bounds)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rank=st.integers(1, 5), eps=st.sampled_from([0.05, 0.2, 0.5]))
+def test_the_route_certifies_awkward_collections_and_its_sketches(seed, rank, eps):
+    # zero, duplicate, scaled and rank-deficient blocks; blocks wider than the rows
+    layout = as_layout(awkward_collection(seed, 10, 30, 7))
+    params = check_params(rank, eps, "approximate", "norm", 10, 2, 1e-12)
+    clusters, bounds, states = _greedy(layout, **params, lazy=False)
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    assert sorted(b for g in clusters for b in g) == list(range(layout.n_blocks))
+    for group, bound, state in zip(clusters, bounds, states):
+        exact = exact_error(blocks, group, rank)
+        assert bound_is_valid(bound, exact), (group, bound, exact)
+        if len(group) > 1:
+            assert bound_is_valid(eps, exact)
+            assert isinstance(state, GramSketch)  # settled from the factor
+            assert bound_is_valid(state.error_bound(), exact)
+            basis = state.basis
+            np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+            assert state.total == pytest.approx(float(layout.norms2[group].sum()), rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rank=st.integers(1, 4), oversampling=st.integers(0, 3))
+def test_every_added_block_keeps_the_bound_valid(seed, rank, oversampling):
+    blocks = [np.asarray(b, dtype=np.float64) for b in awkward_collection(seed, 12, 6, 9)]
+    bound = FactorSketch(blocks[0], rank, oversampling=oversampling)
+    for i in range(1, len(blocks)):
+        bound.add(blocks[i])
+        assert bound.factor.shape[1] <= rank + oversampling
+        assert bound_is_valid(bound.error_bound(), exact_error(blocks, range(i + 1), rank))
+
+
+def test_values_first_changes_no_decision():
+    layout = wide_layout(7)
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    for eps in (0.05, 0.1, 0.3):
+        one, two = FactorSketch(blocks[0], 6), FactorSketch(blocks[0], 6)
+        for block in blocks[1:40]:
+            assert one.try_add(block, eps) == two.try_add(block, eps, values_first=True)
+            assert one.energy == two.energy and one.total == two.total
+
+
+def test_a_rejection_means_the_exact_error_exceeds_eps():
+    # seed and block fit in the sketch (no truncation): its energy is the exact E_r
+    rng = np.random.default_rng(3)
+    seed = np.linalg.qr(rng.standard_normal((30, 4)))[0] * [4.0, 3.0, 2.0, 1.0]
+    outside = np.zeros((30, 2))
+    outside[:, 0] = np.linalg.qr(np.hstack([seed, rng.standard_normal((30, 1))]))[0][:, 4]  # orthogonal to the seed
+    exact = np.sqrt(1.0 / (float(np.sum(seed**2)) + 1.0))  # rank 4 leaves the new direction's energy, 1.0
+    for values_first in (False, True):
+        bound = FactorSketch(seed, 4, oversampling=2)
+        assert not bound.try_add(outside, exact * (1 - 1e-6), 1.0, values_first=values_first)
+        assert bound.try_add(outside, exact * (1 + 1e-6), 1.0, values_first=values_first)
+        assert bound_is_valid(bound.error_bound(), exact) and bound.error_bound() <= exact * (1 + 1e-6)
