@@ -597,6 +597,8 @@ def _seed_state(layout: BlockLayout, widths, seed_ids, method, rank, oversamplin
     if energies is not None and widths[seed_ids].sum() <= rank:
         bound = WeylBound.from_energy(float(energies[seed_ids].sum()), rank, total)
         return (layout.gather(seed_ids) if ordered else None), None, bound
+    if factor and len(seed_ids) == 1:  # the factor's Gram product reads a view as fast as a copy
+        return None, None, FactorSketch(layout.block(int(seed_ids[0])), rank, oversampling=oversampling, total=total)
     seed = layout.gather(seed_ids)
     svd = _svd(seed) if ordered else None
     if gram:
