@@ -110,3 +110,35 @@ def test_try_add_leaves_state_unchanged_on_rejection():
     assert sketch.try_add(seed * 0.5, 0.05)
     assert sketch.error_bound() <= 0.05
     assert sketch.total == pytest.approx(1.25 * np.sum(seed**2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(blocks=collections, rank=st.integers(1, 6), oversampling=st.integers(0, 3), cut=st.integers(1, 6))
+def test_a_fold_keeps_the_sketch_valid_and_orthonormal(blocks, rank, oversampling, cut):
+    # the lazy sketch's fold: many blocks added at once from the small Gram, no extension
+    blocks = [np.asarray(b, dtype=np.float64) for b in awkward_collection(*blocks)]
+    cut = min(cut, len(blocks))
+    sketch = GramSketch(np.hstack(blocks[:cut]), rank, oversampling=oversampling)
+    if cut < len(blocks):
+        pending = np.hstack(blocks[cut:])
+        sketch.fold(pending, float(np.sum(pending * pending)))
+    exact = exact_error(blocks, np.arange(len(blocks)), rank)
+    assert bound_is_valid(sketch.error_bound(), exact)
+    assert sketch.total == pytest.approx(sum(float(np.sum(b * b)) for b in blocks), rel=1e-12)
+    basis = sketch.basis
+    assert basis.shape[1] <= rank + oversampling and np.all(np.diff(sketch.eigenvalues) <= 0)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-12)
+
+
+def test_a_fold_keeps_what_the_extension_keeps():
+    rng = np.random.default_rng(4)
+    space = rng.standard_normal((40, 6))
+    blocks = [space @ rng.standard_normal((6, 3)) + 0.01 * rng.standard_normal((40, 3)) for _ in range(12)]
+    folded, added = GramSketch(blocks[0], 4, oversampling=3), GramSketch(blocks[0], 4, oversampling=3)
+    pending = np.hstack(blocks[1:])
+    folded.fold(pending, float(np.sum(pending**2)))
+    added.add(pending)
+    np.testing.assert_allclose(folded.eigenvalues, added.eigenvalues, rtol=1e-10)
+    assert folded.lower_energy() == pytest.approx(added.lower_energy(), rel=1e-12)
+    # the same subspace: the top directions agree up to sign
+    np.testing.assert_allclose(np.abs(folded.basis.T @ added.basis)[:4, :4], np.eye(4), atol=1e-8)
