@@ -24,7 +24,7 @@ Approximation, and Error-Constrained Clustering", arXiv 2601.11626 (2026):
   through the sketch's top-r basis or the eigenvalues of the sketch plus the blocks
   accepted since, and folded into it only now and then. On wide blocks of few rows, in
   residual order, it keeps the group's exact m x m Gram matrix instead (:class:`ExactGram`):
-  its certificates are never below the sketch's. In norm order, on blocks too wide to grow
+  its certificates are never below the sketch's. Elsewhere, on blocks too wide to grow
   lazily, the sketch is kept as a factor (:class:`FactorSketch`): no extension, nothing
   dropped.
 
@@ -686,7 +686,7 @@ class ExactGram(_Bound):
 
 
 class FactorSketch(_Bound):
-    """The greedy's "approximate" bound in norm order on wide blocks: the sketch as a factor.
+    """The greedy's "approximate" bound on wide blocks: the sketch as a factor.
 
     The sketch is kept as G = F F^T with F (m x k, k <= r + p) not orthonormal: for the
     group's factor and a candidate A side by side, N = [F, A], F' = N V_k with V_k the top
@@ -697,7 +697,8 @@ class FactorSketch(_Bound):
     only where rejections are common): no rank-revealing extension of the block against an
     orthonormal basis (two thirds of :class:`GramSketch`'s proposal on 256 x 52 blocks) and
     nothing dropped, so it credits at least what the sketch does. The seed is treated the
-    same way (N = the seed): a Gram eigen-solve instead of its QR or SVD.
+    same way (N = the seed): a Gram eigen-solve instead of its QR or SVD, or its top k
+    factor U_k S_k when its SVD is at hand (the residual order's).
 
     The Gram sums, the eigen-solver and diag(lam) in place of F^T F are exact up to
     roundoff of about (k + width) u ||M||_F^2, covered by crediting ``_GRAM_MARGIN`` of the
@@ -710,13 +711,21 @@ class FactorSketch(_Bound):
     oversampling : int
     total : float, optional
         The seed's exact squared norm (computed when None).
+    svd : tuple, optional
+        The seed's ``(U, s)`` when the caller has it (the residual order's).
     """
 
-    def __init__(self, seed: np.ndarray, rank: int, *, oversampling: int = 5, total: float | None = None):
+    def __init__(self, seed: np.ndarray, rank: int, *, oversampling: int = 5, total: float | None = None, svd=None):
         seed = _as_float64(seed)
         self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
         self.total = _seed_total(seed, total)
-        self._take(seed, _blas.dsyrk(1.0, seed, trans=1, lower=1))
+        if svd is None:
+            self._take(seed, _blas.dsyrk(1.0, seed, trans=1, lower=1))
+            return
+        u, sv = svd  # the seed's own top k factor U_k S_k: F F^T = U_k S_k^2 U_k^T <= seed seed^T
+        keep = min(self.rank + self.oversampling, int(np.count_nonzero(sv > 0.0)))
+        self.factor, self.eigenvalues = u[:, :keep] * sv[:keep], sv[:keep] ** 2
+        self.energy = float(_add_reduce(self.eigenvalues[: self.rank]))
 
     def lower_energy(self) -> float:
         return max(0.0, self.energy - _GRAM_MARGIN * self.total)
