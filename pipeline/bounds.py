@@ -386,6 +386,56 @@ class ResidualBound(_Bound):
             self.basis = self._appended(basis)
             self.credited = np.concatenate((self.credited, s2))
 
+    def accept_run(self, columns: np.ndarray, offsets: np.ndarray, norms2: np.ndarray,
+                   max_error: float) -> tuple[int, bool]:
+        """:meth:`try_add` of the blocks of ``columns`` (side by side, boundaries ``offsets``,
+        squared norms ``norms2``) one after another until one is refused, batched.
+
+        The residuals of all of them against Q go through one Householder QR, R = W T (the
+        block Gram-Schmidt the one-by-one extensions make): block j's residual against Q and
+        the blocks before it is W_j T_jj, so its credited values are the squared singular
+        values of T_jj and its new basis W_j span the same as the one-by-one route's. That
+        holds while every direction is kept: the run stops before a block whose T_jj
+        comes within twice the dropping threshold (``decided`` False: the caller tests
+        that block one by one). Returns how many blocks were added, and whether the next
+        one was refused by the bound (True) or left undecided."""
+        n_blocks = len(norms2)
+        basis = self.basis
+        rows, k = basis.shape
+        if columns.shape[1] > rows - k:  # more columns than the residual space holds
+            n_blocks = int(np.searchsorted(offsets, rows - k, side="right")) - 1
+            columns = columns[:, : offsets[n_blocks]]
+        if not n_blocks:
+            return 0, False
+        residual = columns - basis @ (basis.T @ columns)
+        residual -= basis @ (basis.T @ residual)  # twice is enough, as extend_basis
+        qr, tau, _, info = _lapack.dgeqrf(residual)
+        if info != 0:
+            return 0, False
+        widths = np.diff(offsets[: n_blocks + 1])
+        credited, total, added, columns_added = self.credited, self.total, 0, 0
+        decided = False
+        for j in range(n_blocks):
+            lo, hi = int(offsets[j]), int(offsets[j + 1])
+            diagonal = qr[lo:hi, lo:hi]
+            s = np.abs(diagonal[0, :1]) if widths[j] == 1 else _singular_values(np.triu(diagonal))
+            if s.size == 0 or s[-1] <= 2.0 * _keep_threshold(math.sqrt(float(norms2[j])), self.tol):
+                break
+            proposed = np.concatenate((credited, s * s))
+            if error_from_energy(top_energy(proposed, self.rank), total + float(norms2[j])) > max_error:
+                decided = True
+                break
+            credited, total, added, columns_added = proposed, total + float(norms2[j]), j + 1, hi
+        if added:
+            kept, _, _ = _lapack.dorgqr(qr[:, :columns_added], tau[:columns_added], overwrite_a=1)
+            overlap = basis.T @ kept  # roundoff along Q, grown by T's conditioning: as extend_basis
+            kept = kept - basis @ overlap
+            if overlap.size and np.abs(overlap).max() > 1e-8:
+                kept, _ = np.linalg.qr(kept)
+            self.basis = self._appended(kept)
+            self.credited, self.total = credited, total
+        return added, decided
+
     def _appended(self, columns: np.ndarray) -> np.ndarray:
         """The basis with ``columns`` appended, as a view of a buffer with room to grow.
 

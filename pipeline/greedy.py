@@ -42,7 +42,7 @@ import numpy as np
 from ._checks import METHODS, ORDERS, check_choice, check_rank
 from ._greedy_order import ResidualOrderer, prefix
 from ._threads import single_threaded_blas
-from .bounds import DEFAULT_TOL, ExactGram, FactorSketch, LazySketch, WeylBound, _svd, make_bound, surely_exceeds
+from .bounds import DEFAULT_TOL, ExactGram, FactorSketch, LazySketch, ResidualBound, WeylBound, _svd, make_bound, surely_exceeds
 from .layout import BlockLayout, as_layout, offsets_of, segment_sums
 from .params import ClusteringParams
 from .spectra import stacked_top_energy
@@ -62,6 +62,8 @@ _LEAST_WINDOW = 16
 _FIRST_CHUNK = 4
 # The lazy sketch's pending blocks are folded once they hold this many columns (see _grow_lazy).
 _PENDING_COLUMNS = 64
+# First run of the residual bound's batched test, in columns (see _grow_residual)
+_RUN_COLUMNS = 16
 # The lazy sketch is used where this many blocks of the median width fit in the pending columns.
 _LAZY_WIDTHS = 4
 # The cheap test is asked where at least 1 in this many asks passed (see _CheapTest).
@@ -253,8 +255,17 @@ class _ScreenedAdd(_PositionRates):
     residual order a group accepts dozens. Rates are kept per position in the group (the
     last one counting every later position). It never changes a decision."""
 
+    def refusals_common(self, position: int) -> bool:
+        """Whether at least a quarter of the proposals at ``position`` were refused."""
+        return self._pays(position, 4)
+
+    def record(self, position: int, added: int, refused: bool) -> None:
+        """``added`` proposals from ``position`` were accepted, then one refused if ``refused``."""
+        for i in range(min(added + refused, _SCREEN_POSITIONS)):
+            self._count(position + i, i == added)
+
     def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
-        worth = self._pays(position, 4)
+        worth = self.refusals_common(position)
         if isinstance(bound, FactorSketch):  # its screen is its own solve, for values only
             added = bound.try_add(block, eps, norm2, values_first=worth)
         else:
@@ -276,12 +287,55 @@ def _grow(bound, layout: BlockLayout, candidates: np.ndarray, eps: float, try_ad
         return _grow_lazy(bound, layout, candidates, eps, cheap)
     if isinstance(bound, ExactGram):
         return _grow_gram(bound, layout, candidates, eps, first)
+    if isinstance(bound, ResidualBound):
+        return _grow_residual(bound, layout, candidates, eps, try_add, first)
 
     def walk(window: np.ndarray, accepted: list[int]) -> bool:
         for block in window[len(accepted) :].tolist():
             if not try_add(bound, layout.block(block), eps, layout.norms2[block], len(accepted)):
                 return False
             accepted.append(block)
+        return True
+
+    return _in_windows(candidates, first, walk)
+
+
+def _grow_residual(bound: ResidualBound, layout: BlockLayout, candidates, eps: float, try_add: _ScreenedAdd,
+                   first: int) -> list[int]:
+    """:func:`_grow` for the residual bound: runs of candidates tested at once
+    (:meth:`pipeline.bounds.ResidualBound.accept_run`, one QR for the run) at positions in
+    the group where candidates are mostly accepted, one by one (screened) where at least a
+    quarter are refused: a run's QR would be spent on candidates the group never reaches.
+    The same decisions either way. Runs start at ``_RUN_COLUMNS`` columns (blocks wider
+    than half of that go one by one: the one-by-one screen rejects for less than a QR of
+    two of them costs)."""
+    offsets, norms2 = layout.offsets, layout.norms2
+    chunk = None
+
+    def walk(window: np.ndarray, accepted: list[int]) -> bool:
+        nonlocal chunk
+        position = len(accepted)
+        if chunk is None and len(window):
+            first_block = int(window[0])
+            chunk = _RUN_COLUMNS // int(offsets[first_block + 1] - offsets[first_block])
+        while position < len(window):
+            if chunk >= 2 and not try_add.refusals_common(len(accepted)):
+                ids = window[position : position + chunk]
+                added, refused = bound.accept_run(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]),
+                                                  norms2[ids], eps)
+                try_add.record(len(accepted), added, refused)
+                accepted += ids[:added].tolist()
+                position += added
+                if refused:
+                    return False
+                chunk = 2 * chunk if added == len(ids) else max(2, 2 * added)
+                if added == len(ids):
+                    continue
+            block = int(window[position])
+            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted)):
+                return False
+            accepted.append(block)
+            position += 1
         return True
 
     return _in_windows(candidates, first, walk)

@@ -142,3 +142,26 @@ def test_a_fold_keeps_what_the_extension_keeps():
     assert folded.lower_energy() == pytest.approx(added.lower_energy(), rel=1e-12)
     # the same subspace: the top directions agree up to sign
     np.testing.assert_allclose(np.abs(folded.basis.T @ added.basis)[:4, :4], np.eye(4), atol=1e-8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(blocks=collections, rank=st.integers(1, 6), eps=st.sampled_from([0.05, 0.2, 0.5, 0.9]))
+def test_a_run_of_residual_tests_decides_as_one_by_one(blocks, rank, eps):
+    # one QR for a run of candidates; the one-by-one extensions are the reference
+    blocks = [np.asarray(b, dtype=np.float64) for b in awkward_collection(*blocks)]
+    batched, single = ResidualBound(blocks[0], rank), ResidualBound(blocks[0], rank)
+    rest = blocks[1:]
+    if not rest:
+        return
+    norms2 = np.array([float(np.sum(b * b)) for b in rest])
+    offsets = np.concatenate(([0], np.cumsum([b.shape[1] for b in rest])))
+    added, refused = batched.accept_run(np.hstack(rest), offsets, norms2, eps)
+    for i in range(added):  # each accepted block is accepted one by one too
+        assert single.try_add(rest[i], eps, norms2[i])
+    if refused:
+        assert not single.try_add(rest[added], eps, norms2[added])
+    assert batched.total == pytest.approx(single.total, rel=1e-12)
+    np.testing.assert_allclose(np.sort(batched.credited), np.sort(single.credited), rtol=1e-8, atol=1e-12 * single.total)
+    basis = batched.basis
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    assert bound_is_valid(batched.error_bound(), exact_error(blocks, np.arange(added + 1), rank))
