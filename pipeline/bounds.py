@@ -769,6 +769,7 @@ class FactorSketch(_Bound):
         seed = _as_float64(seed)
         self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
         self.total = _seed_total(seed, total)
+        self._unsolved = None  # (N, N^T N) of an acceptance whose factor is not solved yet
         if svd is None:
             self._take(seed, _blas.dsyrk(1.0, seed, trans=1, lower=1))
             return
@@ -790,25 +791,57 @@ class FactorSketch(_Bound):
         return gram
 
     def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None,
-                values_first: bool = False) -> bool:
-        """Add ``block`` if the group's certified error with it is at most ``max_error``;
+                values_first: bool = False, solve: bool = True) -> bool:
+        """Add ``block`` if the group's certified error with it is at most ``max_error``.
+
         ``values_first``: solve for the eigenvalues alone first (a rejection then costs less
-        than half the solve with vectors, an acceptance a little more)."""
+        than half the solve with vectors, an acceptance a little more). ``solve=False``: on
+        acceptance, leave the new factor unsolved (no eigenvectors) until it is needed. The
+        next candidate A' is then first screened on the Gram of [F, A, A'] (F the factor
+        before A): E_r(F' F'^T + A' A'^T) <= E_r(F F^T + A A^T + A' A'^T) since
+        F' F'^T <= F F^T + A A^T, so a candidate refused there is refused by the factor F'
+        too, and a group that ends at A' never solves for F'."""
         block = _as_float64(block)
         total = self.total + self._norm2(block, norm2)
         floor = (1.0 - max_error * max_error + _GRAM_MARGIN) * total
+        if self._unsolved is not None:
+            if _surely_short(self._unsolved_gram(block), self.rank, floor, _GRAM_MARGIN * total):
+                return False
+            self._solve()
         gram = self._gram(block)
-        if values_first:
-            if _surely_short(gram, self.rank, floor, _GRAM_MARGIN * total):
-                return False
-            values = _eigenvalues(gram)
-            if values is None or float(_add_reduce(values[-self.rank :])) < floor:
-                return False
+        if values_first and _surely_short(gram, self.rank, floor, _GRAM_MARGIN * total):
+            return False
+        if solve and not values_first:
+            return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total, floor=floor)
+        values = _eigenvalues(gram)
+        if values is None or float(_add_reduce(values[-self.rank :])) < floor:
+            return False
+        if solve:
             return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total)
-        return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total, floor=floor)
+        self._unsolved = (np.concatenate((self.factor, block), axis=1), gram)
+        self.energy, self.total = float(_add_reduce(np.maximum(values[-self.rank :], 0.0))), total
+        return True
+
+    def _unsolved_gram(self, block: np.ndarray) -> np.ndarray:
+        """The lower triangle of the Gram of [F, A, A'] (``block`` A'), from that of [F, A]."""
+        columns, gram = self._unsolved
+        n0, n = gram.shape[0], block.shape[1]
+        wide = np.zeros((n0 + n, n0 + n))
+        wide[:n0, :n0] = gram
+        wide[n0:, :n0] = block.T @ columns
+        wide[n0:, n0:] = _blas.dsyrk(1.0, block, trans=1, lower=1)
+        return wide
+
+    def _solve(self) -> None:
+        """The factor of an acceptance left unsolved (see :meth:`try_add`)."""
+        if self._unsolved is not None:
+            columns, gram = self._unsolved
+            self._unsolved = None
+            self._take(columns, gram)  # the same matrix: the energy the values gave, up to roundoff
 
     def add(self, block: np.ndarray, norm2: float | None = None) -> None:
         block = _as_float64(block)
+        self._solve()
         self._take(np.concatenate((self.factor, block), axis=1), self._gram(block),
                    total=self.total + self._norm2(block, norm2))
 
@@ -830,6 +863,7 @@ class FactorSketch(_Bound):
     def settled(self) -> GramSketch:
         """A :class:`GramSketch` of the group: an orthonormal basis of F's range and F F^T's
         eigenvalues, from F's SVD, with the margin as slack (as :meth:`ExactGram.settled`)."""
+        self._solve()
         u, s = _svd(self.factor) if self.factor.shape[1] else (self.factor, np.zeros(0))
         keep = int(np.count_nonzero(s > 0.0))
         return GramSketch.from_parts(np.ascontiguousarray(u[:, :keep]), s[:keep] ** 2, self.total, self.rank,

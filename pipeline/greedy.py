@@ -267,7 +267,7 @@ class _ScreenedAdd(_PositionRates):
     def __call__(self, bound, block: np.ndarray, eps: float, norm2: float, position: int) -> bool:
         worth = self.refusals_common(position)
         if isinstance(bound, FactorSketch):  # its screen is its own solve, for values only
-            added = bound.try_add(block, eps, norm2, values_first=worth)
+            added = bound.try_add(block, eps, norm2, values_first=worth, solve=not self.refusals_common(position + 1))
         else:
             added = not (worth and surely_exceeds(bound, block, eps, norm2)) and bound.try_add(block, eps, norm2)
         self._count(position, not added)

@@ -86,14 +86,16 @@ def test_every_added_block_keeps_the_bound_valid(seed, rank, oversampling):
         assert bound_is_valid(bound.error_bound(), exact_error(blocks, range(i + 1), rank))
 
 
-def test_values_first_changes_no_decision():
+@pytest.mark.parametrize("values_first, solve", [(True, True), (False, False), (True, False)])
+def test_values_first_and_unsolved_factors_change_no_decision(values_first, solve):
     layout = wide_layout(7)
     blocks = [layout.block(i) for i in range(layout.n_blocks)]
     for eps in (0.05, 0.1, 0.3):
         one, two = FactorSketch(blocks[0], 6), FactorSketch(blocks[0], 6)
         for block in blocks[1:40]:
-            assert one.try_add(block, eps) == two.try_add(block, eps, values_first=True)
-            assert one.energy == two.energy and one.total == two.total
+            assert one.try_add(block, eps) == two.try_add(block, eps, values_first=values_first, solve=solve)
+            assert one.energy == pytest.approx(two.energy, rel=1e-12) and one.total == two.total
+        assert one.settled().eigenvalues == pytest.approx(two.settled().eigenvalues, rel=1e-9)
 
 
 def test_a_rejection_means_the_exact_error_exceeds_eps():
@@ -103,8 +105,8 @@ def test_a_rejection_means_the_exact_error_exceeds_eps():
     outside = np.zeros((30, 2))
     outside[:, 0] = np.linalg.qr(np.hstack([seed, rng.standard_normal((30, 1))]))[0][:, 4]  # orthogonal to the seed
     exact = np.sqrt(1.0 / (float(np.sum(seed**2)) + 1.0))  # rank 4 leaves the new direction's energy, 1.0
-    for values_first in (False, True):
+    for values_first, solve in ((False, True), (True, True), (False, False)):
         bound = FactorSketch(seed, 4, oversampling=2)
-        assert not bound.try_add(outside, exact * (1 - 1e-6), 1.0, values_first=values_first)
-        assert bound.try_add(outside, exact * (1 + 1e-6), 1.0, values_first=values_first)
+        assert not bound.try_add(outside, exact * (1 - 1e-6), 1.0, values_first=values_first, solve=solve)
+        assert bound.try_add(outside, exact * (1 + 1e-6), 1.0, values_first=values_first, solve=solve)
         assert bound_is_valid(bound.error_bound(), exact) and bound.error_bound() <= exact * (1 + 1e-6)
