@@ -769,7 +769,7 @@ class FactorSketch(_Bound):
         seed = _as_float64(seed)
         self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
         self.total = _seed_total(seed, total)
-        self._unsolved = None  # (N, N^T N) of an acceptance whose factor is not solved yet
+        self._unsolved = None  # a block accepted, not yet in the factor (see try_add)
         if svd is None:
             self._take(seed, _blas.dsyrk(1.0, seed, trans=1, lower=1))
             return
@@ -781,63 +781,79 @@ class FactorSketch(_Bound):
     def lower_energy(self) -> float:
         return max(0.0, self.energy - _GRAM_MARGIN * self.total)
 
-    def _gram(self, block: np.ndarray) -> np.ndarray:
-        """The lower triangle of N^T N, N = [F, A]."""
+    def _gram(self, block: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+        """The lower triangle of N^T N, N = [F, A] (``own``: that of A^T A, if at hand)."""
         k, n = self.eigenvalues.size, block.shape[1]
         gram = np.zeros((k + n, k + n))
         gram.flat[: k * (k + n + 1) : k + n + 1] = self.eigenvalues
         gram[k:, :k] = block.T @ self.factor
-        gram[k:, k:] = _blas.dsyrk(1.0, block, trans=1, lower=1)
+        gram[k:, k:] = _blas.dsyrk(1.0, block, trans=1, lower=1) if own is None else own
         return gram
 
     def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None,
                 values_first: bool = False, solve: bool = True) -> bool:
         """Add ``block`` if the group's certified error with it is at most ``max_error``.
 
-        ``values_first``: solve for the eigenvalues alone first (a rejection then costs less
-        than half the solve with vectors, an acceptance a little more). ``solve=False``: on
-        acceptance, leave the new factor unsolved (no eigenvectors) until it is needed. The
-        next candidate A' is then first screened on the Gram of [F, A, A'] (F the factor
-        before A): E_r(F' F'^T + A' A'^T) <= E_r(F F^T + A A^T + A' A'^T) since
-        F' F'^T <= F F^T + A A^T, so a candidate refused there is refused by the factor F'
-        too, and a group that ends at A' never solves for F'."""
+        ``values_first``: refusals are likely; solve for eigenvalues alone first (a
+        rejection then costs less than half the solve with vectors), after the inertia
+        screen (:func:`_surely_short`).
+
+        ``solve=False``: the next candidate is likely refused. On acceptance, the new
+        factor is left unsolved (no eigenvectors) until it is needed; the next candidate A'
+        is then first screened on the Gram of [F, A, A']: E_r(F' F'^T + A' A'^T) <=
+        E_r(F F^T + A A^T + A' A'^T) since F' F'^T <= F F^T + A A^T, so a candidate refused
+        there is refused by the factor F' too, and a group that ends at A' never solves for
+        F'. Unless refusals are likely here too, A is first tested by the Ky Fan split bound
+        E_r(F F^T + A A^T) >= E_(r-j)(F F^T) + E_j(A A^T) for every j (the span of both top
+        parts has rank <= r), from F's eigenvalues and A's own (an eigen-solve of A^T A,
+        half the joint one): in norm order a group's last candidate usually comes from
+        another subspace, where the bound is nearly exact."""
         block = _as_float64(block)
         total = self.total + self._norm2(block, norm2)
         floor = (1.0 - max_error * max_error + _GRAM_MARGIN) * total
+        own = _blas.dsyrk(1.0, block, trans=1, lower=1)
         if self._unsolved is not None:
-            if _surely_short(self._unsolved_gram(block), self.rank, floor, _GRAM_MARGIN * total):
+            if _surely_short(self._unsolved_gram(block, own), self.rank, floor, _GRAM_MARGIN * total):
                 return False
             self._solve()
-        gram = self._gram(block)
+        if not (values_first or solve):
+            split = _split_energy(self.eigenvalues, _eigenvalues(own), self.rank)
+            if split >= floor:
+                self._unsolved, self.energy, self.total = (block, own), split, total
+                return True
+        gram = self._gram(block, own)
+        if solve and not values_first:  # acceptance likely, and the factor wanted: one solve
+            return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total, floor=floor)
         if values_first and _surely_short(gram, self.rank, floor, _GRAM_MARGIN * total):
             return False
-        if solve and not values_first:
-            return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total, floor=floor)
         values = _eigenvalues(gram)
         if values is None or float(_add_reduce(values[-self.rank :])) < floor:
             return False
         if solve:
             return self._take(np.concatenate((self.factor, block), axis=1), gram, total=total)
-        self._unsolved = (np.concatenate((self.factor, block), axis=1), gram)
+        self._unsolved = (block, own)
         self.energy, self.total = float(_add_reduce(np.maximum(values[-self.rank :], 0.0))), total
         return True
 
-    def _unsolved_gram(self, block: np.ndarray) -> np.ndarray:
-        """The lower triangle of the Gram of [F, A, A'] (``block`` A'), from that of [F, A]."""
-        columns, gram = self._unsolved
-        n0, n = gram.shape[0], block.shape[1]
-        wide = np.zeros((n0 + n, n0 + n))
-        wide[:n0, :n0] = gram
-        wide[n0:, :n0] = block.T @ columns
-        wide[n0:, n0:] = _blas.dsyrk(1.0, block, trans=1, lower=1)
-        return wide
+    def _unsolved_gram(self, block: np.ndarray, own: np.ndarray) -> np.ndarray:
+        """The lower triangle of the Gram of [F, A, A'], A the unsolved block (its A^T A
+        known), A' = ``block`` (``own``: A'^T A')."""
+        pending, pending_own = self._unsolved
+        k, n1, n2 = self.eigenvalues.size, pending.shape[1], block.shape[1]
+        n = k + n1 + n2
+        gram = np.zeros((n, n))
+        gram.flat[: k * (n + 1) : n + 1] = self.eigenvalues
+        gram[k : k + n1, :k] = pending.T @ self.factor
+        gram[k : k + n1, k : k + n1] = pending_own
+        gram[k + n1 :, : k + n1] = block.T @ np.concatenate((self.factor, pending), axis=1)
+        gram[k + n1 :, k + n1 :] = own
+        return gram
 
     def _solve(self) -> None:
         """The factor of an acceptance left unsolved (see :meth:`try_add`)."""
         if self._unsolved is not None:
-            columns, gram = self._unsolved
-            self._unsolved = None
-            self._take(columns, gram)  # the same matrix: the energy the values gave, up to roundoff
+            (block, own), self._unsolved = self._unsolved, None
+            self._take(np.concatenate((self.factor, block), axis=1), self._gram(block, own))
 
     def add(self, block: np.ndarray, norm2: float | None = None) -> None:
         block = _as_float64(block)
@@ -868,6 +884,18 @@ class FactorSketch(_Bound):
         keep = int(np.count_nonzero(s > 0.0))
         return GramSketch.from_parts(np.ascontiguousarray(u[:, :keep]), s[:keep] ** 2, self.total, self.rank,
                                      oversampling=self.oversampling, slack=math.sqrt(_GRAM_MARGIN * self.total))
+
+
+def _split_energy(values: np.ndarray, own: np.ndarray | None, rank: int) -> float:
+    """max over j of E_(rank-j) of ``values`` + E_j of ``own`` (both eigenvalues of PSD
+    matrices; ``values`` descending, ``own`` ascending as the solvers give them, or None:
+    0). A lower bound on E_rank of the sum of the two matrices."""
+    if own is None:
+        return 0.0
+    first = np.concatenate(([0.0], np.cumsum(values[:rank])))
+    second = np.concatenate(([0.0], np.cumsum(own[::-1][:rank])))
+    j = np.arange(min(rank, second.size - 1) + 1)
+    return float(np.max(first[np.minimum(rank - j, first.size - 1)] + second[j]))
 
 
 # The inertia screen (see _surely_short) looks for this many eigenvalues past the top r.
