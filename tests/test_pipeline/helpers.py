@@ -48,3 +48,23 @@ def awkward_collection(seed, rows, n_blocks, max_width, rank_hint=3):
         dtype = np.float32 if rng.integers(0, 2) else np.float64
         blocks.append(block.astype(dtype))
     return blocks
+
+
+def assert_certified_with_sketches(layout, clusters, bounds, states, rank, eps):
+    """Every block in one group; every bound valid against the exact error; every group of
+    several blocks within eps, with a settled sketch (orthonormal basis, exact total) whose
+    own bound is valid."""
+    from pipeline.bounds import GramSketch
+
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    assert sorted(b for g in clusters for b in g) == list(range(layout.n_blocks))
+    for group, bound, state in zip(clusters, bounds, states):
+        exact = exact_error(blocks, group, rank)
+        assert bound_is_valid(bound, exact), (group, bound, exact)
+        if len(group) > 1:
+            assert bound_is_valid(eps, exact)
+            assert isinstance(state, GramSketch)
+            assert bound_is_valid(state.error_bound(), exact)
+            np.testing.assert_allclose(state.basis.T @ state.basis, np.eye(state.basis.shape[1]), atol=1e-10)
+            total = float(layout.norms2[group].sum())
+            assert abs(state.total - total) <= 1e-12 * abs(total)

@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 
 import pipeline
 from pipeline import greedy
-from pipeline.bounds import ExactGram, GramSketch
+from pipeline.bounds import ExactGram
 from pipeline.greedy import _greedy, check_params
 from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
-from .helpers import awkward_collection, bound_is_valid, exact_error
+from .helpers import assert_certified_with_sketches, awkward_collection, bound_is_valid, exact_error
 
 
 def wide_layout(seed):
@@ -64,16 +64,7 @@ def test_forced_route_certifies_awkward_collections_and_its_sketches(seed, rank,
     layout = as_layout(awkward_collection(seed, 10, 30, 7))
     params = check_params(rank, eps, "approximate", "residual", 10, 2, 1e-12)
     clusters, bounds, states = _greedy(layout, **params, gram=True, lazy=False)
-    blocks = [layout.block(i) for i in range(layout.n_blocks)]
-    assert sorted(b for g in clusters for b in g) == list(range(layout.n_blocks))
-    for group, bound, state in zip(clusters, bounds, states):
-        exact = exact_error(blocks, group, rank)
-        assert bound_is_valid(bound, exact), (group, bound, exact)
-        if len(group) > 1:
-            assert bound_is_valid(eps, exact)
-            assert isinstance(state, GramSketch)  # settled from the Gram matrix
-            assert bound_is_valid(state.error_bound(), exact)
-            assert state.total == pytest.approx(float(layout.norms2[group].sum()), rel=1e-12)
+    assert_certified_with_sketches(layout, clusters, bounds, states, rank, eps)
 
 
 def test_exact_test_rejects_only_above_eps():
