@@ -226,6 +226,9 @@ class ClusteringRun(CertifyAndCompress):
         def compute():
             bounds = self._batch_bounds
             picks = self._sample_picks() if self._wants_sample() else []
+            raw = bool(picks) and self._sample_reads_blocks()
+            if raw:  # submitted before the scan: one worker starts the sample greedy at once
+                self._anchors = self._sample_anchors(picks, "0", raw=True)
             first = {b for b, _ in picks}  # scanned first, so that the sample starts early
             futures: list = [None] * self.n_batches
             # submitted first too: workers take tasks as they arrive, before later priorities are seen
@@ -233,7 +236,8 @@ class ClusteringRun(CertifyAndCompress):
                 futures[b] = self._submit("scan", b, tasks.scan_batch, self._handle, self._token, b, int(bounds[b]),
                                           int(bounds[b + 1]), self.width_cap, self.params["eps"],
                                           priority=int(b in first))
-            self._start_sample(picks, futures)
+            if not raw:
+                self._start_sample(picks, futures)
             try:
                 results = sorted(self._gather("scan", futures), key=lambda r: r[0])
             except BaseException:
@@ -264,6 +268,14 @@ class ClusteringRun(CertifyAndCompress):
         factor_bytes = 8 * coll.rows * max(1.0, float(np.mean(factor_widths)) if len(factor_widths) else 1.0)
         return max(2, min(SAMPLE_BLOCKS, int(SAMPLE_BYTES // factor_bytes)))
 
+    def _sample_reads_blocks(self) -> bool:
+        """Whether the sample can be read from the stored blocks rather than the scan's
+        factors (:func:`tasks.sample_part_raw`): when no block is wider than its factor
+        (narrow blocks, single columns), where the scan is short and the sample greedy
+        would otherwise run after it, alone on one worker."""
+        coll = self.collection
+        return bool(coll.n_blocks) and int(coll.widths.max()) <= min(self.width_cap, coll.rows)
+
     def _wants_sample(self) -> bool:
         """Whether the partition still has to run its sample greedy."""
         return self.collection.n_blocks > self.shard_size and not self.run.is_complete("partition")
@@ -276,12 +288,17 @@ class ClusteringRun(CertifyAndCompress):
         if picks:
             self._anchors = self._sample_anchors(picks, "0", scans)
 
-    def _sample_anchors(self, picks: list[tuple[int, np.ndarray]], tag: str, scans: list | None = None):
+    def _sample_anchors(self, picks: list[tuple[int, np.ndarray]], tag: str, scans: list | None = None,
+                        raw: bool = False):
         """A future of the anchors from the greedy on the sampled blocks ``picks`` ((batch,
         positions) pairs): one task per batch reads and reduces its share
         (:func:`tasks.sample_part`, after the batch's scan future when ``scans`` is given),
-        one task runs the greedy on them all."""
+        one task runs the greedy on them all; when ``raw``, one task reads the stored
+        blocks and runs the greedy (:func:`tasks.sample_anchors_raw`)."""
         params = dict(self.params)
+        if raw:
+            return self._submit("anchors", tag, tasks.sample_anchors_raw, self._handle, params,
+                                [(b, int(self._batch_bounds[b]), picked) for b, picked in picks], priority=2)
         parts = [self._submit("sample", f"{tag}-{b}", tasks.sample_part, self._handle, params, b,
                               int(self._batch_bounds[b]), picked, *([scans[b]] if scans is not None else []),
                               priority=2)

@@ -166,6 +166,29 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
     return batch, shifts
 
 
+def sample_part_raw(handle: Handle, params: dict, batch: int, first: int, picked: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_part` read from the stored blocks instead of the scan checkpoint, for
+    collections whose blocks are all no wider than their factors: the scan keeps those as
+    they are, so the factors here (scaled, rounded as the scan rounds them) and the norms
+    are the scan's, bit for bit, and the sample greedy need not wait for the scan."""
+    data, offsets = read_batch(handle, first, first + int(picked.max()) + 1)  # one read: picks are strided
+    data, offsets = take_columns(data, offsets, picked), offsets_of(np.diff(offsets)[picked])
+    data = scale_blocks(data, offsets, block_shifts(data, offsets))  # as scan_batch
+    norms2 = segment_sums(np.einsum("ij,ij->j", data, data, dtype=np.float64), offsets)
+    if float32_factors(params["eps"]):
+        scaled, exponents, _ = round_factors(data, offsets)
+        data = unround_factors(scaled, exponents, offsets)
+    return data, offsets, norms2
+
+
+def sample_anchors_raw(handle: Handle, params: dict, picks: list[tuple[int, int, np.ndarray]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_anchors` on :func:`sample_part_raw` of every ``(batch, first, picked)``,
+    in one task: it starts at once, on one worker, while the others scan."""
+    return sample_anchors(params, *(sample_part_raw(handle, params, b, first, picked) for b, first, picked in picks))
+
+
 def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A batch's factors (float64, exact scale), offsets, exact norms and rounding drops;

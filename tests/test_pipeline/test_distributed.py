@@ -412,3 +412,25 @@ def test_refill_does_not_depend_on_the_order_shards_finish(client, tmp_path, mon
     assert sum(forward_local["meta"]["refilled"]) > 0
     assert backward_local["meta"]["refilled"] == forward_local["meta"]["refilled"]
     assert backward._groups_after(-1)[0] == forward._groups_after(-1)[0]
+
+
+@pytest.mark.parametrize("dtype, eps", [(np.float32, 0.2), (np.float64, 0.2), (np.float64, 1e-5)])
+def test_the_sample_read_from_the_blocks_is_the_scans_bit_for_bit(client, tmp_path, dtype, eps):
+    # blocks no wider than their factors: the sample greedy starts before the scan, from the
+    # stored blocks; what it reads must be the scan checkpoint's factors and norms exactly
+    from pipeline.distributed import tasks
+
+    blocks = [(b * 10.0 ** (i % 7 - 3)).astype(dtype) for i, b in enumerate(_subspace_blocks(300, seed=3))]  # bands
+    coll = _store(tmp_path, blocks, dtype=dtype)
+    run = ClusteringRun(coll, rank=6, eps=eps, client=client, shard_size=100, batch_bytes=SMALL_BATCH)
+    assert run._sample_reads_blocks()
+    run.scan()
+    params = dict(run.params)
+    for batch, picked in run._sample_picks():
+        first = int(run._batch_bounds[batch])
+        raw = tasks.sample_part_raw(run._handle, params, batch, first, picked)
+        scanned = tasks.sample_part(run._handle, params, batch, first, picked)
+        for a, b in zip(raw, scanned):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    wide = _store(tmp_path, [np.hstack([b, b, b]) for b in blocks[:50]], name="wide")
+    assert not ClusteringRun(wide, rank=2, eps=eps, client=client, oversampling=1)._sample_reads_blocks()
