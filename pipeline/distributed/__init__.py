@@ -12,7 +12,8 @@ of at most ``shard_size`` blocks, W workers:
    as sketch slack, so every bound stays certified (half the checkpoint I/O of float64).
 2. **partition** (one task for the sample, then a map over B batches): the greedy on a
    strided sample (at most SAMPLE_BLOCKS blocks and SAMPLE_BYTES of factors; factored
-   blocks by their dominant directions, :func:`pipeline.sharding.dominant_factors`) gives
+   blocks by their dominant directions, :func:`pipeline.sharding.dominant_factors`; read
+   from the stored blocks, beside the scan, where none is wider than its factor) gives
    anchor subspaces; every block records the two anchors holding most of its strongest direction,
    one product per batch for all anchors. Blocks that no anchor holds half of (orphans:
    their subspaces had no block in the sample) get anchors from a sample of their own, at
