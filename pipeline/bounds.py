@@ -39,6 +39,7 @@ numerically-zero directions never invalidates it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -418,7 +419,7 @@ class ResidualBound(_Bound):
         for j in range(n_blocks):
             lo, hi = int(offsets[j]), int(offsets[j + 1])
             diagonal = qr[lo:hi, lo:hi]
-            s = np.abs(diagonal[0, :1]) if widths[j] == 1 else _singular_values(np.triu(diagonal))
+            s = np.abs(diagonal[0, :1]) if widths[j] == 1 else _singular_values(diagonal * _upper(hi - lo))
             if s.size == 0 or s[-1] <= 2.0 * _keep_threshold(math.sqrt(float(norms2[j])), self.tol):
                 break
             proposed = np.concatenate((credited, s * s))
@@ -450,6 +451,12 @@ class ResidualBound(_Bound):
             self._room = room
         self._room[:, k : k + n] = columns
         return self._room[:, : k + n]
+
+
+@functools.lru_cache(maxsize=64)
+def _upper(n: int) -> np.ndarray:
+    """The n x n upper-triangular mask of ones (``np.triu`` builds one per call)."""
+    return np.triu(np.ones((n, n)))
 
 
 class GramSketch(_Bound):
