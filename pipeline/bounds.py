@@ -588,15 +588,17 @@ class GramSketch(_Bound):
         columns = _as_float64(columns)
         values, vectors = _eigh(_sketch_gram(self, columns))
         keep = min(self.capacity, int(np.count_nonzero(values > 0.0)))
+        if keep > columns.shape[0]:  # no thin QR of the kept directions: the extension's route
+            self.add(columns, norm2)
+            return
         factor = np.concatenate((self.basis * np.sqrt(self.eigenvalues), columns), axis=1) @ vectors[:, ::-1][:, :keep]
+        qr, tau, _, info = _lapack.dgeqrf(factor) if keep else (None, None, None, 0)
+        if info != 0:
+            self.add(columns, norm2)
+            return
         self.total += float(norm2)
         if not keep:
             self.basis, self.eigenvalues = self.basis[:, :0], np.zeros(0)
-            return
-        qr, tau, _, info = _lapack.dgeqrf(factor)
-        if info != 0 or factor.shape[0] < keep:  # no thin QR: the extension's route
-            self.total -= float(norm2)
-            self.add(columns, norm2)
             return
         t = np.triu(qr[:keep])
         basis, _, _ = _lapack.dorgqr(qr, tau, overwrite_a=1)
@@ -638,7 +640,24 @@ def _inside_energies(basis: np.ndarray, columns: np.ndarray, offsets: np.ndarray
 _GRAM_MARGIN = 1e-9
 
 
-class ExactGram(_Bound):
+class _MarginCertified(_Bound):
+    """A state whose certificate ``energy`` is exact up to roundoff, credited
+    ``_GRAM_MARGIN`` of the group's energy less (:class:`ExactGram`, :class:`FactorSketch`)."""
+
+    energy: float
+    oversampling: int
+
+    def lower_energy(self) -> float:
+        return max(0.0, self.energy - _GRAM_MARGIN * self.total)
+
+    def _sketch(self, basis: np.ndarray, eigenvalues: np.ndarray) -> GramSketch:
+        """The group's :class:`GramSketch` from orthonormal ``basis`` and ``eigenvalues``,
+        with the margin as slack ((sqrt(E) - sqrt(d))^2 <= E - d for d <= E)."""
+        return GramSketch.from_parts(basis, eigenvalues, self.total, self.rank, oversampling=self.oversampling,
+                                     slack=math.sqrt(_GRAM_MARGIN * self.total))
+
+
+class ExactGram(_MarginCertified):
     """The greedy's "approximate" bound on blocks of few rows: the group's exact Gram matrix.
 
     Where the m x m Gram matrix G = M M^T is small next to the sketch's work per block (m
@@ -677,9 +696,6 @@ class ExactGram(_Bound):
         self.basis = np.ascontiguousarray(u[:, : self.rank + self.oversampling])
         self.energy = float(_add_reduce(sv[: self.rank] ** 2))  # tr(W^T G W), W = basis[:, :r]
         self.pending: list[np.ndarray] = []  # accepted by the cheap test, not yet in G
-
-    def lower_energy(self) -> float:
-        return max(0.0, self.energy - _GRAM_MARGIN * self.total)
 
     def gains(self, columns: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """||W^T A||_F^2 of each block of ``columns`` (blocks side by side), one product."""
@@ -732,17 +748,13 @@ class ExactGram(_Bound):
         self.energy = float(_add_reduce(np.maximum(values[: self.rank], 0.0)))
 
     def settled(self) -> GramSketch:
-        """A :class:`GramSketch` of the group: G's top r + p eigenpairs, with the margin as
-        slack ((sqrt(E) - sqrt(d))^2 <= E - d for d <= E)."""
-        gram = self._folded()
-        values, vectors = _eigh(gram)  # the lower triangle
+        """A :class:`GramSketch` of the group: G's top r + p eigenpairs (see :meth:`_sketch`)."""
+        values, vectors = _eigh(self._folded())  # the lower triangle
         keep = min(self.rank + self.oversampling, values.size)
-        return GramSketch.from_parts(vectors[:, ::-1][:, :keep], np.maximum(values[::-1][:keep], 0.0), self.total,
-                                     self.rank, oversampling=self.oversampling,
-                                     slack=math.sqrt(_GRAM_MARGIN * self.total))
+        return self._sketch(vectors[:, ::-1][:, :keep], np.maximum(values[::-1][:keep], 0.0))
 
 
-class FactorSketch(_Bound):
+class FactorSketch(_MarginCertified):
     """The greedy's "approximate" bound on wide blocks: the sketch as a factor.
 
     The sketch is kept as G = F F^T with F (m x k, k <= r + p) not orthonormal: for the
@@ -785,17 +797,10 @@ class FactorSketch(_Bound):
         self.factor, self.eigenvalues = u[:, :keep] * sv[:keep], sv[:keep] ** 2
         self.energy = float(_add_reduce(self.eigenvalues[: self.rank]))
 
-    def lower_energy(self) -> float:
-        return max(0.0, self.energy - _GRAM_MARGIN * self.total)
-
     def _gram(self, block: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
         """The lower triangle of N^T N, N = [F, A] (``own``: that of A^T A, if at hand)."""
-        k, n = self.eigenvalues.size, block.shape[1]
-        gram = np.zeros((k + n, k + n))
-        gram.flat[: k * (k + n + 1) : k + n + 1] = self.eigenvalues
-        gram[k:, :k] = block.T @ self.factor
-        gram[k:, k:] = _blas.dsyrk(1.0, block, trans=1, lower=1) if own is None else own
-        return gram
+        return _lower_gram(self.eigenvalues, block.T @ self.factor,
+                           _blas.dsyrk(1.0, block, trans=1, lower=1) if own is None else own)
 
     def try_add(self, block: np.ndarray, max_error: float, norm2: float | None = None,
                 values_first: bool = False, solve: bool = True) -> bool:
@@ -846,15 +851,8 @@ class FactorSketch(_Bound):
         """The lower triangle of the Gram of [F, A, A'], A the unsolved block (its A^T A
         known), A' = ``block`` (``own``: A'^T A')."""
         pending, pending_own = self._unsolved
-        k, n1, n2 = self.eigenvalues.size, pending.shape[1], block.shape[1]
-        n = k + n1 + n2
-        gram = np.zeros((n, n))
-        gram.flat[: k * (n + 1) : n + 1] = self.eigenvalues
-        gram[k : k + n1, :k] = pending.T @ self.factor
-        gram[k : k + n1, k : k + n1] = pending_own
-        gram[k + n1 :, : k + n1] = block.T @ np.concatenate((self.factor, pending), axis=1)
-        gram[k + n1 :, k + n1 :] = own
-        return gram
+        both = np.concatenate((pending, block), axis=1)
+        return _lower_gram(self.eigenvalues, both.T @ self.factor, _lower_gram(pending_own, block.T @ pending, own))
 
     def _solve(self) -> None:
         """The factor of an acceptance left unsolved (see :meth:`try_add`)."""
@@ -885,12 +883,11 @@ class FactorSketch(_Bound):
 
     def settled(self) -> GramSketch:
         """A :class:`GramSketch` of the group: an orthonormal basis of F's range and F F^T's
-        eigenvalues, from F's SVD, with the margin as slack (as :meth:`ExactGram.settled`)."""
+        eigenvalues, from F's SVD (see :meth:`_sketch`)."""
         self._solve()
         u, s = _svd(self.factor) if self.factor.shape[1] else (self.factor, np.zeros(0))
         keep = int(np.count_nonzero(s > 0.0))
-        return GramSketch.from_parts(np.ascontiguousarray(u[:, :keep]), s[:keep] ** 2, self.total, self.rank,
-                                     oversampling=self.oversampling, slack=math.sqrt(_GRAM_MARGIN * self.total))
+        return self._sketch(np.ascontiguousarray(u[:, :keep]), s[:keep] ** 2)
 
 
 def _split_energy(values: np.ndarray, own: np.ndarray | None, rank: int) -> float:
@@ -1111,14 +1108,25 @@ def _eigenvalues(matrix: np.ndarray) -> np.ndarray | None:
     return None if values.size and values[0] != values[0] else np.maximum(values, 0.0)  # NaN: failed
 
 
+def _lower_gram(leading: np.ndarray, cross: np.ndarray, trailing: np.ndarray) -> np.ndarray:
+    """The lower triangle of the Gram of [X, Y] from its blocks: ``leading`` X^T X (its
+    diagonal when 1-D, X^T X being diagonal), ``cross`` Y^T X and ``trailing`` Y^T Y (lower
+    triangles suffice: the eigen-solvers and factorizations read no more)."""
+    k, n = cross.shape[1], cross.shape[0]
+    gram = np.zeros((k + n, k + n))
+    if leading.ndim == 1:
+        gram.flat[: k * (k + n + 1) : k + n + 1] = leading
+    else:
+        gram[:k, :k] = leading
+    gram[k:, :k] = cross
+    gram[k:, k:] = trailing
+    return gram
+
+
 def _sketch_gram(sketch: GramSketch, block: np.ndarray) -> np.ndarray:
     """The Gram of [Q L^1/2, A] (lower triangle; Q^T Q = I, so its leading block is L)."""
-    lam, k = sketch.eigenvalues, sketch.eigenvalues.size
-    gram = np.zeros((k + block.shape[1], k + block.shape[1]))
-    gram.flat[: k * (k + block.shape[1] + 1) : k + block.shape[1] + 1] = lam
-    gram[k:, :k] = (block.T @ sketch.basis) * np.sqrt(lam)
-    gram[k:, k:] = block.T @ block
-    return gram
+    lam = sketch.eigenvalues
+    return _lower_gram(lam, (block.T @ sketch.basis) * np.sqrt(lam), block.T @ block)
 
 
 def _sketch_ceiling(sketch: GramSketch, block: np.ndarray) -> tuple[float | None, float]:
