@@ -310,29 +310,54 @@ def _grow_residual(bound: ResidualBound, layout: BlockLayout, candidates, eps: f
     than half of that go one by one: the one-by-one screen rejects for less than a QR of
     two of them costs)."""
     offsets, norms2 = layout.offsets, layout.norms2
+
+    def run(ids: np.ndarray, position: int) -> tuple[int, bool]:
+        added, refused = bound.accept_run(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]),
+                                          norms2[ids], eps)
+        try_add.record(position, added, refused)
+        return added, refused
+
+    def one(block: int, position: int) -> bool:
+        return try_add(bound, layout.block(block), eps, norms2[block], position)
+
+    def first_chunk(block: int) -> int:
+        return _RUN_COLUMNS // int(offsets[block + 1] - offsets[block])
+
+    return _grow_in_runs(candidates, first, run, one, first_chunk, 2,
+                         lambda chunk, position: chunk >= 2 and not try_add.refusals_common(position))
+
+
+def _grow_in_runs(candidates, first: int, run, one, first_chunk, least: int, runs_pay) -> list[int]:
+    """A group grown by runs of candidates, then one by one at the first a run leaves.
+
+    ``run(ids, position)`` tests the candidates ``ids`` (the group holding ``position``
+    blocks) at once, adds the longest passing prefix and returns its length and whether
+    the next one was refused for certain (the group then ends); ``one(block, position)``
+    tests a single candidate and adds it if it passes. A run that passes whole doubles the
+    next one; otherwise the next holds twice what passed, at least ``least``. The first
+    run holds ``first_chunk(first candidate)``; ``runs_pay(chunk, position)`` says whether
+    to run at all there (else one by one)."""
     chunk = None
 
     def walk(window: np.ndarray, accepted: list[int]) -> bool:
         nonlocal chunk
         position = len(accepted)
         if chunk is None and len(window):
-            first_block = int(window[0])
-            chunk = _RUN_COLUMNS // int(offsets[first_block + 1] - offsets[first_block])
+            chunk = first_chunk(int(window[0]))
         while position < len(window):
-            if chunk >= 2 and not try_add.refusals_common(len(accepted)):
+            if runs_pay(chunk, len(accepted)):
                 ids = window[position : position + chunk]
-                added, refused = bound.accept_run(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]),
-                                                  norms2[ids], eps)
-                try_add.record(len(accepted), added, refused)
+                added, refused = run(ids, len(accepted))
                 accepted += ids[:added].tolist()
                 position += added
                 if refused:
                     return False
-                chunk = 2 * chunk if added == len(ids) else max(2, 2 * added)
-                if added == len(ids):
+                if added == len(ids):  # all passed: try more at once next time
+                    chunk *= 2
                     continue
+                chunk = max(least, 2 * added)
             block = int(window[position])
-            if not try_add(bound, layout.block(block), eps, norms2[block], len(accepted)):
+            if not one(block, len(accepted)):
                 return False
             accepted.append(block)
             position += 1
@@ -423,31 +448,19 @@ def _grow_gram(bound: ExactGram, layout: BlockLayout, candidates, eps: float, fi
     (one product with W), accepting its longest passing prefix; at the first candidate it
     fails, the Ritz and exact tests. The group stops at the first candidate none accepts."""
     offsets, norms2 = layout.offsets, layout.norms2
-    chunk = _FIRST_CHUNK
 
-    def walk(window: np.ndarray, accepted: list[int]) -> bool:
-        nonlocal chunk
-        position = len(accepted)
-        while position < len(window):
-            ids = window[position : position + chunk]
-            gains = bound.gains(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]))
-            run = bound.cheap_run(gains, norms2[ids], eps)
-            if run:
-                bound.accept([layout.block(b) for b in ids[:run].tolist()], gains[:run], norms2[ids[:run]])
-                accepted += ids[:run].tolist()
-                position += run
-            if run == len(ids):  # all passed: try more at once next time
-                chunk *= 2
-                continue
-            chunk = max(_FIRST_CHUNK, 2 * run)
-            block = int(window[position])
-            if not bound.try_solve(layout.block(block), eps, float(norms2[block])):
-                return False
-            accepted.append(block)
-            position += 1
-        return True
+    def run(ids: np.ndarray, position: int) -> tuple[int, bool]:
+        gains = bound.gains(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]))
+        passed = bound.cheap_run(gains, norms2[ids], eps)
+        if passed:
+            bound.accept([layout.block(b) for b in ids[:passed].tolist()], gains[:passed], norms2[ids[:passed]])
+        return passed, False
 
-    return _in_windows(candidates, first, walk)
+    def one(block: int, position: int) -> bool:
+        return bound.try_solve(layout.block(block), eps, float(norms2[block]))
+
+    return _grow_in_runs(candidates, first, run, one, lambda block: _FIRST_CHUNK, _FIRST_CHUNK,
+                         lambda chunk, position: True)
 
 
 def _exact_test(bound: LazySketch, block: np.ndarray, eps: float, norm2: float, gain: float) -> bool:
