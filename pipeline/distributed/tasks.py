@@ -106,16 +106,17 @@ def read_batch(handle: Handle, first: int, stop: int) -> tuple[np.ndarray, np.nd
     return coll.column_range(start, end), coll.offsets[first : stop + 1] - start
 
 
-def check_batch(data: np.ndarray, offsets: np.ndarray, first: int, stored_norms2: np.ndarray, names) -> np.ndarray:
-    """Exact squared norms of a batch; NaN/Inf or a norm differing from the one stored at
-    ingest (corrupted data) is an error naming the block."""
+def check_batch(data: np.ndarray, offsets: np.ndarray, ids: np.ndarray, stored_norms2: np.ndarray, names) -> np.ndarray:
+    """Exact squared norms of the blocks ``ids`` (global ids, their columns side by side in
+    ``data``); NaN/Inf or a norm differing from the one stored at ingest (corrupted data) is
+    an error naming the block."""
     norms2 = segment_sums(np.einsum("ij,ij->j", data, data, dtype=np.float64), offsets)
     for local in np.flatnonzero(~np.isfinite(norms2)):
-        i = first + int(local)
+        i = int(ids[local])
         raise ValueError(f"block {i} ({names[i]!r}): contains NaN or Inf")
     mismatch = np.abs(norms2 - stored_norms2) > 1e-6 * np.maximum(stored_norms2, 1e-300)
     for local in np.flatnonzero(mismatch & (stored_norms2 > 0)):
-        i = first + int(local)
+        i = int(ids[local])
         raise ValueError(
             f"block {i} ({names[i]!r}): squared norm {norms2[local]:.6g} differs from the {stored_norms2[local]:.6g}"
             " recorded at ingest; the stored data is corrupted"
@@ -149,37 +150,53 @@ def scan_batch(handle: Handle, token: str | None, batch: int, first: int, stop: 
     run = run_of(handle).require_lease(token)
     if run.is_complete(stage):
         return batch, np.asarray(run.load_stage(stage, ["shifts"])[0]["shifts"])
-    coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
+    arrays = scanned_blocks(handle, data, offsets, np.arange(first, stop), width_cap, eps)
+    run.save_stage(stage, arrays)
+    return batch, arrays["shifts"]
+
+
+def scaled_blocks(handle: Handle, data: np.ndarray, offsets: np.ndarray, ids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks ``ids`` (their stored columns ``data``, boundaries ``offsets``) at their
+    magnitude shifts in float64 (once, for the norms and what follows), the shifts, and their
+    exact squared norms at those shifts, checked against ingest (:func:`check_batch`)."""
+    coll = collection_of(handle)
     shifts = block_shifts(data, offsets)
-    data = scale_blocks(data, offsets, shifts)  # float64 once, for the norms and the factors
-    norms2 = check_batch(data, offsets, first, coll.norms2[first:stop], coll.names)
+    scaled = scale_blocks(data, offsets, shifts)
+    return scaled, shifts, check_batch(scaled, offsets, ids, coll.norms2[ids], coll.names)
+
+
+def scanned_blocks(handle: Handle, data: np.ndarray, offsets: np.ndarray, ids: np.ndarray, width_cap: int,
+                   eps: float) -> dict[str, np.ndarray]:
+    """The scan's arrays of the blocks ``ids`` (see :func:`scaled_blocks`): shifts, exact
+    norms, and factors of at most ``width_cap`` columns (float32 with a per-block scale
+    when :func:`float32_factors`, the rounding drop added to ``dropped``)."""
+    data, shifts, norms2 = scaled_blocks(handle, data, offsets, ids)
     with single_threaded_blas():
         factors, factor_offsets, dropped = block_factors(data, offsets, width_cap)
     if float32_factors(eps):
         scaled, exponents, rounded = round_factors(factors, factor_offsets)
         dropped = dropped + rounded  # triangle inequality
     else:
-        scaled, exponents = factors, np.zeros(stop - first, dtype=np.int64)
-    run.save_stage(stage, {"factors": scaled, "exponents": exponents, "dropped": dropped,
-                           "factor_offsets": factor_offsets, "norms2": norms2, "shifts": shifts})
-    return batch, shifts
+        scaled, exponents = factors, np.zeros(len(ids), dtype=np.int64)
+    return {"factors": scaled, "exponents": exponents, "dropped": dropped, "factor_offsets": factor_offsets,
+            "norms2": norms2, "shifts": shifts}
 
 
 def sample_part_raw(handle: Handle, params: dict, batch: int, first: int, picked: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`sample_part` read from the stored blocks instead of the scan checkpoint, for
-    collections whose blocks are all no wider than their factors: the scan keeps those as
-    they are, so the factors here (scaled, rounded as the scan rounds them) and the norms
-    are the scan's, bit for bit, and the sample greedy need not wait for the scan."""
+    """:func:`sample_part` from the stored blocks instead of the scan checkpoint, through the
+    scan's own arithmetic (:func:`scanned_blocks`), for collections whose blocks are all no
+    wider than their factors (so that :func:`sample_part` has nothing to reduce): the
+    factors and norms are the scan's, bit for bit, and the sample greedy need not wait for
+    the scan."""
     data, offsets = read_batch(handle, first, first + int(picked.max()) + 1)  # one read: picks are strided
     data, offsets = take_columns(data, offsets, picked), offsets_of(np.diff(offsets)[picked])
-    data = scale_blocks(data, offsets, block_shifts(data, offsets))  # as scan_batch
-    norms2 = segment_sums(np.einsum("ij,ij->j", data, data, dtype=np.float64), offsets)
-    if float32_factors(params["eps"]):
-        scaled, exponents, _ = round_factors(data, offsets)
-        data = unround_factors(scaled, exponents, offsets)
-    return data, offsets, norms2
+    cap = params["rank"] + params["oversampling"]
+    arrays = scanned_blocks(handle, data, offsets, first + picked, cap, params["eps"])
+    factor_offsets = arrays["factor_offsets"]
+    return unround_factors(arrays["factors"], arrays["exponents"], factor_offsets), factor_offsets, arrays["norms2"]
 
 
 def sample_anchors_raw(handle: Handle, params: dict, picks: list[tuple[int, int, np.ndarray]]

@@ -15,7 +15,7 @@ from ..layout import BlockLayout, offsets_of
 from ..magnitude import block_shifts, scale_blocks
 from ..sharding import anchor_fractions, group_sketches, leading_directions, unit_columns
 from .checkpoints import groups_to_arrays
-from .tasks import Handle, _stage_groups, base_basis, base_bases, check_batch, collection_of, read_batch, run_of
+from .tasks import Handle, _stage_groups, base_basis, base_bases, collection_of, read_batch, run_of, scaled_blocks
 
 __all__ = ["offer_batch", "leftover_shard", "unit_directions", "near_copies"]
 
@@ -43,11 +43,8 @@ def offer_batch(handle: Handle, artifact: tuple, first: int, stop: int, group_sh
     blocks' shifts, exact squared norms at their shifts, candidates (-1: none),
     residuals (inf where no candidate) and the share of each block's direction its best
     candidate holds."""
-    coll = collection_of(handle)
     data, offsets = read_batch(handle, first, stop)
-    shifts = block_shifts(data, offsets)
-    scaled = scale_blocks(data, offsets, shifts)
-    norms2 = check_batch(scaled, offsets, first, coll.norms2[first:stop], coll.names)
+    scaled, shifts, norms2 = scaled_blocks(handle, data, offsets, np.arange(first, stop))
     bases, basis_offsets, with_basis = _parent_bases(artifact)
     candidates = np.full((stop - first, n_candidates), -1, dtype=np.int64)
     residual2 = np.full((stop - first, n_candidates), np.inf)
