@@ -50,6 +50,17 @@ def awkward_collection(seed, rows, n_blocks, max_width, rank_hint=3):
     return blocks
 
 
+def assert_groups_certified(layout, clusters, bounds, rank, eps):
+    """Every bound valid against the exact error (full SVD), every group of several blocks
+    within eps."""
+    blocks = [layout.block(i) for i in range(layout.n_blocks)]
+    for group, bound in zip(clusters, bounds):
+        exact = exact_error(blocks, group, rank)
+        assert bound_is_valid(bound, exact), (group, bound, exact)
+        if len(group) > 1:
+            assert bound_is_valid(eps, exact), (group, exact)
+
+
 def assert_certified_with_sketches(layout, clusters, bounds, states, rank, eps):
     """Every block in one group; every bound valid against the exact error; every group of
     several blocks within eps, with a settled sketch (orthonormal basis, exact total) whose

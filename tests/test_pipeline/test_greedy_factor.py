@@ -14,7 +14,7 @@ from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
-from .helpers import assert_certified_with_sketches, awkward_collection, bound_is_valid, exact_error
+from .helpers import assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid, exact_error
 
 
 def wide_layout(seed):
@@ -38,12 +38,7 @@ def test_every_group_holds_the_guarantee_and_matches_the_sketch(seed, order, mon
     monkeypatch.setattr(greedy, "_GRAM_MAX_ROWS", 0)  # 64 rows: the exact Gram route would be taken
     result = pipeline.cluster(layout, **params)
     assert any(calls) and not all(calls)  # the route was taken; it accepted and rejected
-    blocks = [layout.block(i) for i in range(layout.n_blocks)]
-    for group, bound in zip(result.clusters, result.bounds):
-        exact = exact_error(blocks, group, 6)
-        assert bound_is_valid(bound, exact), (group, bound, exact)
-        if len(group) > 1:
-            assert bound_is_valid(0.08, exact)
+    assert_groups_certified(layout, result.clusters, result.bounds, 6, 0.08)
     sketch = _greedy(layout, **params, lazy=False, gram=False, factor=False, with_states=False)[0]
     assert result.n_groups < layout.n_blocks * 0.8  # real groups
     # it certifies at least what the block-by-block sketch does: here, the very same groups

@@ -13,7 +13,7 @@ from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
-from .helpers import assert_certified_with_sketches, awkward_collection, bound_is_valid, exact_error
+from .helpers import assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid
 
 
 def wide_layout(seed):
@@ -36,12 +36,7 @@ def test_every_group_holds_the_guarantee_and_compresses_as_well(seed, monkeypatc
     calls = solves(monkeypatch)
     result = pipeline.cluster(layout, **params)
     assert any(calls) and not all(calls)  # the route was taken; it solved, accepted and rejected
-    blocks = [layout.block(i) for i in range(layout.n_blocks)]
-    for group, bound in zip(result.clusters, result.bounds):
-        exact = exact_error(blocks, group, 6)
-        assert bound_is_valid(bound, exact), (group, bound, exact)
-        if len(group) > 1:
-            assert bound_is_valid(0.08, exact)
+    assert_groups_certified(layout, result.clusters, result.bounds, 6, 0.08)
     eager = _greedy(layout, **params, lazy=False, gram=False, factor=False, with_states=False)[0]
     assert result.n_groups < layout.n_blocks / 4  # real groups
     assert (summarize(layout, result.clusters, rank=6, eps=0.08).compression_ratio
