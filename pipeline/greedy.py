@@ -27,8 +27,8 @@ by Ritz values, else by the exact top-r eigenvalues, so a rejection means the gr
 error with it exceeds eps. Elsewhere the sketch is kept as a factor
 (:class:`pipeline.bounds.FactorSketch`): each test is one small eigen-solve of the factor and
 the candidate side by side, without the sketch's extension (the same groups on every
-recorded case; K = 1,000 blocks of 256 x 52 in norm order: 0.91 -> 0.49 s; 1,000 of
-256 x 64 around 250 subspaces, residual order: 2.86 -> 2.30 s).
+recorded case; K = 1,000 blocks of 256 x 52 in norm order: 0.91 -> 0.42 s; 1,000 of
+256 x 64 around 250 subspaces, residual order: 2.86 -> 2.37 s).
 """
 
 from __future__ import annotations
