@@ -128,3 +128,51 @@ def test_head_screened_greedy_groups_equal_the_unscreened_ones(method, eps, monk
 
     monkeypatch.setattr(greedy_module, "_LEAST_WINDOW", 1)  # windows only set how far the order is materialised
     assert _greedy(layout, **params)[0] == exact[0]
+
+
+def low_rank_blocks(seed, n_blocks=120, rows=40, width=24, rank=3, noise=0.01):
+    """Raw wide blocks (columns in no order) around rank-3 subspaces: rotated heads apply."""
+    rng = np.random.default_rng(seed)
+    bases = np.linalg.qr(rng.standard_normal((8, rows, rank)))[0]
+    return [bases[i % 8] @ rng.standard_normal((rank, width)) * rng.uniform(0.5, 2.0)
+            + noise * rng.standard_normal((rows, width)) for i in range(n_blocks)]
+
+
+def low_rank_wide(seed, **kwargs):
+    return as_layout(low_rank_blocks(seed, **kwargs))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rotated_screen_intervals_hold_the_exact_residuals(seed):
+    layout = low_rank_wide(seed)
+    orderer = ResidualOrderer(layout, 6)
+    assert orderer._heads is None and orderer._data.shape[1] == layout.data.shape[1] // 4  # rotated heads
+    rng = np.random.default_rng(seed)
+    for basis in (np.linalg.qr(rng.standard_normal((layout.rows, 6)))[0],
+                  np.linalg.qr(layout.gather([seed, seed + 8]))[0][:, :6]):  # random, and near some blocks
+        candidates = np.arange(layout.n_blocks)
+        alive = np.ones(layout.n_blocks, dtype=bool)
+        order = orderer.order(basis, candidates, alive)
+        exact = orderer.exact_residuals(basis, candidates)
+        assert np.all(order._lower <= exact) and np.all(exact <= order._upper)
+        np.testing.assert_array_equal(order.prefix(layout.n_blocks),
+                                      ResidualOrderer(layout, 6, screen=False).order(basis, candidates, alive))
+
+
+def test_rotated_heads_are_declined_where_blocks_are_not_of_low_rank():
+    from pipeline._greedy_order import _rotated_heads
+
+    layout = as_layout(list(np.random.default_rng(0).standard_normal((50, 40, 24))))
+    assert _rotated_heads(layout, layout.norms2) is None
+    assert ResidualOrderer(layout, 6)._data.shape[1] == layout.data.shape[1]  # every column screened
+
+
+@pytest.mark.parametrize("method, eps", [("approximate", 0.05), ("residuals", 0.7)])
+def test_rotated_screen_greedy_groups_equal_the_unscreened_ones(method, eps):
+    # ragged: some blocks narrower than the rotation's least width keep their columns
+    layout = as_layout([b if i % 7 else b[:, :5] for i, b in enumerate(low_rank_blocks(3, n_blocks=200))])
+    params = dict(rank=6, eps=eps, method=method, order="residual", patience=10, oversampling=3, tol=1e-12)
+    exact = _greedy(layout, **params, screen=False)
+    screened = _greedy(layout, **params)
+    assert screened[0] == exact[0] and len(exact[0]) < 0.5 * layout.n_blocks
+    np.testing.assert_array_equal(screened[1], exact[1])
