@@ -50,10 +50,10 @@ _COMPACT_AT = 0.9
 _HEAD_TAIL = 1.0 / 16
 _HEAD_USE = 0.5
 # Blocks at least this wide (median) with no stored heads are screened through rotated heads
-# of a quarter of their width (see _rotated_heads), when a sample of them shows the heads
-# leave at most _HEAD_TAIL of their energy.
+# of an eighth, a sixth or a quarter of their width, the first that a sample of them shows
+# leaves at most _HEAD_TAIL of their energy (see _rotated_heads).
 _ROTATE_WIDTH = 16
-_ROTATE_SHARE = 4
+_ROTATE_SHARES = (8, 6, 4)
 _ROTATE_SAMPLE = 64
 _ROTATE_SEED = 0
 _ROTATE_ITEMS = 1 << 17  # numbers per stack of blocks rotated at once (in cache)
@@ -261,9 +261,11 @@ def _rotated_heads(layout: BlockLayout, energy: np.ndarray) -> tuple[np.ndarray,
     their widths h_i, tails)``, or None where blocks are narrow (median below
     ``_ROTATE_WIDTH``) or a sample of them shows no low numerical rank.
 
-    V_i = orth(A_i^T Omega), Omega a fixed Gaussian m x h_i and h_i a quarter of the block's
-    width: a randomised range finder on A_i^T, so V_i spans nearly A_i's top h_i right
-    singular directions wherever its spectrum drops after them. Blocks narrower than
+    V_i = orth(A_i^T Omega), Omega a fixed Gaussian m x h_i: a randomised range finder on
+    A_i^T, so V_i spans nearly A_i's top h_i right singular directions wherever its spectrum
+    drops after them. h_i is the block's width over the first of ``_ROTATE_SHARES`` whose
+    heads leave at most ``_HEAD_TAIL`` of the energy of a sample's median block (K = 1,000
+    blocks of 256 x 52 around rank-8 subspaces: 8 columns, 1.2 % left). Blocks narrower than
     ``_ROTATE_WIDTH`` keep their columns (tail 0). Householder QR makes V_i orthonormal to
     roundoff, so tail_i = ||A_i||^2 - ||A_i V_i||_F^2 (clipped at 0; ``energy`` holds the
     ||A_i||^2) is ||A_i V_perp||_F^2 up to roundoff far below the screen's margin."""
@@ -272,33 +274,45 @@ def _rotated_heads(layout: BlockLayout, energy: np.ndarray) -> tuple[np.ndarray,
         return None
     wide = np.flatnonzero(widths >= _ROTATE_WIDTH)
     sample = np.unique(wide[np.linspace(0, wide.size - 1, min(_ROTATE_SAMPLE, wide.size)).astype(np.int64)])
-    _, sample_tails = _rotate(layout, sample, energy)
-    share = sample_tails / np.where(energy[sample] > 0.0, energy[sample], 1.0)
-    if np.median(share) > _HEAD_TAIL:
+    share = next((share for share in _ROTATE_SHARES if _median_tail_share(layout, sample, energy, share) <= _HEAD_TAIL),
+                 None)
+    if share is None:
         return None
-    copy_widths = np.where(widths >= _ROTATE_WIDTH, np.maximum(widths // _ROTATE_SHARE, 1), widths)
+    copy_widths = np.where(widths >= _ROTATE_WIDTH, np.maximum(widths // share, 1), widths)
     rows = np.empty((int(copy_widths.sum()), layout.rows))  # the copy's columns as rows
     tails = np.zeros(layout.n_blocks)
     copy_offsets = offsets_of(copy_widths)
     narrow = np.flatnonzero(widths < _ROTATE_WIDTH)
     if narrow.size:
         rows[column_index(copy_offsets, narrow)] = layout.gather(narrow).T
-    for width in np.unique(widths[wide]):
-        same = wide[widths[wide] == width]
-        step = max(1, _ROTATE_ITEMS // (int(width) * layout.rows))
+    for same in _by_width(widths, wide):
+        step = max(1, _ROTATE_ITEMS // (int(widths[same[0]]) * layout.rows))
         for start in range(0, same.size, step):
             part = same[start : start + step]
-            heads, tails[part] = _rotate(layout, part, energy)
+            heads, tails[part] = _rotate(layout, part, energy, share)
             rows[column_index(copy_offsets, part)] = heads.reshape(-1, layout.rows)
     return rows.T, copy_widths, tails
 
 
-def _rotate(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(V_i^T A_i^T stacked (n, h, m), tails) of ``blocks``, all of one width (see
-    :func:`_rotated_heads`): one product, one batched QR and one batched product, on a
-    stack small enough to be read from cache the second time."""
+def _by_width(widths: np.ndarray, blocks: np.ndarray) -> list[np.ndarray]:
+    """``blocks`` split by width (each part in the given order)."""
+    return [blocks[widths[blocks] == width] for width in np.unique(widths[blocks])]
+
+
+def _median_tail_share(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarray, share: int) -> float:
+    """The median over ``blocks`` of the energy share rotated heads of width // ``share``
+    columns leave (see :func:`_rotated_heads`)."""
+    shares = [_rotate(layout, same, energy, share)[1] / np.where(energy[same] > 0.0, energy[same], 1.0)
+              for same in _by_width(layout.widths, blocks)]
+    return float(np.median(np.concatenate(shares)))
+
+
+def _rotate(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarray, share: int) -> tuple[np.ndarray, np.ndarray]:
+    """(V_i^T A_i^T stacked (n, h, m), tails) of ``blocks``, all of one width w, h = w //
+    ``share`` (see :func:`_rotated_heads`): one product, one batched QR and one batched
+    product, on a stack small enough to be read from cache the second time."""
     width, rows = int(layout.widths[blocks[0]]), layout.rows
-    h = max(1, width // _ROTATE_SHARE)
+    h = max(1, width // share)
     data = layout.data
     first = int(layout.offsets[blocks[0]])
     consecutive = int(blocks[-1]) - int(blocks[0]) == len(blocks) - 1

@@ -146,7 +146,7 @@ def low_rank_wide(seed, **kwargs):
 def test_rotated_screen_intervals_hold_the_exact_residuals(seed):
     layout = low_rank_wide(seed)
     orderer = ResidualOrderer(layout, 6)
-    assert orderer._heads is None and orderer._data.shape[1] == layout.data.shape[1] // 4  # rotated heads
+    assert orderer._heads is None and orderer._data.shape[1] <= layout.data.shape[1] // 4  # rotated heads
     rng = np.random.default_rng(seed)
     for basis in (np.linalg.qr(rng.standard_normal((layout.rows, 6)))[0],
                   np.linalg.qr(layout.gather([seed, seed + 8]))[0][:, :6]):  # random, and near some blocks
@@ -169,8 +169,10 @@ def test_rotated_heads_are_declined_where_blocks_are_not_of_low_rank():
 
 @pytest.mark.parametrize("method, eps", [("approximate", 0.05), ("residuals", 0.7)])
 def test_rotated_screen_greedy_groups_equal_the_unscreened_ones(method, eps):
-    # ragged: some blocks narrower than the rotation's least width keep their columns
-    layout = as_layout([b if i % 7 else b[:, :5] for i, b in enumerate(low_rank_blocks(3, n_blocks=200))])
+    # ragged: two rotated widths, and blocks narrower than the rotation's least width keep their columns
+    blocks = low_rank_blocks(3, n_blocks=200)
+    layout = as_layout([b[:, :5] if i % 7 == 0 else b[:, :18] if i % 5 == 0 else b for i, b in enumerate(blocks)])
+    assert ResidualOrderer(layout, 6)._data.shape[1] < layout.data.shape[1] / 2  # rotated heads
     params = dict(rank=6, eps=eps, method=method, order="residual", patience=10, oversampling=3, tol=1e-12)
     exact = _greedy(layout, **params, screen=False)
     screened = _greedy(layout, **params)
