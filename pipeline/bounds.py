@@ -709,17 +709,18 @@ class ExactGram(_MarginCertified):
         return int(np.argmax(fails)) if fails.any() else len(fails)
 
     def accept(self, blocks: list[np.ndarray], gains: np.ndarray, norms2: np.ndarray) -> None:
-        """Add blocks the cheap test accepted (W unchanged)."""
+        """Add blocks the cheap test accepted (W unchanged): a list of blocks, or of runs of
+        them side by side."""
         self.pending += blocks
         self.energy += float(gains.sum())
         self.total += float(norms2.sum())
 
     def _folded(self) -> np.ndarray:
-        """G with the pending blocks added (one rank-k update for all of them)."""
-        if self.pending:
-            columns = np.concatenate(self.pending, axis=1)
+        """G with the pending blocks added (one rank-k update per accepted run, read where
+        the cheap test gathered it: no copy)."""
+        for columns in self.pending:
             self.gram = _blas.dsyrk(1.0, columns, beta=1.0, c=self.gram, trans=0, lower=1, overwrite_c=1)
-            self.pending = []
+        self.pending = []
         return self.gram
 
     def try_solve(self, block: np.ndarray, max_error: float, norm2: float) -> bool:

@@ -450,10 +450,12 @@ def _grow_gram(bound: ExactGram, layout: BlockLayout, candidates, eps: float, fi
     offsets, norms2 = layout.offsets, layout.norms2
 
     def run(ids: np.ndarray, position: int) -> tuple[int, bool]:
-        gains = bound.gains(layout.gather(ids), offsets_of(offsets[ids + 1] - offsets[ids]))
+        run_offsets = offsets_of(offsets[ids + 1] - offsets[ids])
+        columns = layout.gather(ids)
+        gains = bound.gains(columns, run_offsets)
         passed = bound.cheap_run(gains, norms2[ids], eps)
-        if passed:
-            bound.accept([layout.block(b) for b in ids[:passed].tolist()], gains[:passed], norms2[ids[:passed]])
+        if passed:  # the passing run as gathered
+            bound.accept([columns[:, : run_offsets[passed]]], gains[:passed], norms2[ids[:passed]])
         return passed, False
 
     def one(block: int, position: int) -> bool:
