@@ -28,7 +28,7 @@ any orthogonal V, so the screen may read A V_h, V_h orthonormal (w x h) and span
 nearly A's top right singular directions, and widen the interval by the tail
 ||A||^2 - ||A V_h||_F^2 = ||A V_perp||_F^2 exactly as for stored heads
 (:func:`_rotated_heads`: one randomised range finder per block, batched). On K = 1,000
-blocks of 256 x 52 around rank-8 subspaces the screen reads 13 columns per block instead
+blocks of 256 x 52 around rank-8 subspaces the screen reads 8 columns per block instead
 of 52.
 """
 
