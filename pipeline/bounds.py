@@ -211,8 +211,7 @@ def extend_basis(
         ||block||_F^2 if already known.
     """
     coords = q.T @ block
-    residual = block - q @ coords
-    residual -= q @ (q.T @ residual)  # second Gram-Schmidt pass: "twice is enough"
+    residual = _residual(q, block, coords)
     norm = math.sqrt(np.einsum("ij,ij->", block, block) if norm2 is None else norm2)
     threshold = _keep_threshold(norm, tol)
     if residual.shape[1] == 1:  # one column: no LAPACK call, and nothing to select
@@ -226,12 +225,7 @@ def extend_basis(
             u, s = _svd(residual)
             kept = u[:, s > threshold]  # (a column-major copy: products below depend on it bit for bit)
     if kept.shape[1]:
-        # singular vectors of weak residual directions carry roundoff along q of size
-        # ~eps*||A||/s_j: project it out, and re-orthonormalise if it was not negligible
-        overlap = q.T @ kept
-        kept = kept - q @ overlap
-        if overlap.size and np.abs(overlap).max() > 1e-8:
-            kept, _ = np.linalg.qr(kept)
+        kept = _orthogonal_to(q, kept)
     dropped = 0.0
     if with_dropped:
         # W^T A = W^T R + (W^T Q)(Q^T A), and W^T Q is roundoff: W^T R serves as the new
@@ -242,6 +236,26 @@ def extend_basis(
     else:
         new_coords = kept.T @ block
     return Extension(coords, kept, new_coords, dropped)
+
+
+def _residual(q: np.ndarray, block: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+    """``block`` less its part in span(q) (``coords``: q^T block, if at hand), by two
+    Gram-Schmidt passes ("twice is enough")."""
+    residual = block - q @ (q.T @ block if coords is None else coords)
+    residual -= q @ (q.T @ residual)
+    return residual
+
+
+def _orthogonal_to(q: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``kept`` of residual directions with its roundoff along q
+    projected out: singular vectors (or Q factors) of weak directions carry roundoff along q
+    of size ~eps ||A|| / s_j, so it is removed, and ``kept`` re-orthonormalised if it was not
+    negligible."""
+    overlap = q.T @ kept
+    kept = kept - q @ overlap
+    if overlap.size and np.abs(overlap).max() > 1e-8:
+        kept, _ = np.linalg.qr(kept)
+    return kept
 
 
 def _seed_total(seed: np.ndarray, total: float | None) -> float:
@@ -408,9 +422,7 @@ class ResidualBound(_Bound):
             columns = columns[:, : offsets[n_blocks]]
         if not n_blocks:
             return 0, False
-        residual = columns - basis @ (basis.T @ columns)
-        residual -= basis @ (basis.T @ residual)  # twice is enough, as extend_basis
-        qr, tau, _, info = _lapack.dgeqrf(residual)
+        qr, tau, _, info = _lapack.dgeqrf(_residual(basis, columns))
         if info != 0:
             return 0, False
         widths = np.diff(offsets[: n_blocks + 1])
@@ -429,11 +441,7 @@ class ResidualBound(_Bound):
             credited, total, added, columns_added = proposed, total + float(norms2[j]), j + 1, hi
         if added:
             kept, _, _ = _lapack.dorgqr(qr[:, :columns_added], tau[:columns_added], overwrite_a=1)
-            overlap = basis.T @ kept  # roundoff along Q, grown by T's conditioning: as extend_basis
-            kept = kept - basis @ overlap
-            if overlap.size and np.abs(overlap).max() > 1e-8:
-                kept, _ = np.linalg.qr(kept)
-            self.basis = self._appended(kept)
+            self.basis = self._appended(_orthogonal_to(basis, kept))  # roundoff grown by T's conditioning
             self.credited, self.total = credited, total
         return added, decided
 
@@ -645,7 +653,10 @@ class _MarginCertified(_Bound):
     ``_GRAM_MARGIN`` of the group's energy less (:class:`ExactGram`, :class:`FactorSketch`)."""
 
     energy: float
-    oversampling: int
+
+    def __init__(self, seed: np.ndarray, rank: int, oversampling: int, total: float | None) -> None:
+        self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
+        self.total = _seed_total(seed, total)
 
     def lower_energy(self) -> float:
         return max(0.0, self.energy - _GRAM_MARGIN * self.total)
@@ -689,8 +700,7 @@ class ExactGram(_MarginCertified):
 
     def __init__(self, seed: np.ndarray, rank: int, *, oversampling: int = 5, total: float | None = None, svd=None):
         seed = _as_float64(seed)
-        self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
-        self.total = _seed_total(seed, total)
+        super().__init__(seed, rank, oversampling, total)
         self.gram = _blas.dsyrk(1.0, seed, trans=0, lower=1)  # the lower triangle holds G
         u, sv = _svd(seed) if svd is None else svd
         self.basis = np.ascontiguousarray(u[:, : self.rank + self.oversampling])
@@ -776,19 +786,13 @@ class FactorSketch(_MarginCertified):
 
     Parameters
     ----------
-    seed : ndarray, shape (m, n_seed)
-    rank : int
-    oversampling : int
-    total : float, optional
-        The seed's exact squared norm (computed when None).
-    svd : tuple, optional
-        The seed's ``(U, s)`` when the caller has it (the residual order's).
+    seed, rank, oversampling, total, svd
+        As for :class:`ExactGram` (``svd``: the residual order's, when it has one).
     """
 
     def __init__(self, seed: np.ndarray, rank: int, *, oversampling: int = 5, total: float | None = None, svd=None):
         seed = _as_float64(seed)
-        self.rank, self.oversampling = check_rank(rank), check_nonnegative_int("oversampling", oversampling)
-        self.total = _seed_total(seed, total)
+        super().__init__(seed, rank, oversampling, total)
         self._unsolved = None  # a block accepted, not yet in the factor (see try_add)
         if svd is None:
             self._take(seed, _blas.dsyrk(1.0, seed, trans=1, lower=1))
@@ -1009,7 +1013,8 @@ class LazySketch(_Bound):
         return int(np.argmax(fails)) if fails.any() else len(fails)
 
     def accept(self, blocks: list[np.ndarray], gains: np.ndarray, norms2: np.ndarray) -> None:
-        """Add blocks that :meth:`cheap_run` accepted (their gains and energies), unsolved."""
+        """Add blocks that :meth:`cheap_run` accepted (their gains and energies), unsolved: a
+        list of blocks, or of runs of them side by side."""
         self.pending += blocks
         self.pending_columns += sum(block.shape[1] for block in blocks)
         for g, n in zip(gains.tolist(), norms2.tolist()):  # sequential sums, as cheap_run's
