@@ -415,14 +415,15 @@ def _grow_lazy(bound: LazySketch, layout: BlockLayout, candidates, eps: float, c
             gain = 0.0  # no credit through U unless the cheap test computed it (a product saved)
             if cheap.worth(len(accepted)):  # with the basis U as it is: settled only if it passes
                 ids = window[position : position + chunk]
-                widths = offsets[ids + 1] - offsets[ids]
-                gains = bound.gains(layout.gather(ids), offsets_of(widths), norms2[ids])
+                run_offsets = offsets_of(offsets[ids + 1] - offsets[ids])
+                columns = layout.gather(ids)
+                gains = bound.gains(columns, run_offsets, norms2[ids])
                 run = bound.cheap_run(gains, norms2[ids], eps)
-                room = int(np.searchsorted(np.cumsum(widths[:run]), _PENDING_COLUMNS - bound.pending_columns, "right"))
+                room = int(np.searchsorted(run_offsets[1 : run + 1], _PENDING_COLUMNS - bound.pending_columns, "right"))
                 take = min(run, room if bound.pending else max(room, 1))
                 cheap.record(len(accepted), run, len(ids) if take == run else take + 1)
-                if take:
-                    bound.accept([layout.block(b) for b in ids[:take].tolist()], gains[:take], norms2[ids[:take]])
+                if take:  # the passing run as gathered
+                    bound.accept([columns[:, : run_offsets[take]]], gains[:take], norms2[ids[:take]])
                     accepted += ids[:take].tolist()
                     position += take
                 if take < run:  # the pending blocks are full: settle and test the rest again
