@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import BlockLayout, column_index, offsets_of, segment_sums
+from .layout import BlockLayout, column_index, offsets_of, segment_sums, take_columns
 
 __all__ = ["CandidateOrder", "ResidualOrderer"]
 
@@ -132,12 +132,11 @@ class ResidualOrderer:
         if self._screen:
             column2 = np.einsum("ij,ij->j", data, data)
             energy = segment_sums(column2, layout.offsets)
-            self._heads, self._tails = _heads(column2, layout.offsets)
-            rotated = None if self._heads is not None else _rotated_heads(layout, energy)
+            self._heads, self._tails = _heads(column2, layout.offsets, energy)
             if self._heads is not None:
                 self._copy_widths = segment_sums(self._heads, layout.offsets).astype(np.int64)
                 screened, column2 = data[:, self._heads], column2[self._heads]
-            elif rotated is not None:
+            elif (rotated := _rotated_heads(layout, energy)) is not None:
                 screened, self._copy_widths, self._tails = rotated
                 column2 = np.einsum("ij,ij->j", screened, screened)
             self._error = self._screen_error(rank, column2, energy)
@@ -234,9 +233,11 @@ class ResidualOrderer:
         return CandidateOrder(candidates, lower, upper, lambda at: self.exact_residuals(basis, candidates[at]))
 
 
-def _heads(column2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+def _heads(column2: np.ndarray, offsets: np.ndarray, energy: np.ndarray | None = None
+           ) -> tuple[np.ndarray | None, np.ndarray]:
     """Which columns the screen reads (a mask over the layout's columns) and each block's
-    energy in the others; ``(None, zeros)`` when heads would not save enough.
+    energy in the others; ``(None, zeros)`` when heads would not save enough. ``energy``:
+    the blocks' sums of ``column2``, if at hand.
 
     A block's head is its fewest first columns after which at most ``_HEAD_TAIL`` of its
     energy is left (at least one column)."""
@@ -245,7 +246,7 @@ def _heads(column2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray | None,
     if not column2.size:
         return None, np.zeros(len(widths))
     block_of = np.repeat(np.arange(len(widths)), widths)
-    energy = segment_sums(column2, offsets)
+    energy = segment_sums(column2, offsets) if energy is None else energy
     running = np.concatenate([[0.0], np.cumsum(column2)])
     before = running[:-1] - running[offsets[:-1]][block_of]  # a block's energy before each column
     first = np.zeros(column2.size, dtype=bool)
@@ -284,7 +285,7 @@ def _rotated_heads(layout: BlockLayout, energy: np.ndarray) -> tuple[np.ndarray,
     copy_offsets = offsets_of(copy_widths)
     narrow = np.flatnonzero(widths < _ROTATE_WIDTH)
     if narrow.size:
-        rows[column_index(copy_offsets, narrow)] = layout.gather(narrow).T
+        rows[column_index(copy_offsets, narrow)] = take_columns(layout.data, layout.offsets, narrow).T
     for same in _by_width(widths, wide):
         step = max(1, _ROTATE_ITEMS // (int(widths[same[0]]) * layout.rows))
         for start in range(0, same.size, step):
@@ -310,7 +311,8 @@ def _median_tail_share(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarr
 def _rotate(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarray, share: int) -> tuple[np.ndarray, np.ndarray]:
     """(V_i^T A_i^T stacked (n, h, m), tails) of ``blocks``, all of one width w, h = w //
     ``share`` (see :func:`_rotated_heads`): one product, one batched QR and one batched
-    product, on a stack small enough to be read from cache the second time."""
+    product, on a stack small enough to be read from cache the second time. The columns are
+    read as stored (each block at its own scale, as the screen's energies are)."""
     width, rows = int(layout.widths[blocks[0]]), layout.rows
     h = max(1, width // share)
     data = layout.data
@@ -319,7 +321,7 @@ def _rotate(layout: BlockLayout, blocks: np.ndarray, energy: np.ndarray, share: 
     if data.flags.f_contiguous and not data.flags.c_contiguous:  # rows of data.T are columns
         stack = data.T[first : first + len(blocks) * width] if consecutive else data.T[column_index(layout.offsets, blocks)]
     else:
-        part = data[:, first : first + len(blocks) * width] if consecutive else layout.gather(blocks)
+        part = data[:, first : first + len(blocks) * width] if consecutive else take_columns(data, layout.offsets, blocks)
         stack = np.ascontiguousarray(part.T)
     stack = stack.reshape(len(blocks), width, rows)  # A_i^T
     omega = np.random.default_rng(_ROTATE_SEED).standard_normal((rows, h))  # the same for every stack
