@@ -298,7 +298,7 @@ class ClusteringRun(CertifyAndCompress):
         params = dict(self.params)
         if raw:
             return self._submit("anchors", tag, tasks.sample_anchors_raw, self._handle, params,
-                                [(b, int(self._batch_bounds[b]), picked) for b, picked in picks], priority=2)
+                                [(int(self._batch_bounds[b]), picked) for b, picked in picks], priority=2)
         parts = [self._submit("sample", f"{tag}-{b}", tasks.sample_part, self._handle, params, b,
                               int(self._batch_bounds[b]), picked, *([scans[b]] if scans is not None else []),
                               priority=2)

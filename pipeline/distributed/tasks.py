@@ -184,7 +184,7 @@ def scanned_blocks(handle: Handle, data: np.ndarray, offsets: np.ndarray, ids: n
             "norms2": norms2, "shifts": shifts}
 
 
-def sample_part_raw(handle: Handle, params: dict, batch: int, first: int, picked: np.ndarray
+def sample_part_raw(handle: Handle, params: dict, first: int, picked: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`sample_part` from the stored blocks instead of the scan checkpoint, through the
     scan's own arithmetic (:func:`scanned_blocks`), for collections whose blocks are all no
@@ -199,11 +199,12 @@ def sample_part_raw(handle: Handle, params: dict, batch: int, first: int, picked
     return unround_factors(arrays["factors"], arrays["exponents"], factor_offsets), factor_offsets, arrays["norms2"]
 
 
-def sample_anchors_raw(handle: Handle, params: dict, picks: list[tuple[int, int, np.ndarray]]
+def sample_anchors_raw(handle: Handle, params: dict, picks: list[tuple[int, np.ndarray]]
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`sample_anchors` on :func:`sample_part_raw` of every ``(batch, first, picked)``,
-    in one task: it starts at once, on one worker, while the others scan."""
-    return sample_anchors(params, *(sample_part_raw(handle, params, b, first, picked) for b, first, picked in picks))
+    """:func:`sample_anchors` on :func:`sample_part_raw` of every ``(first, picked)`` (a
+    batch's first block and the positions picked in it), in one task: it starts at once,
+    on one worker, while the others scan."""
+    return sample_anchors(params, *(sample_part_raw(handle, params, first, picked) for first, picked in picks))
 
 
 def load_factors(handle: Handle, batch: int, picked: np.ndarray | None = None

@@ -428,7 +428,7 @@ def test_the_sample_read_from_the_blocks_is_the_scans_bit_for_bit(client, tmp_pa
     params = dict(run.params)
     for batch, picked in run._sample_picks():
         first = int(run._batch_bounds[batch])
-        raw = tasks.sample_part_raw(run._handle, params, batch, first, picked)
+        raw = tasks.sample_part_raw(run._handle, params, first, picked)
         scanned = tasks.sample_part(run._handle, params, batch, first, picked)
         for a, b in zip(raw, scanned):
             assert a.dtype == b.dtype and np.array_equal(a, b)
