@@ -79,3 +79,12 @@ def assert_certified_with_sketches(layout, clusters, bounds, states, rank, eps):
             np.testing.assert_allclose(state.basis.T @ state.basis, np.eye(state.basis.shape[1]), atol=1e-10)
             total = float(layout.norms2[group].sum())
             assert abs(state.total - total) <= 1e-12 * abs(total)
+
+
+def recorded_results(monkeypatch, cls, name: str) -> list:
+    """The results of every call of method ``name`` of ``cls`` from now on (the method still
+    runs): which route a run took, and what it decided."""
+    calls = []
+    original = getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self, *a, **k: calls.append(original(self, *a, **k)) or calls[-1])
+    return calls

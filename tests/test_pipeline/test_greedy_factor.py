@@ -14,7 +14,10 @@ from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
-from .helpers import assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid, exact_error
+from .helpers import (
+    assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid, exact_error,
+    recorded_results,
+)
 
 
 def wide_layout(seed):
@@ -23,10 +26,7 @@ def wide_layout(seed):
 
 
 def counted(monkeypatch) -> list:
-    calls = []
-    original = FactorSketch.try_add
-    monkeypatch.setattr(FactorSketch, "try_add", lambda self, *a, **k: calls.append(original(self, *a, **k)) or calls[-1])
-    return calls
+    return recorded_results(monkeypatch, FactorSketch, "try_add")
 
 
 @pytest.mark.parametrize("order", ["norm", "residual"])

@@ -13,7 +13,9 @@ from pipeline.layout import as_layout
 from pipeline.metrics import summarize
 from pipeline.synthetic import union_of_subspaces
 
-from .helpers import assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid
+from .helpers import (
+    assert_certified_with_sketches, assert_groups_certified, awkward_collection, bound_is_valid, recorded_results,
+)
 
 
 def wide_layout(seed):
@@ -23,10 +25,7 @@ def wide_layout(seed):
 
 
 def solves(monkeypatch) -> list:
-    calls = []
-    original = ExactGram.try_solve
-    monkeypatch.setattr(ExactGram, "try_solve", lambda self, *a: calls.append(original(self, *a)) or calls[-1])
-    return calls
+    return recorded_results(monkeypatch, ExactGram, "try_solve")
 
 
 @pytest.mark.parametrize("seed", range(4))

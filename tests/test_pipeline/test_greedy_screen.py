@@ -138,13 +138,9 @@ def low_rank_blocks(seed, n_blocks=120, rows=40, width=24, rank=3, noise=0.01):
             + noise * rng.standard_normal((rows, width)) for i in range(n_blocks)]
 
 
-def low_rank_wide(seed, **kwargs):
-    return as_layout(low_rank_blocks(seed, **kwargs))
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_rotated_screen_intervals_hold_the_exact_residuals(seed):
-    layout = low_rank_wide(seed)
+    layout = as_layout(low_rank_blocks(seed))
     orderer = ResidualOrderer(layout, 6)
     assert orderer._heads is None and orderer._data.shape[1] <= layout.data.shape[1] // 4  # rotated heads
     rng = np.random.default_rng(seed)
